@@ -1,0 +1,2 @@
+//! Shards in, batches out. No tch.
+#![deny(missing_docs)]

@@ -1,0 +1,54 @@
+//! `ferroclip`: one binary, one subcommand per pipeline stage (DESIGN.md §1).
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "ferroclip", version, about = "Curate image-text data and train CLIP models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write webdataset tar shards (plus sizes.json) from a folder, CSV or JSONL manifest.
+    Shard(cmd::shard::Args),
+    /// Train one worker from a TOML config.
+    Train(cmd::train::Args),
+    /// Zero-shot classification and retrieval evaluation of a checkpoint.
+    Eval(cmd::eval::Args),
+    /// Write normalised image or text embeddings.
+    Embed(cmd::embed::Args),
+    /// Tokenize lines from stdin with the CLIP BPE tokenizer (one JSON id list per line).
+    Tokenize(cmd::tokenize::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Shard(a) => cmd::shard::run(a),
+        Cmd::Train(a) => cmd::train::run(a),
+        Cmd::Eval(a) => cmd::eval::run(a),
+        Cmd::Embed(a) => cmd::embed::run(a),
+        Cmd::Tokenize(a) => cmd::tokenize::run(a),
+    };
+    if let Err(e) = result {
+        // A closed stdout (e.g. `| head`) is a clean exit, not an error.
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            std::process::exit(0);
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

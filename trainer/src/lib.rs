@@ -1,0 +1,3 @@
+//! The CLIP model and its training on libtorch.
+#![deny(missing_docs)]
+pub use tch;
