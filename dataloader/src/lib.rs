@@ -1,5 +1,60 @@
 //! Shards in, batches out. No tch.
+//!
+//! - [`expand_shards`]: `data/{00000..00099}.tar::more/`, → shard files.
+//! - [`Loader`] (from a [`LoaderConfig`]): background threads read webdataset tars
+//!   ([`tar_reader`]), decode and transform images ([`imaging`]), tokenize captions
+//!   ([`Tokenizer`]) and yield [`Batch`]es of plain `Vec`s; it is an `Iterator<Item = Batch>`,
+//!   and [`Loader::skip_counts`] tells what bad data was skipped, by [`SkipReason`].
+//! - [`ShardWriter`]: samples → `00000.tar, ...` + `sizes.json`; [`read_manifest`] reads the
+//!   JSONL/CSV/folder inputs of `ferroclip shard`. [`count_samples`] sizes a dataset.
+//!
+//! ```
+//! use dataloader::{Loader, LoaderConfig, ShardSample, ShardWriter};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let mut png = Vec::new();
+//! image::RgbImage::new(8, 8)
+//!     .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+//! let mut writer = ShardWriter::new(dir.path(), 100)?;
+//! writer.write(&ShardSample {
+//!     key: None,
+//!     image: png,
+//!     image_ext: "png".into(),
+//!     captions: vec!["a black square".into()],
+//!     label: Some(0),
+//!     json: Default::default(),
+//! })?;
+//! let summary = writer.finish()?;
+//!
+//! let mut cfg = LoaderConfig::new(summary.shards, false);
+//! cfg.batch_size = 4;
+//! cfg.image_size = 4;
+//! cfg.context_length = 0; // captions only, no token ids
+//! let batches: Vec<_> = Loader::new(cfg)?.collect();
+//! assert_eq!(batches[0].keys, ["000000000"]);
+//! assert_eq!(batches[0].images.len(), 3 * 4 * 4);
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod tokenizer;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, TokenizerError};
+
+pub mod error;
+pub mod imaging;
+pub mod loader;
+pub mod manifest;
+pub mod shard_spec;
+pub mod sizes;
+pub mod tar_reader;
+pub mod writer;
+
+pub use error::{DataError, SkipCounts, SkipReason};
+pub use imaging::{decode_rgb, ImageTransform, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
+pub use loader::{Batch, CaptionSource, Loader, LoaderConfig};
+pub use manifest::{read_manifest, ManifestRow, RowSkip};
+pub use shard_spec::expand_shards;
+pub use sizes::count_samples;
+pub use tar_reader::RawSample;
+pub use writer::{ShardSample, ShardWriter, WriteError, WriteSummary};

@@ -1,7 +1,331 @@
-/// Arguments (placeholder until this subcommand is implemented).
-#[derive(clap::Args)]
-pub struct Args {}
+//! `ferroclip eval`: zero-shot classification and image↔text retrieval of a model on eval
+//! shards, with CLIP_benchmark's metric definitions and key names.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use trainer::eval::{self, EvalModel, RetrievalReport, ZeroShotReport};
+use trainer::tch::Device;
+
+/// The template used when no `--templates` file is given.
+const DEFAULT_TEMPLATE: &str = "a photo of a {c}.";
+
+/// Which model to load: a run/checkpoint folder, or a config plus weights.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// Run or checkpoint folder holding model.safetensors (and config.toml, here or up to two
+    /// folders above).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model_config", "weights"])]
+    checkpoint: Option<PathBuf>,
+    /// Model config: a run config.toml, a model .toml, an open_clip .json, or a preset name.
+    #[arg(long, value_name = "FILE|PRESET", requires = "weights")]
+    model_config: Option<String>,
+    /// Weights (.safetensors): ferroclip's or an open_clip state_dict.
+    #[arg(long, value_name = "FILE", requires = "model_config")]
+    weights: Option<PathBuf>,
+    /// Device: cpu, cuda or cuda:N (default: cuda if available, else cpu).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ModelArgs {
+    /// Loads the model the flags name; errors name the missing folder or file.
+    pub fn load(&self) -> anyhow::Result<EvalModel> {
+        let device = parse_device(self.device.as_deref())?;
+        match (&self.checkpoint, &self.model_config, &self.weights) {
+            (Some(dir), _, _) => eval::load_checkpoint(dir, device)
+                .with_context(|| format!("loading checkpoint {}", dir.display())),
+            (None, Some(config), Some(weights)) => {
+                let config = eval::load_model_config(config)?;
+                Ok(EvalModel::load(config, weights, device)?)
+            }
+            _ => bail!("give --checkpoint DIR, or --model-config FILE with --weights FILE"),
+        }
+    }
+
+    /// What was loaded, for the output file.
+    pub fn describe(&self) -> Value {
+        match &self.checkpoint {
+            Some(dir) => json!({ "checkpoint": dir }),
+            None => json!({ "model_config": self.model_config, "weights": self.weights }),
+        }
+    }
+}
+
+fn parse_device(name: Option<&str>) -> anyhow::Result<Device> {
+    Ok(match name {
+        None => Device::cuda_if_available(),
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda(0),
+        Some(other) => match other
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            Some(index) => Device::Cuda(index),
+            None => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+        },
+    })
+}
+
+/// Evaluate a model: zero-shot classification and/or retrieval.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Zero-shot eval shards (image + `.cls` label per sample); brace/`::`/folder spec.
+    #[arg(long, value_name = "SHARDS", requires = "classnames")]
+    zeroshot: Option<String>,
+    /// Class names, one per line; a label is the 0-based line number.
+    #[arg(long, value_name = "FILE")]
+    classnames: Option<PathBuf>,
+    /// Prompt templates, one per line, each containing `{c}` (default: "a photo of a {c}.").
+    #[arg(long, value_name = "FILE")]
+    templates: Option<PathBuf>,
+    /// Retrieval eval shards (image + `.txt` with one caption per line).
+    #[arg(long, value_name = "SHARDS")]
+    retrieval: Option<String>,
+    /// The k of recall@k for retrieval.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    recall_k: Vec<usize>,
+    /// Images (and texts) encoded per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Write all metrics, chance levels and dataset sizes as JSON here.
+    #[arg(long, value_name = "FILE.json")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.zeroshot.is_none() && args.retrieval.is_none() {
+        bail!("nothing to evaluate: give --zeroshot SHARDS (with --classnames) and/or --retrieval SHARDS");
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    // Read the small inputs before loading the model, so their errors come fast.
+    let zeroshot_inputs = match &args.zeroshot {
+        Some(spec) => {
+            let shards =
+                dataloader::expand_shards(spec).with_context(|| format!("--zeroshot {spec}"))?;
+            let classnames_path = args
+                .classnames
+                .as_deref()
+                .context("--zeroshot needs --classnames FILE")?;
+            let classnames = read_classnames(classnames_path)?;
+            let templates = match &args.templates {
+                Some(path) => read_templates(path)?,
+                None => vec![DEFAULT_TEMPLATE.to_string()],
+            };
+            Some((
+                spec.clone(),
+                shards,
+                classnames_path.display().to_string(),
+                classnames,
+                templates,
+            ))
+        }
+        None => None,
+    };
+    let retrieval_shards = match &args.retrieval {
+        Some(spec) => Some((
+            spec.clone(),
+            dataloader::expand_shards(spec).with_context(|| format!("--retrieval {spec}"))?,
+        )),
+        None => None,
+    };
+    let model = args.model.load()?;
+
+    let mut output = serde_json::Map::new();
+    output.insert("model".into(), args.model.describe());
+    let mut table = String::new();
+    if let Some((spec, shards, classnames_file, classnames, templates)) = zeroshot_inputs {
+        let report =
+            eval::evaluate_zeroshot(&model, &shards, &classnames, &templates, args.batch_size)
+                .with_context(|| {
+                    format!("zero-shot evaluation on {spec} with class names {classnames_file}")
+                })?;
+        write_zeroshot_table(&mut table, &report, templates.len());
+        output.insert(
+            "zeroshot".into(),
+            zeroshot_json(&spec, &report, templates.len()),
+        );
+    }
+    if let Some((spec, shards)) = retrieval_shards {
+        let report = eval::evaluate_retrieval(&model, &shards, &args.recall_k, args.batch_size)
+            .with_context(|| format!("retrieval evaluation on {spec}"))?;
+        write_retrieval_table(&mut table, &report);
+        output.insert("retrieval".into(), retrieval_json(&spec, &report));
+    }
+    print!("{table}");
+    if let Some(path) = &args.out {
+        let text = serde_json::to_string_pretty(&Value::Object(output))?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Class names, one per line (trailing blank lines ignored); a blank line inside would
+/// shift every later label, so it is an error.
+fn read_classnames(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading class names {}", path.display()))?;
+    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+    while names.last().is_some_and(|n| n.is_empty()) {
+        names.pop();
+    }
+    if let Some(line) = names.iter().position(|n| n.is_empty()) {
+        bail!("class names {}: line {} is empty (labels are line numbers, so every line must name a class)", path.display(), line + 1);
+    }
+    if names.is_empty() {
+        bail!("class names {}: no class names", path.display());
+    }
+    Ok(names)
+}
+
+/// Templates, one per non-blank line, each with a `{c}` placeholder.
+fn read_templates(path: &Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading templates {}", path.display()))?;
+    let mut templates = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !line.contains("{c}") {
+            bail!(
+                "templates {}: line {} ({line:?}) has no {{c}} placeholder for the class name",
+                path.display(),
+                number + 1
+            );
+        }
+        templates.push(line.to_string());
+    }
+    if templates.is_empty() {
+        bail!("templates {}: no templates", path.display());
+    }
+    Ok(templates)
+}
+
+fn write_rows(
+    out: &mut String,
+    metrics: &BTreeMap<String, f64>,
+    chance: &BTreeMap<String, f64>,
+    order: &[String],
+) {
+    let _ = writeln!(out, "  {:<28} {:>8} {:>8}", "metric", "value", "chance");
+    for key in order {
+        if let Some(value) = metrics.get(key) {
+            let chance = chance
+                .get(key)
+                .map_or("-".to_string(), |c| format!("{c:.4}"));
+            let _ = writeln!(out, "  {key:<28} {value:>8.4} {chance:>8}");
+        }
+    }
+}
+
+fn write_zeroshot_table(out: &mut String, report: &ZeroShotReport, num_templates: usize) {
+    let m = &report.metrics;
+    let _ = writeln!(
+        out,
+        "zero-shot classification: {} images, {} classes, {} template(s), {} skipped",
+        m.num_samples,
+        m.num_classes,
+        num_templates,
+        report.skipped.total()
+    );
+    let order = ["acc1", "acc5", "mean_per_class_recall"].map(String::from);
+    write_rows(out, &m.to_clip_benchmark_map(), &m.chance(), &order);
+    if m.acc5.is_none() {
+        let _ = writeln!(
+            out,
+            "  (acc5 not reported: fewer than 5 classes, as CLIP_benchmark)"
+        );
+    }
+}
+
+fn write_retrieval_table(out: &mut String, report: &RetrievalReport) {
+    let m = &report.metrics;
+    let _ = writeln!(
+        out,
+        "retrieval: {} images, {} texts, {} skipped (image_retrieval = text→image, text_retrieval = image→text)",
+        m.num_images,
+        m.num_texts,
+        report.skipped.total()
+    );
+    let order: Vec<String> = m
+        .recall
+        .iter()
+        .flat_map(|r| {
+            [
+                format!("image_retrieval_recall@{}", r.k),
+                format!("text_retrieval_recall@{}", r.k),
+            ]
+        })
+        .collect();
+    write_rows(out, &m.to_clip_benchmark_map(), &m.chance_map(), &order);
+}
+
+fn zeroshot_json(spec: &str, report: &ZeroShotReport, num_templates: usize) -> Value {
+    let m = &report.metrics;
+    json!({
+        "shards": spec,
+        "metrics": m.to_clip_benchmark_map(),
+        "chance": m.chance(),
+        "num_samples": m.num_samples,
+        "num_classes": m.num_classes,
+        "num_templates": num_templates,
+        "skipped": report.skipped,
+    })
+}
+
+fn retrieval_json(spec: &str, report: &RetrievalReport) -> Value {
+    let m = &report.metrics;
+    json!({
+        "shards": spec,
+        "metrics": m.to_clip_benchmark_map(),
+        "chance": m.chance_map(),
+        "num_images": m.num_images,
+        "num_texts": m.num_texts,
+        "skipped": report.skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classnames_with_a_hole_are_rejected_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("classes.txt");
+        std::fs::write(&path, "cat\n\ndog\n").unwrap();
+        let err = read_classnames(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("classes.txt"),
+            "{err}"
+        );
+        std::fs::write(&path, "cat\ndog\n\n").unwrap();
+        assert_eq!(read_classnames(&path).unwrap(), ["cat", "dog"]);
+    }
+
+    #[test]
+    fn templates_need_the_placeholder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("templates.txt");
+        std::fs::write(&path, "a photo of a {c}.\n\nart of a {c}\n").unwrap();
+        assert_eq!(read_templates(&path).unwrap().len(), 2);
+        std::fs::write(&path, "a photo of a {c}.\na photo\n").unwrap();
+        let err = read_templates(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!(parse_device(Some("cpu")).unwrap(), Device::Cpu);
+        assert_eq!(parse_device(Some("cuda:1")).unwrap(), Device::Cuda(1));
+        assert!(parse_device(Some("gpu")).is_err());
+    }
 }

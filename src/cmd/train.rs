@@ -1,7 +1,33 @@
-/// Arguments (placeholder until this subcommand is implemented).
-#[derive(clap::Args)]
-pub struct Args {}
+//! `ferroclip train`: one worker trains from a TOML config.
+use std::path::PathBuf;
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context;
+use trainer::train::{self, config::TrainConfig};
+
+/// Train one worker.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Train config (TOML), e.g. configs/train/demo.toml.
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a config value: `--set optim.lr=1e-3 --set schedule.steps=200`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = TrainConfig::load(&args.config, &args.overrides)?;
+    let summary = train::train(&cfg).with_context(|| format!("run {}", cfg.name))?;
+    println!(
+        "trained {} steps ({} skipped) in {}: loss {:.4} -> {:.4} (mean of first/last 10%: {:.4} -> {:.4}), {:.1} samples/s",
+        summary.steps,
+        summary.skipped_steps,
+        summary.run_dir.display(),
+        summary.first_loss,
+        summary.last_loss,
+        summary.early_mean_loss,
+        summary.late_mean_loss,
+        summary.samples_per_s
+    );
+    Ok(())
 }

@@ -1,3 +1,16 @@
 //! The CLIP model and its training on libtorch.
 #![deny(missing_docs)]
 pub use tch;
+pub mod data;
+mod error;
+pub mod eval;
+pub mod config;
+pub mod loss;
+pub mod model;
+pub mod train;
+pub mod weights;
+pub use error::TrainError;
+pub use config::{ConfigError, ModelConfig, TextConfig, VisionConfig};
+pub use loss::clip_loss;
+pub use model::Clip;
+pub use weights::{load_safetensors, save_safetensors, LoadReport, WeightsError};

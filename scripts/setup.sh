@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything ferroclip needs on a fresh Debian 12 machine, from the
+# package registries only. Idempotent: a second run checks and does nothing.
+#   - .venv: libtorch from the PyPI torch==2.11.0 wheel (no CUDA deps) plus the two
+#     small CUDA runtime wheels libtorch_cpu links against (tch 0.24.0 needs 2.11.0)
+#   - data/npm: the emoji image packs used by the demo (npm)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+TORCH_VERSION=2.11.0
+PY_WHEELS=(torch==$TORCH_VERSION nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+NPM_PACKS=(emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 emojibase-data@16.0.3)
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+# Toolchain pieces that come from Debian when missing.
+missing_debs=()
+need g++ || missing_debs+=(g++)
+need npm || missing_debs+=(npm)
+need python3 || missing_debs+=(python3 python3-venv)
+if [ ${#missing_debs[@]} -gt 0 ]; then
+  say "apt-get install ${missing_debs[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}"
+fi
+need cargo || { say "cargo (Rust 1.95) is required and cannot be installed from the registries here"; exit 1; }
+
+# libtorch from PyPI.
+installed_torch() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null || true; }
+if [ "$(installed_torch)" != "$TORCH_VERSION" ] || [ ! -f .venv/lib/python3.11/site-packages/torch/lib/libtorch_cpu.so ]; then
+  say "installing libtorch (PyPI ${PY_WHEELS[*]}) into .venv"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps "${PY_WHEELS[@]}"
+fi
+[ -f .venv/lib/python3.11/site-packages/torch/lib/libtorch_cpu.so ] \
+  || { say "libtorch missing after install: .venv/lib/python3.11/site-packages/torch/lib/libtorch_cpu.so"; exit 1; }
+
+# Emoji data packs from npm.
+have_npm_packs() {
+  for p in "${NPM_PACKS[@]}"; do
+    name=${p%@*}; ver=${p##*@}
+    f=data/npm/node_modules/$name/package.json
+    [ -f "$f" ] && grep -q "\"version\": \"$ver\"" "$f" || return 1
+  done
+}
+if ! have_npm_packs; then
+  say "installing npm packs ${NPM_PACKS[*]} into data/npm"
+  mkdir -p data/npm
+  npm install --silent --no-save --no-audit --no-fund --prefix data/npm "${NPM_PACKS[@]}"
+fi
+say "ready"

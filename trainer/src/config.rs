@@ -1,0 +1,777 @@
+//! The model's config section: embedding size and the two towers' dimensions.
+//!
+//! A model config is a TOML table (`configs/models/<name>.toml`, or the `[model]`
+//! section of a run config), one of the built-in presets (`nano`, `tiny`,
+//! `vit-b-32`), or an open_clip `model_configs/*.json` file restricted to what
+//! this crate implements (a plain ViT image tower and a causal text transformer
+//! with argmax pooling, exact GELU, no biases on the projections).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The presets built into the binary, from `configs/models/*.toml`.
+const PRESETS: &[(&str, &str)] = &[
+    ("nano", include_str!("../../configs/models/nano.toml")),
+    ("tiny", include_str!("../../configs/models/tiny.toml")),
+    (
+        "vit-b-32",
+        include_str!("../../configs/models/vit-b-32.toml"),
+    ),
+];
+
+/// Errors from reading or checking a model config; each names the file or field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has a value the model cannot be built with.
+    #[error("invalid model config: {0}")]
+    Invalid(String),
+    /// The config file could not be read.
+    #[error("cannot read model config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown/missing fields.
+    #[error("model config {origin}: {source}")]
+    Toml {
+        /// The file, or `preset <name>`.
+        origin: String,
+        /// The parser's error (names the field and line).
+        source: toml::de::Error,
+    },
+    /// The open_clip JSON did not parse or had a field of the wrong type.
+    #[error("open_clip model config {path}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The open_clip JSON asks for something this crate does not implement.
+    #[error("open_clip model config {path}: `{key}` = {value} is not supported ({reason})")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `vision_cfg.timm_model_name`.
+        key: String,
+        /// Its value as written.
+        value: String,
+        /// Why it cannot be honoured.
+        reason: &'static str,
+    },
+    /// Neither a file nor a known preset name.
+    #[error(
+        "unknown model preset `{name}` (known: {known}); a config file must end in .toml or .json"
+    )]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// The known preset names, comma separated.
+        known: String,
+    },
+}
+
+/// The CLIP model's dimensions. Field names follow open_clip's configs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Size of the joint image-text embedding both towers project to.
+    pub embed_dim: i64,
+    /// The image tower (a ViT).
+    pub vision: VisionConfig,
+    /// The text tower (a causal transformer).
+    pub text: TextConfig,
+    /// Initial value of the learned log temperature `logit_scale` (open_clip: ln(1/0.07)).
+    #[serde(default = "default_init_logit_scale")]
+    pub init_logit_scale: f64,
+}
+
+/// The ViT image tower: patchify with a strided conv, prepend a class token,
+/// pre-LN transformer, LayerNorm then project the class token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Side of the square input image in pixels.
+    pub image_size: i64,
+    /// Side of a square patch in pixels; must divide `image_size`.
+    pub patch_size: i64,
+    /// Transformer width (channels per token).
+    pub width: i64,
+    /// Number of residual blocks.
+    pub layers: i64,
+    /// Channels per attention head; heads = width / head_width.
+    #[serde(default = "default_head_width")]
+    pub head_width: i64,
+    /// MLP hidden width = floor(width * mlp_ratio), as open_clip computes it.
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+}
+
+/// The text tower: token + learned positional embeddings, causal pre-LN
+/// transformer, final LayerNorm, features of the end-of-text token (the largest
+/// id in each row), linear projection without bias.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// Maximum number of tokens per text (the positional embedding's length).
+    #[serde(default = "default_context_length")]
+    pub context_length: i64,
+    /// Number of token ids (CLIP BPE: 49408).
+    #[serde(default = "default_vocab_size")]
+    pub vocab_size: i64,
+    /// Transformer width.
+    pub width: i64,
+    /// Number of attention heads; must divide `width`.
+    pub heads: i64,
+    /// Number of residual blocks.
+    pub layers: i64,
+    /// MLP hidden width = floor(width * mlp_ratio).
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: f64,
+}
+
+fn default_init_logit_scale() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+fn default_head_width() -> i64 {
+    64
+}
+fn default_mlp_ratio() -> f64 {
+    4.0
+}
+fn default_context_length() -> i64 {
+    77
+}
+fn default_vocab_size() -> i64 {
+    49408
+}
+
+impl VisionConfig {
+    /// Number of attention heads.
+    pub fn heads(&self) -> i64 {
+        self.width / self.head_width
+    }
+    /// Patches per side.
+    pub fn grid_size(&self) -> i64 {
+        self.image_size / self.patch_size
+    }
+    /// Tokens in the sequence: the patches plus the class token.
+    pub fn num_tokens(&self) -> i64 {
+        self.grid_size() * self.grid_size() + 1
+    }
+    /// Hidden width of each block's MLP.
+    pub fn mlp_width(&self) -> i64 {
+        mlp_width(self.width, self.mlp_ratio)
+    }
+}
+
+impl TextConfig {
+    /// Hidden width of each block's MLP.
+    pub fn mlp_width(&self) -> i64 {
+        mlp_width(self.width, self.mlp_ratio)
+    }
+}
+
+/// open_clip computes `int(d_model * mlp_ratio)`, truncating.
+fn mlp_width(width: i64, mlp_ratio: f64) -> i64 {
+    (width as f64 * mlp_ratio) as i64
+}
+
+fn positive(field: &str, value: i64) -> Result<(), ConfigError> {
+    if value <= 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{field} ({value}) must be positive"
+        )));
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// Checks every field; the error names the first bad one, e.g.
+    /// "model.vision.width (100) must be divisible by model.vision.head_width (64)".
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive("model.embed_dim", self.embed_dim)?;
+        let v = &self.vision;
+        positive("model.vision.image_size", v.image_size)?;
+        positive("model.vision.patch_size", v.patch_size)?;
+        positive("model.vision.width", v.width)?;
+        positive("model.vision.layers", v.layers)?;
+        positive("model.vision.head_width", v.head_width)?;
+        if v.image_size % v.patch_size != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "model.vision.image_size ({}) must be divisible by model.vision.patch_size ({})",
+                v.image_size, v.patch_size
+            )));
+        }
+        if v.width % v.head_width != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "model.vision.width ({}) must be divisible by model.vision.head_width ({})",
+                v.width, v.head_width
+            )));
+        }
+        if !(v.mlp_ratio.is_finite() && v.mlp_width() >= 1) {
+            return Err(ConfigError::Invalid(format!(
+                "model.vision.mlp_ratio ({}) must give an MLP width of at least 1",
+                v.mlp_ratio
+            )));
+        }
+        let t = &self.text;
+        positive("model.text.context_length", t.context_length)?;
+        positive("model.text.vocab_size", t.vocab_size)?;
+        positive("model.text.width", t.width)?;
+        positive("model.text.heads", t.heads)?;
+        positive("model.text.layers", t.layers)?;
+        if t.width % t.heads != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "model.text.width ({}) must be divisible by model.text.heads ({})",
+                t.width, t.heads
+            )));
+        }
+        if !(t.mlp_ratio.is_finite() && t.mlp_width() >= 1) {
+            return Err(ConfigError::Invalid(format!(
+                "model.text.mlp_ratio ({}) must give an MLP width of at least 1",
+                t.mlp_ratio
+            )));
+        }
+        if !self.init_logit_scale.is_finite() {
+            return Err(ConfigError::Invalid(format!(
+                "model.init_logit_scale ({}) must be finite",
+                self.init_logit_scale
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parses and validates a TOML model config; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: ModelConfig = toml::from_str(text).map_err(|source| ConfigError::Toml {
+            origin: origin.to_string(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and validates a TOML model config file (the layout of `configs/models/*.toml`).
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = read(path)?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// A built-in preset: `nano` (tests), `tiny` (demo), `vit-b-32` (open_clip's ViT-B-32).
+    pub fn preset(name: &str) -> Result<Self, ConfigError> {
+        let (_, text) =
+            PRESETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| ConfigError::UnknownPreset {
+                    name: name.to_string(),
+                    known: Self::preset_names().join(", "),
+                })?;
+        Self::from_toml_str(text, &format!("preset {name}"))
+    }
+
+    /// Names of the built-in presets.
+    pub fn preset_names() -> Vec<&'static str> {
+        PRESETS.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// A `.toml` file, an open_clip `.json` file, or else a preset name.
+    pub fn load(path_or_preset: &str) -> Result<Self, ConfigError> {
+        let path = Path::new(path_or_preset);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Self::from_toml_file(path),
+            Some("json") => Self::from_open_clip_json(path),
+            _ => Self::preset(path_or_preset),
+        }
+    }
+
+    /// Reads an open_clip `model_configs/*.json` file. Keys that would change the
+    /// architecture away from what this crate implements (timm or HF towers,
+    /// QuickGELU, attentional pooling, layer scale, custom blocks, ...) are
+    /// rejected with an error naming the key; such keys are accepted only when
+    /// they hold open_clip's default value.
+    pub fn from_open_clip_json(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = read(path)?;
+        let root: Value = serde_json::from_str(&text).map_err(|e| ConfigError::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        OpenClipJson { path }.parse(&root)
+    }
+
+    /// Number of trainable parameters, counted from the dimensions (no allocation).
+    pub fn num_params(&self) -> i64 {
+        let v = &self.vision;
+        let t = &self.text;
+        let block = |d: i64, h: i64| {
+            2 * 2 * d // ln_1, ln_2
+                + 3 * d * d + 3 * d // in_proj
+                + d * d + d // out_proj
+                + h * d + h // c_fc
+                + d * h + d // c_proj
+        };
+        let vision = v.width * 3 * v.patch_size * v.patch_size // conv1, no bias
+            + v.width // class_embedding
+            + v.num_tokens() * v.width // positional_embedding
+            + 2 * 2 * v.width // ln_pre, ln_post
+            + v.layers * block(v.width, v.mlp_width())
+            + v.width * self.embed_dim; // proj
+        let text = t.vocab_size * t.width
+            + t.context_length * t.width
+            + t.layers * block(t.width, t.mlp_width())
+            + 2 * t.width // ln_final
+            + t.width * self.embed_dim; // text_projection
+        vision + text + 1 // logit_scale
+    }
+
+    /// Multiply-accumulates of one forward pass over one image and one full-length
+    /// text (`context_length` tokens): matmuls and the patch conv only, the count
+    /// scaling-law fits use (C = MACs per sample x samples seen).
+    pub fn macs_per_sample(&self) -> i64 {
+        let layer = |n: i64, d: i64, h: i64| {
+            4 * n * d * d // q, k, v, out projections
+                + 2 * n * n * d // scores and weighted sum
+                + 2 * n * d * h // MLP
+        };
+        let v = &self.vision;
+        let t = &self.text;
+        let patches = v.grid_size() * v.grid_size();
+        let vision = patches * v.width * 3 * v.patch_size * v.patch_size
+            + v.layers * layer(v.num_tokens(), v.width, v.mlp_width())
+            + v.width * self.embed_dim;
+        let text =
+            t.layers * layer(t.context_length, t.width, t.mlp_width()) + t.width * self.embed_dim;
+        vision + text
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The open_clip JSON reader; holds the path for error messages.
+struct OpenClipJson<'a> {
+    path: &'a Path,
+}
+
+/// Keys we honour, per section.
+const TOP_KEYS: &[&str] = &["embed_dim", "vision_cfg", "text_cfg", "init_logit_scale"];
+const VISION_KEYS: &[&str] = &[
+    "image_size",
+    "patch_size",
+    "width",
+    "layers",
+    "head_width",
+    "mlp_ratio",
+];
+const TEXT_KEYS: &[&str] = &[
+    "context_length",
+    "vocab_size",
+    "width",
+    "heads",
+    "layers",
+    "mlp_ratio",
+];
+
+/// Keys accepted only when they hold open_clip's default (what we implement).
+fn accepted_default(section: &str, key: &str, value: &Value) -> bool {
+    let is_false = || value == &Value::Bool(false) || value.is_null();
+    let is_zero = || value.as_f64() == Some(0.0) || value.is_null();
+    match (section, key) {
+        ("", "quick_gelu") | ("", "custom_text") => is_false(),
+        ("vision_cfg", "ls_init_value") | ("text_cfg", "ls_init_value") => value.is_null(),
+        ("vision_cfg", "patch_dropout") => is_zero(),
+        ("vision_cfg", "attentional_pool")
+        | ("vision_cfg", "no_ln_pre")
+        | ("vision_cfg", "final_ln_after_pool")
+        | ("vision_cfg", "output_tokens")
+        | ("text_cfg", "embed_cls")
+        | ("text_cfg", "no_causal_mask")
+        | ("text_cfg", "final_ln_after_pool")
+        | ("text_cfg", "proj_bias")
+        | ("text_cfg", "output_tokens") => is_false(),
+        ("vision_cfg", "timm_model_name") | ("text_cfg", "hf_model_name") => value.is_null(),
+        ("vision_cfg", "pos_embed_type") => value.as_str() == Some("learnable"),
+        ("vision_cfg", "pool_type") => value.as_str() == Some("tok"),
+        ("text_cfg", "pool_type") => value.as_str() == Some("argmax"),
+        ("text_cfg", "proj_type") => value.as_str() == Some("linear"),
+        ("vision_cfg", "block_type") | ("text_cfg", "block_type") => {
+            value.is_null() || value.as_str() == Some("default")
+        }
+        _ => false,
+    }
+}
+
+impl OpenClipJson<'_> {
+    fn json_err(&self, message: String) -> ConfigError {
+        ConfigError::Json {
+            path: self.path.to_path_buf(),
+            message,
+        }
+    }
+
+    /// Checks that every key of `obj` is honoured or holds its default.
+    fn check_keys(
+        &self,
+        section: &str,
+        obj: &serde_json::Map<String, Value>,
+        known: &[&str],
+    ) -> Result<(), ConfigError> {
+        for (key, value) in obj {
+            if known.contains(&key.as_str()) || accepted_default(section, key, value) {
+                continue;
+            }
+            let full = if section.is_empty() {
+                key.clone()
+            } else {
+                format!("{section}.{key}")
+            };
+            let reason = if accepted_default(section, key, &Value::Null)
+                || accepted_default(section, key, &Value::Bool(false))
+            {
+                "ferroclip implements only open_clip's default for this key"
+            } else {
+                "ferroclip does not implement this option"
+            };
+            return Err(ConfigError::Unsupported {
+                path: self.path.to_path_buf(),
+                key: full,
+                value: value.to_string(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn object<'v>(
+        &self,
+        key: &str,
+        value: Option<&'v Value>,
+    ) -> Result<&'v serde_json::Map<String, Value>, ConfigError> {
+        value
+            .ok_or_else(|| self.json_err(format!("missing `{key}`")))?
+            .as_object()
+            .ok_or_else(|| self.json_err(format!("`{key}` must be an object")))
+    }
+
+    fn int(
+        &self,
+        section: &str,
+        obj: &serde_json::Map<String, Value>,
+        key: &str,
+        default: Option<i64>,
+    ) -> Result<i64, ConfigError> {
+        let full = if section.is_empty() {
+            key.to_string()
+        } else {
+            format!("{section}.{key}")
+        };
+        match obj.get(key) {
+            None => default.ok_or_else(|| self.json_err(format!("missing `{full}`"))),
+            Some(v) => v.as_i64().ok_or_else(|| {
+                let hint = if v.is_array() && key == "layers" {
+                    " (a list of layers means a ModifiedResNet image tower, which ferroclip does not implement)"
+                } else {
+                    ""
+                };
+                self.json_err(format!("`{full}` must be an integer, got {v}{hint}"))
+            }),
+        }
+    }
+
+    fn float(
+        &self,
+        section: &str,
+        obj: &serde_json::Map<String, Value>,
+        key: &str,
+        default: f64,
+    ) -> Result<f64, ConfigError> {
+        match obj.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                self.json_err(format!("`{section}.{key}` must be a number, got {v}"))
+            }),
+        }
+    }
+
+    fn parse(&self, root: &Value) -> Result<ModelConfig, ConfigError> {
+        let top = root
+            .as_object()
+            .ok_or_else(|| self.json_err("the file must hold a JSON object".into()))?;
+        self.check_keys("", top, TOP_KEYS)?;
+        let vision = self.object("vision_cfg", top.get("vision_cfg"))?;
+        self.check_keys("vision_cfg", vision, VISION_KEYS)?;
+        let text = self.object("text_cfg", top.get("text_cfg"))?;
+        self.check_keys("text_cfg", text, TEXT_KEYS)?;
+        let init_logit_scale = match top.get("init_logit_scale") {
+            None => default_init_logit_scale(),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                self.json_err(format!("`init_logit_scale` must be a number, got {v}"))
+            })?,
+        };
+        let cfg = ModelConfig {
+            embed_dim: self.int("", top, "embed_dim", None)?,
+            vision: VisionConfig {
+                image_size: self.int("vision_cfg", vision, "image_size", Some(224))?,
+                patch_size: self.int("vision_cfg", vision, "patch_size", Some(16))?,
+                width: self.int("vision_cfg", vision, "width", Some(768))?,
+                layers: self.int("vision_cfg", vision, "layers", Some(12))?,
+                head_width: self.int(
+                    "vision_cfg",
+                    vision,
+                    "head_width",
+                    Some(default_head_width()),
+                )?,
+                mlp_ratio: self.float("vision_cfg", vision, "mlp_ratio", default_mlp_ratio())?,
+            },
+            text: TextConfig {
+                context_length: self.int(
+                    "text_cfg",
+                    text,
+                    "context_length",
+                    Some(default_context_length()),
+                )?,
+                vocab_size: self.int("text_cfg", text, "vocab_size", Some(default_vocab_size()))?,
+                width: self.int("text_cfg", text, "width", Some(512))?,
+                heads: self.int("text_cfg", text, "heads", Some(8))?,
+                layers: self.int("text_cfg", text, "layers", Some(12))?,
+                mlp_ratio: self.float("text_cfg", text, "mlp_ratio", default_mlp_ratio())?,
+            },
+            init_logit_scale,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn write_temp(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write temp config");
+        path
+    }
+
+    #[test]
+    fn presets_parse_and_validate() {
+        for name in ModelConfig::preset_names() {
+            let cfg = ModelConfig::preset(name).expect(name);
+            cfg.validate().expect(name);
+        }
+        let tiny = ModelConfig::preset("tiny").expect("tiny");
+        assert_eq!(tiny.embed_dim, 128);
+        assert_eq!(
+            (
+                tiny.vision.image_size,
+                tiny.vision.patch_size,
+                tiny.vision.layers
+            ),
+            (64, 8, 4)
+        );
+        assert_eq!((tiny.vision.width, tiny.vision.heads()), (128, 2));
+        assert_eq!(
+            (
+                tiny.text.context_length,
+                tiny.text.layers,
+                tiny.text.width,
+                tiny.text.heads
+            ),
+            (32, 4, 128, 2)
+        );
+    }
+
+    #[test]
+    fn unknown_preset_lists_known_ones() {
+        let err = ModelConfig::load("vit-h-14")
+            .expect_err("no such preset")
+            .to_string();
+        assert!(
+            err.contains("vit-h-14") && err.contains("nano, tiny, vit-b-32"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut cfg = ModelConfig::preset("nano").expect("nano");
+        cfg.vision.width = 100;
+        cfg.vision.head_width = 64;
+        let err = cfg.validate().expect_err("100 % 64 != 0").to_string();
+        assert!(
+            err.contains("model.vision.width (100)")
+                && err.contains("model.vision.head_width (64)"),
+            "{err}"
+        );
+
+        let mut cfg = ModelConfig::preset("nano").expect("nano");
+        cfg.text.heads = 3;
+        let err = cfg.validate().expect_err("64 % 3 != 0").to_string();
+        assert!(
+            err.contains("model.text.width (64)") && err.contains("model.text.heads (3)"),
+            "{err}"
+        );
+
+        let mut cfg = ModelConfig::preset("nano").expect("nano");
+        cfg.vision.patch_size = 5;
+        let err = cfg.validate().expect_err("32 % 5 != 0").to_string();
+        assert!(err.contains("model.vision.patch_size (5)"), "{err}");
+
+        let mut cfg = ModelConfig::preset("nano").expect("nano");
+        cfg.text.layers = 0;
+        let err = cfg.validate().expect_err("no layers").to_string();
+        assert!(err.contains("model.text.layers (0)"), "{err}");
+    }
+
+    #[test]
+    fn unknown_toml_field_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = include_str!("../../configs/models/nano.toml")
+            .replace("head_width = 32", "head_widht = 32");
+        let path = write_temp(&dir, "typo.toml", &text);
+        let err = ModelConfig::load(path.to_str().expect("utf-8 path"))
+            .expect_err("typo")
+            .to_string();
+        assert!(
+            err.contains("head_widht") && err.contains("typo.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_file_defaults_match_open_clip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_temp(
+            &dir,
+            "m.toml",
+            "embed_dim = 8\n[vision]\nimage_size = 16\npatch_size = 8\nwidth = 64\nlayers = 1\n\
+             [text]\nwidth = 16\nheads = 2\nlayers = 1\n",
+        );
+        let cfg = ModelConfig::from_toml_file(&path).expect("valid");
+        assert_eq!((cfg.vision.head_width, cfg.vision.mlp_ratio), (64, 4.0));
+        assert_eq!((cfg.text.context_length, cfg.text.vocab_size), (77, 49408));
+        assert!((cfg.init_logit_scale - 2.659_260_036_932_778).abs() < 1e-12);
+    }
+
+    #[test]
+    fn open_clip_vit_b_32_json_equals_preset() {
+        let from_json =
+            ModelConfig::from_open_clip_json(fixture("open_clip_ViT-B-32.json")).expect("parses");
+        assert_eq!(from_json, ModelConfig::preset("vit-b-32").expect("preset"));
+        let via_load =
+            ModelConfig::load(fixture("open_clip_ViT-B-32.json").to_str().expect("utf-8"))
+                .expect("load");
+        assert_eq!(via_load, from_json);
+    }
+
+    #[test]
+    fn open_clip_json_rejects_unsupported_keys_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases = [
+            (r#""quick_gelu": true,"#, "", "quick_gelu"),
+            (r#""custom_text": true,"#, "", "custom_text"),
+            (
+                "",
+                r#""timm_model_name": "vit_base_patch16_224","#,
+                "vision_cfg.timm_model_name",
+            ),
+            (
+                "",
+                r#""attentional_pool": true,"#,
+                "vision_cfg.attentional_pool",
+            ),
+            ("", r#""ls_init_value": 1e-5,"#, "vision_cfg.ls_init_value"),
+        ];
+        for (top, vision, key) in cases {
+            let text = format!(
+                r#"{{ {top} "embed_dim": 32,
+                   "vision_cfg": {{ {vision} "image_size": 32, "layers": 1, "width": 64, "patch_size": 8 }},
+                   "text_cfg": {{ "context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1 }} }}"#
+            );
+            let path = write_temp(&dir, "m.json", &text);
+            let err = ModelConfig::from_open_clip_json(&path)
+                .expect_err(key)
+                .to_string();
+            assert!(
+                err.contains(&format!("`{key}`")) && err.contains("m.json"),
+                "{key}: {err}"
+            );
+        }
+        let hf = r#"{ "embed_dim": 32, "vision_cfg": { "image_size": 32, "layers": 1, "width": 64, "patch_size": 8 },
+                      "text_cfg": { "hf_model_name": "roberta-base", "width": 32, "heads": 2, "layers": 1 } }"#;
+        let err = ModelConfig::from_open_clip_json(write_temp(&dir, "hf.json", hf))
+            .expect_err("hf")
+            .to_string();
+        assert!(err.contains("text_cfg.hf_model_name"), "{err}");
+        let resnet = r#"{ "embed_dim": 32, "vision_cfg": { "image_size": 32, "layers": [3, 4, 6, 3], "width": 64 },
+                          "text_cfg": { "width": 32, "heads": 2, "layers": 1 } }"#;
+        let err = ModelConfig::from_open_clip_json(write_temp(&dir, "rn.json", resnet))
+            .expect_err("rn")
+            .to_string();
+        assert!(
+            err.contains("vision_cfg.layers") && err.contains("ModifiedResNet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn open_clip_json_accepts_explicit_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = r#"{ "embed_dim": 32, "quick_gelu": false,
+            "vision_cfg": { "image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "patch_dropout": 0.0, "ls_init_value": null },
+            "text_cfg": { "context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1, "pool_type": "argmax", "proj_bias": false } }"#;
+        let cfg = ModelConfig::from_open_clip_json(write_temp(&dir, "ok.json", text))
+            .expect("defaults are fine");
+        assert_eq!(cfg.vision.heads(), 1);
+        assert_eq!(cfg.text.context_length, 8);
+    }
+
+    #[test]
+    fn num_params_match_open_clip() {
+        // Counted by open_clip 3.3.0 (scripts/reference/make_model_fixtures.py).
+        assert_eq!(
+            ModelConfig::preset("vit-b-32")
+                .expect("preset")
+                .num_params(),
+            151_277_313
+        );
+        assert_eq!(
+            ModelConfig::preset("tiny").expect("preset").num_params(),
+            7_981_057
+        );
+        assert_eq!(
+            ModelConfig::preset("nano").expect("preset").num_params(),
+            3_382_017
+        );
+    }
+
+    #[test]
+    fn macs_grow_with_the_model() {
+        let nano = ModelConfig::preset("nano")
+            .expect("preset")
+            .macs_per_sample();
+        let b32 = ModelConfig::preset("vit-b-32")
+            .expect("preset")
+            .macs_per_sample();
+        // ViT-B-32 is ~4.4 GMACs image + ~2.9 GMACs text per open_clip's profile table.
+        assert!(b32 > 7_000_000_000 && b32 < 7_600_000_000, "{b32}");
+        assert!(nano < b32 / 1000, "{nano}");
+    }
+}

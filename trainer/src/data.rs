@@ -1,0 +1,63 @@
+//! The bridge from the `[data]` config section to the dataloader crate, and
+//! from its flat batches to tensors.
+
+use dataloader::{expand_shards, CaptionSource, Loader, LoaderConfig, SkipCounts};
+
+use crate::config::ModelConfig;
+use crate::train::config::DataConfig;
+use crate::train::TensorBatch;
+use crate::TrainError;
+
+/// The training loader: endless, shuffled, train transform.
+pub struct TrainLoader {
+    loader: Loader,
+    image_size: usize,
+}
+
+/// Builds the training loader for `model` from the `[data]` section.
+pub fn train_loader(cfg: &DataConfig, model: &ModelConfig, seed: u64) -> Result<TrainLoader, TrainError> {
+    let shards = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
+    let mut lc = LoaderConfig::new(shards, true);
+    lc.batch_size = cfg.batch_size;
+    lc.image_size = model.vision.image_size as u32;
+    lc.context_length = model.text.context_length as usize;
+    lc.threads = cfg.workers;
+    lc.seed = seed;
+    lc.shuffle_buffer = cfg.shuffle_buffer;
+    lc.drop_last = true;
+    lc.max_pixels = cfg.max_pixels;
+    lc.caption = caption_source(&cfg.caption);
+    let loader = Loader::new(lc).map_err(|e| TrainError::Data(e.to_string()))?;
+    Ok(TrainLoader { loader, image_size: model.vision.image_size as usize })
+}
+
+/// `"txt"` or `"json:<field>"` (validated by [`DataConfig::validate`]).
+pub fn caption_source(spec: &str) -> CaptionSource {
+    match spec.strip_prefix("json:") {
+        Some(field) => CaptionSource::Json(field.to_string()),
+        None => CaptionSource::Txt,
+    }
+}
+
+impl TrainLoader {
+    /// The next batch as tensors. Errors when the shards yield no usable sample at all.
+    pub fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
+        let batch = self.loader.next_batch().ok_or_else(|| {
+            TrainError::Data(format!(
+                "the training shards produced no usable batch (skipped: {})",
+                self.loader.skip_counts().to_json()
+            ))
+        })?;
+        Ok(TensorBatch::from_flat(&batch.images, &batch.tokens, batch.len(), self.image_size, batch.epoch))
+    }
+
+    /// What was skipped so far, by reason (JSON object).
+    pub fn skip_counts(&self) -> serde_json::Value {
+        self.loader.skip_counts().to_json()
+    }
+
+    /// The raw counts.
+    pub fn skips(&self) -> &SkipCounts {
+        self.loader.skip_counts()
+    }
+}

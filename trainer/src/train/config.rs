@@ -1,0 +1,289 @@
+//! The train config: one TOML file, each section owned by the component that
+//! uses it (`[data]`, `[optim]`, `[schedule]`, `[log]`), validated with errors
+//! that name the field. `--set key=value` overrides are applied to the TOML
+//! tree before it is deserialised, so they are checked exactly like the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimConfig;
+use super::schedule::ScheduleConfig;
+use crate::config::ModelConfig;
+use crate::TrainError;
+
+/// Which model to train: a preset name (`tiny`), a path to a model TOML/open_clip
+/// JSON, or an inline `[model]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    /// Preset name or file path, resolved by [`ModelConfig::load`].
+    Named(String),
+    /// The model config written out in full.
+    Inline(ModelConfig),
+}
+
+impl ModelSpec {
+    /// The concrete model config.
+    pub fn resolve(&self) -> Result<ModelConfig, TrainError> {
+        match self {
+            ModelSpec::Named(name) => {
+                ModelConfig::load(name).map_err(|e| TrainError::Config(format!("model = {name:?}: {e}")))
+            }
+            ModelSpec::Inline(cfg) => Ok(cfg.clone()),
+        }
+    }
+}
+
+impl Serialize for ModelSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ModelSpec::Named(n) => s.serialize_str(n),
+            ModelSpec::Inline(c) => c.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(ModelSpec::Named(s)),
+            v @ toml::Value::Table(_) => ModelConfig::deserialize(v).map(ModelSpec::Inline).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "expected a preset name, a file path or a [model] table, got {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+/// Where the caption of a training sample comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Shard spec: brace ranges, several specs joined by `::`, or a folder of `.tar`.
+    pub train: String,
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Background decode threads.
+    pub workers: usize,
+    /// Caption source: `"txt"` for the `.txt` member, or `"json:<field>"`.
+    pub caption: String,
+    /// Shuffle buffer size in samples (0 = no shuffling).
+    pub shuffle_buffer: usize,
+    /// Images with more pixels than this are skipped (decompression-bomb guard).
+    pub max_pixels: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: String::new(),
+            batch_size: 64,
+            workers: 2,
+            caption: "txt".into(),
+            shuffle_buffer: 1000,
+            max_pixels: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks the section; errors name the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.train.trim().is_empty() {
+            return Err(TrainError::Config("data.train: no shards given (e.g. \"data/{00000..00009}.tar\")".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(TrainError::Config("data.batch_size: must be > 0".into()));
+        }
+        if self.workers == 0 {
+            return Err(TrainError::Config("data.workers: must be > 0".into()));
+        }
+        if self.caption != "txt" && !self.caption.starts_with("json:") {
+            return Err(TrainError::Config(format!(
+                "data.caption: expected \"txt\" or \"json:<field>\", got {:?}",
+                self.caption
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log (and append to metrics.jsonl) every this many steps.
+    pub every: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { every: 10 }
+    }
+}
+
+/// A whole training run, as written in `configs/train/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run name: outputs go to `<out_dir>/<name>/`.
+    pub name: String,
+    /// The model to train.
+    pub model: ModelSpec,
+    /// Seed of every random choice (init, data order, augmentation).
+    #[serde(default)]
+    pub seed: u64,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[serde(default)]
+    pub threads: usize,
+    /// Folder holding run folders.
+    #[serde(default = "default_out_dir")]
+    pub out_dir: PathBuf,
+    /// Training data.
+    pub data: DataConfig,
+    /// Optimizer.
+    #[serde(default)]
+    pub optim: OptimConfig,
+    /// Learning-rate schedule and run length.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_out_dir() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+impl TrainConfig {
+    /// Reads `path`, applies `key=value` overrides (dotted keys, TOML values;
+    /// a bare word is taken as a string), deserialises and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_owned(), source: e })?;
+        let mut tree: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+        for o in overrides {
+            apply_override(&mut tree, o)?;
+        }
+        let cfg: TrainConfig = TrainConfig::deserialize(toml::Value::Table(tree))
+            .map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name.starts_with('.') {
+            return Err(TrainError::Config(format!(
+                "name: {:?} must be a non-empty folder name without '/'",
+                self.name
+            )));
+        }
+        self.model.resolve()?.validate().map_err(|e| TrainError::Config(format!("model: {e}")))?;
+        self.data.validate()?;
+        self.optim.validate()?;
+        self.schedule.validate()?;
+        if self.log.every == 0 {
+            return Err(TrainError::Config("log.every: must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// The config as it ran: the model written out in full, so a run folder is
+    /// self-describing.
+    pub fn resolved(&self) -> Result<TrainConfig, TrainError> {
+        Ok(TrainConfig { model: ModelSpec::Inline(self.model.resolve()?), ..self.clone() })
+    }
+
+    /// The run folder `<out_dir>/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.out_dir.join(&self.name)
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML tree. Keys must name an existing section path
+/// or a new leaf; unknown leaves are caught later by `deny_unknown_fields`.
+pub fn apply_override(tree: &mut toml::Table, assignment: &str) -> Result<(), TrainError> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| TrainError::Config(format!("--set {assignment:?}: expected key=value")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        return Err(TrainError::Config(format!("--set {assignment:?}: empty key")));
+    }
+    let value = parse_value(raw.trim());
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut table = tree;
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| {
+            TrainError::Config(format!("--set {key}: {} is not a table", parts[..=i].join(".")))
+        })?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    // Parse as a TOML value by wrapping it in a one-key document.
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("t.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = "name = \"x\"\nmodel = \"nano\"\n[data]\ntrain = \"a.tar\"\n";
+
+    #[test]
+    fn overrides_apply_and_are_typed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), MINIMAL);
+        let c = TrainConfig::load(&p, &["optim.lr=1e-3".into(), "data.batch_size=8".into(), "name=run2".into()]).unwrap();
+        assert_eq!(c.optim.lr, 1e-3);
+        assert_eq!(c.data.batch_size, 8);
+        assert_eq!(c.name, "run2");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &format!("{MINIMAL}[optim]\nlrr = 0.1\n"));
+        let e = TrainConfig::load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("lrr"), "{e}");
+        let e = TrainConfig::load(&write(d.path(), MINIMAL), &["schedule.stepz=3".into()]).unwrap_err().to_string();
+        assert!(e.contains("stepz"), "{e}");
+    }
+
+    #[test]
+    fn mistyped_field_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), MINIMAL);
+        let e = TrainConfig::load(&p, &["data.batch_size=\"many\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("batch_size") || e.contains("many"), "{e}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let c = TrainConfig::load(&write(d.path(), MINIMAL), &[]).unwrap();
+        let r = c.resolved().unwrap();
+        let text = toml::to_string(&r).unwrap();
+        let back: TrainConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        assert!(matches!(back.model, ModelSpec::Inline(_)));
+    }
+}

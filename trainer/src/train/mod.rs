@@ -1,0 +1,190 @@
+//! One worker's training run, top to bottom: config → model → data → loop →
+//! weights. Data, optimizer, schedule and metrics live behind small types so
+//! the loop reads like a table of contents.
+
+pub mod config;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tch::{nn, Device, Kind, Tensor};
+use tracing::{info, warn};
+
+use crate::loss::clip_loss;
+use crate::model::Clip;
+use crate::weights;
+use crate::TrainError;
+use config::TrainConfig;
+use metrics::MetricsWriter;
+use optim::AdamW;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Loss of the first and of the last step.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Mean loss over the first and last 10% of steps (less noisy than single steps).
+    pub early_mean_loss: f64,
+    /// See `early_mean_loss`.
+    pub late_mean_loss: f64,
+    /// Steps skipped because the loss or gradient was not finite.
+    pub skipped_steps: u64,
+    /// Training throughput over the whole run.
+    pub samples_per_s: f64,
+}
+
+/// Consecutive non-finite steps after which the run stops.
+const MAX_NONFINITE_IN_A_ROW: u64 = 10;
+
+/// Trains one worker as `cfg` says and writes `runs/<name>/{config.toml,
+/// metrics.jsonl, model.safetensors}`.
+pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
+    let run_dir = cfg.run_dir();
+    let model_cfg = cfg.model.resolve()?;
+    prepare_run_dir(cfg, &run_dir)?;
+    if cfg.threads > 0 {
+        tch::set_num_threads(cfg.threads as i32);
+    }
+    tch::manual_seed(cfg.seed as i64);
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Clip::new(&vs.root(), &model_cfg);
+    let mut opt = AdamW::new(vs.variables(), &cfg.optim);
+    let mut loader = crate::data::train_loader(&cfg.data, &model_cfg, cfg.seed)?;
+    let mut metrics = MetricsWriter::create(&run_dir.join("metrics.jsonl"))?;
+    info!(
+        run = %run_dir.display(),
+        params = model_cfg.num_params(),
+        batch = cfg.data.batch_size,
+        steps = cfg.schedule.steps,
+        "training"
+    );
+
+    let steps = cfg.schedule.steps;
+    let mut losses = Vec::with_capacity(steps as usize);
+    let (mut skipped, mut nonfinite_in_a_row) = (0u64, 0u64);
+    let (mut samples_seen, mut window_samples) = (0u64, 0u64);
+    let (run_start, mut window_start, mut data_wait) = (Instant::now(), Instant::now(), 0f64);
+    for step in 0..steps {
+        let wait = Instant::now();
+        let batch = loader.next_batch()?;
+        data_wait += wait.elapsed().as_secs_f64();
+        let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
+
+        opt.zero_grad();
+        let (image_features, text_features, logit_scale) = model.forward(&batch.images, &batch.tokens, true);
+        let loss = clip_loss(&image_features, &text_features, &logit_scale);
+        let loss_value = loss.double_value(&[]);
+        let grad_norm = if loss_value.is_finite() {
+            loss.backward();
+            opt.grad_norm().double_value(&[])
+        } else {
+            f64::NAN
+        };
+        if grad_norm.is_finite() {
+            opt.step(lr);
+            model.clamp_logit_scale();
+            nonfinite_in_a_row = 0;
+            losses.push(loss_value);
+        } else {
+            skipped += 1;
+            nonfinite_in_a_row += 1;
+            warn!(step, loss = loss_value, grad_norm, "non-finite loss or gradient: step skipped");
+            if nonfinite_in_a_row > MAX_NONFINITE_IN_A_ROW {
+                return Err(TrainError::Diverged { step, in_a_row: nonfinite_in_a_row });
+            }
+        }
+        samples_seen += batch.size as u64;
+        window_samples += batch.size as u64;
+
+        if (step + 1) % cfg.log.every == 0 || step + 1 == steps {
+            let secs = window_start.elapsed().as_secs_f64();
+            let record = serde_json::json!({
+                "step": step + 1,
+                "epoch": batch.epoch,
+                "samples_seen": samples_seen,
+                "loss": loss_value,
+                "lr": lr,
+                "logit_scale": logit_scale.double_value(&[]),
+                "grad_norm": grad_norm,
+                "samples_per_s": window_samples as f64 / secs,
+                "data_wait_frac": data_wait / secs,
+                "skipped_steps": skipped,
+                "skipped_samples": loader.skip_counts(),
+            });
+            info!(
+                "step {:>6}/{steps}  loss {loss_value:.4}  lr {lr:.2e}  scale {:.2}  {:.1} samples/s  data wait {:.0}%",
+                step + 1,
+                logit_scale.double_value(&[]),
+                window_samples as f64 / secs,
+                100.0 * data_wait / secs
+            );
+            metrics.write(&record)?;
+            (window_start, window_samples, data_wait) = (Instant::now(), 0, 0.0);
+        }
+    }
+
+    let final_weights = run_dir.join("model.safetensors");
+    weights::save_safetensors(&vs, &final_weights)
+        .map_err(|e| TrainError::Model(format!("saving {}: {e}", final_weights.display())))?;
+    info!(weights = %final_weights.display(), "saved final weights");
+    Ok(summarise(run_dir, &losses, skipped, samples_seen, run_start.elapsed().as_secs_f64()))
+}
+
+fn prepare_run_dir(cfg: &TrainConfig, run_dir: &std::path::Path) -> Result<(), TrainError> {
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |e| TrainError::Io { path, source: e }
+    };
+    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    let resolved = toml::to_string(&cfg.resolved()?)
+        .map_err(|e| TrainError::Config(format!("cannot write resolved config: {e}")))?;
+    let path = run_dir.join("config.toml");
+    std::fs::write(&path, resolved).map_err(io(&path))
+}
+
+fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs: f64) -> TrainSummary {
+    let n = losses.len();
+    let k = (n / 10).max(1).min(n.max(1));
+    let mean = |xs: &[f64]| if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+    TrainSummary {
+        run_dir,
+        steps: n as u64 + skipped,
+        first_loss: losses.first().copied().unwrap_or(f64::NAN),
+        last_loss: losses.last().copied().unwrap_or(f64::NAN),
+        early_mean_loss: mean(&losses[..k.min(n)]),
+        late_mean_loss: mean(&losses[n.saturating_sub(k)..]),
+        skipped_steps: skipped,
+        samples_per_s: samples as f64 / secs,
+    }
+}
+
+/// A batch as tensors (images `(B,3,H,W)` f32, tokens `(B,L)` i64).
+pub struct TensorBatch {
+    /// Normalised images.
+    pub images: Tensor,
+    /// Token ids, padded.
+    pub tokens: Tensor,
+    /// Samples in the batch.
+    pub size: usize,
+    /// Data epoch the batch came from.
+    pub epoch: u64,
+}
+
+impl TensorBatch {
+    /// Wraps the loader's flat buffers (one copy into libtorch-owned memory).
+    pub fn from_flat(images: &[f32], tokens: &[i64], size: usize, image_size: usize, epoch: u64) -> Self {
+        let images = Tensor::from_slice(images).view([size as i64, 3, image_size as i64, image_size as i64]);
+        let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
+        Self { images, tokens, size, epoch }
+    }
+}
