@@ -2,7 +2,7 @@
 # The main job, end to end on real data from the registries:
 #   emoji images + names/tags (npm) -> webdataset shards -> train a tiny CLIP ->
 #   zero-shot and retrieval evaluation on held-out-style (Twitter) images.
-# Idempotent: shards are rebuilt only when missing; the run folder is overwritten.
+# Idempotent: manifests and shards are rebuilt (seconds), the run folder is overwritten.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -15,15 +15,13 @@ cargo build --release --quiet --bin ferroclip
 bin=target/release/ferroclip
 
 data=data/emoji
-if [ ! -f $data/shards/train/sizes.json ] || [ ! -f $data/shards/retrieval/sizes.json ] || [ ! -f $data/shards/zeroshot/sizes.json ]; then
-  say "writing manifests from the npm emoji packs"
-  python3 scripts/data/emoji_manifests.py --npm data/npm/node_modules --out $data
-  say "sharding"
-  rm -rf $data/shards
-  $bin shard --input $data/train.jsonl --output $data/shards/train --samples-per-shard 500
-  $bin shard --input $data/eval_retrieval.jsonl --output $data/shards/retrieval --samples-per-shard 1000
-  $bin shard --input $data/eval_zeroshot.jsonl --output $data/shards/zeroshot --samples-per-shard 1000
-fi
+say "writing manifests from the npm emoji packs"
+python3 scripts/data/emoji_manifests.py --npm data/npm/node_modules --out $data
+say "sharding (rebuilt every time: a few seconds)"
+rm -rf $data/shards
+$bin shard --input $data/train.jsonl --output $data/shards/train --samples-per-shard 500
+$bin shard --input $data/eval_retrieval.jsonl --output $data/shards/retrieval --samples-per-shard 1000
+$bin shard --input $data/eval_zeroshot.jsonl --output $data/shards/zeroshot --samples-per-shard 1000
 
 say "training tiny CLIP on Google-style emoji (configs/train/demo.toml)"
 start=$(date +%s)

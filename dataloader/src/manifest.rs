@@ -162,8 +162,12 @@ fn row_from_fields(
         Some(Value::String(path)) if !path.trim().is_empty() => base.join(path.trim()),
         _ => return Err((SkipReason::InvalidRow, "no \"image\" path".into())),
     };
-    let captions = captions_from_fields(&fields)?;
     let label = label_from_fields(&fields)?;
+    // A classification set (image + "cls") needs no caption, as in CLIP_benchmark's shards.
+    let captions = match captions_from_fields(&fields) {
+        Err((SkipReason::MissingCaption, _)) if label.is_some() => Vec::new(),
+        other => other?,
+    };
     let key = match fields.get("key") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -447,5 +451,16 @@ mod tests {
             SkipReason::MissingCaption
         );
         assert_eq!(rows[2].as_ref().unwrap().captions, ["one", "two"]);
+    }
+
+    /// Regression: a zero-shot classification row ("image" + "cls", no caption) is kept.
+    #[test]
+    fn labelled_row_without_caption_is_kept() {
+        let fields: Map<String, Value> =
+            serde_json::from_str(r#"{"image": "a.png", "cls": 2}"#).unwrap();
+        let row = row_from_fields(fields, Path::new("/d"), 1).unwrap();
+        assert_eq!((row.captions.len(), row.label), (0, Some(2)));
+        let fields: Map<String, Value> = serde_json::from_str(r#"{"image": "a.png"}"#).unwrap();
+        assert_eq!(row_from_fields(fields, Path::new("/d"), 1).unwrap_err().0, SkipReason::MissingCaption);
     }
 }

@@ -1,7 +1,7 @@
 //! Webdataset shard writer: `00000.tar, 00001.tar, ...` plus OpenCLIP's `sizes.json`.
 //!
 //! Each sample becomes `<key>.<ext>` (the original image bytes), `<key>.txt` (captions joined
-//! by newlines), `<key>.json` (the manifest row plus `"key"`) and, with a label, `<key>.cls`.
+//! by newlines; omitted for a labelled sample without captions), `<key>.json` (the manifest row plus `"key"`) and, with a label, `<key>.cls`.
 //! Keys default to a 9-digit counter (`000000000`, img2dataset style). A shard is written
 //! under `NNNNN.tar.tmp` and renamed when complete, so readers never see half a shard.
 use std::collections::{BTreeMap, HashSet};
@@ -149,11 +149,11 @@ impl ShardWriter {
 
         let text = sample.captions.join("\n").into_bytes();
         let label = sample.label.map(|l| l.to_string().into_bytes());
-        let mut members: Vec<(String, &[u8])> = vec![
-            (format!("{key}.{}", sample.image_ext), &sample.image),
-            (format!("{key}.txt"), &text),
-            (format!("{key}.json"), &json_bytes),
-        ];
+        let mut members: Vec<(String, &[u8])> = vec![(format!("{key}.{}", sample.image_ext), &sample.image)];
+        if !sample.captions.is_empty() {
+            members.push((format!("{key}.txt"), &text));
+        }
+        members.push((format!("{key}.json"), &json_bytes));
         if let Some(label) = &label {
             members.push((format!("{key}.cls"), label));
         }

@@ -112,8 +112,13 @@ def tone_words(variation_key: str) -> str:
     return ", ".join(tones)
 
 
-def train_caption(rng: random.Random, name: str, short_names: list, tags: list, label: str | None) -> str:
-    """One caption from real names and tags, in a form drawn from a few natural templates.
+def train_caption(
+    rng: random.Random, name: str, short_names: list, tags: list, label: str | None, category: str
+) -> str:
+    """One caption from real names, tags and category, in a form drawn from a few natural templates.
+
+    Half of the forms name the emoji's category (emoji.json's `category`), so the
+    category words that zero-shot evaluation prompts with occur in training text.
 
     `label` is emojibase's own label of this exact emoji (skin tone included); it is
     offered as a form of its own when it reads differently from `name`.
@@ -135,7 +140,14 @@ def train_caption(rng: random.Random, name: str, short_names: list, tags: list, 
         forms.append(f"{name}, {', '.join(chosen_tags)}")
     if label and label.lower() != name:
         forms.append(label.lower())
-    return rng.choice(forms)
+    with_category = [
+        f"{name}, an emoji of {category}",
+        f"{article_for(category)} {category} emoji: {name}",
+        f"{name} emoji from the {category} category",
+    ]
+    if chosen_tags:
+        with_category.append(f"{category}: {name}, {', '.join(chosen_tags[:2])}")
+    return rng.choice(with_category if rng.random() < 0.5 else forms)
 
 
 def retrieval_short_caption(name: str, short_names: list) -> str:
@@ -213,7 +225,7 @@ def main(argv: list | None = None) -> int:
                 continue
             rng = random.Random(f"{args.seed}:{variant['unified']}")
             if variation_key is None:
-                caption = train_caption(rng, name, short_names, tags, label)
+                caption = train_caption(rng, name, short_names, tags, label, category_text(emoji["category"]))
                 extra = {}
             else:
                 tone = tone_words(variation_key)
@@ -221,7 +233,7 @@ def main(argv: list | None = None) -> int:
                 joined["skin_total"] += 1
                 joined["skin_hit"] += variant_entry is not None
                 variant_label = variant_entry.get("label") if variant_entry else None
-                caption = train_caption(rng, f"{name}, {tone}", short_names, tags, variant_label)
+                caption = train_caption(rng, f"{name}, {tone}", short_names, tags, variant_label, category_text(emoji["category"]))
                 extra = {"skin_tone": tone}
             train.append({
                 "image": relative_image(image, args.out),

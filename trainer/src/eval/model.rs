@@ -10,6 +10,7 @@ use tch::{Device, Kind, Tensor};
 use super::metrics::l2_normalize;
 use super::EvalError;
 use crate::config::ModelConfig;
+use crate::train::config::ModelSpec;
 use crate::model::Clip;
 use crate::weights;
 
@@ -181,30 +182,15 @@ fn model_config_from_run_config(path: &Path) -> Result<ModelConfig, EvalError> {
     model_config_from_run_table(&table, path)
 }
 
-/// The run config's `model`: a preset name / model file path, or an inline table.
+/// The run config's `model`: a preset name / model file path, or an inline table
+/// (the same [`ModelSpec`] the train config uses).
 fn model_config_from_run_table(table: &toml::Table, path: &Path) -> Result<ModelConfig, EvalError> {
-    let config = match table.get("model") {
-        Some(toml::Value::String(name)) => ModelConfig::load(name),
-        Some(value @ toml::Value::Table(_)) => {
-            let config = ModelConfig::deserialize(value.clone())
-                .map_err(|e| EvalError::Config(format!("{}: [model]: {e}", path.display())))?;
-            config.validate().map(|_| config)
-        }
-        Some(other) => {
-            return Err(EvalError::Config(format!(
-                "{}: `model` must be a preset name, a file path or a table, not a {}",
-                path.display(),
-                other.type_str()
-            )))
-        }
-        None => {
-            return Err(EvalError::Config(format!(
-                "{}: no `model` entry",
-                path.display()
-            )))
-        }
-    };
-    config.map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
+    let value = table
+        .get("model")
+        .ok_or_else(|| EvalError::Config(format!("{}: no `model` entry", path.display())))?;
+    let spec = ModelSpec::deserialize(value.clone())
+        .map_err(|e| EvalError::Config(format!("{}: model: {e}", path.display())))?;
+    spec.resolve().map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -29,7 +29,10 @@ impl ModelSpec {
             ModelSpec::Named(name) => {
                 ModelConfig::load(name).map_err(|e| TrainError::Config(format!("model = {name:?}: {e}")))
             }
-            ModelSpec::Inline(cfg) => Ok(cfg.clone()),
+            ModelSpec::Inline(cfg) => {
+                cfg.validate().map_err(|e| TrainError::Config(format!("[model]: {e}")))?;
+                Ok(cfg.clone())
+            }
         }
     }
 }
@@ -169,8 +172,13 @@ impl TrainConfig {
         for o in overrides {
             apply_override(&mut tree, o)?;
         }
-        let cfg: TrainConfig = TrainConfig::deserialize(toml::Value::Table(tree))
-            .map_err(|e| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
+        // serde_path_to_error names the field (`data.batch_size: invalid type ...`).
+        let cfg: TrainConfig = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+            let field = e.path().to_string();
+            let msg = e.into_inner().message().to_string();
+            let msg = if field == "." { msg } else { format!("{field}: {msg}") };
+            TrainError::Config(format!("{}: {msg}", path.display()))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -183,7 +191,7 @@ impl TrainConfig {
                 self.name
             )));
         }
-        self.model.resolve()?.validate().map_err(|e| TrainError::Config(format!("model: {e}")))?;
+        self.model.resolve()?;
         self.data.validate()?;
         self.optim.validate()?;
         self.schedule.validate()?;

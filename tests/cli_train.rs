@@ -1,0 +1,186 @@
+//! `ferroclip train` end to end as a real process: synthetic coloured-shape shards,
+//! the `nano` model; the loss falls, the run folder is complete and bad input gives
+//! one clear error line naming the culprit.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dataloader::{ShardSample, ShardWriter};
+
+const COLOURS: [(&str, [u8; 3]); 6] = [
+    ("red", [220, 20, 20]),
+    ("green", [20, 200, 20]),
+    ("blue", [20, 20, 220]),
+    ("yellow", [230, 230, 20]),
+    ("black", [0, 0, 0]),
+    ("white", [255, 255, 255]),
+];
+
+/// A `colour` disc or square on a grey background, as PNG.
+fn shape_png(rgb: [u8; 3], disc: bool, size: u32) -> Vec<u8> {
+    let c = size as f32 / 2.0;
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        let (dx, dy) = (x as f32 - c, y as f32 - c);
+        let inside = if disc { dx * dx + dy * dy < (0.35 * size as f32).powi(2) } else { dx.abs().max(dy.abs()) < 0.3 * size as f32 };
+        image::Rgb(if inside { rgb } else { [128, 128, 128] })
+    });
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("encode png");
+    bytes
+}
+
+/// 96 samples (12 distinct colour × shape pairs, sizes vary) in 4 shards.
+fn write_shards(dir: &Path) -> Vec<PathBuf> {
+    let mut writer = ShardWriter::new(dir, 24).expect("shard writer");
+    for i in 0..96usize {
+        let (name, rgb) = COLOURS[i % COLOURS.len()];
+        let disc = (i / COLOURS.len()) % 2 == 0;
+        let shape = if disc { "circle" } else { "square" };
+        writer
+            .write(&ShardSample {
+                key: None,
+                image: shape_png(rgb, disc, 32 + (i % 5) as u32 * 8),
+                image_ext: "png".into(),
+                captions: vec![format!("a {name} {shape}")],
+                label: None,
+                json: Default::default(),
+            })
+            .expect("write sample");
+    }
+    writer.finish().expect("finish shards").shards
+}
+
+fn ferroclip(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferroclip"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ferroclip")
+}
+
+fn config(shards: &str, steps: u64) -> String {
+    format!(
+        r#"name = "t"
+model = "nano"
+seed = 1
+threads = 1
+out_dir = "runs"
+[data]
+train = "{shards}"
+batch_size = 16
+workers = 2
+shuffle_buffer = 50
+[optim]
+lr = 2e-3
+weight_decay = 0.0
+[schedule]
+steps = {steps}
+warmup_steps = 5
+[log]
+every = 1
+"#
+    )
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn short_run_loss_falls_and_run_folder_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"));
+    std::fs::write(dir.path().join("t.toml"), config("shards/{00000..00003}.tar", 60)).unwrap();
+    let out = ferroclip(&["train", "--config", "t.toml"], dir.path());
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+
+    let run = dir.path().join("runs/t");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 60, "one line per step");
+    assert_eq!(lines.last().unwrap()["samples_seen"], 60 * 16);
+    let loss: Vec<f64> = lines.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+    let first = loss[0];
+    let last = loss[50..].iter().sum::<f64>() / 10.0;
+    // 16 captions per batch, chance loss ln(16) = 2.77; 12 distinct pairs are easy to separate.
+    assert!(first > 2.0, "initial loss {first} should be near ln(16)");
+    assert!(last < 0.75 * first, "loss did not fall: {loss:?}");
+
+    assert!(run.join("model.safetensors").is_file());
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("[model.vision]"), "model written out in full:\n{resolved}");
+    // The run folder is a checkpoint that eval/embed accept.
+    std::fs::write(dir.path().join("texts.txt"), "a red circle\na blue square\n").unwrap();
+    let out = ferroclip(&["embed", "--checkpoint", "runs/t", "--texts", "texts.txt", "--out", "e.jsonl"], dir.path());
+    assert!(out.status.success(), "embed failed: {}", stderr(&out));
+}
+
+#[test]
+fn same_seed_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"));
+    std::fs::write(dir.path().join("t.toml"), config("shards", 10)).unwrap();
+    let mut runs = Vec::new();
+    for name in ["a", "b"] {
+        let out = ferroclip(&["train", "--config", "t.toml", "--set", &format!("name={name}")], dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+        runs.push(std::fs::read_to_string(dir.path().join(format!("runs/{name}/metrics.jsonl"))).unwrap());
+    }
+    let losses = |m: &str| -> Vec<String> {
+        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect()
+    };
+    assert_eq!(losses(&runs[0]), losses(&runs[1]));
+}
+
+#[test]
+fn bad_samples_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("shards");
+    write_shards(&shards);
+    // One more shard whose samples are undecodable.
+    let mut writer = ShardWriter::new(&dir.path().join("bad"), 10).unwrap();
+    for _ in 0..5 {
+        writer
+            .write(&ShardSample {
+                key: None,
+                image: b"\x89PNG\r\n\x1a\nnot really".to_vec(),
+                image_ext: "png".into(),
+                captions: vec!["broken".into()],
+                label: None,
+                json: Default::default(),
+            })
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    std::fs::write(dir.path().join("t.toml"), config("shards::bad/00000.tar", 10)).unwrap();
+    let out = ferroclip(&["train", "--config", "t.toml", "--set", "data.workers=1"], dir.path());
+    assert!(out.status.success(), "bad samples must not stop training: {}", stderr(&out));
+    let metrics = std::fs::read_to_string(dir.path().join("runs/t/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let skipped = &last["skipped_samples"];
+    let total: u64 = skipped.as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+    assert!(total >= 5, "skips counted by reason in metrics: {skipped}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"));
+    let cases: [(&str, String, &str); 4] = [
+        ("missing shard", config("shards/{00000..00009}.tar", 5), "00004.tar"),
+        ("unknown field", config("shards", 5).replace("lr = 2e-3", "lrr = 2e-3"), "lrr"),
+        ("mistyped field", config("shards", 5).replace("batch_size = 16", "batch_size = \"16\""), "batch_size"),
+        ("unknown model", config("shards", 5).replace("\"nano\"", "\"nanoo\""), "nanoo"),
+    ];
+    for (what, text, culprit) in cases {
+        std::fs::write(dir.path().join("t.toml"), text).unwrap();
+        let out = ferroclip(&["train", "--config", "t.toml"], dir.path());
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{what}: should fail");
+        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{what}: no error line in {err}"));
+        assert!(line.contains(culprit), "{what}: error line should name {culprit}: {line}");
+        assert!(!err.contains("panicked"), "{what}: panic instead of an error: {err}");
+    }
+    let out = ferroclip(&["train", "--config", "nope.toml"], dir.path());
+    assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
+}
