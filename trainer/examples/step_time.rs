@@ -42,8 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = ModelConfig::load(&model_name)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Clip::new(&vs.root(), &cfg);
-    // open_clip_train's rule (decay every tensor with ≥ 2 dims) so both sides do the same math.
-    let optim_cfg = OptimConfig { decay_embeddings: true, ..OptimConfig::default() };
+    // open_clip_train's defaults (decay every tensor with ≥ 2 dims, no gradient
+    // clipping) so both sides do the same math.
+    let optim_cfg = OptimConfig { decay_embeddings: true, grad_clip_norm: 0.0, ..OptimConfig::default() };
     let mut opt = AdamW::new(vs.variables(), &optim_cfg);
 
     let size = cfg.vision.image_size as i64;
@@ -55,11 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        opt.zero_grad();
         let (img, txt, scale) = model.forward(&images, &tokens, true);
         let loss = clip_loss(&img, &txt, &scale);
-        loss.backward();
-        opt.step(5e-4);
+        let mut grads = opt.backward(&loss);
+        opt.step(&mut grads, 0.0, 5e-4);
         model.clamp_logit_scale();
         let dt = t0.elapsed().as_secs_f64();
         if i >= warmup {

@@ -80,18 +80,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
         data_wait += wait.elapsed().as_secs_f64();
         let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
 
-        opt.zero_grad();
         let (image_features, text_features, logit_scale) = model.forward(&batch.images, &batch.tokens, true);
         let loss = clip_loss(&image_features, &text_features, &logit_scale);
         let loss_value = loss.double_value(&[]);
-        let grad_norm = if loss_value.is_finite() {
-            loss.backward();
-            opt.grad_norm().double_value(&[])
-        } else {
-            f64::NAN
-        };
-        if grad_norm.is_finite() {
-            opt.step(lr);
+        let mut grads = loss_value.is_finite().then(|| opt.backward(&loss));
+        let grad_norm = grads.as_ref().map_or(f64::NAN, |g| g.norm());
+        if let (Some(grads), true) = (grads.as_mut(), grad_norm.is_finite()) {
+            opt.step(grads, grad_norm, lr);
             model.clamp_logit_scale();
             nonfinite_in_a_row = 0;
             losses.push(loss_value);

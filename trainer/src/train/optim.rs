@@ -89,11 +89,38 @@ struct ParamState {
     decay: bool,
 }
 
+/// Gradients of a loss with respect to the optimizer's parameters, in its order.
+///
+/// Taken with `torch::autograd::grad` (fresh tensors) rather than accumulated into
+/// `.grad`: no zeroing pass and no accumulation pass per step, as PyTorch's
+/// `zero_grad(set_to_none=True)` achieves.
+pub struct Gradients {
+    grads: Vec<Tensor>,
+}
+
+impl Gradients {
+    /// Global L2 norm of all gradients (NaN/inf propagate).
+    pub fn norm(&self) -> f64 {
+        let norms: Vec<Tensor> = self.grads.iter().filter(|g| g.defined()).map(|g| g.norm()).collect();
+        if norms.is_empty() {
+            return 0.0;
+        }
+        Tensor::stack(&norms, 0).norm().double_value(&[])
+    }
+
+    /// The gradient tensors (undefined where a parameter did not contribute).
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.grads
+    }
+}
+
 /// AdamW over a fixed, name-sorted list of parameters.
 pub struct AdamW {
     cfg: OptimConfig,
     params: Vec<ParamState>,
     step: u64,
+    /// Reused for g² and the denominator: no allocation (and page faults) per step.
+    scratch: Tensor,
 }
 
 impl AdamW {
@@ -102,6 +129,7 @@ impl AdamW {
     pub fn new(named: impl IntoIterator<Item = (String, Tensor)>, cfg: &OptimConfig) -> Self {
         let mut named: Vec<_> = named.into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
+        let largest = named.iter().map(|(_, t)| t.numel()).max().unwrap_or(0);
         let params = named
             .into_iter()
             .map(|(name, param)| ParamState {
@@ -112,7 +140,8 @@ impl AdamW {
                 param,
             })
             .collect();
-        Self { cfg: cfg.clone(), params, step: 0 }
+        let scratch = Tensor::empty([largest as i64], (STATE_KIND, tch::Device::Cpu));
+        Self { cfg: cfg.clone(), params, step: 0, scratch }
     }
 
     /// Steps taken so far.
@@ -125,46 +154,25 @@ impl AdamW {
         self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
     }
 
-    /// Sets every gradient to zero (keeping the buffers).
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+    /// Backpropagates `loss` to the parameters and returns their gradients.
+    pub fn backward(&self, loss: &Tensor) -> Gradients {
+        let params: Vec<&Tensor> = self.params.iter().map(|p| &p.param).collect();
+        Gradients { grads: Tensor::run_backward(&[loss], &params, false, false) }
     }
 
-    /// Global L2 norm of all gradients (a 0-dim f32 tensor; NaN/inf propagate).
-    pub fn grad_norm(&self) -> Tensor {
-        let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.param.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.norm())
-            .collect();
-        if norms.is_empty() {
-            return Tensor::from(0f32);
-        }
-        Tensor::stack(&norms, 0).norm()
-    }
-
-    /// Clips gradients to `grad_clip_norm` (if on) and applies one AdamW update
-    /// at learning rate `lr`. Returns the pre-clip global gradient norm.
-    pub fn step(&mut self, lr: f64) -> f64 {
-        let total = self.grad_norm().double_value(&[]);
+    /// Clips `grads` to `grad_clip_norm` (if on) given their global `norm`, then
+    /// applies one AdamW update at learning rate `lr`.
+    pub fn step(&mut self, grads: &mut Gradients, norm: f64, lr: f64) {
         tch::no_grad(|| {
             let max = self.cfg.grad_clip_norm;
-            let clip = if max > 0.0 && total.is_finite() && total > max { max / (total + 1e-6) } else { 1.0 };
+            let clip = if max > 0.0 && norm.is_finite() && norm > max { max / (norm + 1e-6) } else { 1.0 };
             self.step += 1;
             let t = self.step as i32;
             let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
             let bc1 = 1.0 - b1.powi(t);
             let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
             let step_size = lr / bc1;
-            for p in &mut self.params {
-                let mut g = p.param.grad();
+            for (p, g) in self.params.iter_mut().zip(grads.grads.iter_mut()) {
                 if !g.defined() {
                     continue;
                 }
@@ -174,15 +182,16 @@ impl AdamW {
                 if p.decay && self.cfg.weight_decay > 0.0 {
                     let _ = p.param.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);
                 }
-                let _ = p.exp_avg.lerp_(&g, 1.0 - b1);
-                let _ = p.exp_avg_sq.lerp_(&g.square(), 1.0 - b2);
-                // denom' = -(sqrt(v)/bc2_sqrt + eps)/step_size, so addcdiv_ subtracts step_size·m/denom.
-                let mut denom = p.exp_avg_sq.sqrt();
-                let _ = denom.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.cfg.eps).g_mul_scalar_(-1.0 / step_size);
-                let _ = p.param.addcdiv_(&p.exp_avg, &denom);
+                let mut tmp = self.scratch.narrow(0, 0, g.numel() as i64).view(g.size().as_slice());
+                let _ = p.exp_avg.lerp_(g, 1.0 - b1);
+                let _ = g.square_out(&tmp);
+                let _ = p.exp_avg_sq.lerp_(&tmp, 1.0 - b2);
+                // tmp = -(sqrt(v)/bc2_sqrt + eps)/step_size, so addcdiv_ subtracts step_size·m/denom.
+                let _ = p.exp_avg_sq.sqrt_out(&tmp);
+                let _ = tmp.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.cfg.eps).g_mul_scalar_(-1.0 / step_size);
+                let _ = p.param.addcdiv_(&p.exp_avg, &tmp);
             }
         });
-        total
     }
 
     /// Named optimizer state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`).
@@ -228,10 +237,11 @@ mod tests {
         let cfg = OptimConfig { weight_decay: 0.1, grad_clip_norm: 0.0, ..OptimConfig::default() };
         let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).view([2, 2]).set_requires_grad(true);
         let loss = (&p * &p).sum(Kind::Float); // grad = 2p
-        loss.backward();
         let mut opt = AdamW::new([("w".to_string(), p.shallow_clone())], &cfg);
+        let mut grads = opt.backward(&loss);
         let lr = 0.01;
-        opt.step(lr);
+        let norm = grads.norm();
+        opt.step(&mut grads, norm, lr);
         let got: Vec<f32> = p.flatten(0, -1).try_into().unwrap();
         for (x0, x) in [1.0f64, -2.0, 3.0, 0.5].iter().zip(got) {
             let g = 2.0 * x0;
@@ -244,11 +254,12 @@ mod tests {
     fn clipping_scales_gradients() {
         let cfg = OptimConfig { grad_clip_norm: 1.0, weight_decay: 0.0, ..OptimConfig::default() };
         let p = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
-        (&p * 10.0).sum(Kind::Float).backward(); // grad (10, 10), norm 14.14
         let mut opt = AdamW::new([("b".to_string(), p.shallow_clone())], &cfg);
-        let norm = opt.step(0.1);
+        let mut grads = opt.backward(&(&p * 10.0).sum(Kind::Float)); // grad (10, 10), norm 14.14
+        let norm = grads.norm();
         assert!((norm - 200f64.sqrt()).abs() < 1e-4);
-        let g: Vec<f32> = p.grad().try_into().unwrap();
+        opt.step(&mut grads, norm, 0.1);
+        let g: Vec<f32> = grads.tensors()[0].shallow_clone().try_into().unwrap();
         let clipped = (g[0] as f64).hypot(g[1] as f64);
         assert!((clipped - 1.0).abs() < 1e-4, "clipped norm {clipped}");
     }
