@@ -4,6 +4,7 @@
 #   - .venv: libtorch from the PyPI torch==2.11.0 wheel (no CUDA deps) plus the two
 #     small CUDA runtime wheels libtorch_cpu links against (tch 0.24.0 needs 2.11.0)
 #   - data/npm: the emoji image packs used by the demo (npm)
+#   - Debian: OpenMPI (openmpi-bin, libopenmpi-dev) and libclang-dev for the `mpi` feature
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -21,6 +22,10 @@ missing_debs=()
 need g++ || missing_debs+=(g++)
 need npm || missing_debs+=(npm)
 need python3 || missing_debs+=(python3 python3-venv)
+# OpenMPI (the CPU collectives backend and mpirun) and libclang (bindgen in mpi-sys).
+for deb in openmpi-bin libopenmpi-dev libclang-dev; do
+  dpkg -s "$deb" >/dev/null 2>&1 || missing_debs+=("$deb")
+done
 if [ ${#missing_debs[@]} -gt 0 ]; then
   say "apt-get install ${missing_debs[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_debs[@]}"

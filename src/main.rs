@@ -16,6 +16,8 @@ enum Cmd {
     Shard(cmd::shard::Args),
     /// Train one worker from a TOML config.
     Train(cmd::train::Args),
+    /// Start N local training workers (directly or through mpirun) and supervise them.
+    Launch(cmd::launch::Args),
     /// Zero-shot classification and retrieval evaluation of a checkpoint.
     Eval(cmd::eval::Args),
     /// Write normalised image or text embeddings.
@@ -36,6 +38,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Shard(a) => cmd::shard::run(a),
         Cmd::Train(a) => cmd::train::run(a),
+        Cmd::Launch(a) => cmd::launch::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Tokenize(a) => cmd::tokenize::run(a),

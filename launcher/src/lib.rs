@@ -2,11 +2,35 @@
 //! (local, mpirun, SLURM), sbatch generation and config-grid sweeps.
 //!
 //! Nothing here links tch or the other crates' internals: the launcher starts
-//! processes and reads the files they write (see DESIGN.md §2). The multi-worker
-//! launcher lands with the distributed-training issue; today this crate holds the
-//! run-directory layout that the trainer writes and the launcher will read.
+//! processes and reads the files they write (see DESIGN.md §2).
+//!
+//! - [`LocalLaunch`] starts N copies of a program on this machine — directly with
+//!   `RANK`/`WORLD_SIZE`/`LOCAL_RANK`/`LOCAL_WORLD_SIZE`/`MASTER_ADDR`/`MASTER_PORT`
+//!   ([`Backend::Solo`], [`Backend::Nccl`]) or through `mpirun` ([`Backend::Mpi`]) —
+//!   prints their output line by line as `[rank R] …`, writes `rank<R>.log` per
+//!   rank, and when one fails stops the rest (SIGTERM, then SIGKILL) and returns a
+//!   [`LaunchError`] naming the rank.
+//! - [`RunDir`] is the run-directory layout that the trainer writes.
+//!
+//! ```no_run
+//! use launcher::{Backend, LocalLaunch};
+//! let launch = LocalLaunch::new("sh", ["-c", "echo rank $RANK of $WORLD_SIZE"], 2, Backend::Nccl, "runs/launch-logs");
+//! let report = launch.run()?; // prints "[rank 0] rank 0 of 2", "[rank 1] rank 1 of 2"
+//! assert_eq!(report.nproc, 2);
+//! # Ok::<(), launcher::LaunchError>(())
+//! ```
 #![deny(missing_docs)]
 
+mod error;
+mod local;
+mod mpirun;
+mod output;
+mod process;
 mod run_dir;
+mod signals;
 
+pub use error::{signal_name, LaunchError};
+pub use local::{Backend, LaunchReport, LocalLaunch, DEFAULT_GRACE};
+pub use output::{Console, SharedWriter};
 pub use run_dir::RunDir;
+pub use signals::{install_signal_handlers, StopHandle};

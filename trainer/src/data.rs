@@ -14,9 +14,24 @@ pub struct TrainLoader {
     image_size: usize,
 }
 
-/// Builds the training loader for `model` from the `[data]` section.
-pub fn train_loader(cfg: &DataConfig, model: &ModelConfig, seed: u64) -> Result<TrainLoader, TrainError> {
-    let shards = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
+/// Builds rank `rank`'s training loader for `model` from the `[data]` section:
+/// shards are dealt to ranks round-robin, and the rank is mixed into the seed.
+pub fn train_loader(
+    cfg: &DataConfig,
+    model: &ModelConfig,
+    seed: u64,
+    rank: usize,
+    world_size: usize,
+) -> Result<TrainLoader, TrainError> {
+    let all = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
+    if all.len() < world_size {
+        return Err(TrainError::Data(format!(
+            "data.train: {} shard(s) for {world_size} ranks; every rank needs at least one shard",
+            all.len()
+        )));
+    }
+    let shards: Vec<_> = all.into_iter().skip(rank).step_by(world_size).collect();
+    let seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut lc = LoaderConfig::new(shards, true);
     lc.batch_size = cfg.batch_size;
     lc.image_size = model.vision.image_size as u32;

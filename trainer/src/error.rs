@@ -22,6 +22,9 @@ pub enum TrainError {
     /// Building, loading or saving the model failed.
     #[error("model: {0}")]
     Model(String),
+    /// Rank discovery or a collective operation failed.
+    #[error("distributed: {0}")]
+    Dist(String),
     /// Too many consecutive steps had a non-finite loss or gradient.
     #[error("training diverged: {in_a_row} non-finite steps in a row (at step {step})")]
     Diverged {

@@ -2,10 +2,12 @@
 #![deny(missing_docs)]
 pub use tch;
 pub mod data;
+pub mod dist;
 mod error;
 pub mod eval;
 pub mod config;
 pub mod loss;
+pub mod loss_dist;
 pub mod model;
 pub mod train;
 pub mod weights;

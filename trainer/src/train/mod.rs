@@ -3,6 +3,7 @@
 //! the loop reads like a table of contents.
 
 pub mod config;
+pub mod ddp;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
@@ -13,7 +14,8 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 use tracing::{info, warn};
 
-use crate::loss::clip_loss;
+use crate::dist::{self, Dist};
+use crate::loss_dist::global_clip_loss;
 use crate::model::Clip;
 use crate::weights;
 use crate::TrainError;
@@ -45,12 +47,20 @@ pub struct TrainSummary {
 /// Consecutive non-finite steps after which the run stops.
 const MAX_NONFINITE_IN_A_ROW: u64 = 10;
 
-/// Trains one worker as `cfg` says and writes `runs/<name>/{config.toml,
+/// Trains this worker as `cfg` says. With several workers (rank and world size
+/// from the environment, DESIGN.md §4) each one runs this same function; the
+/// loss covers the global batch and gradients are summed over ranks, so every
+/// replica takes the same step. Rank 0 writes `runs/<name>/{config.toml,
 /// metrics.jsonl, model.safetensors}`.
 pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
+    let dist = Dist::from_env().map_err(|e| TrainError::Dist(e.to_string()))?;
+    let coll = dist::connect(&dist).map_err(|e| TrainError::Dist(e.to_string()))?;
+    let coll = coll.as_ref();
     let run_dir = cfg.run_dir();
     let model_cfg = cfg.model.resolve()?;
-    prepare_run_dir(cfg, &run_dir)?;
+    if dist.is_main() {
+        prepare_run_dir(cfg, &run_dir)?;
+    }
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
     }
@@ -58,22 +68,30 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
 
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Clip::new(&vs.root(), &model_cfg);
+    ddp::broadcast_parameters(&vs, coll).map_err(dist_err)?;
+    ddp::verify_parameters_equal(&vs, coll).map_err(dist_err)?;
     let mut opt = AdamW::new(vs.variables(), &cfg.optim);
-    let mut loader = crate::data::train_loader(&cfg.data, &model_cfg, cfg.seed)?;
-    let mut metrics = MetricsWriter::create(&run_dir.join("metrics.jsonl"))?;
-    info!(
-        run = %run_dir.display(),
-        params = model_cfg.num_params(),
-        batch = cfg.data.batch_size,
-        steps = cfg.schedule.steps,
-        "training"
-    );
+    let grad_sync = ddp::GradSync::default();
+    let mut loader = crate::data::train_loader(&cfg.data, &model_cfg, cfg.seed, dist.rank, dist.world_size)?;
+    let mut metrics = dist.is_main().then(|| MetricsWriter::create(&run_dir.join("metrics.jsonl"))).transpose()?;
+    let global_batch = cfg.data.batch_size * dist.world_size;
+    if dist.is_main() {
+        info!(
+            run = %run_dir.display(),
+            params = model_cfg.num_params(),
+            workers = dist.world_size,
+            global_batch,
+            steps = cfg.schedule.steps,
+            "training"
+        );
+    }
 
     let steps = cfg.schedule.steps;
     let mut losses = Vec::with_capacity(steps as usize);
     let (mut skipped, mut nonfinite_in_a_row) = (0u64, 0u64);
     let (mut samples_seen, mut window_samples) = (0u64, 0u64);
-    let (run_start, mut window_start, mut data_wait) = (Instant::now(), Instant::now(), 0f64);
+    let (run_start, mut window_start) = (Instant::now(), Instant::now());
+    let (mut data_wait, mut comm) = (0f64, 0f64);
     for step in 0..steps {
         let wait = Instant::now();
         let batch = loader.next_batch()?;
@@ -81,9 +99,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
         let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
 
         let (image_features, text_features, logit_scale) = model.forward(&batch.images, &batch.tokens, true);
-        let loss = clip_loss(&image_features, &text_features, &logit_scale);
-        let loss_value = loss.double_value(&[]);
-        let mut grads = loss_value.is_finite().then(|| opt.backward(&loss));
+        let loss = global_clip_loss(&image_features, &text_features, &logit_scale, coll).map_err(dist_err)?;
+        let loss_value = loss.global_loss; // the same on every rank, so every rank decides alike
+        let mut grads = loss_value.is_finite().then(|| opt.backward(&loss.surrogate));
+        if let Some(grads) = grads.as_mut() {
+            comm += grad_sync.all_reduce(grads, 1.0, coll).map_err(dist_err)?.seconds;
+        }
         let grad_norm = grads.as_ref().map_or(f64::NAN, |g| g.norm());
         if let (Some(grads), true) = (grads.as_mut(), grad_norm.is_finite()) {
             opt.step(grads, grad_norm, lr);
@@ -98,10 +119,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
                 return Err(TrainError::Diverged { step, in_a_row: nonfinite_in_a_row });
             }
         }
-        samples_seen += batch.size as u64;
-        window_samples += batch.size as u64;
+        samples_seen += global_batch as u64;
+        window_samples += global_batch as u64;
 
-        if (step + 1) % cfg.log.every == 0 || step + 1 == steps {
+        if let Some(metrics) = metrics.as_mut().filter(|_| (step + 1) % cfg.log.every == 0 || step + 1 == steps) {
             let secs = window_start.elapsed().as_secs_f64();
             let record = serde_json::json!({
                 "step": step + 1,
@@ -113,26 +134,35 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
                 "grad_norm": grad_norm,
                 "samples_per_s": window_samples as f64 / secs,
                 "data_wait_frac": data_wait / secs,
+                "comm_frac": comm / secs,
                 "skipped_steps": skipped,
                 "skipped_samples": loader.skip_counts(),
             });
             info!(
-                "step {:>6}/{steps}  loss {loss_value:.4}  lr {lr:.2e}  scale {:.2}  {:.1} samples/s  data wait {:.0}%",
+                "step {:>6}/{steps}  loss {loss_value:.4}  lr {lr:.2e}  scale {:.2}  {:.1} samples/s  data wait {:.0}%  comm {:.0}%",
                 step + 1,
                 logit_scale.double_value(&[]),
                 window_samples as f64 / secs,
-                100.0 * data_wait / secs
+                100.0 * data_wait / secs,
+                100.0 * comm / secs
             );
             metrics.write(&record)?;
-            (window_start, window_samples, data_wait) = (Instant::now(), 0, 0.0);
+            (window_start, window_samples, data_wait, comm) = (Instant::now(), 0, 0.0, 0.0);
         }
     }
 
-    let final_weights = run_dir.join("model.safetensors");
-    weights::save_safetensors(&vs, &final_weights)
-        .map_err(|e| TrainError::Model(format!("saving {}: {e}", final_weights.display())))?;
-    info!(weights = %final_weights.display(), "saved final weights");
+    if dist.is_main() {
+        let final_weights = run_dir.join("model.safetensors");
+        weights::save_safetensors(&vs, &final_weights)
+            .map_err(|e| TrainError::Model(format!("saving {}: {e}", final_weights.display())))?;
+        info!(weights = %final_weights.display(), "saved final weights");
+    }
+    coll.barrier().map_err(dist_err)?;
     Ok(summarise(run_dir, &losses, skipped, samples_seen, run_start.elapsed().as_secs_f64()))
+}
+
+fn dist_err(e: dist::DistError) -> TrainError {
+    TrainError::Dist(e.to_string())
 }
 
 fn prepare_run_dir(cfg: &TrainConfig, run_dir: &std::path::Path) -> Result<(), TrainError> {

@@ -112,6 +112,11 @@ impl Gradients {
     pub fn tensors(&self) -> &[Tensor] {
         &self.grads
     }
+
+    /// The gradient tensors, to be synchronised or rescaled in place (DDP).
+    pub fn tensors_mut(&mut self) -> &mut [Tensor] {
+        &mut self.grads
+    }
 }
 
 /// AdamW over a fixed, name-sorted list of parameters.
@@ -177,7 +182,8 @@ impl AdamW {
                     continue;
                 }
                 if clip != 1.0 {
-                    let _ = g.g_mul_scalar_(clip);
+                    // Out of place: autograd may hand back expanded (broadcast) views.
+                    *g = &*g * clip;
                 }
                 if p.decay && self.cfg.weight_decay > 0.0 {
                     let _ = p.param.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);

@@ -1,0 +1,429 @@
+//! The local launcher: N workers on this machine, started directly (solo, nccl)
+//! or through `mpirun` (mpi), with their output multiplexed by rank, one log per
+//! rank, and the whole group stopped when one worker fails or the launcher is
+//! interrupted.
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::LaunchError;
+use crate::mpirun;
+use crate::output::{self, Console, RankLog, Reader};
+use crate::process::{self, Group, Member, POLL};
+use crate::signals::{self, StopHandle};
+
+/// How long workers get between SIGTERM and SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long to wait for the output pipes to drain after the workers are gone.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How the workers find each other; decides how they are started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A world of one, started directly.
+    Solo,
+    /// Open MPI: started through `mpirun`, which sets `OMPI_COMM_WORLD_*`.
+    Mpi,
+    /// NCCL: started directly with `RANK`/`WORLD_SIZE`/`LOCAL_RANK`/
+    /// `LOCAL_WORLD_SIZE`/`MASTER_ADDR`/`MASTER_PORT` for the rendezvous.
+    Nccl,
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "solo" => Ok(Self::Solo),
+            "mpi" => Ok(Self::Mpi),
+            "nccl" => Ok(Self::Nccl),
+            other => Err(format!(
+                "unknown backend {other:?} (expected solo, mpi or nccl)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Solo => "solo",
+            Self::Mpi => "mpi",
+            Self::Nccl => "nccl",
+        })
+    }
+}
+
+/// What a successful launch did.
+#[derive(Debug, Clone)]
+pub struct LaunchReport {
+    /// Number of workers that ran (and exited 0).
+    pub nproc: usize,
+    /// Folder holding `rank<R>.log`.
+    pub log_dir: PathBuf,
+    /// Wall time from start to the last exit.
+    pub elapsed: Duration,
+}
+
+/// N copies of one program on this machine, each told its rank.
+#[derive(Debug, Clone)]
+pub struct LocalLaunch {
+    /// The worker program (the launcher passes its own executable and `train …`).
+    pub program: PathBuf,
+    /// Arguments given to every worker.
+    pub args: Vec<OsString>,
+    /// Number of workers.
+    pub nproc: usize,
+    /// How the workers are started and find each other.
+    pub backend: Backend,
+    /// Where `rank<R>.log` (and, for mpi, `mpirun.log`) are written.
+    pub log_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL when stopping workers.
+    pub grace: Duration,
+    /// The `mpirun` executable (looked up on PATH by default).
+    pub mpirun: PathBuf,
+}
+
+impl LocalLaunch {
+    /// A launch of `nproc` copies of `program args…` with the default grace
+    /// period and `mpirun` from PATH.
+    pub fn new<A: Into<OsString>>(
+        program: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = A>,
+        nproc: usize,
+        backend: Backend,
+        log_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            nproc,
+            backend,
+            log_dir: log_dir.into(),
+            grace: DEFAULT_GRACE,
+            mpirun: PathBuf::from("mpirun"),
+        }
+    }
+
+    /// The path of rank `rank`'s log.
+    pub fn rank_log(&self, rank: usize) -> PathBuf {
+        self.log_dir.join(format!("rank{rank}.log"))
+    }
+
+    /// Runs the workers with output on this process's stdout/stderr, and turns
+    /// SIGINT/SIGTERM/SIGHUP to the launcher into SIGTERM to the workers.
+    pub fn run(&self) -> Result<LaunchReport, LaunchError> {
+        signals::install_signal_handlers();
+        self.run_with(&Console::std(), &StopHandle::new())
+    }
+
+    /// Runs the workers with output on `console`; `stop` (or a signal caught by
+    /// [`install_signal_handlers`](crate::install_signal_handlers)) stops them.
+    /// Returns when every worker has exited 0, or after stopping and reaping all
+    /// of them when one fails (the error names the first failing rank).
+    pub fn run_with(
+        &self,
+        console: &Console,
+        stop: &StopHandle,
+    ) -> Result<LaunchReport, LaunchError> {
+        self.validate()?;
+        output::create_log_dir(&self.log_dir)?;
+        let started = Instant::now();
+        match self.backend {
+            Backend::Solo | Backend::Nccl => self.run_direct(console, stop)?,
+            Backend::Mpi => self.run_mpirun(console, stop)?,
+        }
+        Ok(LaunchReport {
+            nproc: self.nproc,
+            log_dir: self.log_dir.clone(),
+            elapsed: started.elapsed(),
+        })
+    }
+
+    fn validate(&self) -> Result<(), LaunchError> {
+        match (self.nproc, self.backend) {
+            (0, _) => Err(LaunchError::NoWorkers),
+            (n, Backend::Solo) if n != 1 => Err(LaunchError::SoloNeedsOneWorker { nproc: n }),
+            _ => Ok(()),
+        }
+    }
+
+    fn run_direct(&self, console: &Console, stop: &StopHandle) -> Result<(), LaunchError> {
+        let port = free_port()?;
+        let mut group = Group::default();
+        let mut readers = Vec::new();
+        let mut logs = Vec::new();
+        for rank in 0..self.nproc {
+            let log = RankLog::create(self.rank_log(rank))?;
+            let mut cmd = Command::new(&self.program);
+            cmd.args(&self.args)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", self.nproc.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("LOCAL_WORLD_SIZE", self.nproc.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string());
+            match spawn_piped(cmd, &self.program) {
+                Ok((child, out, err)) => {
+                    readers.push(output::pump_rank(
+                        out,
+                        rank,
+                        console.stdout.clone(),
+                        log.clone(),
+                    ));
+                    readers.push(output::pump_rank(
+                        err,
+                        rank,
+                        console.stderr.clone(),
+                        log.clone(),
+                    ));
+                    group.members.push(Member::new(rank, child));
+                    logs.push(log.path);
+                }
+                Err(e) => {
+                    // Ranks already started would wait forever for the missing one.
+                    group.shutdown(self.grace)?;
+                    output::join_readers(readers, DRAIN_PATIENCE, console);
+                    return Err(e);
+                }
+            }
+        }
+        let verdict = self.supervise(&mut group, console, stop, |rank, status| {
+            process::failure(rank, status, &logs[rank])
+        });
+        output::join_readers(readers, DRAIN_PATIENCE, console);
+        verdict
+    }
+
+    fn run_mpirun(&self, console: &Console, stop: &StopHandle) -> Result<(), LaunchError> {
+        let logs = (0..self.nproc)
+            .map(|r| RankLog::create(self.rank_log(r)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mpirun_log = RankLog::create(self.log_dir.join("mpirun.log"))?;
+        let cmd = mpirun::command(&self.mpirun, self.nproc, &self.program, &self.args);
+        let (child, out, err) = spawn_piped(cmd, &self.mpirun).map_err(|e| match e {
+            LaunchError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                LaunchError::MpirunMissing
+            }
+            other => other,
+        })?;
+        let diagnostics = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            demux_mpirun(
+                out,
+                console.stdout.clone(),
+                logs.clone(),
+                mpirun_log.clone(),
+                None,
+            ),
+            demux_mpirun(
+                err,
+                console.stderr.clone(),
+                logs,
+                mpirun_log,
+                Some(diagnostics.clone()),
+            ),
+        ];
+        let mut group = Group {
+            members: vec![Member::new(0, child)],
+        };
+        let verdict = self.supervise(&mut group, console, stop, |_, _| {
+            LaunchError::MpirunFailed {
+                status: String::new(),
+                log_dir: self.log_dir.clone(),
+            }
+        });
+        // mpirun's explanation arrives on stderr just before it exits: read it all.
+        output::join_readers(readers, DRAIN_PATIENCE, console);
+        match verdict {
+            Err(LaunchError::MpirunFailed { log_dir, .. }) => {
+                let lines = diagnostics.lock().map(|l| l.clone()).unwrap_or_default();
+                let log = |rank: usize| self.rank_log(rank);
+                Err(match mpirun::culprit(&lines) {
+                    Some(mpirun::Culprit::Exited { rank, code }) => LaunchError::WorkerExited {
+                        rank,
+                        code,
+                        log: log(rank),
+                    },
+                    Some(mpirun::Culprit::Signaled { rank, signal }) => {
+                        LaunchError::WorkerSignaled {
+                            rank,
+                            signal,
+                            log: log(rank),
+                        }
+                    }
+                    None => LaunchError::MpirunFailed {
+                        status: describe_mpirun_status(&group),
+                        log_dir,
+                    },
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Polls until every member exits 0, a member fails, or a stop is requested;
+    /// in the last two cases stops and reaps all members. `on_failure` turns the
+    /// first failure into the error.
+    fn supervise(
+        &self,
+        group: &mut Group,
+        console: &Console,
+        stop: &StopHandle,
+        on_failure: impl Fn(usize, std::process::ExitStatus) -> LaunchError,
+    ) -> Result<(), LaunchError> {
+        let outcome = loop {
+            if let Some((rank, status)) = group.poll()? {
+                break on_failure(rank, status);
+            }
+            if group.all_exited() {
+                return Ok(());
+            }
+            if let Some(signal) = signals::received_signal() {
+                break LaunchError::Interrupted { signal };
+            }
+            if stop.is_stopped() {
+                break LaunchError::Interrupted {
+                    signal: libc::SIGTERM,
+                };
+            }
+            std::thread::sleep(POLL);
+        };
+        if !group.all_exited() {
+            let why = match &outcome {
+                LaunchError::Interrupted { signal } => {
+                    format!("received {}", crate::error::signal_name(*signal))
+                }
+                failure => failure.to_string(),
+            };
+            console.note(&format!(
+                "{why}; stopping the other workers (SIGTERM, SIGKILL after {:?})",
+                self.grace
+            ));
+        }
+        group.shutdown(self.grace)?;
+        Err(outcome)
+    }
+}
+
+/// Spawns `cmd` in its own process group with stdin closed and stdout/stderr piped.
+fn spawn_piped(
+    mut cmd: Command,
+    program: &Path,
+) -> Result<
+    (
+        std::process::Child,
+        std::process::ChildStdout,
+        std::process::ChildStderr,
+    ),
+    LaunchError,
+> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    process::isolate(&mut cmd);
+    let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        program: program.to_path_buf(),
+        source,
+    })?;
+    match (child.stdout.take(), child.stderr.take()) {
+        (Some(out), Some(err)) => Ok((child, out, err)),
+        // Unreachable with Stdio::piped(), but never leave a child behind.
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(LaunchError::Spawn {
+                program: program.to_path_buf(),
+                source: std::io::Error::other("no output pipes"),
+            })
+        }
+    }
+}
+
+/// Routes one mpirun stream: tagged segments to their rank (console prefix +
+/// rank log), the rest to the console as `[mpirun]` and to mpirun.log; on the
+/// stderr stream the untagged lines are also kept for naming the failed rank.
+fn demux_mpirun(
+    stream: impl std::io::Read + Send + 'static,
+    console: output::SharedWriter,
+    logs: Vec<RankLog>,
+    mpirun_log: RankLog,
+    diagnostics: Option<Arc<Mutex<Vec<String>>>>,
+) -> Reader {
+    output::spawn_reader(stream, move |line| {
+        let mut first_error = Ok(());
+        for (rank, text) in mpirun::split_tagged(line) {
+            let (prefix, log) = match rank.and_then(|r| logs.get(r).map(|log| (r, log))) {
+                Some((r, log)) => (format!("[rank {r}] "), log),
+                None => {
+                    if let Some(d) = &diagnostics {
+                        if let Ok(mut d) = d.lock() {
+                            d.push(String::from_utf8_lossy(text).into_owned());
+                        }
+                    }
+                    ("[mpirun] ".to_string(), &mpirun_log)
+                }
+            };
+            output::write_line(&console, prefix.as_bytes(), text);
+            if let Err(e) = log.write_line(text) {
+                if first_error.is_ok() {
+                    first_error = Err(format!("writing {} failed: {e}", log.path.display()));
+                }
+            }
+        }
+        first_error
+    })
+}
+
+/// "exit status 137 (128+9: a rank was probably killed by SIGKILL)" and the like.
+fn describe_mpirun_status(group: &Group) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(status) = group.status_of(0) else {
+        return "an unknown status".into();
+    };
+    match (status.code(), status.signal()) {
+        (Some(code), _) if code > 128 => format!(
+            "exit status {code} (128+{s}: a rank was probably killed by {name})",
+            s = code - 128,
+            name = crate::error::signal_name(code - 128)
+        ),
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("signal {signal} ({})", crate::error::signal_name(signal)),
+        (None, None) => "an unknown status".into(),
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for MASTER_PORT).
+fn free_port() -> Result<u16, LaunchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(LaunchError::NoFreePort)?;
+    Ok(listener
+        .local_addr()
+        .map_err(LaunchError::NoFreePort)?
+        .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solo_with_two_workers_is_refused_naming_nproc() {
+        let launch = LocalLaunch::new("true", Vec::<String>::new(), 2, Backend::Solo, "unused");
+        let err = launch
+            .run_with(&Console::std(), &StopHandle::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("--nproc is 2"), "{err}");
+    }
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in [Backend::Solo, Backend::Mpi, Backend::Nccl] {
+            assert_eq!(b.to_string().parse::<Backend>(), Ok(b));
+        }
+        assert!("gloo".parse::<Backend>().is_err());
+    }
+}
