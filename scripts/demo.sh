@@ -23,9 +23,9 @@ $bin shard --input $data/train.jsonl --output $data/shards/train --samples-per-s
 $bin shard --input $data/eval_retrieval.jsonl --output $data/shards/retrieval --samples-per-shard 1000
 $bin shard --input $data/eval_zeroshot.jsonl --output $data/shards/zeroshot --samples-per-shard 1000
 
-say "training tiny CLIP on Google-style emoji (configs/train/demo.toml)"
+say "training tiny CLIP on Google-style emoji with 2 local workers (configs/train/demo.toml)"
 start=$(date +%s)
-$bin train --config configs/train/demo.toml "$@"
+$bin launch --nproc 2 --backend mpi --log-dir runs/demo-tiny/logs -- --config configs/train/demo.toml "$@"
 echo "training took $(( $(date +%s) - start )) s"
 
 say "evaluating on Twitter-style emoji (held-out image style)"

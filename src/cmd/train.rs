@@ -18,6 +18,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cfg = TrainConfig::load(&args.config, &args.overrides)?;
     let summary = train::train(&cfg).with_context(|| format!("run {}", cfg.name))?;
+    if !summary.is_main {
+        return Ok(());
+    }
     println!(
         "trained {} steps ({} skipped) in {}: loss {:.4} -> {:.4} (mean of first/last 10%: {:.4} -> {:.4}), {:.1} samples/s",
         summary.steps,

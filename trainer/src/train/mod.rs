@@ -42,6 +42,8 @@ pub struct TrainSummary {
     pub skipped_steps: u64,
     /// Training throughput over the whole run.
     pub samples_per_s: f64,
+    /// Whether this process is rank 0 (the one that reports).
+    pub is_main: bool,
 }
 
 /// Consecutive non-finite steps after which the run stops.
@@ -158,7 +160,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
         info!(weights = %final_weights.display(), "saved final weights");
     }
     coll.barrier().map_err(dist_err)?;
-    Ok(summarise(run_dir, &losses, skipped, samples_seen, run_start.elapsed().as_secs_f64()))
+    Ok(TrainSummary {
+        is_main: dist.is_main(),
+        ..summarise(run_dir, &losses, skipped, samples_seen, run_start.elapsed().as_secs_f64())
+    })
 }
 
 fn dist_err(e: dist::DistError) -> TrainError {
@@ -190,6 +195,7 @@ fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs:
         late_mean_loss: mean(&losses[n.saturating_sub(k)..]),
         skipped_steps: skipped,
         samples_per_s: samples as f64 / secs,
+        is_main: true,
     }
 }
 
