@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Time open_clip's CLIP training step on the CPU: the Python side of scripts/bench/step_time.
+"""Time open_clip's CLIP training step (CPU, or one GPU with --device cuda): the Python side of
+scripts/bench/step_time and scripts/gpu_check.sh.
 
 Run with the reference env (never in CI):
 
@@ -11,7 +12,9 @@ logit-scale clamp, as open_clip_train runs it in fp32. Inputs are random images 
 random token ids (start token, random body, end token, zero padding), fixed by --seed.
 Prints one JSON line:
 {"impl": "open_clip", "model", "threads", "batch", "median_step_s", "min_step_s",
- "peak_rss_mib", ...}; ferroclip's `step_time` example prints the same keys.
+ "peak_rss_mib", ...}; ferroclip's `step_time` example prints the same keys. With --device cuda
+each step ends with torch.cuda.synchronize() and the line adds "samples_per_s",
+"peak_cuda_allocated_mib" and "peak_cuda_reserved_mib" (the caching allocator's peaks).
 """
 
 from __future__ import annotations
@@ -85,26 +88,31 @@ def image_size_of(model: torch.nn.Module) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="time open_clip's CLIP training step on the CPU")
+    parser = argparse.ArgumentParser(description="time open_clip's CLIP training step")
     parser.add_argument("--model", choices=["tiny", "vit-b-32"], required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--batch, --threads and --steps must be >= 1, --warmup >= 0")
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = build_model(args.model)
+    model = build_model(args.model).to(device)
     model.train()
     optimizer = adamw_like_open_clip_train(model)
     loss_fn = ClipLoss()  # world of one: no gather, labels arange(B)
     generator = torch.Generator().manual_seed(args.seed)
     images, tokens = random_batch(args.batch, image_size_of(model), model.context_length,
                                   model.vocab_size, generator)
+    images, tokens = images.to(device), tokens.to(device)
 
     step_seconds = []
     for step in range(args.warmup + args.steps):
@@ -116,6 +124,8 @@ def main() -> int:
         optimizer.step()
         with torch.no_grad():  # open_clip_train keeps the temperature at most 100
             model.logit_scale.clamp_(0, math.log(100))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels are asynchronous: time the step to its end
         elapsed = time.perf_counter() - start
         if not math.isfinite(loss.item()):
             print(f"error: loss is {loss.item()} at step {step}", file=sys.stderr)
@@ -124,6 +134,16 @@ def main() -> int:
             step_seconds.append(elapsed)
 
     peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    median_step = statistics.median(step_seconds)
+    extra = {}
+    if device.type == "cuda":
+        extra = {
+            "device": str(device),
+            "samples_per_s": round(args.batch / median_step, 2),
+            "peak_cuda_allocated_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+            "peak_cuda_reserved_mib": round(torch.cuda.max_memory_reserved(device) / 2**20, 1),
+            "gpu": torch.cuda.get_device_name(device),
+        }
     print(json.dumps({
         "impl": "open_clip",
         "model": args.model,
@@ -135,6 +155,7 @@ def main() -> int:
         "steps": args.steps,
         "params": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
+        **extra,
     }))
     return 0
 

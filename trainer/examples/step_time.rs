@@ -3,13 +3,25 @@
 //!
 //! `cargo run --release -p trainer --example step_time -- --model tiny --batch 32 --threads 1 --warmup 2 --steps 10`
 //! prints one JSON line.
+//!
+//! `--device cuda` runs on `cuda:(LOCAL_RANK mod devices)` (needs the `cuda`
+//! feature so libtorch_cuda is linked). `--collective nccl` (feature `nccl`)
+//! runs the data-parallel step instead: global-batch ClipLoss over NCCL and the
+//! bucketed gradient all-reduce, in a world of one (no environment needed) or
+//! of `WORLD_SIZE` processes started by `ferroclip launch --backend nccl
+//! --worker-cmd <this example>`. `--collective env` uses `dist::connect` as the
+//! train loop does. The CUDA and NCCL paths are unverified on a GPU so far
+//! (scripts/gpu_check.sh runs them).
 
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
 use trainer::config::ModelConfig;
+use trainer::dist::{self, Collective, Dist};
 use trainer::loss::clip_loss;
+use trainer::loss_dist::global_clip_loss;
 use trainer::model::Clip;
+use trainer::train::ddp;
 use trainer::train::optim::{AdamW, OptimConfig};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
@@ -29,6 +41,52 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The device named by `--device`: cpu, or cuda:(local rank mod visible devices).
+fn pick_device(name: &str, dist: &Dist) -> Result<Device, Box<dyn std::error::Error>> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                return Err("--device cuda: libtorch sees no CUDA device (built without the `cuda` feature, \
+                            or libtorch_cuda / the driver not found at run time)"
+                    .into());
+            }
+            let visible = tch::Cuda::device_count().max(1) as usize;
+            Ok(Device::Cuda(dist.local_rank % visible))
+        }
+        other => Err(format!("--device: expected cpu or cuda, got {other:?}").into()),
+    }
+}
+
+/// The collective named by `--collective`: none (single-process step with the
+/// plain ClipLoss), nccl, or env (`dist::connect`).
+fn pick_collective(name: &str, dist: &Dist, device: Device) -> Result<Option<Box<dyn Collective>>, Box<dyn std::error::Error>> {
+    match name {
+        "none" => Ok(None),
+        "env" => Ok(Some(dist::connect(dist)?)),
+        "nccl" => nccl_collective(dist, device).map(Some),
+        other => Err(format!("--collective: expected none, nccl or env, got {other:?}").into()),
+    }
+}
+
+#[cfg(feature = "nccl")]
+fn nccl_collective(dist: &Dist, device: Device) -> Result<Box<dyn Collective>, Box<dyn std::error::Error>> {
+    let Device::Cuda(ordinal) = device else {
+        return Err("--collective nccl needs --device cuda".into());
+    };
+    let nccl = if dist.world_size == 1 {
+        dist::Nccl::with_unique_id(0, 1, ordinal, &dist::new_unique_id()?, None)?
+    } else {
+        dist::Nccl::over_tcp(dist, ordinal, &dist::rendezvous::Rendezvous::from_env()?)?
+    };
+    Ok(Box::new(nccl))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_collective(_dist: &Dist, _device: Device) -> Result<Box<dyn Collective>, Box<dyn std::error::Error>> {
+    Err("--collective nccl: built without the `nccl` feature".into())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let model_name = arg(&args, "--model", "tiny");
@@ -36,38 +94,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: i32 = arg(&args, "--threads", "1").parse()?;
     let warmup: usize = arg(&args, "--warmup", "2").parse()?;
     let steps: usize = arg(&args, "--steps", "10").parse()?;
+    let dist = Dist::from_env()?;
+    let device = pick_device(&arg(&args, "--device", "cpu"), &dist)?;
+    let collective_name = arg(&args, "--collective", "none");
+    let coll = pick_collective(&collective_name, &dist, device)?;
     tch::set_num_threads(threads);
     tch::manual_seed(0);
 
     let cfg = ModelConfig::load(&model_name)?;
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(device);
     let model = Clip::new(&vs.root(), &cfg);
     // open_clip_train's defaults (decay every tensor with ≥ 2 dims, no gradient
     // clipping) so both sides do the same math.
     let optim_cfg = OptimConfig { decay_embeddings: true, grad_clip_norm: 0.0, ..OptimConfig::default() };
     let mut opt = AdamW::new(vs.variables(), &optim_cfg);
+    let grad_sync = ddp::GradSync::default();
+    if let Some(coll) = coll.as_deref() {
+        ddp::broadcast_parameters(&vs, coll)?;
+    }
+    let world_size = coll.as_deref().map_or(1, |c| c.world_size());
 
     let size = cfg.vision.image_size as i64;
     let ctx = cfg.text.context_length as i64;
-    let images = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
-    let tokens = Tensor::randint_low(1, 49000, [batch, ctx], (Kind::Int64, Device::Cpu));
+    let images = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
+    let tokens = Tensor::randint_low(1, 49000, [batch, ctx], (Kind::Int64, device));
     let _ = tokens.narrow(1, ctx - 1, 1).fill_(49407);
 
     let mut times = Vec::with_capacity(steps);
+    let mut comm_times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let (img, txt, scale) = model.forward(&images, &tokens, true);
-        let loss = clip_loss(&img, &txt, &scale);
-        let mut grads = opt.backward(&loss);
+        let mut comm = 0.0;
+        let mut grads = match coll.as_deref() {
+            None => opt.backward(&clip_loss(&img, &txt, &scale)),
+            Some(coll) => {
+                let loss = global_clip_loss(&img, &txt, &scale, coll)?;
+                let mut grads = opt.backward(&loss.surrogate);
+                comm = grad_sync.all_reduce(&mut grads, 1.0, coll)?.seconds;
+                grads
+            }
+        };
         opt.step(&mut grads, 0.0, 5e-4);
         model.clamp_logit_scale();
+        if let Device::Cuda(ordinal) = device {
+            // Kernels run asynchronously: time the step to its end.
+            tch::Cuda::synchronize(ordinal as i64);
+        }
         let dt = t0.elapsed().as_secs_f64();
         if i >= warmup {
             times.push(dt);
+            comm_times.push(comm);
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
+    comm_times.sort_by(|a, b| a.total_cmp(b));
     println!(
         "{}",
         serde_json::json!({
@@ -80,6 +162,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "min_step_s": times[0],
             "peak_rss_mib": peak_rss_mib(),
             "params": cfg.num_params(),
+            "device": format!("{device:?}"),
+            "collective": collective_name,
+            "rank": coll.as_deref().map_or(0, |c| c.rank()),
+            "world_size": world_size,
+            "samples_per_s": (batch as f64) * (world_size as f64) / median,
+            // Host-side time in the gradient all-reduce (kernels are asynchronous on CUDA).
+            "median_grad_sync_s": comm_times.get(comm_times.len() / 2).copied().unwrap_or(0.0),
         })
     );
     Ok(())

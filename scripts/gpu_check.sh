@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Runs ON a lent GPU machine (torch 2.11.0 + CUDA 13 + NCCL in its Python image; no cargo, no MPI),
+# on the binaries scripts/gpu_build.sh made here and carried in target/gpu:
+#
+#   1. ferroclip's vit-b-32 training step on one GPU (plain ClipLoss, no collective)
+#   2. the same as a data-parallel step over NCCL in a world of one (global ClipLoss through
+#      NCCL all_gather / reduce_scatter / all_reduce, gradient all-reduce skipped at W=1)
+#   3. two NCCL workers through `ferroclip launch --nproc 2 --backend nccl` (on one GPU NCCL
+#      refuses two ranks per device; the outcome is recorded, not required)
+#   4. open_clip's step on the same GPU (scripts/bench/openclip_step.py --device cuda), if
+#      open_clip imports (target/gpu/pydeps + the machine's torchvision and regex)
+#
+# For each: step time, samples/s and peak GPU memory (nvidia-smi's used memory sampled every
+# 100 ms during the run, minus the idle level; open_clip also reports torch's allocator peaks).
+# Ends with one summary table. UNVERIFIED: written on a CPU-only machine.
+#
+#   scripts/gpu_check.sh [--batch 128] [--steps 10] [--warmup 3] [--model vit-b-32]
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+
+batch=128
+steps=10
+warmup=3
+model=vit-b-32
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --batch) batch="$2"; shift ;;
+        --steps) steps="$2"; shift ;;
+        --warmup) warmup="$2"; shift ;;
+        --model) model="$2"; shift ;;
+        *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+bin="$root/target/gpu"
+for exe in ferroclip step_time; do
+    [[ -x "$bin/$exe" ]] || { echo "gpu_check: $bin/$exe missing: run scripts/gpu_build.sh here and carry target/gpu" >&2; exit 2; }
+done
+
+# --- the machine's own torch, CUDA and NCCL libraries ------------------------------------------
+python="${PYTHON:-python3}"
+torch_dir="$("$python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')" || {
+    echo "gpu_check: $python cannot import torch" >&2; exit 2; }
+site="$(dirname "$torch_dir")"
+lib_path="$torch_dir/lib"
+for d in "$site"/nvidia/*/lib; do [[ -d "$d" ]] && lib_path="$lib_path:$d"; done
+# cudarc dlopens libnccl.so (not .so.2, the wheel's only name): a folder with that symlink.
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/shim"
+nccl_so="$(find "$site/nvidia" "$torch_dir/lib" -name 'libnccl.so*' 2>/dev/null | head -n 1)"
+if [[ -n "$nccl_so" ]]; then
+    ln -s "$nccl_so" "$work/shim/libnccl.so"
+    lib_path="$work/shim:$lib_path"
+else
+    echo "gpu_check: no libnccl.so* under $site/nvidia or $torch_dir/lib; the NCCL runs will fail" >&2
+fi
+export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1 NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "nccl", torch.cuda.nccl.version(), "gpus", torch.cuda.device_count())' || true
+echo "nccl library: ${nccl_so:-none}"
+missing="$(ldd "$bin/step_time" | grep 'not found' || true)"
+[[ -z "$missing" ]] || echo "gpu_check: WARNING, unresolved libraries:"$'\n'"$missing"
+
+# --- one timed run with GPU memory sampling -----------------------------------------------------
+results="$work/results.jsonl"
+: > "$results"
+gpu_used_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1 | tr -d ' '; }
+idle_mib="$(gpu_used_mib || echo 0)"
+
+# run LABEL CMD...: runs CMD, samples GPU 0's used memory, appends {label, rc, peak_gpu_mib, json}.
+run() {
+    local label="$1"; shift
+    local log="$work/$label.log" samples="$work/$label.mem"
+    echo "== $label: $*"
+    ( while true; do gpu_used_mib >> "$samples" 2>/dev/null; sleep 0.1; done ) &
+    local sampler=$!
+    local t0 rc
+    t0="$(date +%s.%N)"
+    timeout 300 "$@" > "$log" 2>&1
+    rc=$?
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+    tail -n 15 "$log"
+    local peak
+    peak="$(sort -n "$samples" 2>/dev/null | tail -n 1)"
+    "$python" - "$label" "$rc" "${peak:-0}" "$idle_mib" "$log" "$(date +%s.%N)" "$t0" >> "$results" <<'EOF'
+import json, sys
+label, rc, peak, idle, log, t1, t0 = sys.argv[1:]
+lines = [l for l in open(log, errors="replace") if '"impl"' in l and '{' in l]
+# The launcher prefixes worker lines with the rank; keep the JSON part.
+parsed = []
+for l in lines:
+    try:
+        parsed.append(json.loads(l[l.index("{"):]))
+    except ValueError:
+        pass
+print(json.dumps({"label": label, "rc": int(rc), "peak_gpu_mib": float(peak) - float(idle),
+                  "wall_s": float(t1) - float(t0), "results": parsed}))
+EOF
+}
+
+common=(--model "$model" --batch "$batch" --warmup "$warmup" --steps "$steps" --threads 4)
+run ferroclip_1gpu "$bin/step_time" "${common[@]}" --device cuda --collective none
+run ferroclip_nccl_w1 "$bin/step_time" "${common[@]}" --device cuda --collective nccl
+run ferroclip_nccl_w2_launch "$bin/ferroclip" launch --nproc 2 --backend nccl --log-dir "$work/launch-logs" \
+    --worker-cmd "$bin/step_time" -- "${common[@]}" --device cuda --collective nccl
+if [[ -d "$bin/pydeps" ]]; then
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$bin/pydeps"
+fi
+if HF_HUB_OFFLINE=1 "$python" -c 'import open_clip' 2> "$work/open_clip_import.log"; then
+    HF_HUB_OFFLINE=1 run open_clip_1gpu "$python" scripts/bench/openclip_step.py "${common[@]}" --device cuda
+else
+    echo "== open_clip unavailable here (its step is not timed):"; tail -n 3 "$work/open_clip_import.log"
+fi
+
+# --- summary -------------------------------------------------------------------------------------
+echo
+echo "== summary (model $model, batch $batch per worker, fp32, $steps timed steps after $warmup warmup)"
+"$python" - "$results" <<'EOF'
+import json, sys
+print("| run | rc | workers | median step (s) | samples/s | peak GPU mem (MiB, nvidia-smi over idle) | torch allocator peak (MiB) |")
+print("|---|---|---|---|---|---|---|")
+for line in open(sys.argv[1]):
+    row = json.loads(line)
+    res = row["results"]
+    if not res:
+        print(f"| {row['label']} | {row['rc']} | — | — | — | {row['peak_gpu_mib']:.0f} | — |")
+        continue
+    step = max(r["median_step_s"] for r in res)  # the slowest rank sets the pace
+    world = max(int(r.get("world_size", 1)) for r in res)
+    batch = sum(int(r["batch"]) for r in res)
+    alloc = res[0].get("peak_cuda_allocated_mib", "—")
+    print(f"| {row['label']} | {row['rc']} | {len(res)} (world {world}) | {step:.4f} | {batch / step:.1f} "
+          f"| {row['peak_gpu_mib']:.0f} | {alloc} |")
+EOF
+cp "$results" "${OUT:-$work}/gpu_check_results.jsonl" 2>/dev/null || true

@@ -1,0 +1,393 @@
+//! A small TCP rendezvous: rank 0 hands a fixed-size blob (the NCCL unique id)
+//! to every other rank, at `MASTER_ADDR:MASTER_PORT` as `ferroclip launch
+//! --backend nccl` and torchrun set them. No MPI needed (the GPU machines have none).
+//!
+//! Protocol: rank 0 listens; every other rank connects (retrying until rank 0
+//! is up) and sends `HELLO_MAGIC`, its rank and the world size (u32 big-endian).
+//! Once all `world_size - 1` ranks have said hello, rank 0 answers each with
+//! the payload length (u32) and the payload. Rank 0 answers nobody until
+//! everyone arrived, so a rank that never comes makes every rank fail at the
+//! deadline with the missing ranks named, instead of some ranks entering a
+//! collective initialisation that would wait forever.
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::DistError;
+
+/// Sent first by every connecting rank, so a stray connection is told apart.
+const HELLO_MAGIC: &[u8; 8] = b"FCRDV\x00\x00\x01";
+/// How long a rank may take to send its hello once connected.
+const HELLO_PATIENCE: Duration = Duration::from_secs(10);
+/// Pause between connection attempts while rank 0 is not listening yet.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// The longest payload accepted (a guard against a garbled length).
+const MAX_PAYLOAD: usize = 1 << 20;
+/// Default for how long the rendezvous waits for all ranks.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn rendezvous_error(reason: String) -> DistError {
+    DistError::Backend {
+        backend: "rendezvous",
+        reason,
+    }
+}
+
+/// Where rank 0 listens and how long everyone waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendezvous {
+    /// Host name or address of rank 0 (`MASTER_ADDR`).
+    pub host: String,
+    /// Port rank 0 listens on (`MASTER_PORT`).
+    pub port: u16,
+    /// Deadline for the whole exchange, counted from the call.
+    pub timeout: Duration,
+}
+
+impl Rendezvous {
+    /// Reads `MASTER_ADDR`, `MASTER_PORT` and the optional
+    /// `FERROCLIP_RENDEZVOUS_TIMEOUT_S` (seconds, default 300) through `lookup`.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Rendezvous, DistError> {
+        let env_error = |var: &str, value: &str, reason: &str| DistError::Env {
+            var: var.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        let host = lookup("MASTER_ADDR")
+            .filter(|h| !h.trim().is_empty())
+            .ok_or_else(|| env_error("MASTER_ADDR", "", "is not set; the NCCL rendezvous needs rank 0's address"))?;
+        let port_text = lookup("MASTER_PORT").unwrap_or_default();
+        let port = port_text
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| env_error("MASTER_PORT", &port_text, "expected a TCP port in 1..=65535"))?;
+        let timeout = match lookup("FERROCLIP_RENDEZVOUS_TIMEOUT_S") {
+            None => DEFAULT_TIMEOUT,
+            Some(text) => text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| env_error("FERROCLIP_RENDEZVOUS_TIMEOUT_S", &text, "expected a positive number of seconds"))?,
+        };
+        Ok(Rendezvous {
+            host: host.trim().to_string(),
+            port,
+            timeout,
+        })
+    }
+
+    /// [`Rendezvous::from_lookup`] over the process environment.
+    pub fn from_env() -> Result<Rendezvous, DistError> {
+        Rendezvous::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Rank 0 passes `Some(payload)` and gets it back; the other ranks pass
+    /// `None` and get rank 0's payload. Rank 0 listens on every interface at
+    /// `port` (so `MASTER_ADDR` may be any name of its host); the others
+    /// connect to `host:port`.
+    pub fn broadcast_from_rank0(
+        &self,
+        rank: usize,
+        world_size: usize,
+        payload: Option<&[u8]>,
+    ) -> Result<Vec<u8>, DistError> {
+        let deadline = Instant::now() + self.timeout;
+        match (rank, payload) {
+            (0, Some(payload)) => {
+                let listener = TcpListener::bind(("0.0.0.0", self.port)).map_err(|e| {
+                    rendezvous_error(format!("rank 0 cannot listen on port {} (MASTER_PORT): {e}", self.port))
+                })?;
+                serve(&listener, world_size, payload, deadline)?;
+                Ok(payload.to_vec())
+            }
+            (0, None) => Err(rendezvous_error("rank 0 must provide the payload".into())),
+            (_, Some(_)) => Err(rendezvous_error(format!("rank {rank} must not provide a payload; rank 0 does"))),
+            (_, None) => {
+                let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
+                    .to_socket_addrs()
+                    .map_err(|e| rendezvous_error(format!("cannot resolve MASTER_ADDR {:?}: {e}", self.host)))?
+                    .collect();
+                fetch(&addrs, rank, world_size, deadline)
+            }
+        }
+    }
+}
+
+/// Rank 0's side: accepts the hellos of ranks `1..world_size` on `listener`
+/// until `deadline`, then sends `payload` to each.
+pub fn serve(listener: &TcpListener, world_size: usize, payload: &[u8], deadline: Instant) -> Result<(), DistError> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(rendezvous_error(format!("payload of {} bytes exceeds {MAX_PAYLOAD}", payload.len())));
+    }
+    let world = u32::try_from(world_size).map_err(|_| rendezvous_error(format!("world size {world_size} too large")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| rendezvous_error(format!("listener: {e}")))?;
+    let mut arrived: BTreeMap<u32, TcpStream> = BTreeMap::new();
+    while arrived.len() + 1 < world_size {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                let hello = stream
+                    .set_nonblocking(false)
+                    .and_then(|_| stream.set_read_timeout(Some(HELLO_PATIENCE.min(remaining(deadline)))))
+                    .and_then(|_| read_hello(&mut stream));
+                match hello {
+                    // A connection that is not one of ours (a port scan, a health check) is dropped.
+                    Ok(None) | Err(_) => {}
+                    Ok(Some((rank, claimed_world))) => {
+                        if claimed_world != world {
+                            return Err(rendezvous_error(format!(
+                                "rank {rank} (from {peer}) says the world size is {claimed_world}, rank 0 says {world}"
+                            )));
+                        }
+                        if rank == 0 || rank >= world {
+                            return Err(rendezvous_error(format!("a worker at {peer} claims rank {rank} of {world}")));
+                        }
+                        if arrived.insert(rank, stream).is_some() {
+                            return Err(rendezvous_error(format!("rank {rank} arrived twice (the second from {peer})")));
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+                if Instant::now() >= deadline {
+                    let missing: Vec<String> = (1..world)
+                        .filter(|r| !arrived.contains_key(r))
+                        .map(|r| r.to_string())
+                        .collect();
+                    return Err(rendezvous_error(format!(
+                        "timed out waiting for rank(s) {} of {world} to connect to rank 0",
+                        missing.join(", ")
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(rendezvous_error(format!("accept: {e}"))),
+        }
+    }
+    let mut message = Vec::with_capacity(4 + payload.len());
+    message.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    message.extend_from_slice(payload);
+    for (rank, mut stream) in arrived {
+        stream
+            .write_all(&message)
+            .and_then(|_| stream.flush())
+            .map_err(|e| rendezvous_error(format!("sending the payload to rank {rank}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// `Ok(Some((rank, world)))` for a well-formed hello, `Ok(None)` for anything else.
+fn read_hello(stream: &mut TcpStream) -> std::io::Result<Option<(u32, u32)>> {
+    let mut hello = [0u8; 16];
+    stream.read_exact(&mut hello)?;
+    if &hello[..8] != HELLO_MAGIC {
+        return Ok(None);
+    }
+    let rank = u32::from_be_bytes([hello[8], hello[9], hello[10], hello[11]]);
+    let world = u32::from_be_bytes([hello[12], hello[13], hello[14], hello[15]]);
+    Ok(Some((rank, world)))
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    // A zero timeout means "block forever" to std, so never return zero.
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// A non-zero rank's side: connects to rank 0 at one of `addrs` (retrying
+/// until `deadline`), says hello and waits for the payload.
+pub fn fetch(addrs: &[SocketAddr], rank: usize, world_size: usize, deadline: Instant) -> Result<Vec<u8>, DistError> {
+    let (rank32, world32) = match (u32::try_from(rank), u32::try_from(world_size)) {
+        (Ok(r), Ok(w)) if r > 0 && r < w => (r, w),
+        _ => return Err(rendezvous_error(format!("rank {rank} of {world_size} cannot fetch from rank 0"))),
+    };
+    if addrs.is_empty() {
+        return Err(rendezvous_error("MASTER_ADDR resolves to no address".into()));
+    }
+    let mut last_error = String::new();
+    let mut stream = loop {
+        if let Some(stream) = addrs.iter().find_map(|addr| {
+            TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
+                .map_err(|e| last_error = format!("{addr}: {e}"))
+                .ok()
+        }) {
+            break stream;
+        }
+        if Instant::now() >= deadline {
+            return Err(rendezvous_error(format!(
+                "rank {rank}: timed out connecting to rank 0 (last attempt: {last_error})"
+            )));
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    };
+    let io = |what: &str, e: std::io::Error| {
+        let reason = if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            "timed out (is every rank started?)".to_string()
+        } else if e.kind() == ErrorKind::UnexpectedEof {
+            "rank 0 closed the connection (it failed or gave up; see its log)".to_string()
+        } else {
+            e.to_string()
+        };
+        rendezvous_error(format!("rank {rank}: {what}: {reason}"))
+    };
+    let mut hello = Vec::with_capacity(16);
+    hello.extend_from_slice(HELLO_MAGIC);
+    hello.extend_from_slice(&rank32.to_be_bytes());
+    hello.extend_from_slice(&world32.to_be_bytes());
+    stream.write_all(&hello).map_err(|e| io("sending hello", e))?;
+    stream
+        .set_read_timeout(Some(remaining(deadline)))
+        .map_err(|e| io("socket", e))?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).map_err(|e| io("waiting for rank 0", e))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(rendezvous_error(format!("rank {rank}: rank 0 announced {len} bytes (garbled?)")));
+    }
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload).map_err(|e| io("reading the payload", e))?;
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn local_listener() -> (TcpListener, Vec<SocketAddr>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        (listener, vec![addr])
+    }
+
+    #[test]
+    fn every_rank_gets_rank0s_payload() {
+        let (listener, addrs) = local_listener();
+        let payload: Vec<u8> = (0..128u32).map(|i| (i * 7 % 251) as u8).collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let clients: Vec<_> = (1..4)
+            .map(|rank| {
+                let addrs = addrs.clone();
+                std::thread::spawn(move || fetch(&addrs, rank, 4, deadline))
+            })
+            .collect();
+        serve(&listener, 4, &payload, deadline).expect("serve");
+        for client in clients {
+            let got = client.join().expect("client thread").expect("fetch");
+            assert_eq!(got, payload);
+        }
+    }
+
+    #[test]
+    fn client_started_before_rank0_retries() {
+        // Reserve a port, free it, let the client try first, then listen on it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let rdv = Rendezvous {
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(20),
+        };
+        let client = {
+            let rdv = rdv.clone();
+            std::thread::spawn(move || rdv.broadcast_from_rank0(1, 2, None))
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let id = [42u8; 128];
+        assert_eq!(rdv.broadcast_from_rank0(0, 2, Some(&id)).expect("rank 0"), id.to_vec());
+        assert_eq!(client.join().expect("thread").expect("rank 1"), id.to_vec());
+    }
+
+    #[test]
+    fn a_rank_that_never_arrives_times_out_on_every_side() {
+        let (listener, addrs) = local_listener();
+        let deadline = Instant::now() + Duration::from_millis(800);
+        // World of 3: rank 1 comes, rank 2 never does.
+        let client = std::thread::spawn(move || fetch(&addrs, 1, 3, deadline));
+        let err = serve(&listener, 3, &[1, 2, 3], deadline).expect_err("rank 2 is missing");
+        assert!(err.to_string().contains("rank(s) 2 of 3"), "{err}");
+        drop(listener);
+        let err = client.join().expect("thread").expect_err("rank 1 gets nothing");
+        assert!(err.to_string().contains("rank 1"), "{err}");
+    }
+
+    #[test]
+    fn nobody_listening_times_out() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let started = Instant::now();
+        let err = fetch(&[port], 1, 2, Instant::now() + Duration::from_millis(300)).expect_err("no rank 0");
+        assert!(err.to_string().contains("timed out connecting"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stray_connections_are_ignored_and_bad_worlds_rejected() {
+        let (listener, addrs) = local_listener();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stray = {
+            let addr = addrs[0];
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+            })
+        };
+        stray.join().expect("stray");
+        let client = {
+            let addrs = addrs.clone();
+            std::thread::spawn(move || fetch(&addrs, 1, 2, deadline))
+        };
+        serve(&listener, 2, b"id", deadline).expect("serve despite the stray");
+        assert_eq!(client.join().expect("thread").expect("fetch"), b"id".to_vec());
+
+        let (listener, addrs) = local_listener();
+        let client = std::thread::spawn(move || fetch(&addrs, 1, 3, deadline));
+        let err = serve(&listener, 2, b"id", deadline).expect_err("world mismatch");
+        assert!(err.to_string().contains("world size is 3"), "{err}");
+        drop(listener);
+        assert!(client.join().expect("thread").is_err());
+    }
+
+    #[test]
+    fn environment_is_validated() {
+        let env = |vars: &[(&str, &str)]| {
+            let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            Rendezvous::from_lookup(&|name| map.get(name).cloned())
+        };
+        let rdv = env(&[("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "29500")]).expect("valid");
+        assert_eq!((rdv.host.as_str(), rdv.port, rdv.timeout), ("10.0.0.1", 29500, DEFAULT_TIMEOUT));
+        let rdv = env(&[
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "1"),
+            ("FERROCLIP_RENDEZVOUS_TIMEOUT_S", "2.5"),
+        ])
+        .expect("timeout");
+        assert_eq!(rdv.timeout, Duration::from_millis(2500));
+        for (vars, bad) in [
+            (vec![("MASTER_PORT", "1")], "MASTER_ADDR"),
+            (vec![("MASTER_ADDR", "h")], "MASTER_PORT"),
+            (vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")], "MASTER_PORT"),
+            (vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "0")], "MASTER_PORT"),
+            (
+                vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "1"), ("FERROCLIP_RENDEZVOUS_TIMEOUT_S", "-1")],
+                "FERROCLIP_RENDEZVOUS_TIMEOUT_S",
+            ),
+        ] {
+            match env(&vars) {
+                Err(DistError::Env { var, .. }) => assert_eq!(var, bad),
+                other => panic!("{vars:?}: expected an error naming {bad}, got {other:?}"),
+            }
+        }
+    }
+}
