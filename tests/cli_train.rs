@@ -184,3 +184,40 @@ fn bad_input_is_one_clear_line() {
     let out = ferroclip(&["train", "--config", "nope.toml"], dir.path());
     assert!(stderr(&out).contains("nope.toml"), "{}", stderr(&out));
 }
+
+#[test]
+fn siglip_run_loss_falls_and_bias_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"));
+    // open_clip's SigLIP initialisation: scale ln(10), bias -10.
+    let mut model = trainer::ModelConfig::preset("nano").unwrap();
+    model.init_logit_scale = 10f64.ln();
+    model.init_logit_bias = Some(-10.0);
+    std::fs::write(dir.path().join("siglip-nano.toml"), toml_string(&model)).unwrap();
+    let text = config("shards", 40).replace("model = \"nano\"", "model = \"siglip-nano.toml\"\nloss = \"siglip\"");
+    std::fs::write(dir.path().join("t.toml"), text).unwrap();
+    let out = ferroclip(&["train", "--config", "t.toml"], dir.path());
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let metrics = std::fs::read_to_string(dir.path().join("runs/t/metrics.jsonl")).unwrap();
+    let loss: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect();
+    let late = loss[30..].iter().sum::<f64>() / 10.0;
+    assert!(late < 0.75 * loss[0], "siglip loss did not fall: {loss:?}");
+    let weights = std::fs::read(dir.path().join("runs/t/model.safetensors")).unwrap();
+    let names = safetensors::SafeTensors::deserialize(&weights).unwrap().names().len();
+    let nano_vars = trainer::tch::nn::VarStore::new(trainer::tch::Device::Cpu);
+    let _ = trainer::Clip::new(&nano_vars.root(), &trainer::ModelConfig::preset("nano").unwrap());
+    assert_eq!(names, nano_vars.variables().len() + 1, "logit_bias saved beside the CLIP variables");
+
+    // CLIP's model has no bias: asking for siglip names the missing field.
+    std::fs::write(dir.path().join("t.toml"), config("shards", 5).replace("model = \"nano\"", "model = \"nano\"\nloss = \"siglip\"")).unwrap();
+    let out = ferroclip(&["train", "--config", "t.toml"], dir.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("init_logit_bias"), "{}", stderr(&out));
+}
+
+fn toml_string(model: &trainer::ModelConfig) -> String {
+    toml::to_string(model).expect("model config to TOML")
+}

@@ -88,6 +88,10 @@ pub struct ModelConfig {
     /// Initial value of the learned log temperature `logit_scale` (open_clip: ln(1/0.07)).
     #[serde(default = "default_init_logit_scale")]
     pub init_logit_scale: f64,
+    /// Initial value of the learned `logit_bias`, the SigLIP loss's bias (open_clip
+    /// SigLIP models: −10). Absent for CLIP models, which have no such parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_logit_bias: Option<f64>,
 }
 
 /// The ViT image tower: patchify with a strided conv, prepend a class token,
@@ -237,6 +241,12 @@ impl ModelConfig {
                 t.mlp_ratio
             )));
         }
+        if self.init_logit_bias.is_some_and(|b| !b.is_finite()) {
+            return Err(ConfigError::Invalid(format!(
+                "model.init_logit_bias ({:?}) must be finite",
+                self.init_logit_bias
+            )));
+        }
         if !self.init_logit_scale.is_finite() {
             return Err(ConfigError::Invalid(format!(
                 "model.init_logit_scale ({}) must be finite",
@@ -365,7 +375,7 @@ struct OpenClipJson<'a> {
 }
 
 /// Keys we honour, per section.
-const TOP_KEYS: &[&str] = &["embed_dim", "vision_cfg", "text_cfg", "init_logit_scale"];
+const TOP_KEYS: &[&str] = &["embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias"];
 const VISION_KEYS: &[&str] = &[
     "image_size",
     "patch_size",
@@ -519,7 +529,14 @@ impl OpenClipJson<'_> {
                 self.json_err(format!("`init_logit_scale` must be a number, got {v}"))
             })?,
         };
+        let init_logit_bias = match top.get("init_logit_bias") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_f64().ok_or_else(|| {
+                self.json_err(format!("`init_logit_bias` must be a number, got {v}"))
+            })?),
+        };
         let cfg = ModelConfig {
+            init_logit_bias,
             embed_dim: self.int("", top, "embed_dim", None)?,
             vision: VisionConfig {
                 image_size: self.int("vision_cfg", vision, "image_size", Some(224))?,

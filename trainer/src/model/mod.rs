@@ -18,7 +18,8 @@ pub const MAX_LOGIT_SCALE: f64 = 4.605_170_185_988_092; // ln(100)
 
 /// The CLIP model. Variables: `visual.*`, the text tower's `token_embedding.weight`,
 /// `positional_embedding`, `transformer.*`, `ln_final.*`, `text_projection`, and
-/// the scalar `logit_scale` (no `logit_bias`: that is SigLIP's).
+/// the scalar `logit_scale`, and `logit_bias` only when the config sets
+/// `init_logit_bias` (SigLIP).
 ///
 /// ```
 /// use trainer::tch::{nn::VarStore, Device, Kind, Tensor};
@@ -39,6 +40,7 @@ pub struct Clip {
     visual: VisionTransformer,
     text: TextTransformer,
     logit_scale: Tensor,
+    logit_bias: Option<Tensor>,
     config: ModelConfig,
 }
 
@@ -55,10 +57,12 @@ impl Clip {
         let visual = VisionTransformer::new(vs_root / "visual", cfg);
         let text = TextTransformer::new(vs_root.clone(), cfg);
         let logit_scale = vs_root.var("logit_scale", &[], Init::Const(cfg.init_logit_scale));
+        let logit_bias = cfg.init_logit_bias.map(|b| vs_root.var("logit_bias", &[], Init::Const(b)));
         Clip {
             visual,
             text,
             logit_scale,
+            logit_bias,
             config: cfg.clone(),
         }
     }
@@ -99,6 +103,11 @@ impl Clip {
     /// The learned log temperature (a 0-dim variable).
     pub fn logit_scale(&self) -> &Tensor {
         &self.logit_scale
+    }
+
+    /// The learned SigLIP bias (0-dim), when the config has `init_logit_bias`.
+    pub fn logit_bias(&self) -> Option<&Tensor> {
+        self.logit_bias.as_ref()
     }
 
     /// Clamps `logit_scale` in place to [0, ln 100], as open_clip's train loop does

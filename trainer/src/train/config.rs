@@ -127,6 +127,17 @@ impl Default for LogConfig {
     }
 }
 
+/// The contrastive loss over the global batch (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Softmax cross-entropy both ways (CLIP).
+    #[default]
+    Clip,
+    /// Pairwise sigmoid loss (SigLIP); needs a model with `init_logit_bias`.
+    Siglip,
+}
+
 /// A whole training run, as written in `configs/train/*.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +146,9 @@ pub struct TrainConfig {
     pub name: String,
     /// The model to train.
     pub model: ModelSpec,
+    /// `"clip"` (default) or `"siglip"`.
+    #[serde(default)]
+    pub loss: LossKind,
     /// Seed of every random choice (init, data order, augmentation).
     #[serde(default)]
     pub seed: u64,
@@ -191,7 +205,12 @@ impl TrainConfig {
                 self.name
             )));
         }
-        self.model.resolve()?;
+        let model = self.model.resolve()?;
+        if self.loss == LossKind::Siglip && model.init_logit_bias.is_none() {
+            return Err(TrainError::Config(
+                "loss = \"siglip\" needs a learned bias: set model.init_logit_bias (open_clip's SigLIP uses -10)".into(),
+            ));
+        }
         self.data.validate()?;
         self.optim.validate()?;
         self.schedule.validate()?;

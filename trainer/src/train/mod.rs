@@ -15,11 +15,11 @@ use tch::{nn, Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use crate::dist::{self, Dist};
-use crate::loss_dist::global_clip_loss;
+use crate::loss_dist::{global_clip_loss, global_siglip_loss};
 use crate::model::Clip;
 use crate::weights;
 use crate::TrainError;
-use config::TrainConfig;
+use config::{LossKind, TrainConfig};
 use metrics::MetricsWriter;
 use optim::AdamW;
 
@@ -101,7 +101,11 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
         let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
 
         let (image_features, text_features, logit_scale) = model.forward(&batch.images, &batch.tokens, true);
-        let loss = global_clip_loss(&image_features, &text_features, &logit_scale, coll).map_err(dist_err)?;
+        let loss = match (cfg.loss, model.logit_bias()) {
+            (LossKind::Siglip, Some(bias)) => global_siglip_loss(&image_features, &text_features, &logit_scale, bias, coll),
+            _ => global_clip_loss(&image_features, &text_features, &logit_scale, coll),
+        }
+        .map_err(dist_err)?;
         let loss_value = loss.global_loss; // the same on every rank, so every rank decides alike
         let mut grads = loss_value.is_finite().then(|| opt.backward(&loss.surrogate));
         if let Some(grads) = grads.as_mut() {
