@@ -34,7 +34,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-bin="$root/target/gpu"
+bin="${GPU_BIN_DIR:-$root/target/gpu}"
 for exe in ferroclip step_time; do
     [[ -x "$bin/$exe" ]] || { echo "gpu_check: $bin/$exe missing: run scripts/gpu_build.sh here and carry target/gpu" >&2; exit 2; }
 done

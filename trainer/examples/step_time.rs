@@ -87,7 +87,14 @@ fn nccl_collective(_dist: &Dist, _device: Device) -> Result<Box<dyn Collective>,
     Err("--collective nccl: built without the `nccl` feature".into())
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("step_time: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let model_name = arg(&args, "--model", "tiny");
     let batch: i64 = arg(&args, "--batch", "32").parse()?;

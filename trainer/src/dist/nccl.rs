@@ -31,7 +31,9 @@ use std::ffi::{c_void, CStr};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
-use cudarc::nccl::sys::{self, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
+use cudarc::nccl::sys::{
+    self, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId,
+};
 use tch::{Device, Kind, Tensor};
 
 use super::rendezvous::Rendezvous;
@@ -59,7 +61,10 @@ fn describe(code: ncclResult_t) -> String {
         format!("{code:?}")
     } else {
         // SAFETY: non-null, NUL-terminated and static (see above).
-        format!("{code:?}: {}", unsafe { CStr::from_ptr(text) }.to_string_lossy())
+        format!(
+            "{code:?}: {}",
+            unsafe { CStr::from_ptr(text) }.to_string_lossy()
+        )
     }
 }
 
@@ -75,7 +80,9 @@ fn require_libraries() -> Result<(), DistError> {
     }
     // SAFETY: as above, for the CUDA driver library.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(backend_error("cannot load the CUDA driver library libcuda.so".into()));
+        return Err(backend_error(
+            "cannot load the CUDA driver library libcuda.so".into(),
+        ));
     }
     Ok(())
 }
@@ -124,7 +131,11 @@ impl std::fmt::Debug for Nccl {
 impl Nccl {
     /// Joins `dist`'s job on CUDA device `device`, the unique id coming from
     /// rank 0 over the TCP `rendezvous`.
-    pub fn over_tcp(dist: &Dist, device: usize, rendezvous: &Rendezvous) -> Result<Nccl, DistError> {
+    pub fn over_tcp(
+        dist: &Dist,
+        device: usize,
+        rendezvous: &Rendezvous,
+    ) -> Result<Nccl, DistError> {
         let id = if dist.rank == 0 {
             let id = new_unique_id()?;
             rendezvous.broadcast_from_rank0(0, dist.world_size, Some(&id))?;
@@ -132,7 +143,10 @@ impl Nccl {
         } else {
             let bytes = rendezvous.broadcast_from_rank0(dist.rank, dist.world_size, None)?;
             <[u8; UNIQUE_ID_BYTES]>::try_from(bytes.as_slice()).map_err(|_| {
-                backend_error(format!("rank 0 sent a unique id of {} bytes, expected {UNIQUE_ID_BYTES}", bytes.len()))
+                backend_error(format!(
+                    "rank 0 sent a unique id of {} bytes, expected {UNIQUE_ID_BYTES}",
+                    bytes.len()
+                ))
             })?
         };
         Nccl::with_unique_id(dist.rank, dist.world_size, device, &id, None)
@@ -141,7 +155,10 @@ impl Nccl {
     /// Joins the job of the CPU collective `bootstrap` (e.g. MPI) on CUDA
     /// device `device`: rank 0's unique id is broadcast over `bootstrap`, which
     /// is kept (and dropped after the communicator).
-    pub fn over_collective(bootstrap: Box<dyn Collective>, device: usize) -> Result<Nccl, DistError> {
+    pub fn over_collective(
+        bootstrap: Box<dyn Collective>,
+        device: usize,
+    ) -> Result<Nccl, DistError> {
         let (rank, world_size) = (bootstrap.rank(), bootstrap.world_size());
         let mut id = if rank == 0 {
             Tensor::from_slice(&new_unique_id()?)
@@ -149,10 +166,15 @@ impl Nccl {
             Tensor::zeros([UNIQUE_ID_BYTES as i64], (Kind::Uint8, Device::Cpu))
         };
         bootstrap.broadcast_(&mut id, 0)?;
-        let received = Vec::<u8>::try_from(&id)
-            .map_err(|e| backend_error(format!("rank {rank}: reading the broadcast unique id: {e}")))?;
-        let bytes = <[u8; UNIQUE_ID_BYTES]>::try_from(received.as_slice())
-            .map_err(|_| backend_error(format!("rank {rank}: unique id of {} bytes", received.len())))?;
+        let received = Vec::<u8>::try_from(&id).map_err(|e| {
+            backend_error(format!("rank {rank}: reading the broadcast unique id: {e}"))
+        })?;
+        let bytes = <[u8; UNIQUE_ID_BYTES]>::try_from(received.as_slice()).map_err(|_| {
+            backend_error(format!(
+                "rank {rank}: unique id of {} bytes",
+                received.len()
+            ))
+        })?;
         Nccl::with_unique_id(rank, world_size, device, &bytes, Some(bootstrap))
     }
 
@@ -174,10 +196,17 @@ impl Nccl {
         }
         let (nranks, rank_c) = match (i32::try_from(world_size), i32::try_from(rank)) {
             (Ok(w), Ok(r)) if r < w => (w, r),
-            _ => return Err(backend_error(format!("rank {rank} of {world_size} is not a valid NCCL rank"))),
+            _ => {
+                return Err(backend_error(format!(
+                    "rank {rank} of {world_size} is not a valid NCCL rank"
+                )))
+            }
         };
-        let context = CudaContext::new(device)
-            .map_err(|e| backend_error(format!("rank {rank}: cannot open CUDA device {device}: {e}")))?;
+        let context = CudaContext::new(device).map_err(|e| {
+            backend_error(format!(
+                "rank {rank}: cannot open CUDA device {device}: {e}"
+            ))
+        })?;
         let unique_id = ncclUniqueId {
             internal: id.map(|b| b as std::ffi::c_char),
         };
@@ -206,14 +235,21 @@ impl Nccl {
     }
 
     /// Runs one NCCL call with the communicator locked and the device current.
-    fn call(&self, op: &'static str, f: impl FnOnce(ncclComm_t) -> ncclResult_t) -> Result<(), DistError> {
+    fn call(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(ncclComm_t) -> ncclResult_t,
+    ) -> Result<(), DistError> {
         let comm = self
             .comm
             .lock()
             .map_err(|_| backend_error("an earlier NCCL call panicked".into()))?;
-        self.context
-            .bind_to_thread()
-            .map_err(|e| backend_error(format!("{op}: cannot make cuda:{} current: {e}", self.device)))?;
+        self.context.bind_to_thread().map_err(|e| {
+            backend_error(format!(
+                "{op}: cannot make cuda:{} current: {e}",
+                self.device
+            ))
+        })?;
         let code = f(comm.0);
         if code == ncclResult_t::ncclSuccess {
             return Ok(());
@@ -226,7 +262,10 @@ impl Nccl {
             // SAFETY: non-null NUL-terminated string owned by NCCL, read before the next call.
             format!(" ({})", unsafe { CStr::from_ptr(last) }.to_string_lossy())
         };
-        Err(backend_error(format!("{op} failed: {}{detail}", describe(code))))
+        Err(backend_error(format!(
+            "{op} failed: {}{detail}",
+            describe(code)
+        )))
     }
 
     /// Checks that `t` lives on this communicator's device and returns its NCCL dtype.
@@ -236,7 +275,10 @@ impl Nccl {
             other => {
                 return Err(tensor_error(
                     op,
-                    format!("the NCCL backend takes tensors on cuda:{}, got one on {other:?}", self.device),
+                    format!(
+                        "the NCCL backend takes tensors on cuda:{}, got one on {other:?}",
+                        self.device
+                    ),
                 ))
             }
         }
@@ -253,7 +295,11 @@ impl Nccl {
     ) -> Result<(), DistError> {
         let dtype = self.check(op, t)?;
         let was_contiguous = t.is_contiguous();
-        let work = if was_contiguous { t.shallow_clone() } else { t.contiguous() };
+        let work = if was_contiguous {
+            t.shallow_clone()
+        } else {
+            t.contiguous()
+        };
         let numel = work.numel();
         if numel > 0 {
             let ptr = work.data_ptr();
@@ -318,7 +364,10 @@ impl Collective for Nccl {
         const OP: &str = "all_gather";
         let dtype = self.check(OP, t)?;
         if t.dim() == 0 {
-            return Err(tensor_error(OP, "expected a tensor of shape (B, ...), got a scalar".into()));
+            return Err(tensor_error(
+                OP,
+                "expected a tensor of shape (B, ...), got a scalar".into(),
+            ));
         }
         let send = t.detach().contiguous();
         let mut shape = send.size();
@@ -331,7 +380,14 @@ impl Collective for Nccl {
             // dtype. Both stay alive until the kernels that use them are enqueued on the
             // stream libtorch also uses, so the caching allocator cannot hand them out early.
             self.call(OP, |comm| unsafe {
-                sys::ncclAllGather(send.data_ptr(), gathered.data_ptr(), per_rank, dtype, comm, torch_default_stream())
+                sys::ncclAllGather(
+                    send.data_ptr(),
+                    gathered.data_ptr(),
+                    per_rank,
+                    dtype,
+                    comm,
+                    torch_default_stream(),
+                )
             })?;
         }
         Ok(gathered)
@@ -341,7 +397,17 @@ impl Collective for Nccl {
         self.in_place("all_reduce_sum_", t, |comm, ptr, n, dtype| {
             // SAFETY: `ptr` points at `n` contiguous elements of `dtype` on this device
             // (see `in_place`); in-place all-reduce is allowed by NCCL (send == recv).
-            unsafe { sys::ncclAllReduce(ptr, ptr, n, dtype, ncclRedOp_t::ncclSum, comm, torch_default_stream()) }
+            unsafe {
+                sys::ncclAllReduce(
+                    ptr,
+                    ptr,
+                    n,
+                    dtype,
+                    ncclRedOp_t::ncclSum,
+                    comm,
+                    torch_default_stream(),
+                )
+            }
         })
     }
 
@@ -358,7 +424,12 @@ impl Collective for Nccl {
                     format!("dim 0 has {rows} rows, not a multiple of the world size {world}"),
                 ))
             }
-            None => return Err(tensor_error(OP, "expected a tensor of shape (W·B, ...), got a scalar".into())),
+            None => {
+                return Err(tensor_error(
+                    OP,
+                    "expected a tensor of shape (W·B, ...), got a scalar".into(),
+                ))
+            }
         }
         let send = t.detach().contiguous();
         let block = Tensor::empty(shape.as_slice(), (send.kind(), send.device()));
@@ -385,7 +456,13 @@ impl Collective for Nccl {
     fn broadcast_(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         const OP: &str = "broadcast_";
         if root >= self.world_size {
-            return Err(tensor_error(OP, format!("root {root} is not below the world size {}", self.world_size)));
+            return Err(tensor_error(
+                OP,
+                format!(
+                    "root {root} is not below the world size {}",
+                    self.world_size
+                ),
+            ));
         }
         let root = root as i32;
         self.in_place(OP, t, |comm, ptr, n, dtype| {
@@ -422,7 +499,10 @@ mod tests {
             assert_eq!(datatype("t", kind).expect("supported"), dtype);
         }
         let err = datatype("all_gather", Kind::Bool).expect_err("bool");
-        assert!(err.to_string().contains("all_gather") && err.to_string().contains("Bool"), "{err}");
+        assert!(
+            err.to_string().contains("all_gather") && err.to_string().contains("Bool"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -431,6 +511,15 @@ mod tests {
         // machine with one device, asking for device 4096 fails the same way.
         let id = [0u8; UNIQUE_ID_BYTES];
         let err = Nccl::with_unique_id(0, 1, 4096, &id, None).expect_err("no such device");
-        assert!(matches!(err, DistError::Backend { backend: "nccl", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DistError::Backend {
+                    backend: "nccl",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,7 @@ pub mod schedule;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 use tracing::{info, warn};
 
 use crate::dist::{self, Dist};
@@ -68,7 +68,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     }
     tch::manual_seed(cfg.seed as i64);
 
-    let vs = nn::VarStore::new(Device::Cpu);
+    let device = dist.device();
+    let vs = nn::VarStore::new(device);
     let model = Clip::new(&vs.root(), &model_cfg);
     ddp::broadcast_parameters(&vs, coll).map_err(dist_err)?;
     ddp::verify_parameters_equal(&vs, coll).map_err(dist_err)?;
@@ -100,7 +101,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
         data_wait += wait.elapsed().as_secs_f64();
         let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
 
-        let (image_features, text_features, logit_scale) = model.forward(&batch.images, &batch.tokens, true);
+        let (image_features, text_features, logit_scale) = model.forward(&batch.images.to_device(device), &batch.tokens.to_device(device), true);
         let loss = match (cfg.loss, model.logit_bias()) {
             (LossKind::Siglip, Some(bias)) => global_siglip_loss(&image_features, &text_features, &logit_scale, bias, coll),
             _ => global_clip_loss(&image_features, &text_features, &logit_scale, coll),

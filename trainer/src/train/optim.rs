@@ -135,6 +135,7 @@ impl AdamW {
         let mut named: Vec<_> = named.into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let largest = named.iter().map(|(_, t)| t.numel()).max().unwrap_or(0);
+        let device = named.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
         let params = named
             .into_iter()
             .map(|(name, param)| ParamState {
@@ -145,7 +146,7 @@ impl AdamW {
                 param,
             })
             .collect();
-        let scratch = Tensor::empty([largest as i64], (STATE_KIND, tch::Device::Cpu));
+        let scratch = Tensor::empty([largest as i64], (STATE_KIND, device));
         Self { cfg: cfg.clone(), params, step: 0, scratch }
     }
 
