@@ -47,7 +47,8 @@ impl Timed<'_> {
     fn time<T>(&self, call: impl FnOnce() -> T) -> T {
         let start = Instant::now();
         let out = call();
-        self.nanos.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.nanos
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         out
     }
 }
@@ -95,14 +96,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dist = Dist::from_env()?;
     let backend = dist::connect(&dist)?;
-    let coll = Timed { inner: backend.as_ref(), nanos: AtomicU64::new(0) };
+    let coll = Timed {
+        inner: backend.as_ref(),
+        nanos: AtomicU64::new(0),
+    };
 
     tch::manual_seed(0);
     let cfg = ModelConfig::load(&model_name)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Clip::new(&vs.root(), &cfg);
     broadcast_parameters(&vs, &coll)?;
-    let optim_cfg = OptimConfig { decay_embeddings: true, grad_clip_norm: 0.0, ..OptimConfig::default() };
+    let optim_cfg = OptimConfig {
+        decay_embeddings: true,
+        grad_clip_norm: 0.0,
+        ..OptimConfig::default()
+    };
     let mut opt = AdamW::new(vs.variables(), &optim_cfg);
     let grad_sync = GradSync::default();
 
@@ -114,8 +122,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens = Tensor::randint_low(1, 49000, [batch, ctx], (Kind::Int64, Device::Cpu));
     let _ = tokens.narrow(1, ctx - 1, 1).fill_(49407);
 
-    let (mut step_times, mut comm_times, mut loss_comm_times, mut grad_comm_times, mut grad_sync_times) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (
+        mut step_times,
+        mut comm_times,
+        mut loss_comm_times,
+        mut grad_comm_times,
+        mut grad_sync_times,
+    ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut last_loss = f64::NAN;
     let mut grad_bytes = 0;
     // Start every rank's clock together, so rank 0's first step does not count

@@ -37,7 +37,8 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 
 /// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
 fn status_bytes(field: &str) -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("/proc/self/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
@@ -63,7 +64,10 @@ impl Collective for SimulatedRanks {
     }
     fn all_gather(&self, t: &Tensor) -> Result<Tensor, DistError> {
         // A fresh (N, D) tensor, as a real gather returns; rank 0's block first.
-        let others = self.others.lock().map_err(|_| DistError::Tensor { op: "all_gather", reason: "poisoned".into() })?;
+        let others = self.others.lock().map_err(|_| DistError::Tensor {
+            op: "all_gather",
+            reason: "poisoned".into(),
+        })?;
         Ok(Tensor::cat(&[t, &*others], 0))
     }
     fn all_reduce_sum_(&self, _t: &mut Tensor) -> Result<(), DistError> {
@@ -89,8 +93,15 @@ fn features(rows: i64, dim: i64) -> Tensor {
 }
 
 /// One loss forward + backward; returns the loss value.
-fn run(mode: &str, batch: i64, global: i64, dim: i64, sim: Option<&SimulatedRanks>) -> Result<f64, Box<dyn std::error::Error>> {
-    let scale = Tensor::scalar_tensor(1.0 / 0.07, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+fn run(
+    mode: &str,
+    batch: i64,
+    global: i64,
+    dim: i64,
+    sim: Option<&SimulatedRanks>,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let scale =
+        Tensor::scalar_tensor(1.0 / 0.07, (Kind::Float, Device::Cpu)).set_requires_grad(true);
     match (mode, sim) {
         ("dist", Some(sim)) => {
             let (image, text) = (features(batch, dim), features(batch, dim));
@@ -115,19 +126,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let global: i64 = arg(&args, "--global", "1024").parse()?;
     let dim: i64 = arg(&args, "--dim", "512").parse()?;
     if batch <= 0 || global < batch || global % batch != 0 {
-        return Err(format!("--global ({global}) must be a positive multiple of --batch ({batch})").into());
+        return Err(format!(
+            "--global ({global}) must be a positive multiple of --batch ({batch})"
+        )
+        .into());
     }
     tch::set_num_threads(1);
     tch::manual_seed(0);
     let world_size = (global / batch) as usize;
     let sim = (mode == "dist").then(|| SimulatedRanks {
         world_size,
-        others: Mutex::new(l2_normalize(&Tensor::randn([global - batch, dim], (Kind::Float, Device::Cpu)))),
+        others: Mutex::new(l2_normalize(&Tensor::randn(
+            [global - batch, dim],
+            (Kind::Float, Device::Cpu),
+        ))),
     });
 
     // Warm up libtorch's kernels on a small problem so one-time allocations
     // (thread pools, kernel caches) are not counted.
-    let small = SimulatedRanks { world_size: 2, others: Mutex::new(l2_normalize(&Tensor::randn([8, dim], (Kind::Float, Device::Cpu)))) };
+    let small = SimulatedRanks {
+        world_size: 2,
+        others: Mutex::new(l2_normalize(&Tensor::randn(
+            [8, dim],
+            (Kind::Float, Device::Cpu),
+        ))),
+    };
     run(&mode, 8, 16, dim, Some(&small))?;
 
     let rss_before = status_bytes("VmRSS")?;
