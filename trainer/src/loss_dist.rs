@@ -302,7 +302,7 @@ fn rows_plus_columns(rows: Option<Tensor>, columns: Option<Tensor>, coll: &dyn C
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::local::{LocalGroup, LocalMember};
+    use crate::dist::local::LocalGroup;
     use crate::dist::Solo;
     use crate::loss::clip_loss;
     use crate::model::l2_normalize;
@@ -385,19 +385,6 @@ mod tests {
         (a - b).abs().max().double_value(&[])
     }
 
-    fn run_group<T: Send>(world: usize, work: impl Fn(&LocalMember) -> T + Sync) -> Vec<T> {
-        let members = LocalGroup::new(world);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = members
-                .into_iter()
-                .map(|member| {
-                    let work = &work;
-                    scope.spawn(move || work(&member))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
-        })
-    }
 
     #[test]
     fn solo_world_equals_the_single_process_loss_and_gradients() {
@@ -419,7 +406,7 @@ mod tests {
             for world in [2usize, 3] {
                 let inp = inputs(4 * world as i64, world as u64);
                 let (loss, gi, gt, gs, gb) = reference(which, &inp);
-                let per_rank = run_group(world, |m| {
+                let per_rank = LocalGroup::run(world, |m| {
                     let (l, i, t, s, b) = on_rank(which, &inp, m);
                     (l, Vec::<f32>::try_from(i.flatten(0, -1)).expect("f32"), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32"), s, b)
                 });
@@ -449,7 +436,7 @@ mod tests {
         let world = 2;
         let inp = inputs(8, 7);
         let (_, gi, _, _, _) = reference(Which::Clip, &inp);
-        let diffs = run_group(world, |m| {
+        let diffs = LocalGroup::run(world, |m| {
             let rows = 4;
             let start = m.rank() as i64 * rows;
             let image = inp.image().narrow(0, start, rows).copy().set_requires_grad(true);

@@ -267,18 +267,11 @@ fn sum_in_rank_order(mut parts: impl Iterator<Item = Tensor>) -> Tensor {
     })
 }
 
-fn backend_error(reason: String) -> DistError {
-    DistError::Backend { backend: BACKEND, reason }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tch::Device;
-
-    /// Runs `work` on every member of a new group of `world` ranks, one thread each;
-    /// returns the results in rank order.
-    fn run_group<T: Send>(world: usize, work: impl Fn(&LocalMember) -> T + Sync) -> Vec<T> {
+impl LocalGroup {
+    /// Runs `work` on every member of a new group of `world` ranks, one scoped
+    /// thread each, and returns the results in rank order. A panic in a rank's
+    /// thread is re-raised here.
+    pub fn run<T: Send>(world: usize, work: impl Fn(&LocalMember) -> T + Sync) -> Vec<T> {
         let members = LocalGroup::new(world);
         std::thread::scope(|scope| {
             let handles: Vec<_> = members
@@ -288,9 +281,23 @@ mod tests {
                     scope.spawn(move || work(&member))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         })
     }
+}
+
+fn backend_error(reason: String) -> DistError {
+    DistError::Backend { backend: BACKEND, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
 
     /// Rank r's test tensor: distinct values per rank and position.
     fn rank_tensor(rank: usize, rows: i64) -> Tensor {
@@ -304,7 +311,7 @@ mod tests {
     #[test]
     fn all_gather_concatenates_in_rank_order() {
         for world in [2usize, 3] {
-            let results = run_group(world, |m| m.all_gather(&rank_tensor(m.rank(), 2)).map(|t| values(&t)));
+            let results = LocalGroup::run(world, |m| m.all_gather(&rank_tensor(m.rank(), 2)).map(|t| values(&t)));
             let expected: Vec<f32> = (0..world).flat_map(|r| values(&rank_tensor(r, 2))).collect();
             for got in results {
                 assert_eq!(got.expect("all_gather"), expected, "world {world}");
@@ -315,7 +322,7 @@ mod tests {
     #[test]
     fn all_reduce_sums_over_ranks_in_place() {
         for world in [2usize, 3] {
-            let results = run_group(world, |m| {
+            let results = LocalGroup::run(world, |m| {
                 let mut t = rank_tensor(m.rank(), 2);
                 m.all_reduce_sum_(&mut t).map(|_| values(&t))
             });
@@ -330,7 +337,7 @@ mod tests {
     fn reduce_scatter_gives_each_rank_its_summed_block() {
         for world in [2usize, 3] {
             let rows = 2 * world as i64;
-            let results = run_group(world, |m| m.reduce_scatter_sum(&rank_tensor(m.rank(), rows)).map(|t| values(&t)));
+            let results = LocalGroup::run(world, |m| m.reduce_scatter_sum(&rank_tensor(m.rank(), rows)).map(|t| values(&t)));
             let total = (0..world).map(|r| rank_tensor(r, rows)).fold(Tensor::zeros([rows, 2], (Kind::Float, Device::Cpu)), |a, b| a + b);
             for (rank, got) in results.into_iter().enumerate() {
                 assert_eq!(got.expect("reduce_scatter"), values(&total.narrow(0, 2 * rank as i64, 2)), "world {world} rank {rank}");
@@ -342,7 +349,7 @@ mod tests {
     fn broadcast_copies_the_root_tensor() {
         for world in [2usize, 3] {
             let root = world - 1;
-            let results = run_group(world, |m| {
+            let results = LocalGroup::run(world, |m| {
                 let mut t = rank_tensor(m.rank(), 3);
                 m.broadcast_(&mut t, root).map(|_| values(&t))
             });
@@ -355,7 +362,7 @@ mod tests {
     #[test]
     fn barrier_and_repeated_operations_stay_in_step() {
         for world in [2usize, 3] {
-            let results = run_group(world, |m| -> Result<Vec<f32>, DistError> {
+            let results = LocalGroup::run(world, |m| -> Result<Vec<f32>, DistError> {
                 let mut sums = Vec::new();
                 for round in 0..20 {
                     m.barrier()?;
@@ -375,7 +382,7 @@ mod tests {
 
     #[test]
     fn mismatched_shapes_fail_on_every_rank() {
-        let results = run_group(3, |m| m.all_gather(&rank_tensor(m.rank(), 1 + m.rank() as i64)).map(|_| ()));
+        let results = LocalGroup::run(3, |m| m.all_gather(&rank_tensor(m.rank(), 1 + m.rank() as i64)).map(|_| ()));
         for got in results {
             let err = got.expect_err("shapes differ").to_string();
             assert!(err.contains("all_gather") && err.contains("rank 1"), "{err}");
@@ -384,7 +391,7 @@ mod tests {
 
     #[test]
     fn mismatched_operations_fail_on_every_rank() {
-        let results = run_group(2, |m| {
+        let results = LocalGroup::run(2, |m| {
             if m.rank() == 0 {
                 m.barrier()
             } else {

@@ -289,24 +289,11 @@ impl Fnv64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::local::{LocalGroup, LocalMember};
+    use crate::dist::local::LocalGroup;
     use crate::train::optim::{AdamW, OptimConfig};
     use tch::nn::Init;
     use tch::Kind;
 
-    fn run_group<T: Send>(world: usize, work: impl Fn(&LocalMember) -> T + Sync) -> Vec<T> {
-        let members = LocalGroup::new(world);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = members
-                .into_iter()
-                .map(|member| {
-                    let work = &work;
-                    scope.spawn(move || work(&member))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
-        })
-    }
 
     /// Three parameters of different sizes; value `fill` everywhere.
     fn store(fill: f64) -> nn::VarStore {
@@ -345,7 +332,7 @@ mod tests {
         for world in [2usize, 3] {
             // 40 bytes per bucket: "a" (48 bytes) alone, "b" + "c" (20 + 32) split.
             for bucket_bytes in [40usize, DEFAULT_BUCKET_BYTES] {
-                let results = run_group(world, |m| {
+                let results = LocalGroup::run(world, |m| {
                     let vs = store(1.0);
                     let (_opt, mut grads) = rank_gradients(&vs, m.rank(), None);
                     let stats = GradSync::new(bucket_bytes).all_reduce(&mut grads, 0.5, m).expect("sync");
@@ -368,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_gradient_missing_on_one_rank_fails_every_rank() {
-        let results = run_group(2, |m| {
+        let results = LocalGroup::run(2, |m| {
             let vs = store(0.0);
             let skip = (m.rank() == 1).then_some("b");
             let (_opt, mut grads) = rank_gradients(&vs, m.rank(), skip);
@@ -382,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_gradient_missing_on_all_ranks_is_skipped() {
-        let results = run_group(2, |m| {
+        let results = LocalGroup::run(2, |m| {
             let vs = store(0.0);
             let (_opt, mut grads) = rank_gradients(&vs, m.rank(), Some("c"));
             GradSync::default().all_reduce(&mut grads, 1.0, m).expect("sync");
@@ -396,7 +383,7 @@ mod tests {
     #[test]
     fn broadcast_makes_parameters_equal_and_verify_notices_differences() {
         for world in [2usize, 3] {
-            let results = run_group(world, |m| {
+            let results = LocalGroup::run(world, |m| {
                 let vs = store(m.rank() as f64 + 1.0);
                 let before = verify_parameters_equal(&vs, m).map_err(|e| e.to_string());
                 broadcast_parameters(&vs, m).expect("broadcast");
@@ -415,7 +402,7 @@ mod tests {
 
     #[test]
     fn different_variable_names_are_reported_on_every_rank() {
-        let results = run_group(2, |m| {
+        let results = LocalGroup::run(2, |m| {
             let vs = store(0.0);
             if m.rank() == 1 {
                 let _ = vs.root().var("extra", &[1], Init::Const(0.0));
