@@ -221,3 +221,22 @@ fn siglip_run_loss_falls_and_bias_is_saved() {
 fn toml_string(model: &trainer::ModelConfig) -> String {
     toml::to_string(model).expect("model config to TOML")
 }
+
+#[test]
+fn accumulation_counts_every_micro_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(&dir.path().join("shards"));
+    std::fs::write(dir.path().join("t.toml"), config("shards", 30)).unwrap();
+    let out = ferroclip(
+        &["train", "--config", "t.toml", "--set", "data.accum_steps=2", "--set", "data.batch_size=8"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics = std::fs::read_to_string(dir.path().join("runs/t/metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 30);
+    assert_eq!(lines.last().unwrap()["samples_seen"], 30 * 2 * 8, "2 micro-batches of 8 per step");
+    let loss: Vec<f64> = lines.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+    let late = loss[25..].iter().sum::<f64>() / 5.0;
+    assert!(late < loss[0], "loss did not fall with accumulation: {loss:?}");
+}

@@ -66,8 +66,12 @@ impl<'de> Deserialize<'de> for ModelSpec {
 pub struct DataConfig {
     /// Shard spec: brace ranges, several specs joined by `::`, or a folder of `.tar`.
     pub train: String,
-    /// Samples per optimizer step.
+    /// Samples per micro-batch and worker: a step sees
+    /// `batch_size × accum_steps × workers` samples.
     pub batch_size: usize,
+    /// Micro-batches per optimizer step; their gradients are summed locally and
+    /// exchanged between workers once per step.
+    pub accum_steps: usize,
     /// Background decode threads.
     pub workers: usize,
     /// Caption source: `"txt"` for the `.txt` member, or `"json:<field>"`.
@@ -83,6 +87,7 @@ impl Default for DataConfig {
         Self {
             train: String::new(),
             batch_size: 64,
+            accum_steps: 1,
             workers: 2,
             caption: "txt".into(),
             shuffle_buffer: 1000,
@@ -99,6 +104,9 @@ impl DataConfig {
         }
         if self.batch_size == 0 {
             return Err(TrainError::Config("data.batch_size: must be > 0".into()));
+        }
+        if self.accum_steps == 0 {
+            return Err(TrainError::Config("data.accum_steps: must be > 0".into()));
         }
         if self.workers == 0 {
             return Err(TrainError::Config("data.workers: must be > 0".into()));

@@ -21,7 +21,7 @@ use crate::weights;
 use crate::TrainError;
 use config::{LossKind, TrainConfig};
 use metrics::MetricsWriter;
-use optim::AdamW;
+use optim::{AdamW, Gradients};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -77,7 +77,8 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let grad_sync = ddp::GradSync::default();
     let mut loader = crate::data::train_loader(&cfg.data, &model_cfg, cfg.seed, dist.rank, dist.world_size)?;
     let mut metrics = dist.is_main().then(|| MetricsWriter::create(&run_dir.join("metrics.jsonl"))).transpose()?;
-    let global_batch = cfg.data.batch_size * dist.world_size;
+    let accum = cfg.data.accum_steps;
+    let global_batch = cfg.data.batch_size * accum * dist.world_size;
     if dist.is_main() {
         info!(
             run = %run_dir.display(),
@@ -96,21 +97,36 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let (run_start, mut window_start) = (Instant::now(), Instant::now());
     let (mut data_wait, mut comm) = (0f64, 0f64);
     for step in 0..steps {
-        let wait = Instant::now();
-        let batch = loader.next_batch()?;
-        data_wait += wait.elapsed().as_secs_f64();
         let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
-
-        let (image_features, text_features, logit_scale) = model.forward(&batch.images.to_device(device), &batch.tokens.to_device(device), true);
-        let loss = match (cfg.loss, model.logit_bias()) {
-            (LossKind::Siglip, Some(bias)) => global_siglip_loss(&image_features, &text_features, &logit_scale, bias, coll),
-            _ => global_clip_loss(&image_features, &text_features, &logit_scale, coll),
+        // Forward + backward over the step's micro-batches: gradients summed
+        // locally, exchanged between workers once.
+        let (mut grads, mut loss_value, mut epoch) = (None::<Gradients>, 0.0, 0);
+        for _ in 0..accum {
+            let wait = Instant::now();
+            let batch = loader.next_batch()?;
+            data_wait += wait.elapsed().as_secs_f64();
+            epoch = batch.epoch;
+            let (image_features, text_features, scale) =
+                model.forward(&batch.images.to_device(device), &batch.tokens.to_device(device), true);
+            let loss = match (cfg.loss, model.logit_bias()) {
+                (LossKind::Siglip, Some(bias)) => global_siglip_loss(&image_features, &text_features, &scale, bias, coll),
+                _ => global_clip_loss(&image_features, &text_features, &scale, coll),
+            }
+            .map_err(dist_err)?;
+            loss_value += loss.global_loss / accum as f64; // the same on every rank, so every rank decides alike
+            if loss_value.is_finite() {
+                let micro = opt.backward(&loss.surrogate);
+                match grads.as_mut() {
+                    Some(acc) => acc.accumulate(&micro),
+                    None => grads = Some(micro),
+                }
+            }
         }
-        .map_err(dist_err)?;
-        let loss_value = loss.global_loss; // the same on every rank, so every rank decides alike
-        let mut grads = loss_value.is_finite().then(|| opt.backward(&loss.surrogate));
+        if !loss_value.is_finite() {
+            grads = None;
+        }
         if let Some(grads) = grads.as_mut() {
-            comm += grad_sync.all_reduce(grads, 1.0, coll).map_err(dist_err)?.seconds;
+            comm += grad_sync.all_reduce(grads, 1.0 / accum as f64, coll).map_err(dist_err)?.seconds;
         }
         let grad_norm = grads.as_ref().map_or(f64::NAN, |g| g.norm());
         if let (Some(grads), true) = (grads.as_mut(), grad_norm.is_finite()) {
@@ -131,13 +147,14 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
 
         if let Some(metrics) = metrics.as_mut().filter(|_| (step + 1) % cfg.log.every == 0 || step + 1 == steps) {
             let secs = window_start.elapsed().as_secs_f64();
+            let logit_scale = model.logit_scale().exp().double_value(&[]);
             let record = serde_json::json!({
                 "step": step + 1,
-                "epoch": batch.epoch,
+                "epoch": epoch,
                 "samples_seen": samples_seen,
                 "loss": loss_value,
                 "lr": lr,
-                "logit_scale": logit_scale.double_value(&[]),
+                "logit_scale": logit_scale,
                 "grad_norm": grad_norm,
                 "samples_per_s": window_samples as f64 / secs,
                 "data_wait_frac": data_wait / secs,
@@ -148,7 +165,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
             info!(
                 "step {:>6}/{steps}  loss {loss_value:.4}  lr {lr:.2e}  scale {:.2}  {:.1} samples/s  data wait {:.0}%  comm {:.0}%",
                 step + 1,
-                logit_scale.double_value(&[]),
+                logit_scale,
                 window_samples as f64 / secs,
                 100.0 * data_wait / secs,
                 100.0 * comm / secs

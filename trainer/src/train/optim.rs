@@ -113,6 +113,21 @@ impl Gradients {
         &self.grads
     }
 
+    /// Adds `other` (gradients of the same parameters) into these: gradient
+    /// accumulation over micro-batches. Out of place per tensor, since autograd
+    /// may hand back expanded views.
+    pub fn accumulate(&mut self, other: &Gradients) {
+        tch::no_grad(|| {
+            for (acc, g) in self.grads.iter_mut().zip(&other.grads) {
+                match (acc.defined(), g.defined()) {
+                    (true, true) => *acc = &*acc + g,
+                    (false, true) => *acc = g.shallow_clone(),
+                    _ => {}
+                }
+            }
+        });
+    }
+
     /// The gradient tensors, to be synchronised or rescaled in place (DDP).
     pub fn tensors_mut(&mut self) -> &mut [Tensor] {
         &mut self.grads
@@ -269,6 +284,16 @@ mod tests {
         let g: Vec<f32> = grads.tensors()[0].shallow_clone().try_into().unwrap();
         let clipped = (g[0] as f64).hypot(g[1] as f64);
         assert!((clipped - 1.0).abs() < 1e-4, "clipped norm {clipped}");
+    }
+
+    #[test]
+    fn accumulated_gradients_are_the_sum() {
+        let p = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let opt = AdamW::new([("w".to_string(), p.shallow_clone())], &OptimConfig::default());
+        let mut acc = opt.backward(&(&p * 3.0).sum(Kind::Float));
+        acc.accumulate(&opt.backward(&(&p * &p).sum(Kind::Float)));
+        let g: Vec<f32> = acc.tensors()[0].shallow_clone().try_into().unwrap();
+        assert_eq!(g, [3.0 + 2.0, 3.0 + 4.0]);
     }
 
     #[test]
