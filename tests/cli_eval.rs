@@ -28,10 +28,7 @@ const COLOURS: [[u8; 3]; 6] = [
 fn png(rgb: [u8; 3], width: u32, height: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
     image::RgbImage::from_pixel(width, height, image::Rgb(rgb))
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .expect("encode png");
     bytes
 }
@@ -63,16 +60,9 @@ fn write_run(dir: &Path) -> PathBuf {
     let run = dir.join("run");
     std::fs::create_dir_all(&run).expect("run dir");
     let vs = VarStore::new(Device::Cpu);
-    let _clip = Clip::new(
-        &vs.root(),
-        &ModelConfig::preset("nano").expect("nano preset"),
-    );
+    let _clip = Clip::new(&vs.root(), &ModelConfig::preset("nano").expect("nano preset"));
     weights::save_safetensors(&vs, run.join("model.safetensors")).expect("save weights");
-    std::fs::write(
-        run.join("config.toml"),
-        "name = \"cli-eval\"\nmodel = \"nano\"\n",
-    )
-    .expect("config");
+    std::fs::write(run.join("config.toml"), "name = \"cli-eval\"\nmodel = \"nano\"\n").expect("config");
     run
 }
 
@@ -143,11 +133,7 @@ fn embed_texts_and_images_and_eval_a_run() {
     let image_dir = tmp.path().join("images");
     std::fs::create_dir_all(&image_dir).unwrap();
     for (i, colour) in COLOURS.iter().enumerate().take(3) {
-        std::fs::write(
-            image_dir.join(format!("{i}.png")),
-            png(*colour, 50, 30 + i as u32 * 20),
-        )
-        .unwrap();
+        std::fs::write(image_dir.join(format!("{i}.png")), png(*colour, 50, 30 + i as u32 * 20)).unwrap();
     }
     let extra = tmp.path().join("extra.png");
     std::fs::write(&extra, png([1, 2, 3], 20, 20)).unwrap();
@@ -216,8 +202,7 @@ fn embed_texts_and_images_and_eval_a_run() {
         table.contains("acc1") && table.contains("text_retrieval_recall@5"),
         "{table}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let zeroshot = &json["zeroshot"];
     assert_eq!(zeroshot["num_samples"], 18);
     assert_eq!(zeroshot["num_classes"], 6);

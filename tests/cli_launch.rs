@@ -16,7 +16,12 @@ fn png(rgb: [u8; 3]) -> Vec<u8> {
 }
 
 fn write_shards(dir: &Path) {
-    let colours = [("red", [220, 20, 20]), ("green", [20, 200, 20]), ("blue", [20, 20, 220]), ("black", [0, 0, 0])];
+    let colours = [
+        ("red", [220, 20, 20]),
+        ("green", [20, 200, 20]),
+        ("blue", [20, 20, 220]),
+        ("black", [0, 0, 0]),
+    ];
     let mut writer = ShardWriter::new(dir, 16).expect("shard writer");
     for i in 0..64usize {
         let (name, rgb) = colours[i % colours.len()];
@@ -49,7 +54,11 @@ every = 1
 "#;
 
 fn require_mpirun() {
-    let found = Command::new("mpirun").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     assert!(found.is_ok_and(|s| s.success()), "mpirun missing: run scripts/setup.sh");
 }
 
@@ -60,7 +69,18 @@ fn two_mpi_workers_train_on_the_global_batch() {
     write_shards(&dir.path().join("shards"));
     std::fs::write(dir.path().join("t.toml"), CONFIG).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(["launch", "--nproc", "2", "--backend", "mpi", "--log-dir", "runs/t/logs", "--", "--config", "t.toml"])
+        .args([
+            "launch",
+            "--nproc",
+            "2",
+            "--backend",
+            "mpi",
+            "--log-dir",
+            "runs/t/logs",
+            "--",
+            "--config",
+            "t.toml",
+        ])
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -79,8 +99,12 @@ fn two_mpi_workers_train_on_the_global_batch() {
 fn tagged_pids(tag: &str, extra: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
         let has = |needle: &str| vars.iter().any(|v| *v == needle.as_bytes());
         if has(tag) && (extra.is_empty() || has(extra)) {
@@ -99,7 +123,18 @@ fn a_killed_worker_stops_the_launch_and_is_named() {
     let tag = format!("FERROCLIP_TEST_TAG={}", std::process::id());
     let _cleanup = KillTagged(tag.clone()); // nothing outlives a failed assertion
     let child = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(["launch", "--nproc", "2", "--backend", "mpi", "--log-dir", "logs", "--", "--config", "t.toml"])
+        .args([
+            "launch",
+            "--nproc",
+            "2",
+            "--backend",
+            "mpi",
+            "--log-dir",
+            "logs",
+            "--",
+            "--config",
+            "t.toml",
+        ])
         .current_dir(dir.path())
         .env("FERROCLIP_TEST_TAG", std::process::id().to_string())
         .stdout(Stdio::piped())
@@ -126,13 +161,21 @@ fn a_killed_worker_stops_the_launch_and_is_named() {
     }
     let killed_at = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(killed_at.elapsed() < Duration::from_secs(30), "launcher took {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "launcher took {:?}",
+        killed_at.elapsed()
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     let error = stderr.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
     assert!(error.contains("rank 1"), "error should name rank 1: {stderr}");
     std::thread::sleep(Duration::from_millis(500));
-    assert!(tagged_pids(&tag, "").is_empty(), "processes left behind: {:?}", tagged_pids(&tag, ""));
+    assert!(
+        tagged_pids(&tag, "").is_empty(),
+        "processes left behind: {:?}",
+        tagged_pids(&tag, "")
+    );
 }
 
 struct KillTagged(String);

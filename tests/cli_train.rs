@@ -20,11 +20,16 @@ fn shape_png(rgb: [u8; 3], disc: bool, size: u32) -> Vec<u8> {
     let c = size as f32 / 2.0;
     let img = image::RgbImage::from_fn(size, size, |x, y| {
         let (dx, dy) = (x as f32 - c, y as f32 - c);
-        let inside = if disc { dx * dx + dy * dy < (0.35 * size as f32).powi(2) } else { dx.abs().max(dy.abs()) < 0.3 * size as f32 };
+        let inside = if disc {
+            dx * dx + dy * dy < (0.35 * size as f32).powi(2)
+        } else {
+            dx.abs().max(dy.abs()) < 0.3 * size as f32
+        };
         image::Rgb(if inside { rgb } else { [128, 128, 128] })
     });
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).expect("encode png");
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .expect("encode png");
     bytes
 }
 
@@ -108,10 +113,24 @@ fn short_run_loss_falls_and_run_folder_is_complete() {
 
     assert!(run.join("model.safetensors").is_file());
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(resolved.contains("[model.vision]"), "model written out in full:\n{resolved}");
+    assert!(
+        resolved.contains("[model.vision]"),
+        "model written out in full:\n{resolved}"
+    );
     // The run folder is a checkpoint that eval/embed accept.
     std::fs::write(dir.path().join("texts.txt"), "a red circle\na blue square\n").unwrap();
-    let out = ferroclip(&["embed", "--checkpoint", "runs/t", "--texts", "texts.txt", "--out", "e.jsonl"], dir.path());
+    let out = ferroclip(
+        &[
+            "embed",
+            "--checkpoint",
+            "runs/t",
+            "--texts",
+            "texts.txt",
+            "--out",
+            "e.jsonl",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success(), "embed failed: {}", stderr(&out));
 }
 
@@ -122,12 +141,17 @@ fn same_seed_same_losses() {
     std::fs::write(dir.path().join("t.toml"), config("shards", 10)).unwrap();
     let mut runs = Vec::new();
     for name in ["a", "b"] {
-        let out = ferroclip(&["train", "--config", "t.toml", "--set", &format!("name={name}")], dir.path());
+        let out = ferroclip(
+            &["train", "--config", "t.toml", "--set", &format!("name={name}")],
+            dir.path(),
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         runs.push(std::fs::read_to_string(dir.path().join(format!("runs/{name}/metrics.jsonl"))).unwrap());
     }
     let losses = |m: &str| -> Vec<String> {
-        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect()
+        m.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string())
+            .collect()
     };
     assert_eq!(losses(&runs[0]), losses(&runs[1]));
 }
@@ -154,11 +178,18 @@ fn bad_samples_are_skipped_and_counted() {
     writer.finish().unwrap();
     std::fs::write(dir.path().join("t.toml"), config("shards::bad/00000.tar", 10)).unwrap();
     let out = ferroclip(&["train", "--config", "t.toml", "--set", "data.workers=1"], dir.path());
-    assert!(out.status.success(), "bad samples must not stop training: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "bad samples must not stop training: {}",
+        stderr(&out)
+    );
     let metrics = std::fs::read_to_string(dir.path().join("runs/t/metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     let skipped = &last["skipped_samples"];
-    let total: u64 = skipped.as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+    let total: u64 = skipped
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
     assert!(total >= 5, "skips counted by reason in metrics: {skipped}");
 }
 
@@ -168,17 +199,35 @@ fn bad_input_is_one_clear_line() {
     write_shards(&dir.path().join("shards"));
     let cases: [(&str, String, &str); 4] = [
         ("missing shard", config("shards/{00000..00009}.tar", 5), "00004.tar"),
-        ("unknown field", config("shards", 5).replace("lr = 2e-3", "lrr = 2e-3"), "lrr"),
-        ("mistyped field", config("shards", 5).replace("batch_size = 16", "batch_size = \"16\""), "batch_size"),
-        ("unknown model", config("shards", 5).replace("\"nano\"", "\"nanoo\""), "nanoo"),
+        (
+            "unknown field",
+            config("shards", 5).replace("lr = 2e-3", "lrr = 2e-3"),
+            "lrr",
+        ),
+        (
+            "mistyped field",
+            config("shards", 5).replace("batch_size = 16", "batch_size = \"16\""),
+            "batch_size",
+        ),
+        (
+            "unknown model",
+            config("shards", 5).replace("\"nano\"", "\"nanoo\""),
+            "nanoo",
+        ),
     ];
     for (what, text, culprit) in cases {
         std::fs::write(dir.path().join("t.toml"), text).unwrap();
         let out = ferroclip(&["train", "--config", "t.toml"], dir.path());
         let err = stderr(&out);
         assert!(!out.status.success(), "{what}: should fail");
-        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{what}: no error line in {err}"));
-        assert!(line.contains(culprit), "{what}: error line should name {culprit}: {line}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("{what}: no error line in {err}"));
+        assert!(
+            line.contains(culprit),
+            "{what}: error line should name {culprit}: {line}"
+        );
         assert!(!err.contains("panicked"), "{what}: panic instead of an error: {err}");
     }
     let out = ferroclip(&["train", "--config", "nope.toml"], dir.path());
@@ -201,7 +250,11 @@ fn siglip_run_loss_falls_and_bias_is_saved() {
     let metrics = std::fs::read_to_string(dir.path().join("runs/t/metrics.jsonl")).unwrap();
     let loss: Vec<f64> = metrics
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
     let late = loss[30..].iter().sum::<f64>() / 10.0;
     assert!(late < 0.75 * loss[0], "siglip loss did not fall: {loss:?}");
@@ -209,10 +262,18 @@ fn siglip_run_loss_falls_and_bias_is_saved() {
     let names = safetensors::SafeTensors::deserialize(&weights).unwrap().names().len();
     let nano_vars = trainer::tch::nn::VarStore::new(trainer::tch::Device::Cpu);
     let _ = trainer::Clip::new(&nano_vars.root(), &trainer::ModelConfig::preset("nano").unwrap());
-    assert_eq!(names, nano_vars.variables().len() + 1, "logit_bias saved beside the CLIP variables");
+    assert_eq!(
+        names,
+        nano_vars.variables().len() + 1,
+        "logit_bias saved beside the CLIP variables"
+    );
 
     // CLIP's model has no bias: asking for siglip names the missing field.
-    std::fs::write(dir.path().join("t.toml"), config("shards", 5).replace("model = \"nano\"", "model = \"nano\"\nloss = \"siglip\"")).unwrap();
+    std::fs::write(
+        dir.path().join("t.toml"),
+        config("shards", 5).replace("model = \"nano\"", "model = \"nano\"\nloss = \"siglip\""),
+    )
+    .unwrap();
     let out = ferroclip(&["train", "--config", "t.toml"], dir.path());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("init_logit_bias"), "{}", stderr(&out));
@@ -228,14 +289,26 @@ fn accumulation_counts_every_micro_batch() {
     write_shards(&dir.path().join("shards"));
     std::fs::write(dir.path().join("t.toml"), config("shards", 30)).unwrap();
     let out = ferroclip(
-        &["train", "--config", "t.toml", "--set", "data.accum_steps=2", "--set", "data.batch_size=8"],
+        &[
+            "train",
+            "--config",
+            "t.toml",
+            "--set",
+            "data.accum_steps=2",
+            "--set",
+            "data.batch_size=8",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let metrics = std::fs::read_to_string(dir.path().join("runs/t/metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 30);
-    assert_eq!(lines.last().unwrap()["samples_seen"], 30 * 2 * 8, "2 micro-batches of 8 per step");
+    assert_eq!(
+        lines.last().unwrap()["samples_seen"],
+        30 * 2 * 8,
+        "2 micro-batches of 8 per step"
+    );
     let loss: Vec<f64> = lines.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
     let late = loss[25..].iter().sum::<f64>() / 5.0;
     assert!(late < loss[0], "loss did not fall with accumulation: {loss:?}");

@@ -157,10 +157,7 @@ impl SkipCounts {
     }
     /// `(reason, count)` pairs with a non-zero count, in a fixed order.
     pub fn iter(&self) -> impl Iterator<Item = (SkipReason, u64)> + '_ {
-        self.counts
-            .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(&r, &n)| (r, n))
+        self.counts.iter().filter(|(_, &n)| n > 0).map(|(&r, &n)| (r, n))
     }
     /// `{"reason": count, ...}`, for metrics files.
     pub fn to_json(&self) -> serde_json::Value {

@@ -65,9 +65,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
             .with_guessed_format()
             .map_err(|e| undecodable(e.to_string()))
     };
-    let (width, height) = reader()?
-        .into_dimensions()
-        .map_err(|e| undecodable(e.to_string()))?;
+    let (width, height) = reader()?.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
     if width == 0 || height == 0 {
         return Err(undecodable(format!("zero dimension {width}x{height}")));
     }
@@ -187,17 +185,14 @@ impl ImageTransform {
         match &self.random_crop {
             Some(params) => {
                 let crop = params.sample(image.width(), image.height(), rng);
-                let cropped =
-                    image::imageops::crop_imm(image, crop.left, crop.top, crop.width, crop.height)
-                        .to_image();
+                let cropped = image::imageops::crop_imm(image, crop.left, crop.top, crop.width, crop.height).to_image();
                 image::imageops::resize(&cropped, size, size, FilterType::CatmullRom)
             }
             None => {
                 let (width, height) = shorter_side_resized(image.width(), image.height(), size);
                 let resized = image::imageops::resize(image, width, height, FilterType::CatmullRom);
                 let crop = center_crop_box(width, height, size);
-                image::imageops::crop_imm(&resized, crop.left, crop.top, crop.width, crop.height)
-                    .to_image()
+                image::imageops::crop_imm(&resized, crop.left, crop.top, crop.width, crop.height).to_image()
             }
         }
     }
@@ -253,9 +248,7 @@ fn uniform<R: Rng + ?Sized>(rng: &mut R, lo: f64, hi: f64) -> f64 {
 /// torchvision `Resize(size)` output for a `width`×`height` image: shorter side → `size`,
 /// longer side scaled and truncated.
 pub fn shorter_side_resized(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let long_of = |short: u32, long: u32| {
-        ((f64::from(size) * f64::from(long) / f64::from(short)) as u32).max(size)
-    };
+    let long_of = |short: u32, long: u32| ((f64::from(size) * f64::from(long) / f64::from(short)) as u32).max(size);
     if width <= height {
         (size, long_of(width, height))
     } else {
@@ -330,26 +323,17 @@ mod tests {
 
     #[test]
     fn bad_bytes_get_typed_reasons() {
-        assert_eq!(
-            decode_rgb(&[], 100).unwrap_err().reason,
-            SkipReason::EmptyImage
-        );
+        assert_eq!(decode_rgb(&[], 100).unwrap_err().reason, SkipReason::EmptyImage);
         assert_eq!(
             decode_rgb(b"not an image at all", 100).unwrap_err().reason,
             SkipReason::UndecodableImage
         );
         let png = encode_png(DynamicImage::ImageRgb8(RgbImage::new(20, 10)));
-        assert_eq!(
-            decode_rgb(&png, 199).unwrap_err().reason,
-            SkipReason::ImageTooLarge
-        );
+        assert_eq!(decode_rgb(&png, 199).unwrap_err().reason, SkipReason::ImageTooLarge);
         assert!(decode_rgb(&png, 200).is_ok());
         // A PNG cut in the middle of its pixel data.
         let cut = &png[..png.len() - 20];
-        assert_eq!(
-            decode_rgb(cut, 200).unwrap_err().reason,
-            SkipReason::UndecodableImage
-        );
+        assert_eq!(decode_rgb(cut, 200).unwrap_err().reason, SkipReason::UndecodableImage);
     }
 
     #[test]
@@ -389,8 +373,7 @@ mod tests {
             1 => Rgb([0, 255, 0]),
             _ => Rgb([0, 0, 255]),
         });
-        let out =
-            ImageTransform::eval(8).resize_and_crop(&image, &mut ChaCha8Rng::seed_from_u64(0));
+        let out = ImageTransform::eval(8).resize_and_crop(&image, &mut ChaCha8Rng::seed_from_u64(0));
         assert_eq!(out.dimensions(), (8, 8));
         assert!(out.pixels().all(|p| p.0 == [0, 255, 0]));
     }
@@ -410,10 +393,7 @@ mod tests {
             assert!(crop.left + crop.width <= 64 && crop.top + crop.height <= 48);
             assert!((0.85..=1.0).contains(&area), "{crop:?}");
         }
-        assert!(
-            crops.iter().any(|c| *c != crops[0]),
-            "crops vary with the seed"
-        );
+        assert!(crops.iter().any(|c| *c != crops[0]), "crops vary with the seed");
     }
 
     #[test]

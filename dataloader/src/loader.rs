@@ -174,8 +174,7 @@ pub fn captions_of(raw: &RawSample, source: &CaptionSource) -> Result<Vec<String
         }
         CaptionSource::Json(field) => {
             let bytes = raw.members.get("json").ok_or(SkipReason::MissingCaption)?;
-            let value: serde_json::Value =
-                serde_json::from_slice(bytes).map_err(|_| SkipReason::InvalidCaption)?;
+            let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| SkipReason::InvalidCaption)?;
             match value.get(field) {
                 None | Some(serde_json::Value::Null) => return Err(SkipReason::MissingCaption),
                 Some(serde_json::Value::String(s)) => vec![s.trim().to_string()],
@@ -253,16 +252,10 @@ const DOMAIN_SHUFFLE: u64 = 2;
 const DOMAIN_AUGMENT: u64 = 3;
 
 /// The shards worker `thread` of `threads` reads in `epoch`, in order.
-fn shards_for_thread(
-    cfg: &LoaderConfig,
-    threads: usize,
-    thread: usize,
-    epoch: u64,
-) -> Vec<PathBuf> {
+fn shards_for_thread(cfg: &LoaderConfig, threads: usize, thread: usize, epoch: u64) -> Vec<PathBuf> {
     let mut order = cfg.shards.clone();
     if cfg.train {
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(derive_seed(&[cfg.seed, DOMAIN_SHARD_ORDER, epoch]));
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(&[cfg.seed, DOMAIN_SHARD_ORDER, epoch]));
         order.shuffle(&mut rng);
     }
     order.into_iter().skip(thread).step_by(threads).collect()
@@ -445,11 +438,7 @@ impl Worker {
 
     /// Read, shuffle, decode and send one epoch; `Break` when the loader is gone.
     fn run_epoch(&self, shards: &[PathBuf], state: &mut EpochState) -> ControlFlow<()> {
-        let buffer_size = if self.cfg.train {
-            self.cfg.shuffle_buffer
-        } else {
-            0
-        };
+        let buffer_size = if self.cfg.train { self.cfg.shuffle_buffer } else { 0 };
         for shard in shards {
             let mut flow = ControlFlow::Continue(());
             for_each_sample(shard, |item| {
@@ -596,19 +585,13 @@ mod tests {
     #[test]
     fn txt_captions_are_trimmed_lines() {
         let sample = raw(&[("txt", b"  a cat \n\n a dog\r\n")]);
-        assert_eq!(
-            captions_of(&sample, &CaptionSource::Txt).unwrap(),
-            ["a cat", "a dog"]
-        );
+        assert_eq!(captions_of(&sample, &CaptionSource::Txt).unwrap(), ["a cat", "a dog"]);
     }
 
     #[test]
     fn caption_problems_have_reasons() {
         let txt = CaptionSource::Txt;
-        assert_eq!(
-            captions_of(&raw(&[]), &txt),
-            Err(SkipReason::MissingCaption)
-        );
+        assert_eq!(captions_of(&raw(&[]), &txt), Err(SkipReason::MissingCaption));
         assert_eq!(
             captions_of(&raw(&[("txt", b" \n ")]), &txt),
             Err(SkipReason::MissingCaption)
@@ -640,10 +623,7 @@ mod tests {
     fn labels_parse_or_are_invalid() {
         assert_eq!(label_of(&raw(&[])), Ok(None));
         assert_eq!(label_of(&raw(&[("cls", b" 7\n")])), Ok(Some(7)));
-        assert_eq!(
-            label_of(&raw(&[("cls", b"seven")])),
-            Err(SkipReason::InvalidLabel)
-        );
+        assert_eq!(label_of(&raw(&[("cls", b"seven")])), Err(SkipReason::InvalidLabel));
     }
 
     #[test]
@@ -661,10 +641,7 @@ mod tests {
             shards_for_thread(&cfg, 2, 0, 0),
             [shards[0].clone(), shards[2].clone(), shards[4].clone()]
         );
-        assert_eq!(
-            shards_for_thread(&cfg, 2, 1, 0),
-            [shards[1].clone(), shards[3].clone()]
-        );
+        assert_eq!(shards_for_thread(&cfg, 2, 1, 0), [shards[1].clone(), shards[3].clone()]);
         // Train mode: each epoch is a permutation, and the threads still partition it.
         let cfg = LoaderConfig::new(shards.clone(), true);
         for epoch in 0..3 {

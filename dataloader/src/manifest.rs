@@ -84,18 +84,10 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
                 }
                 let fields = match serde_json::from_str::<Value>(&line) {
                     Ok(Value::Object(fields)) => fields,
-                    Ok(_) => {
-                        return Some(Err(skip(
-                            SkipReason::InvalidRow,
-                            "not a JSON object".into(),
-                        )))
-                    }
+                    Ok(_) => return Some(Err(skip(SkipReason::InvalidRow, "not a JSON object".into()))),
                     Err(e) => return Some(Err(skip(SkipReason::InvalidRow, e.to_string()))),
                 };
-                Some(
-                    row_from_fields(fields, &base, row)
-                        .map_err(|(reason, detail)| skip(reason, detail)),
-                )
+                Some(row_from_fields(fields, &base, row).map_err(|(reason, detail)| skip(reason, detail)))
             })))
         }
         "csv" | "tsv" => {
@@ -122,28 +114,25 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
                 }
             }
             let input = input.to_path_buf();
-            Ok(Box::new(reader.into_records().enumerate().map(
-                move |(i, record)| {
-                    let row = i + 1;
-                    let skip = |reason, detail: String| RowSkip {
-                        input: input.clone(),
-                        row,
-                        reason,
-                        detail,
-                    };
-                    let record = record.map_err(|e| skip(SkipReason::InvalidRow, e.to_string()))?;
-                    let mut fields = Map::new();
-                    for (name, value) in headers.iter().zip(record.iter()) {
-                        // An empty `cls`/`key` cell means "none", not an invalid value.
-                        if (name == "cls" || name == "key") && value.trim().is_empty() {
-                            continue;
-                        }
-                        fields.insert(name.clone(), Value::String(value.to_string()));
+            Ok(Box::new(reader.into_records().enumerate().map(move |(i, record)| {
+                let row = i + 1;
+                let skip = |reason, detail: String| RowSkip {
+                    input: input.clone(),
+                    row,
+                    reason,
+                    detail,
+                };
+                let record = record.map_err(|e| skip(SkipReason::InvalidRow, e.to_string()))?;
+                let mut fields = Map::new();
+                for (name, value) in headers.iter().zip(record.iter()) {
+                    // An empty `cls`/`key` cell means "none", not an invalid value.
+                    if (name == "cls" || name == "key") && value.trim().is_empty() {
+                        continue;
                     }
-                    row_from_fields(fields, &base, row)
-                        .map_err(|(reason, detail)| skip(reason, detail))
-                },
-            )))
+                    fields.insert(name.clone(), Value::String(value.to_string()));
+                }
+                row_from_fields(fields, &base, row).map_err(|(reason, detail)| skip(reason, detail))
+            })))
         }
         _ => Err(DataError::BadFile {
             path: input.to_path_buf(),
@@ -153,11 +142,7 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
 }
 
 /// Interpret one row's fields (JSONL object, CSV record, or a sidecar JSON).
-fn row_from_fields(
-    fields: Map<String, Value>,
-    base: &Path,
-    row: usize,
-) -> Result<ManifestRow, (SkipReason, String)> {
+fn row_from_fields(fields: Map<String, Value>, base: &Path, row: usize) -> Result<ManifestRow, (SkipReason, String)> {
     let image = match fields.get("image") {
         Some(Value::String(path)) if !path.trim().is_empty() => base.join(path.trim()),
         _ => return Err((SkipReason::InvalidRow, "no \"image\" path".into())),
@@ -191,24 +176,15 @@ fn captions_from_fields(fields: &Map<String, Value>) -> Result<Vec<String>, (Ski
             .iter()
             .map(|v| v.as_str().map(|s| s.trim().to_string()))
             .collect::<Option<Vec<_>>>()
-            .ok_or((
-                SkipReason::InvalidCaption,
-                "\"captions\" holds a non-string".into(),
-            ))?,
+            .ok_or((SkipReason::InvalidCaption, "\"captions\" holds a non-string".into()))?,
         (Some(other), _) if !other.is_null() => {
-            return Err((
-                SkipReason::InvalidCaption,
-                format!("caption {other} is not a string"),
-            ))
+            return Err((SkipReason::InvalidCaption, format!("caption {other} is not a string")))
         }
         _ => Vec::new(),
     };
     let captions: Vec<String> = captions.into_iter().filter(|c| !c.is_empty()).collect();
     if captions.is_empty() {
-        return Err((
-            SkipReason::MissingCaption,
-            "no \"caption\" or \"captions\"".into(),
-        ));
+        return Err((SkipReason::MissingCaption, "no \"caption\" or \"captions\"".into()));
     }
     Ok(captions)
 }
@@ -218,10 +194,7 @@ fn label_from_fields(fields: &Map<String, Value>) -> Result<Option<i64>, (SkipRe
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64()),
         Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => Ok(s.trim().parse().ok()),
-        Some(other) => Err((
-            SkipReason::InvalidLabel,
-            format!("cls {other} is not an integer"),
-        )),
+        Some(other) => Err((SkipReason::InvalidLabel, format!("cls {other} is not an integer"))),
     }
 }
 
@@ -237,26 +210,25 @@ fn folder_rows(dir: &Path) -> Result<Rows, DataError> {
             let path = entry.map_err(|e| DataError::io(&folder, e))?.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if path.extension().is_some_and(|x| {
-                FOLDER_IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str())
-            }) {
+            } else if path
+                .extension()
+                .is_some_and(|x| FOLDER_IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str()))
+            {
                 images.push(path);
             }
         }
     }
     images.sort();
     let dir = dir.to_path_buf();
-    Ok(Box::new(images.into_iter().enumerate().map(
-        move |(i, image)| {
-            let row = i + 1;
-            folder_row(&dir, image, row).map_err(|(reason, detail)| RowSkip {
-                input: dir.clone(),
-                row,
-                reason,
-                detail,
-            })
-        },
-    )))
+    Ok(Box::new(images.into_iter().enumerate().map(move |(i, image)| {
+        let row = i + 1;
+        folder_row(&dir, image, row).map_err(|(reason, detail)| RowSkip {
+            input: dir.clone(),
+            row,
+            reason,
+            detail,
+        })
+    })))
 }
 
 fn folder_row(dir: &Path, image: PathBuf, row: usize) -> Result<ManifestRow, (SkipReason, String)> {
@@ -275,18 +247,11 @@ fn folder_row(dir: &Path, image: PathBuf, row: usize) -> Result<ManifestRow, (Sk
         Err(_) => Map::new(),
     };
     let relative = image.strip_prefix(dir).unwrap_or(&image);
-    fields.insert(
-        "image".into(),
-        Value::String(relative.to_string_lossy().into_owned()),
-    );
+    fields.insert("image".into(), Value::String(relative.to_string_lossy().into_owned()));
     let captions = match std::fs::read(&txt) {
         Ok(bytes) => {
-            let text = String::from_utf8(bytes).map_err(|_| {
-                (
-                    SkipReason::InvalidCaption,
-                    format!("{} is not UTF-8", txt.display()),
-                )
-            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| (SkipReason::InvalidCaption, format!("{} is not UTF-8", txt.display())))?;
             let lines: Vec<String> = text
                 .lines()
                 .map(str::trim)
@@ -294,20 +259,14 @@ fn folder_row(dir: &Path, image: PathBuf, row: usize) -> Result<ManifestRow, (Sk
                 .map(str::to_string)
                 .collect();
             if lines.is_empty() {
-                return Err((
-                    SkipReason::MissingCaption,
-                    format!("{} is empty", txt.display()),
-                ));
+                return Err((SkipReason::MissingCaption, format!("{} is empty", txt.display())));
             }
             lines
         }
         Err(_) => captions_from_fields(&fields).map_err(|(reason, _)| {
             (
                 reason,
-                format!(
-                    "no caption for {} (neither .txt nor .json caption)",
-                    image.display()
-                ),
+                format!("no caption for {} (neither .txt nor .json caption)", image.display()),
             )
         })?,
     };
@@ -341,8 +300,8 @@ impl ManifestRow {
             skip(reason, e.to_string())
         })?;
         decode_rgb(&bytes, max_pixels).map_err(|e| skip(e.reason, e.detail))?;
-        let ext = sniff_extension(&bytes)
-            .ok_or_else(|| skip(SkipReason::UndecodableImage, "unknown image format".into()))?;
+        let ext =
+            sniff_extension(&bytes).ok_or_else(|| skip(SkipReason::UndecodableImage, "unknown image format".into()))?;
         Ok(ShardSample {
             key: self.key.clone(),
             image: bytes,
@@ -392,37 +351,24 @@ mod tests {
         assert_eq!((c.row, c.reason), (4, SkipReason::MissingCaption));
         assert!(c.to_string().contains("m.jsonl: row 4"), "{c}");
         assert_eq!(rows[3].as_ref().unwrap_err().reason, SkipReason::InvalidRow);
-        assert_eq!(
-            rows[4].as_ref().unwrap_err().reason,
-            SkipReason::InvalidLabel
-        );
+        assert_eq!(rows[4].as_ref().unwrap_err().reason, SkipReason::InvalidLabel);
     }
 
     #[test]
     fn csv_needs_image_and_caption_columns() {
         let dir = tempfile::tempdir().unwrap();
         let tsv = dir.path().join("m.tsv");
-        std::fs::write(
-            &tsv,
-            "image\tcaption\tcls\tsource\nsub/a.jpg\ta dog\t\tweb\n",
-        )
-        .unwrap();
+        std::fs::write(&tsv, "image\tcaption\tcls\tsource\nsub/a.jpg\ta dog\t\tweb\n").unwrap();
         let rows: Vec<_> = read_manifest(&tsv).unwrap().collect();
         let a = rows[0].as_ref().unwrap();
         assert_eq!(a.image, dir.path().join("sub/a.jpg"));
-        assert_eq!(
-            (a.captions.as_slice(), a.label),
-            (&["a dog".to_string()][..], None)
-        );
+        assert_eq!((a.captions.as_slice(), a.label), (&["a dog".to_string()][..], None));
         assert_eq!(a.fields["source"], "web");
 
         let csv = dir.path().join("bad.csv");
         std::fs::write(&csv, "path,text\na.png,hi\n").unwrap();
         let err = read_manifest(&csv).err().unwrap().to_string();
-        assert!(
-            err.contains("bad.csv") && err.contains("\"image\""),
-            "{err}"
-        );
+        assert!(err.contains("bad.csv") && err.contains("\"image\""), "{err}");
     }
 
     #[test]
@@ -432,11 +378,7 @@ mod tests {
         std::fs::write(dir.path().join("s/b.png"), b"x").unwrap();
         std::fs::write(dir.path().join("s/b.txt"), "one\ntwo\n").unwrap();
         std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
-        std::fs::write(
-            dir.path().join("a.json"),
-            r#"{"caption": "from json", "cls": 1}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"{"caption": "from json", "cls": 1}"#).unwrap();
         std::fs::write(dir.path().join("c.png"), b"x").unwrap();
         let rows: Vec<_> = read_manifest(dir.path()).unwrap().collect();
         assert_eq!(rows.len(), 3);
@@ -446,21 +388,20 @@ mod tests {
             (&["from json".to_string()][..], Some(1))
         );
         assert_eq!(a.fields["image"], "a.jpg");
-        assert_eq!(
-            rows[1].as_ref().unwrap_err().reason,
-            SkipReason::MissingCaption
-        );
+        assert_eq!(rows[1].as_ref().unwrap_err().reason, SkipReason::MissingCaption);
         assert_eq!(rows[2].as_ref().unwrap().captions, ["one", "two"]);
     }
 
     /// Regression: a zero-shot classification row ("image" + "cls", no caption) is kept.
     #[test]
     fn labelled_row_without_caption_is_kept() {
-        let fields: Map<String, Value> =
-            serde_json::from_str(r#"{"image": "a.png", "cls": 2}"#).unwrap();
+        let fields: Map<String, Value> = serde_json::from_str(r#"{"image": "a.png", "cls": 2}"#).unwrap();
         let row = row_from_fields(fields, Path::new("/d"), 1).unwrap();
         assert_eq!((row.captions.len(), row.label), (0, Some(2)));
         let fields: Map<String, Value> = serde_json::from_str(r#"{"image": "a.png"}"#).unwrap();
-        assert_eq!(row_from_fields(fields, Path::new("/d"), 1).unwrap_err().0, SkipReason::MissingCaption);
+        assert_eq!(
+            row_from_fields(fields, Path::new("/d"), 1).unwrap_err().0,
+            SkipReason::MissingCaption
+        );
     }
 }

@@ -117,9 +117,7 @@ fn brace_alternatives(body: &str) -> Result<Vec<String>, String> {
     } else if body.contains(',') {
         Ok(body.split(',').map(str::to_string).collect())
     } else {
-        Err(format!(
-            "brace group {{{body}}} is neither a range nor a list"
-        ))
+        Err(format!("brace group {{{body}}} is neither a range nor a list"))
     }
 }
 
@@ -130,10 +128,7 @@ mod tests {
     #[test]
     fn range_keeps_zero_padding() {
         let names = expand_braces("d/{00008..00011}.tar").unwrap();
-        assert_eq!(
-            names,
-            ["d/00008.tar", "d/00009.tar", "d/00010.tar", "d/00011.tar"]
-        );
+        assert_eq!(names, ["d/00008.tar", "d/00009.tar", "d/00010.tar", "d/00011.tar"]);
     }
 
     #[test]
@@ -163,10 +158,7 @@ mod tests {
             "a/{x..2}.tar",
             "a/{x}.tar",
         ] {
-            assert!(
-                matches!(expand_braces(bad), Err(DataError::BadSpec { .. })),
-                "{bad}"
-            );
+            assert!(matches!(expand_braces(bad), Err(DataError::BadSpec { .. })), "{bad}");
         }
     }
 }

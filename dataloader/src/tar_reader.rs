@@ -57,10 +57,7 @@ pub fn split_member_name(path: &str) -> Option<(String, String)> {
 /// An unopenable shard gives one `UnreadableShard` skip. A read error or a truncated member
 /// ends the shard after reporting it; samples before it are delivered. `visit` returns
 /// `ControlFlow::Break` to stop early.
-pub fn for_each_sample(
-    shard: &Path,
-    visit: impl FnMut(Result<RawSample, TarSkip>) -> ControlFlow<()>,
-) {
+pub fn for_each_sample(shard: &Path, visit: impl FnMut(Result<RawSample, TarSkip>) -> ControlFlow<()>) {
     let mut visit = visit;
     match std::fs::File::open(shard) {
         Ok(file) => for_each_sample_in(shard, std::io::BufReader::new(file), visit),
@@ -97,20 +94,19 @@ pub fn for_each_sample_in<R: Read>(
     };
     // The sample being assembled, and whether it saw the same extension twice.
     let mut current: Option<(RawSample, bool)> = None;
-    let emit =
-        |sample: Option<(RawSample, bool)>,
-         visit: &mut dyn FnMut(Result<RawSample, TarSkip>) -> ControlFlow<()>| {
-            match sample {
-                None => ControlFlow::Continue(()),
-                Some((sample, false)) => visit(Ok(sample)),
-                Some((sample, true)) => visit(Err(TarSkip {
-                    reason: SkipReason::DuplicateMember,
-                    shard: sample.shard,
-                    member: Some(sample.key),
-                    detail: "the same extension appears twice in one sample".into(),
-                })),
-            }
-        };
+    let emit = |sample: Option<(RawSample, bool)>,
+                visit: &mut dyn FnMut(Result<RawSample, TarSkip>) -> ControlFlow<()>| {
+        match sample {
+            None => ControlFlow::Continue(()),
+            Some((sample, false)) => visit(Ok(sample)),
+            Some((sample, true)) => visit(Err(TarSkip {
+                reason: SkipReason::DuplicateMember,
+                shard: sample.shard,
+                member: Some(sample.key),
+                detail: "the same extension appears twice in one sample".into(),
+            })),
+        }
+    };
     for entry in entries {
         let mut entry = match entry {
             Ok(entry) => entry,
@@ -130,9 +126,7 @@ pub fn for_each_sample_in<R: Read>(
         let Some((key, ext)) = split_member_name(&path) else {
             continue;
         };
-        if current.as_ref().is_some_and(|(s, _)| s.key != key)
-            && emit(current.take(), &mut visit).is_break()
-        {
+        if current.as_ref().is_some_and(|(s, _)| s.key != key) && emit(current.take(), &mut visit).is_break() {
             return;
         }
         let expected = entry.size();
@@ -228,11 +222,7 @@ mod tests {
 
     #[test]
     fn truncated_tar_reports_and_ends() {
-        let bytes = tar_of(&[
-            ("1.txt", b"first"),
-            ("2.txt", &[b'x'; 2000]),
-            ("3.txt", b"third"),
-        ]);
+        let bytes = tar_of(&[("1.txt", b"first"), ("2.txt", &[b'x'; 2000]), ("3.txt", b"third")]);
         // Cut inside the second member's data.
         let items = collect(&bytes[..512 + 512 + 512 + 700]);
         assert_eq!(items.len(), 2);
@@ -246,20 +236,14 @@ mod tests {
     fn garbage_is_a_read_error_not_a_panic() {
         let items = collect(&[0x55u8; 1500]);
         assert_eq!(items.len(), 1);
-        assert_eq!(
-            items[0].as_ref().unwrap_err().reason,
-            SkipReason::ShardReadError
-        );
+        assert_eq!(items[0].as_ref().unwrap_err().reason, SkipReason::ShardReadError);
     }
 
     #[test]
     fn duplicate_extension_skips_the_sample() {
         let bytes = tar_of(&[("1.txt", b"a"), ("1.txt", b"b"), ("2.txt", b"c")]);
         let items = collect(&bytes);
-        assert_eq!(
-            items[0].as_ref().unwrap_err().reason,
-            SkipReason::DuplicateMember
-        );
+        assert_eq!(items[0].as_ref().unwrap_err().reason, SkipReason::DuplicateMember);
         assert_eq!(items[1].as_ref().unwrap().key, "2");
     }
 

@@ -130,8 +130,7 @@ impl Tokenizer {
     pub fn new() -> Self {
         // The vocabulary is compiled into the binary; a failure here is a build defect
         // that every test catches, not a property of user data.
-        let merges_text =
-            gunzip_to_string(BPE_VOCAB_GZ).expect("bundled BPE vocabulary is valid gzip UTF-8");
+        let merges_text = gunzip_to_string(BPE_VOCAB_GZ).expect("bundled BPE vocabulary is valid gzip UTF-8");
         let byte_encoder = bytes_to_unicode();
 
         let merge_pairs: Vec<(&str, &str)> = merges_text
@@ -145,21 +144,13 @@ impl Tokenizer {
                 (left, right)
             })
             .collect();
-        assert_eq!(
-            merge_pairs.len(),
-            MERGE_COUNT,
-            "bundled BPE vocabulary is complete"
-        );
+        assert_eq!(merge_pairs.len(), MERGE_COUNT, "bundled BPE vocabulary is complete");
 
         // Vocabulary order as open_clip builds it: bytes, bytes + `</w>`, merges, specials.
         let mut vocab: Vec<String> = Vec::with_capacity(Self::VOCAB_SIZE);
         vocab.extend(byte_encoder.iter().map(|(_, ch)| ch.to_string()));
         vocab.extend(byte_encoder.iter().map(|(_, ch)| format!("{ch}</w>")));
-        vocab.extend(
-            merge_pairs
-                .iter()
-                .map(|(left, right)| format!("{left}{right}")),
-        );
+        vocab.extend(merge_pairs.iter().map(|(left, right)| format!("{left}{right}")));
         vocab.push(START_OF_TEXT.to_string());
         vocab.push(END_OF_TEXT.to_string());
         assert_eq!(vocab.len(), Self::VOCAB_SIZE);
@@ -245,11 +236,7 @@ impl Tokenizer {
         }
         let mut ids: Vec<i64> = Vec::with_capacity(context_length.min(256));
         ids.push(Self::SOT as i64);
-        ids.extend(
-            self.encode_up_to(text, context_length)
-                .into_iter()
-                .map(i64::from),
-        );
+        ids.extend(self.encode_up_to(text, context_length).into_iter().map(i64::from));
         ids.push(Self::EOT as i64);
         if ids.len() > context_length {
             ids.truncate(context_length);
@@ -551,10 +538,10 @@ fn is_python_space(ch: char) -> bool {
 /// Windows-1252 meaning of bytes 0x80..0x9F; the five unassigned bytes keep their C1
 /// code point (ftfy's "sloppy" codec, and Python's `html` table for `&#128;`..).
 const CP1252_C1: [char; 32] = [
-    '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{2C6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}',
-    '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}', '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}', '\u{17E}', '\u{178}',
+    '\u{20AC}', '\u{81}', '\u{201A}', '\u{192}', '\u{201E}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{2C6}', '\u{2030}',
+    '\u{160}', '\u{2039}', '\u{152}', '\u{8D}', '\u{17D}', '\u{8F}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201C}',
+    '\u{201D}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{2DC}', '\u{2122}', '\u{161}', '\u{203A}', '\u{153}', '\u{9D}',
+    '\u{17E}', '\u{178}',
 ];
 
 /// open_clip's text cleaning: ftfy (as ported), `html.unescape` twice, strip,
@@ -575,9 +562,7 @@ impl Cleaner {
     fn new() -> Self {
         let mut html5 = HashMap::with_capacity(2300);
         for line in HTML5_ENTITIES.lines() {
-            let (name, hex) = line
-                .split_once('\t')
-                .expect("bundled entity line is `name\\tHEX..`");
+            let (name, hex) = line.split_once('\t').expect("bundled entity line is `name\\tHEX..`");
             let value: String = hex
                 .split(' ')
                 .map(|code| {
@@ -593,15 +578,11 @@ impl Cleaner {
             html5,
             ftfy_entities: HashMap::new(),
             width_map: HashMap::new(),
-            python_charref: Regex::new(
-                r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\x0C <&#;]{1,32};?)",
-            )
-            .expect("charref regex compiles"),
+            python_charref: Regex::new(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\x0C <&#;]{1,32};?)")
+                .expect("charref regex compiles"),
             ftfy_entity: Regex::new(r"&#?[0-9A-Za-z]{1,24};").expect("entity regex compiles"),
-            terminal_escape: Regex::new(&format!(
-                r"\x1B\[(?:[\d--[{RUST_ONLY_DIGITS}]]|;)*[a-zA-Z]"
-            ))
-            .expect("escape regex compiles"),
+            terminal_escape: Regex::new(&format!(r"\x1B\[(?:[\d--[{RUST_ONLY_DIGITS}]]|;)*[a-zA-Z]"))
+                .expect("escape regex compiles"),
         };
         let mut ftfy_entities = HashMap::with_capacity(3000);
         for (name, value) in &cleaner.html5 {
@@ -782,8 +763,7 @@ impl Cleaner {
                     return value.clone();
                 }
                 // Longest known prefix of at least two characters, the rest kept.
-                let boundaries: Vec<usize> =
-                    reference.char_indices().map(|(i, _)| i).skip(2).collect();
+                let boundaries: Vec<usize> = reference.char_indices().map(|(i, _)| i).skip(2).collect();
                 for &end in boundaries.iter().rev() {
                     if let Some(value) = self.html5.get(&reference[..end]) {
                         return format!("{value}{}", &reference[end..]);
@@ -796,13 +776,9 @@ impl Cleaner {
 }
 
 fn parse_saturating(digits: &str, radix: u32) -> u64 {
-    digits
-        .chars()
-        .filter_map(|d| d.to_digit(radix))
-        .fold(0u64, |acc, d| {
-            acc.saturating_mul(u64::from(radix))
-                .saturating_add(u64::from(d))
-        })
+    digits.chars().filter_map(|d| d.to_digit(radix)).fold(0u64, |acc, d| {
+        acc.saturating_mul(u64::from(radix)).saturating_add(u64::from(d))
+    })
 }
 
 /// Python's `html` rules for `&#N;`.
@@ -871,10 +847,7 @@ mod tests {
             vec![49406, 320, 1125, 539, 320, 2368, 49407]
         );
         assert_eq!(tok.tokenize_unpadded("", 77), vec![49406, 49407]);
-        assert_eq!(
-            tok.encode("a photo of a cat"),
-            vec![320, 1125, 539, 320, 2368]
-        );
+        assert_eq!(tok.encode("a photo of a cat"), vec![320, 1125, 539, 320, 2368]);
     }
 
     #[test]
@@ -905,18 +878,12 @@ mod tests {
     #[test]
     fn cleaning_collapses_space_lowercases_and_unescapes() {
         let tok = tokenizer();
-        assert_eq!(
-            tok.clean("  A\tPhoto \n OF\u{a0}a CAT  "),
-            "a photo of a cat"
-        );
+        assert_eq!(tok.clean("  A\tPhoto \n OF\u{a0}a CAT  "), "a photo of a cat");
         assert_eq!(tok.clean("Fish &amp; Chips"), "fish & chips");
         assert_eq!(tok.clean("&amp;amp;amp;"), "&");
         assert_eq!(tok.clean("P&EACUTE;REZ"), "pérez");
         assert_eq!(tok.clean("&copy 2024"), "© 2024");
-        assert_eq!(
-            tok.clean("\u{201c}here\u{2019}s\u{201d} ﬁne"),
-            "\"here's\" fine"
-        );
+        assert_eq!(tok.clean("\u{201c}here\u{2019}s\u{201d} ﬁne"), "\"here's\" fine");
         assert_eq!(tok.clean("ＬＯＵＤ　ＮＯＩＳＥＳ"), "loud noises");
         assert_eq!(tok.clean("e\u{301}"), "é");
         assert_eq!(tok.clean("\u{1b}[31mred\u{1b}[0m\u{0}"), "red");
@@ -925,25 +892,15 @@ mod tests {
     #[test]
     fn contractions_and_special_tokens_split_as_open_clip() {
         let tok = tokenizer();
-        assert_eq!(
-            tok.encode("it's"),
-            [tok.encode("it"), tok.encode("'s")].concat()
-        );
+        assert_eq!(tok.encode("it's"), [tok.encode("it"), tok.encode("'s")].concat());
         assert_eq!(tok.encode("<start_of_text>"), vec![Tokenizer::SOT]);
-        assert_eq!(
-            tok.encode("x<end_of_text>"),
-            vec![tok.encode("x")[0], Tokenizer::EOT]
-        );
+        assert_eq!(tok.encode("x<end_of_text>"), vec![tok.encode("x")[0], Tokenizer::EOT]);
     }
 
     #[test]
     fn decode_inverts_encode_on_clean_text() {
         let tok = tokenizer();
-        let ids: Vec<i64> = tok
-            .encode("a photo of a café 🐱")
-            .into_iter()
-            .map(i64::from)
-            .collect();
+        let ids: Vec<i64> = tok.encode("a photo of a café 🐱").into_iter().map(i64::from).collect();
         assert_eq!(tok.decode(&ids).as_deref(), Ok("a photo of a café 🐱 "));
         assert_eq!(
             tok.decode(&[49408]),
@@ -959,10 +916,7 @@ mod tests {
     fn vocabulary_has_open_clip_shape() {
         let tok = tokenizer();
         assert_eq!(tok.inner.decoder.len(), Tokenizer::VOCAB_SIZE);
-        assert_eq!(
-            tok.inner.decoder[Tokenizer::SOT as usize],
-            "<start_of_text>"
-        );
+        assert_eq!(tok.inner.decoder[Tokenizer::SOT as usize], "<start_of_text>");
         assert_eq!(tok.inner.decoder[Tokenizer::EOT as usize], "<end_of_text>");
         assert_eq!(tok.inner.merges.len(), MERGE_COUNT);
         assert_eq!(tok.inner.cleaner.html5.len(), 2231);

@@ -117,8 +117,7 @@ impl ShardWriter {
 
     /// Check a user-given key: non-empty, no `.`, `/` or whitespace at its ends, unused.
     pub fn check_key(&self, key: &str) -> Result<(), SkipReason> {
-        let valid =
-            !key.is_empty() && !key.contains(['.', '/', '\\', '\n', '\0']) && key.trim() == key;
+        let valid = !key.is_empty() && !key.contains(['.', '/', '\\', '\n', '\0']) && key.trim() == key;
         if !valid {
             return Err(SkipReason::InvalidKey);
         }
@@ -159,8 +158,7 @@ impl ShardWriter {
         }
         let shard = self.open_shard()?;
         for (name, data) in members {
-            append_member(&mut shard.builder, &name, data)
-                .map_err(|e| DataError::io(&shard.temp_path, e))?;
+            append_member(&mut shard.builder, &name, data).map_err(|e| DataError::io(&shard.temp_path, e))?;
         }
         shard.samples += 1;
         let full = shard.samples >= self.samples_per_shard;
@@ -179,11 +177,10 @@ impl ShardWriter {
             None
         } else {
             let path = self.out_dir.join(SIZES_FILE);
-            let text =
-                serde_json::to_string_pretty(&self.sizes).map_err(|e| DataError::BadFile {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let text = serde_json::to_string_pretty(&self.sizes).map_err(|e| DataError::BadFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             write_atomically(&path, text.as_bytes())?;
             Some(path)
         };
@@ -239,11 +236,7 @@ impl ShardWriter {
 
 /// One regular-file member with fixed metadata (mode 644, mtime 0), so shards are
 /// reproducible byte for byte.
-fn append_member<W: Write>(
-    builder: &mut tar::Builder<W>,
-    name: &str,
-    data: &[u8],
-) -> std::io::Result<()> {
+fn append_member<W: Write>(builder: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
     header.set_mode(0o644);

@@ -5,17 +5,15 @@ use std::path::{Path, PathBuf};
 
 use dataloader::tar_reader::for_each_sample;
 use dataloader::{
-    count_samples, decode_rgb, expand_shards, read_manifest, CaptionSource, DataError,
-    ImageTransform, Loader, LoaderConfig, RawSample, ShardWriter, SkipReason, DEFAULT_MAX_PIXELS,
+    count_samples, decode_rgb, expand_shards, read_manifest, CaptionSource, DataError, ImageTransform, Loader,
+    LoaderConfig, RawSample, ShardWriter, SkipReason, DEFAULT_MAX_PIXELS,
 };
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use rand::SeedableRng;
 
 fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut bytes = Vec::new();
-    image
-        .write_to(&mut Cursor::new(&mut bytes), format)
-        .unwrap();
+    image.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
     bytes
 }
 
@@ -91,9 +89,7 @@ fn write_dataset(dir: &Path) -> (Vec<PathBuf>, Vec<Vec<u8>>) {
         };
         lines.push(row.to_string());
         if i == 2 {
-            lines.push(
-                serde_json::json!({"image": "raw/missing.png", "caption": "gone"}).to_string(),
-            );
+            lines.push(serde_json::json!({"image": "raw/missing.png", "caption": "gone"}).to_string());
         }
     }
     let manifest = dir.join("manifest.jsonl");
@@ -113,11 +109,7 @@ fn write_dataset(dir: &Path) -> (Vec<PathBuf>, Vec<Vec<u8>>) {
     assert_eq!(skipped.len(), 1);
     assert_eq!(skipped[0].reason, SkipReason::MissingImage);
     assert_eq!(skipped[0].row, 4);
-    assert!(
-        skipped[0].to_string().contains("missing.png"),
-        "{}",
-        skipped[0]
-    );
+    assert!(skipped[0].to_string().contains("missing.png"), "{}", skipped[0]);
     let summary = writer.finish().unwrap();
     assert_eq!(summary.samples, 5);
     (summary.shards, originals)
@@ -130,11 +122,7 @@ fn shard_round_trip_keeps_bytes_captions_labels_keys() {
     let out = dir.path().join("shards");
     assert_eq!(
         shards,
-        [
-            out.join("00000.tar"),
-            out.join("00001.tar"),
-            out.join("00002.tar")
-        ]
+        [out.join("00000.tar"), out.join("00001.tar"), out.join("00002.tar")]
     );
     let sizes: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("sizes.json")).unwrap()).unwrap();
@@ -149,22 +137,10 @@ fn shard_round_trip_keeps_bytes_captions_labels_keys() {
     // Members as stored.
     let raw = raw_samples(&shards);
     let keys: Vec<&str> = raw.iter().map(|r| r.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "000000000",
-            "000000001",
-            "000000002",
-            "custom3",
-            "000000003"
-        ]
-    );
+    assert_eq!(keys, ["000000000", "000000001", "000000002", "custom3", "000000003"]);
     for (i, sample) in raw.iter().enumerate() {
         let ext = if i % 2 == 0 { "png" } else { "jpg" };
-        assert_eq!(
-            sample.members[ext], originals[i],
-            "image bytes of sample {i}"
-        );
+        assert_eq!(sample.members[ext], originals[i], "image bytes of sample {i}");
         let json: serde_json::Value = serde_json::from_slice(&sample.members["json"]).unwrap();
         assert_eq!(json["key"], sample.key);
     }
@@ -183,21 +159,9 @@ fn shard_round_trip_keeps_bytes_captions_labels_keys() {
     let mut loader = Loader::new(cfg.clone()).unwrap();
     let batches: Vec<_> = loader.by_ref().collect();
     assert!(loader.skip_counts().is_empty(), "{}", loader.skip_counts());
-    assert_eq!(
-        batches.iter().map(|b| b.len()).collect::<Vec<_>>(),
-        [2, 2, 1]
-    );
+    assert_eq!(batches.iter().map(|b| b.len()).collect::<Vec<_>>(), [2, 2, 1]);
     let keys: Vec<String> = batches.iter().flat_map(|b| b.keys.clone()).collect();
-    assert_eq!(
-        keys,
-        [
-            "000000000",
-            "000000001",
-            "000000002",
-            "custom3",
-            "000000003"
-        ]
-    );
+    assert_eq!(keys, ["000000000", "000000001", "000000002", "custom3", "000000003"]);
     let captions: Vec<Vec<String>> = batches.iter().flat_map(|b| b.captions.clone()).collect();
     assert_eq!(captions[0], ["caption 0"]);
     assert_eq!(captions[1], ["first of 1", "second of 1"]);
@@ -210,17 +174,13 @@ fn shard_round_trip_keeps_bytes_captions_labels_keys() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let images: Vec<f32> = batches.iter().flat_map(|b| b.images.clone()).collect();
     for (i, original) in originals.iter().enumerate() {
-        let expected =
-            transform.apply(&decode_rgb(original, DEFAULT_MAX_PIXELS).unwrap(), &mut rng);
+        let expected = transform.apply(&decode_rgb(original, DEFAULT_MAX_PIXELS).unwrap(), &mut rng);
         assert_eq!(&images[i * 192..(i + 1) * 192], &expected[..], "image {i}");
     }
     // Tokens: one row per sample; several captions are tokenized as one text.
     let tokenizer = dataloader::Tokenizer::new();
     assert_eq!(batches[0].tokens.len(), 2 * 77);
-    assert_eq!(
-        batches[0].tokens[..77],
-        tokenizer.tokenize("caption 0", 77)[..]
-    );
+    assert_eq!(batches[0].tokens[..77], tokenizer.tokenize("caption 0", 77)[..]);
     assert_eq!(
         batches[0].tokens[77..],
         tokenizer.tokenize("first of 1 second of 1", 77)[..]
@@ -250,14 +210,8 @@ fn brace_specs_expand_and_missing_shards_are_named() {
 #[test]
 fn bad_samples_and_shards_are_counted_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
-    let png = encode(
-        DynamicImage::ImageRgb8(test_image(1, 12, 12)),
-        ImageFormat::Png,
-    );
-    let big = encode(
-        DynamicImage::ImageRgb8(test_image(2, 40, 40)),
-        ImageFormat::Png,
-    );
+    let png = encode(DynamicImage::ImageRgb8(test_image(1, 12, 12)), ImageFormat::Png);
+    let big = encode(DynamicImage::ImageRgb8(test_image(2, 40, 40)), ImageFormat::Png);
     let good_a = dir.path().join("0.tar");
     tar_of(
         &good_a,
@@ -329,10 +283,7 @@ fn bad_samples_and_shards_are_counted_not_fatal() {
 #[test]
 fn json_captions_are_read_from_the_configured_field() {
     let dir = tempfile::tempdir().unwrap();
-    let png = encode(
-        DynamicImage::ImageRgb8(test_image(3, 10, 10)),
-        ImageFormat::Png,
-    );
+    let png = encode(DynamicImage::ImageRgb8(test_image(3, 10, 10)), ImageFormat::Png);
     let shard = dir.path().join("j.tar");
     tar_of(
         &shard,
@@ -361,18 +312,12 @@ fn train_shards(dir: &Path) -> Vec<PathBuf> {
         let mut members: Vec<(String, Vec<u8>)> = Vec::new();
         for i in 0..3u32 {
             let key = format!("s{s}-{i}");
-            let png = encode(
-                DynamicImage::ImageRgb8(test_image(s * 3 + i, 20, 14)),
-                ImageFormat::Png,
-            );
+            let png = encode(DynamicImage::ImageRgb8(test_image(s * 3 + i, 20, 14)), ImageFormat::Png);
             members.push((format!("{key}.png"), png));
             members.push((format!("{key}.txt"), format!("caption {key}").into_bytes()));
         }
         let path = dir.join(format!("{s:05}.tar"));
-        let refs: Vec<(&str, &[u8])> = members
-            .iter()
-            .map(|(n, d)| (n.as_str(), d.as_slice()))
-            .collect();
+        let refs: Vec<(&str, &[u8])> = members.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
         tar_of(&path, &refs);
         shards.push(path);
     }
@@ -395,29 +340,16 @@ fn same_seed_same_batches_with_two_threads() {
     };
     // 8 batches span several epochs (each thread makes one full batch of 4 per epoch from its
     // 6 samples and drops the partial rest).
-    let run = |seed| {
-        Loader::new(config(seed))
-            .unwrap()
-            .take(8)
-            .collect::<Vec<_>>()
-    };
+    let run = |seed| Loader::new(config(seed)).unwrap().take(8).collect::<Vec<_>>();
     let first = run(7);
     let second = run(7);
     assert_eq!(first, second);
     assert!(first.iter().all(|b| b.len() == 4));
-    assert!(
-        first.iter().any(|b| b.epoch >= 2),
-        "train mode continues over epochs"
-    );
+    assert!(first.iter().any(|b| b.epoch >= 2), "train mode continues over epochs");
     // A different seed changes order and crops.
     let other = run(8);
     assert_ne!(first, other);
-    let keys = |batches: &[dataloader::Batch]| {
-        batches
-            .iter()
-            .flat_map(|b| b.keys.clone())
-            .collect::<Vec<_>>()
-    };
+    let keys = |batches: &[dataloader::Batch]| batches.iter().flat_map(|b| b.keys.clone()).collect::<Vec<_>>();
     assert_ne!(keys(&first), keys(&other));
 }
 

@@ -11,9 +11,7 @@ fn fixture(name: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     text.lines()
         .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{path} line {}: {e}", i + 1))
-        })
+        .map(|(i, line)| serde_json::from_str(line).unwrap_or_else(|e| panic!("{path} line {}: {e}", i + 1)))
         .collect()
 }
 
@@ -22,10 +20,7 @@ fn ids(row: &Value, field: &str) -> Vec<i64> {
         .as_array()
         .unwrap_or_else(|| panic!("fixture row without `{field}`: {row}"))
         .iter()
-        .map(|id| {
-            id.as_i64()
-                .unwrap_or_else(|| panic!("non-integer id in {row}"))
-        })
+        .map(|id| id.as_i64().unwrap_or_else(|| panic!("non-integer id in {row}")))
         .collect()
 }
 
@@ -39,11 +34,7 @@ fn text(row: &Value) -> &str {
 fn every_fixture_string_matches_open_clip() {
     let tokenizer = Tokenizer::new();
     let rows = fixture("tokenizer_parity.jsonl");
-    assert!(
-        rows.len() >= 1000,
-        "fixture has only {} strings",
-        rows.len()
-    );
+    assert!(rows.len() >= 1000, "fixture has only {} strings", rows.len());
     let mut failures = Vec::new();
     let mut long_texts = 0;
     for row in &rows {
@@ -51,9 +42,7 @@ fn every_fixture_string_matches_open_clip() {
         let expected = ids(row, "ids");
         let got = tokenizer.tokenize_unpadded(text, usize::MAX);
         if got != expected {
-            failures.push(format!(
-                "{text:?}\n  open_clip {expected:?}\n  ferroclip {got:?}"
-            ));
+            failures.push(format!("{text:?}\n  open_clip {expected:?}\n  ferroclip {got:?}"));
             continue;
         }
         let expected_row = if expected.len() > CONTEXT {
@@ -64,9 +53,7 @@ fn every_fixture_string_matches_open_clip() {
         };
         let mut padded = expected_row.clone();
         padded.resize(CONTEXT, 0);
-        if tokenizer.tokenize(text, CONTEXT) != padded
-            || tokenizer.tokenize_unpadded(text, CONTEXT) != expected_row
-        {
+        if tokenizer.tokenize(text, CONTEXT) != padded || tokenizer.tokenize_unpadded(text, CONTEXT) != expected_row {
             failures.push(format!(
                 "{text:?}: context-{CONTEXT} row differs from open_clip {expected_row:?}"
             ));

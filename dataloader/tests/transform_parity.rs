@@ -8,10 +8,8 @@ use rand::SeedableRng;
 fn eval_transform_matches_open_clip_within_resampling_noise() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let png = std::fs::read(fixtures.join("transform_input.png")).unwrap();
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures.join("transform_eval16.json")).unwrap(),
-    )
-    .unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("transform_eval16.json")).unwrap()).unwrap();
     let expected: Vec<f32> = expected["chw"]
         .as_array()
         .unwrap()
@@ -19,14 +17,9 @@ fn eval_transform_matches_open_clip_within_resampling_noise() {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     let image = decode_rgb(&png, DEFAULT_MAX_PIXELS).unwrap();
-    let ours =
-        ImageTransform::eval(16).apply(&image, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
+    let ours = ImageTransform::eval(16).apply(&image, &mut rand_chacha::ChaCha8Rng::seed_from_u64(0));
     assert_eq!(ours.len(), expected.len());
-    let diffs: Vec<f32> = ours
-        .iter()
-        .zip(&expected)
-        .map(|(a, b)| (a - b).abs())
-        .collect();
+    let diffs: Vec<f32> = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).collect();
     let max = diffs.iter().cloned().fold(0.0, f32::max);
     let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
     eprintln!("max |diff| {max}, mean |diff| {mean}");

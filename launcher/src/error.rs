@@ -7,9 +7,7 @@ pub enum LaunchError {
     #[error("--nproc must be at least 1")]
     NoWorkers,
     /// The `solo` backend is a world of one.
-    #[error(
-        "backend solo runs exactly one worker, but --nproc is {nproc} (use --backend mpi or nccl)"
-    )]
+    #[error("backend solo runs exactly one worker, but --nproc is {nproc} (use --backend mpi or nccl)")]
     SoloNeedsOneWorker {
         /// The requested worker count.
         nproc: usize,

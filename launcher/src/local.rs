@@ -41,9 +41,7 @@ impl FromStr for Backend {
             "solo" => Ok(Self::Solo),
             "mpi" => Ok(Self::Mpi),
             "nccl" => Ok(Self::Nccl),
-            other => Err(format!(
-                "unknown backend {other:?} (expected solo, mpi or nccl)"
-            )),
+            other => Err(format!("unknown backend {other:?} (expected solo, mpi or nccl)")),
         }
     }
 }
@@ -125,11 +123,7 @@ impl LocalLaunch {
     /// [`install_signal_handlers`](crate::install_signal_handlers)) stops them.
     /// Returns when every worker has exited 0, or after stopping and reaping all
     /// of them when one fails (the error names the first failing rank).
-    pub fn run_with(
-        &self,
-        console: &Console,
-        stop: &StopHandle,
-    ) -> Result<LaunchReport, LaunchError> {
+    pub fn run_with(&self, console: &Console, stop: &StopHandle) -> Result<LaunchReport, LaunchError> {
         self.validate()?;
         output::create_log_dir(&self.log_dir)?;
         let started = Instant::now();
@@ -169,18 +163,8 @@ impl LocalLaunch {
                 .env("MASTER_PORT", port.to_string());
             match spawn_piped(cmd, &self.program) {
                 Ok((child, out, err)) => {
-                    readers.push(output::pump_rank(
-                        out,
-                        rank,
-                        console.stdout.clone(),
-                        log.clone(),
-                    ));
-                    readers.push(output::pump_rank(
-                        err,
-                        rank,
-                        console.stderr.clone(),
-                        log.clone(),
-                    ));
+                    readers.push(output::pump_rank(out, rank, console.stdout.clone(), log.clone()));
+                    readers.push(output::pump_rank(err, rank, console.stderr.clone(), log.clone()));
                     group.members.push(Member::new(rank, child));
                     logs.push(log.path);
                 }
@@ -213,29 +197,15 @@ impl LocalLaunch {
         })?;
         let diagnostics = Arc::new(Mutex::new(Vec::new()));
         let readers = vec![
-            demux_mpirun(
-                out,
-                console.stdout.clone(),
-                logs.clone(),
-                mpirun_log.clone(),
-                None,
-            ),
-            demux_mpirun(
-                err,
-                console.stderr.clone(),
-                logs,
-                mpirun_log,
-                Some(diagnostics.clone()),
-            ),
+            demux_mpirun(out, console.stdout.clone(), logs.clone(), mpirun_log.clone(), None),
+            demux_mpirun(err, console.stderr.clone(), logs, mpirun_log, Some(diagnostics.clone())),
         ];
         let mut group = Group {
             members: vec![Member::new(0, child)],
         };
-        let verdict = self.supervise(&mut group, console, stop, |_, _| {
-            LaunchError::MpirunFailed {
-                status: String::new(),
-                log_dir: self.log_dir.clone(),
-            }
+        let verdict = self.supervise(&mut group, console, stop, |_, _| LaunchError::MpirunFailed {
+            status: String::new(),
+            log_dir: self.log_dir.clone(),
         });
         // mpirun's explanation arrives on stderr just before it exits: read it all.
         output::join_readers(readers, DRAIN_PATIENCE, console);
@@ -249,13 +219,11 @@ impl LocalLaunch {
                         code,
                         log: log(rank),
                     },
-                    Some(mpirun::Culprit::Signaled { rank, signal }) => {
-                        LaunchError::WorkerSignaled {
-                            rank,
-                            signal,
-                            log: log(rank),
-                        }
-                    }
+                    Some(mpirun::Culprit::Signaled { rank, signal }) => LaunchError::WorkerSignaled {
+                        rank,
+                        signal,
+                        log: log(rank),
+                    },
                     None => LaunchError::MpirunFailed {
                         status: describe_mpirun_status(&group),
                         log_dir,
@@ -287,9 +255,7 @@ impl LocalLaunch {
                 break LaunchError::Interrupted { signal };
             }
             if stop.is_stopped() {
-                break LaunchError::Interrupted {
-                    signal: libc::SIGTERM,
-                };
+                break LaunchError::Interrupted { signal: libc::SIGTERM };
             }
             std::thread::sleep(POLL);
         };
@@ -322,9 +288,7 @@ fn spawn_piped(
     ),
     LaunchError,
 > {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     process::isolate(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
         program: program.to_path_buf(),
@@ -400,10 +364,7 @@ fn describe_mpirun_status(group: &Group) -> String {
 /// A TCP port on 127.0.0.1 that was free a moment ago (for MASTER_PORT).
 fn free_port() -> Result<u16, LaunchError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(LaunchError::NoFreePort)?;
-    Ok(listener
-        .local_addr()
-        .map_err(LaunchError::NoFreePort)?
-        .port())
+    Ok(listener.local_addr().map_err(LaunchError::NoFreePort)?.port())
 }
 
 #[cfg(test)]
@@ -413,9 +374,7 @@ mod tests {
     #[test]
     fn solo_with_two_workers_is_refused_naming_nproc() {
         let launch = LocalLaunch::new("true", Vec::<String>::new(), 2, Backend::Solo, "unused");
-        let err = launch
-            .run_with(&Console::std(), &StopHandle::new())
-            .unwrap_err();
+        let err = launch.run_with(&Console::std(), &StopHandle::new()).unwrap_err();
         assert!(err.to_string().contains("--nproc is 2"), "{err}");
     }
 

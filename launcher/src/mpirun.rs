@@ -129,10 +129,7 @@ mod tests {
         assert_eq!(split_tagged(b"-----"), vec![(None, &b"-----"[..])]);
         assert_eq!(split_tagged(b""), vec![(None, &b""[..])]);
         // Not a tag: the rank is missing.
-        assert_eq!(
-            split_tagged(b"[1,]<stdout>:x"),
-            vec![(None, &b"[1,]<stdout>:x"[..])]
-        );
+        assert_eq!(split_tagged(b"[1,]<stdout>:x"), vec![(None, &b"[1,]<stdout>:x"[..])]);
     }
 
     #[test]
@@ -143,14 +140,9 @@ mod tests {
             .map(String::from)
             .collect();
         assert_eq!(culprit(&exited), Some(Culprit::Exited { rank: 1, code: 3 }));
-        let signaled = vec![
-            "mpirun noticed that process rank 0 with PID 0 on node vm exited on signal 9 (Killed)."
-                .to_string(),
-        ];
-        assert_eq!(
-            culprit(&signaled),
-            Some(Culprit::Signaled { rank: 0, signal: 9 })
-        );
+        let signaled =
+            vec!["mpirun noticed that process rank 0 with PID 0 on node vm exited on signal 9 (Killed).".to_string()];
+        assert_eq!(culprit(&signaled), Some(Culprit::Signaled { rank: 0, signal: 9 }));
         assert_eq!(
             culprit(&["Primary job  terminated normally, but 1 process returned".to_string()]),
             None

@@ -170,7 +170,8 @@ pub(crate) fn join_readers(readers: Vec<Reader>, patience: Duration, console: &C
                 }
             }
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
-                console.note("warning: a worker's output pipe is still open (a stray child process?); not waiting for it");
+                console
+                    .note("warning: a worker's output pipe is still open (a stray child process?); not waiting for it");
             }
         }
     }
@@ -184,9 +185,6 @@ mod tests {
     fn lines_split_on_newline_and_keep_a_last_partial_line() {
         let mut lines = Vec::new();
         for_each_line(&b"a\nb\xff\r\nlast"[..], |l| lines.push(l.to_vec()));
-        assert_eq!(
-            lines,
-            vec![b"a".to_vec(), b"b\xff\r".to_vec(), b"last".to_vec()]
-        );
+        assert_eq!(lines, vec![b"a".to_vec(), b"b\xff\r".to_vec(), b"last".to_vec()]);
     }
 }

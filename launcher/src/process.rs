@@ -62,10 +62,10 @@ impl Group {
     pub(crate) fn poll(&mut self) -> Result<Option<(usize, ExitStatus)>, LaunchError> {
         let mut failed = None;
         for m in self.members.iter_mut().filter(|m| m.status.is_none()) {
-            let status = m.child.try_wait().map_err(|source| LaunchError::Wait {
-                rank: m.rank,
-                source,
-            })?;
+            let status = m
+                .child
+                .try_wait()
+                .map_err(|source| LaunchError::Wait { rank: m.rank, source })?;
             if let Some(status) = status {
                 m.status = Some(status);
                 if !status.success() && failed.is_none() {
@@ -125,10 +125,10 @@ impl Group {
         }
         self.signal_groups(libc::SIGKILL);
         for m in self.members.iter_mut().filter(|m| m.status.is_none()) {
-            let status = m.child.wait().map_err(|source| LaunchError::Wait {
-                rank: m.rank,
-                source,
-            })?;
+            let status = m
+                .child
+                .wait()
+                .map_err(|source| LaunchError::Wait { rank: m.rank, source })?;
             m.status = Some(status);
         }
         Ok(())

@@ -20,10 +20,7 @@ pub fn install_signal_handlers() {
             // SAFETY: `on_signal` is async-signal-safe (one atomic store) and
             // lives for the whole program.
             unsafe {
-                libc::signal(
-                    signal,
-                    on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-                );
+                libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
             }
         }
     });

@@ -44,9 +44,7 @@ fn is_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
         Ok(stat) => {
-            let state = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.chars().next());
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
             !matches!(state, Some('Z' | 'X'))
         }
     }
@@ -71,11 +69,7 @@ fn read_pid(path: &Path) -> i32 {
                 return pid;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} was never written",
-            path.display()
-        );
+        assert!(Instant::now() < deadline, "{} was never written", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -105,10 +99,7 @@ fn output_is_prefixed_on_the_console_and_logged_per_rank() {
         .lines()
         .find_map(|l| l.strip_prefix("[rank 0] out 0/2 local 0/2 at 127.0.0.1:"))
         .unwrap_or_else(|| panic!("rank 0's line missing from stdout:\n{stdout}"));
-    assert!(
-        port.parse::<u16>().is_ok_and(|p| p > 0),
-        "MASTER_PORT {port:?}"
-    );
+    assert!(port.parse::<u16>().is_ok_and(|p| p > 0), "MASTER_PORT {port:?}");
     assert!(
         stdout.contains(&format!("[rank 1] out 1/2 local 1/2 at 127.0.0.1:{port}\n")),
         "{stdout}"
@@ -118,10 +109,7 @@ fn output_is_prefixed_on_the_console_and_logged_per_rank() {
         stderr.contains("[rank 0] err 0\n") && stderr.contains("[rank 1] err 1\n"),
         "{stderr}"
     );
-    assert!(
-        !stdout.contains("err "),
-        "stderr lines leaked into stdout:\n{stdout}"
-    );
+    assert!(!stdout.contains("err "), "stderr lines leaked into stdout:\n{stdout}");
 
     for rank in 0..2 {
         let log = std::fs::read_to_string(logs.join(format!("rank{rank}.log"))).unwrap();
@@ -158,26 +146,14 @@ fn a_failing_rank_is_named_and_the_others_are_stopped() {
     let captured = Captured::new();
     let launch = sh(&script, 2, Backend::Nccl, &dir.path().join("logs"));
     let started = Instant::now();
-    let err = launch
-        .run_with(&captured.console(), &StopHandle::new())
-        .unwrap_err();
+    let err = launch.run_with(&captured.console(), &StopHandle::new()).unwrap_err();
     let elapsed = started.elapsed();
 
     assert!(
-        matches!(
-            err,
-            LaunchError::WorkerExited {
-                rank: 1,
-                code: 3,
-                ..
-            }
-        ),
+        matches!(err, LaunchError::WorkerExited { rank: 1, code: 3, .. }),
         "{err:?}"
     );
-    assert!(
-        err.to_string().starts_with("rank 1 exited with status 3"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("rank 1 exited with status 3"), "{err}");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
     for file in ["worker0", "child0", "worker1", "child1"] {
         let pid = read_pid(&pids.join(file));
@@ -195,8 +171,7 @@ fn a_failing_rank_is_named_and_the_others_are_stopped() {
     }
     let note = captured.stderr();
     assert!(
-        note.contains("[launch] rank 1 exited with status 3")
-            && note.contains("stopping the other workers"),
+        note.contains("[launch] rank 1 exited with status 3") && note.contains("stopping the other workers"),
         "{note}"
     );
 }
@@ -210,19 +185,11 @@ fn a_worker_killed_by_a_signal_is_reported_as_a_signal() {
         .run_with(&Captured::new().console(), &StopHandle::new())
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            LaunchError::WorkerSignaled {
-                rank: 0,
-                signal: 9,
-                ..
-            }
-        ),
+        matches!(err, LaunchError::WorkerSignaled { rank: 0, signal: 9, .. }),
         "{err:?}"
     );
     assert!(
-        err.to_string()
-            .starts_with("rank 0 killed by signal 9 (SIGKILL)"),
+        err.to_string().starts_with("rank 0 killed by signal 9 (SIGKILL)"),
         "{err}"
     );
     assert!(
@@ -248,14 +215,7 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period() {
         .unwrap_err();
     let elapsed = started.elapsed();
     assert!(
-        matches!(
-            err,
-            LaunchError::WorkerExited {
-                rank: 1,
-                code: 2,
-                ..
-            }
-        ),
+        matches!(err, LaunchError::WorkerExited { rank: 1, code: 2, .. }),
         "{err:?}"
     );
     assert!(
@@ -269,10 +229,7 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_grace_period() {
 #[test]
 fn a_stop_request_terminates_all_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let script = format!(
-        "echo $$ > {d}/worker$RANK; sleep 60",
-        d = dir.path().display()
-    );
+    let script = format!("echo $$ > {d}/worker$RANK; sleep 60", d = dir.path().display());
     let stop = StopHandle::new();
     let trigger = stop.clone();
     std::thread::spawn(move || {
@@ -283,32 +240,21 @@ fn a_stop_request_terminates_all_workers() {
     let err = sh(&script, 3, Backend::Nccl, &dir.path().join("logs"))
         .run_with(&Captured::new().console(), &stop)
         .unwrap_err();
-    assert!(
-        matches!(err, LaunchError::Interrupted { signal: 15 }),
-        "{err:?}"
-    );
+    assert!(matches!(err, LaunchError::Interrupted { signal: 15 }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
     for rank in 0..3 {
-        assert!(!is_alive(read_pid(
-            &dir.path().join(format!("worker{rank}"))
-        )));
+        assert!(!is_alive(read_pid(&dir.path().join(format!("worker{rank}")))));
     }
 }
 
 #[test]
 fn a_missing_program_is_a_spawn_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let launch = LocalLaunch::new(
-        "/nonexistent/ferroclip",
-        ["train"],
-        2,
-        Backend::Nccl,
-        dir.path(),
-    );
+    let launch = LocalLaunch::new("/nonexistent/ferroclip", ["train"], 2, Backend::Nccl, dir.path());
     let err = launch
         .run_with(&Captured::new().console(), &StopHandle::new())
         .unwrap_err();
@@ -333,11 +279,7 @@ fn mpirun_backend_starts_ranks_through_mpirun() {
         stdout.contains("[rank 0] 0 of 2\n") && stdout.contains("[rank 1] 1 of 2\n"),
         "{stdout}"
     );
-    assert!(
-        captured.stderr().contains("[rank 1] err 1\n"),
-        "{}",
-        captured.stderr()
-    );
+    assert!(captured.stderr().contains("[rank 1] err 1\n"), "{}", captured.stderr());
     let log1 = std::fs::read_to_string(dir.path().join("rank1.log")).unwrap();
     let mut lines: Vec<&str> = log1.lines().collect();
     lines.sort();
@@ -354,14 +296,7 @@ fn mpirun_backend_names_the_failing_rank() {
         .run_with(&Captured::new().console(), &StopHandle::new())
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            LaunchError::WorkerExited {
-                rank: 1,
-                code: 3,
-                ..
-            }
-        ),
+        matches!(err, LaunchError::WorkerExited { rank: 1, code: 3, .. }),
         "{err:?}"
     );
     assert!(

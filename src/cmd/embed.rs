@@ -42,10 +42,7 @@ impl Output {
     fn create(path: &Path, rows: usize, dim: usize) -> anyhow::Result<Self> {
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         if ext != "jsonl" && ext != "npy" {
-            bail!(
-                "--out {}: the file name must end in .jsonl or .npy",
-                path.display()
-            );
+            bail!("--out {}: the file name must end in .jsonl or .npy", path.display());
         }
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut writer = BufWriter::new(file);
@@ -59,15 +56,11 @@ impl Output {
 
     /// Appends one batch: `inputs[i]` names row i of `embeddings` (B, E).
     fn write(&mut self, inputs: &[String], embeddings: &Tensor) -> anyhow::Result<()> {
-        let rows: Vec<Vec<f32>> =
-            Vec::<Vec<f32>>::try_from(embeddings).context("reading embeddings")?;
+        let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(embeddings).context("reading embeddings")?;
         match self {
             Output::JsonLines(w) => {
                 for (input, row) in inputs.iter().zip(rows) {
-                    serde_json::to_writer(
-                        &mut *w,
-                        &serde_json::json!({ "input": input, "embedding": row }),
-                    )?;
+                    serde_json::to_writer(&mut *w, &serde_json::json!({ "input": input, "embedding": row }))?;
                     w.write_all(b"\n")?;
                 }
             }
@@ -149,10 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn embed_image_files(
-    model: &EvalModel,
-    paths: &[PathBuf],
-) -> anyhow::Result<(Vec<String>, Tensor)> {
+fn embed_image_files(model: &EvalModel, paths: &[PathBuf]) -> anyhow::Result<(Vec<String>, Tensor)> {
     let mut pixels = Vec::new();
     for path in paths {
         pixels.extend(eval::load_image_file(path, model.image_size())?);
@@ -163,8 +153,7 @@ fn embed_image_files(
 
 /// One text per line, in order (a final newline does not add an empty text).
 fn read_texts(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading texts {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading texts {}", path.display()))?;
     let texts: Vec<String> = text.lines().map(str::to_string).collect();
     if texts.is_empty() {
         bail!("texts {}: no lines", path.display());
@@ -182,9 +171,9 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
-                        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                            IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
-                        })
+                        && p.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
                 })
                 .collect();
             found.sort();
@@ -219,10 +208,7 @@ mod tests {
         let len = u16::from_le_bytes([header[8], header[9]]) as usize;
         assert_eq!(10 + len, header.len());
         let dict = std::str::from_utf8(&header[10..]).unwrap();
-        assert!(
-            dict.contains("'shape': (3, 512)") && dict.ends_with('\n'),
-            "{dict}"
-        );
+        assert!(dict.contains("'shape': (3, 512)") && dict.ends_with('\n'), "{dict}");
     }
 
     #[test]
@@ -232,10 +218,7 @@ mod tests {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         let found = list_images(&[dir.path().to_path_buf()]).unwrap();
-        let names: Vec<_> = found
-            .iter()
-            .map(|p| p.file_name().unwrap().to_str().unwrap())
-            .collect();
+        let names: Vec<_> = found.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
         assert_eq!(names, ["a.JPG", "b.png"]);
         assert!(list_images(&[dir.path().join("missing.png")])
             .unwrap_err()

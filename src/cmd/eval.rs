@@ -35,8 +35,9 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<EvalModel> {
         let device = parse_device(self.device.as_deref())?;
         match (&self.checkpoint, &self.model_config, &self.weights) {
-            (Some(dir), _, _) => eval::load_checkpoint(dir, device)
-                .with_context(|| format!("loading checkpoint {}", dir.display())),
+            (Some(dir), _, _) => {
+                eval::load_checkpoint(dir, device).with_context(|| format!("loading checkpoint {}", dir.display()))
+            }
             (None, Some(config), Some(weights)) => {
                 let config = eval::load_model_config(config)?;
                 Ok(EvalModel::load(config, weights, device)?)
@@ -59,10 +60,7 @@ fn parse_device(name: Option<&str>) -> anyhow::Result<Device> {
         None => Device::cuda_if_available(),
         Some("cpu") => Device::Cpu,
         Some("cuda") => Device::Cuda(0),
-        Some(other) => match other
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok())
-        {
+        Some(other) => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(index) => Device::Cuda(index),
             None => bail!("--device {other}: expected cpu, cuda or cuda:N"),
         },
@@ -107,8 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Read the small inputs before loading the model, so their errors come fast.
     let zeroshot_inputs = match &args.zeroshot {
         Some(spec) => {
-            let shards =
-                dataloader::expand_shards(spec).with_context(|| format!("--zeroshot {spec}"))?;
+            let shards = dataloader::expand_shards(spec).with_context(|| format!("--zeroshot {spec}"))?;
             let classnames_path = args
                 .classnames
                 .as_deref()
@@ -141,16 +138,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     output.insert("model".into(), args.model.describe());
     let mut table = String::new();
     if let Some((spec, shards, classnames_file, classnames, templates)) = zeroshot_inputs {
-        let report =
-            eval::evaluate_zeroshot(&model, &shards, &classnames, &templates, args.batch_size)
-                .with_context(|| {
-                    format!("zero-shot evaluation on {spec} with class names {classnames_file}")
-                })?;
+        let report = eval::evaluate_zeroshot(&model, &shards, &classnames, &templates, args.batch_size)
+            .with_context(|| format!("zero-shot evaluation on {spec} with class names {classnames_file}"))?;
         write_zeroshot_table(&mut table, &report, templates.len());
-        output.insert(
-            "zeroshot".into(),
-            zeroshot_json(&spec, &report, templates.len()),
-        );
+        output.insert("zeroshot".into(), zeroshot_json(&spec, &report, templates.len()));
     }
     if let Some((spec, shards)) = retrieval_shards {
         let report = eval::evaluate_retrieval(&model, &shards, &args.recall_k, args.batch_size)
@@ -169,14 +160,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Class names, one per line (trailing blank lines ignored); a blank line inside would
 /// shift every later label, so it is an error.
 fn read_classnames(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading class names {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading class names {}", path.display()))?;
     let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
     while names.last().is_some_and(|n| n.is_empty()) {
         names.pop();
     }
     if let Some(line) = names.iter().position(|n| n.is_empty()) {
-        bail!("class names {}: line {} is empty (labels are line numbers, so every line must name a class)", path.display(), line + 1);
+        bail!(
+            "class names {}: line {} is empty (labels are line numbers, so every line must name a class)",
+            path.display(),
+            line + 1
+        );
     }
     if names.is_empty() {
         bail!("class names {}: no class names", path.display());
@@ -186,8 +180,7 @@ fn read_classnames(path: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Templates, one per non-blank line, each with a `{c}` placeholder.
 fn read_templates(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading templates {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading templates {}", path.display()))?;
     let mut templates = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -209,18 +202,11 @@ fn read_templates(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(templates)
 }
 
-fn write_rows(
-    out: &mut String,
-    metrics: &BTreeMap<String, f64>,
-    chance: &BTreeMap<String, f64>,
-    order: &[String],
-) {
+fn write_rows(out: &mut String, metrics: &BTreeMap<String, f64>, chance: &BTreeMap<String, f64>, order: &[String]) {
     let _ = writeln!(out, "  {:<28} {:>8} {:>8}", "metric", "value", "chance");
     for key in order {
         if let Some(value) = metrics.get(key) {
-            let chance = chance
-                .get(key)
-                .map_or("-".to_string(), |c| format!("{c:.4}"));
+            let chance = chance.get(key).map_or("-".to_string(), |c| format!("{c:.4}"));
             let _ = writeln!(out, "  {key:<28} {value:>8.4} {chance:>8}");
         }
     }
@@ -239,10 +225,7 @@ fn write_zeroshot_table(out: &mut String, report: &ZeroShotReport, num_templates
     let order = ["acc1", "acc5", "mean_per_class_recall"].map(String::from);
     write_rows(out, &m.to_clip_benchmark_map(), &m.chance(), &order);
     if m.acc5.is_none() {
-        let _ = writeln!(
-            out,
-            "  (acc5 not reported: fewer than 5 classes, as CLIP_benchmark)"
-        );
+        let _ = writeln!(out, "  (acc5 not reported: fewer than 5 classes, as CLIP_benchmark)");
     }
 }
 
@@ -303,10 +286,7 @@ mod tests {
         let path = dir.path().join("classes.txt");
         std::fs::write(&path, "cat\n\ndog\n").unwrap();
         let err = read_classnames(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("line 2") && err.contains("classes.txt"),
-            "{err}"
-        );
+        assert!(err.contains("line 2") && err.contains("classes.txt"), "{err}");
         std::fs::write(&path, "cat\ndog\n\n").unwrap();
         assert_eq!(read_classnames(&path).unwrap(), ["cat", "dog"]);
     }

@@ -36,16 +36,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let backend = args.backend.unwrap_or(if args.nproc == 1 {
-        Backend::Solo
-    } else {
-        Backend::Mpi
-    });
+    let backend = args
+        .backend
+        .unwrap_or(if args.nproc == 1 { Backend::Solo } else { Backend::Mpi });
     let (program, worker_args) = match args.worker_cmd {
         Some(cmd) => (cmd, args.train_args),
         None => {
-            let exe = std::env::current_exe()
-                .context("cannot find the ferroclip executable to start workers")?;
+            let exe = std::env::current_exe().context("cannot find the ferroclip executable to start workers")?;
             (
                 exe,
                 std::iter::once(OsString::from("train"))

@@ -45,9 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         match writer.write(&sample) {
             Ok(_) => {}
             Err(WriteError::Key { key, reason }) => {
-                progress.suspend(|| {
-                    tracing::warn!("{}: skipped key {key:?}: {reason}", args.input.display())
-                });
+                progress.suspend(|| tracing::warn!("{}: skipped key {key:?}: {reason}", args.input.display()));
                 skips.add(reason);
             }
             Err(WriteError::Data(e)) => return Err(e.into()),

@@ -27,10 +27,7 @@ pub struct Args {
 
 /// Reads stdin to the end and writes one id list per line to stdout.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.context_length >= 1,
-        "--context-length must be at least 1"
-    );
+    anyhow::ensure!(args.context_length >= 1, "--context-length must be at least 1");
     let threads = match args.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -47,9 +44,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let mut texts = Vec::with_capacity(raw_lines.len());
         for (i, raw) in raw_lines.iter().enumerate() {
-            let text = std::str::from_utf8(raw).with_context(|| {
-                format!("stdin line {} is not valid UTF-8", lines_before + i + 1)
-            })?;
+            let text = std::str::from_utf8(raw)
+                .with_context(|| format!("stdin line {} is not valid UTF-8", lines_before + i + 1))?;
             texts.push(text);
         }
         lines_before += raw_lines.len();
@@ -70,9 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()
         })?;
         for output in &outputs {
-            writer
-                .write_all(output.as_bytes())
-                .context("writing stdout")?;
+            writer.write_all(output.as_bytes()).context("writing stdout")?;
         }
     }
     writer.flush().context("writing stdout")?;
@@ -103,11 +97,7 @@ fn format_ids(tokenizer: &Tokenizer, texts: &[&str], context_length: usize) -> S
     let mut out = String::with_capacity(texts.len() * 64);
     for text in texts {
         out.push('[');
-        for (i, id) in tokenizer
-            .tokenize_unpadded(text, context_length)
-            .iter()
-            .enumerate()
-        {
+        for (i, id) in tokenizer.tokenize_unpadded(text, context_length).iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }

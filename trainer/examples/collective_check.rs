@@ -16,28 +16,16 @@ use trainer::tch::{Device, Kind, Tensor};
 /// Compares element by element; returns the first difference.
 fn expect_equal(what: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
     if got.size() != want.size() {
-        return Err(format!(
-            "{what}: shape {:?}, expected {:?}",
-            got.size(),
-            want.size()
-        ));
+        return Err(format!("{what}: shape {:?}, expected {:?}", got.size(), want.size()));
     }
     if got.kind() != want.kind() {
-        return Err(format!(
-            "{what}: dtype {:?}, expected {:?}",
-            got.kind(),
-            want.kind()
-        ));
+        return Err(format!("{what}: dtype {:?}, expected {:?}", got.kind(), want.kind()));
     }
     let got64 = got.to_kind(Kind::Double).flatten(0, -1);
     let want64 = want.to_kind(Kind::Double).flatten(0, -1);
     let got_values = Vec::<f64>::try_from(&got64).map_err(|e| format!("{what}: {e}"))?;
     let want_values = Vec::<f64>::try_from(&want64).map_err(|e| format!("{what}: {e}"))?;
-    match got_values
-        .iter()
-        .zip(&want_values)
-        .position(|(g, w)| g != w)
-    {
+    match got_values.iter().zip(&want_values).position(|(g, w)| g != w) {
         Some(i) => Err(format!(
             "{what}: element {i} is {}, expected {}",
             got_values[i], want_values[i]
@@ -57,12 +45,7 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
     let pattern = Tensor::arange(6, (Kind::Float, cpu)).view([2, 3]);
     let local = &pattern + (100 * rank) as f64;
     let gathered = mpi.all_gather(&local).map_err(err)?;
-    let want = Tensor::cat(
-        &(0..world)
-            .map(|q| &pattern + (100 * q) as f64)
-            .collect::<Vec<_>>(),
-        0,
-    );
+    let want = Tensor::cat(&(0..world).map(|q| &pattern + (100 * q) as f64).collect::<Vec<_>>(), 0);
     expect_equal("all_gather f32", &gathered, &want)?;
     // A non-contiguous input (a transpose) gathers its logical values.
     let gathered_t = mpi.all_gather(&local.tr()).map_err(err)?;
@@ -79,11 +62,7 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
         let base = Tensor::arange(7, (kind, cpu));
         let mut t = &base * (rank + 1);
         mpi.all_reduce_sum_(&mut t).map_err(err)?;
-        expect_equal(
-            &format!("all_reduce_sum_ {kind:?}"),
-            &t,
-            &(&base * rank_sum),
-        )?;
+        expect_equal(&format!("all_reduce_sum_ {kind:?}"), &t, &(&base * rank_sum))?;
     }
     // In place on a view writes through to the parent: reduce one row of a matrix.
     let parent = Tensor::ones([3, 4], (Kind::Float, cpu)) * (rank + 1) as f64;
@@ -103,9 +82,7 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
     // reduce_scatter_sum: (r + 1) * z with z[k, j] = 3 k + j of shape (2W, 3);
     // rank r gets rows 2r..2r+2 times rank_sum.
     let z = Tensor::arange(6 * world, (Kind::Float, cpu)).view([2 * world, 3]);
-    let block = mpi
-        .reduce_scatter_sum(&(&z * (rank + 1) as f64))
-        .map_err(err)?;
+    let block = mpi.reduce_scatter_sum(&(&z * (rank + 1) as f64)).map_err(err)?;
     expect_equal(
         "reduce_scatter_sum",
         &block,
@@ -127,18 +104,10 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
     )?;
     let mut ids = Tensor::arange(128, (Kind::Int64, cpu)) + rank * 1000;
     mpi.broadcast_(&mut ids, 0).map_err(err)?;
-    expect_equal(
-        "broadcast_ i64",
-        &ids,
-        &Tensor::arange(128, (Kind::Int64, cpu)),
-    )?;
+    expect_equal("broadcast_ i64", &ids, &Tensor::arange(128, (Kind::Int64, cpu)))?;
     let mut bytes = Tensor::full([128], rank as f64, (Kind::Uint8, cpu));
     mpi.broadcast_(&mut bytes, 0).map_err(err)?;
-    expect_equal(
-        "broadcast_ u8",
-        &bytes,
-        &Tensor::zeros([128], (Kind::Uint8, cpu)),
-    )?;
+    expect_equal("broadcast_ u8", &bytes, &Tensor::zeros([128], (Kind::Uint8, cpu)))?;
     if mpi.broadcast_(&mut b, world as usize).is_ok() {
         return Err("broadcast_ accepted a root outside the world".into());
     }

@@ -122,13 +122,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens = Tensor::randint_low(1, 49000, [batch, ctx], (Kind::Int64, Device::Cpu));
     let _ = tokens.narrow(1, ctx - 1, 1).fill_(49407);
 
-    let (
-        mut step_times,
-        mut comm_times,
-        mut loss_comm_times,
-        mut grad_comm_times,
-        mut grad_sync_times,
-    ) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut step_times, mut comm_times, mut loss_comm_times, mut grad_comm_times, mut grad_sync_times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut last_loss = f64::NAN;
     let mut grad_bytes = 0;
     // Start every rank's clock together, so rank 0's first step does not count

@@ -37,8 +37,7 @@ fn arg(args: &[String], name: &str, default: &str) -> String {
 
 /// A `/proc/self/status` field in bytes (`VmRSS`, `VmHWM`).
 fn status_bytes(field: &str) -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("/proc/self/status: {e}"))?;
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
@@ -100,8 +99,7 @@ fn run(
     dim: i64,
     sim: Option<&SimulatedRanks>,
 ) -> Result<f64, Box<dyn std::error::Error>> {
-    let scale =
-        Tensor::scalar_tensor(1.0 / 0.07, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let scale = Tensor::scalar_tensor(1.0 / 0.07, (Kind::Float, Device::Cpu)).set_requires_grad(true);
     match (mode, sim) {
         ("dist", Some(sim)) => {
             let (image, text) = (features(batch, dim), features(batch, dim));
@@ -126,10 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let global: i64 = arg(&args, "--global", "1024").parse()?;
     let dim: i64 = arg(&args, "--dim", "512").parse()?;
     if batch <= 0 || global < batch || global % batch != 0 {
-        return Err(format!(
-            "--global ({global}) must be a positive multiple of --batch ({batch})"
-        )
-        .into());
+        return Err(format!("--global ({global}) must be a positive multiple of --batch ({batch})").into());
     }
     tch::set_num_threads(1);
     tch::manual_seed(0);
@@ -146,10 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // (thread pools, kernel caches) are not counted.
     let small = SimulatedRanks {
         world_size: 2,
-        others: Mutex::new(l2_normalize(&Tensor::randn(
-            [8, dim],
-            (Kind::Float, Device::Cpu),
-        ))),
+        others: Mutex::new(l2_normalize(&Tensor::randn([8, dim], (Kind::Float, Device::Cpu)))),
     };
     run(&mode, 8, 16, dim, Some(&small))?;
 

@@ -47,9 +47,11 @@ fn pick_device(name: &str, dist: &Dist) -> Result<Device, Box<dyn std::error::Er
         "cpu" => Ok(Device::Cpu),
         "cuda" => {
             if !tch::Cuda::is_available() {
-                return Err("--device cuda: libtorch sees no CUDA device (built without the `cuda` feature, \
+                return Err(
+                    "--device cuda: libtorch sees no CUDA device (built without the `cuda` feature, \
                             or libtorch_cuda / the driver not found at run time)"
-                    .into());
+                        .into(),
+                );
             }
             let visible = tch::Cuda::device_count().max(1) as usize;
             Ok(Device::Cuda(dist.local_rank % visible))
@@ -60,7 +62,11 @@ fn pick_device(name: &str, dist: &Dist) -> Result<Device, Box<dyn std::error::Er
 
 /// The collective named by `--collective`: none (single-process step with the
 /// plain ClipLoss), nccl, or env (`dist::connect`).
-fn pick_collective(name: &str, dist: &Dist, device: Device) -> Result<Option<Box<dyn Collective>>, Box<dyn std::error::Error>> {
+fn pick_collective(
+    name: &str,
+    dist: &Dist,
+    device: Device,
+) -> Result<Option<Box<dyn Collective>>, Box<dyn std::error::Error>> {
     match name {
         "none" => Ok(None),
         "env" => Ok(Some(dist::connect(dist)?)),
@@ -113,7 +119,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let model = Clip::new(&vs.root(), &cfg);
     // open_clip_train's defaults (decay every tensor with ≥ 2 dims, no gradient
     // clipping) so both sides do the same math.
-    let optim_cfg = OptimConfig { decay_embeddings: true, grad_clip_norm: 0.0, ..OptimConfig::default() };
+    let optim_cfg = OptimConfig {
+        decay_embeddings: true,
+        grad_clip_norm: 0.0,
+        ..OptimConfig::default()
+    };
     let mut opt = AdamW::new(vs.variables(), &optim_cfg);
     let grad_sync = ddp::GradSync::default();
     if let Some(coll) = coll.as_deref() {

@@ -15,10 +15,7 @@ use serde_json::Value;
 const PRESETS: &[(&str, &str)] = &[
     ("nano", include_str!("../../configs/models/nano.toml")),
     ("tiny", include_str!("../../configs/models/tiny.toml")),
-    (
-        "vit-b-32",
-        include_str!("../../configs/models/vit-b-32.toml"),
-    ),
+    ("vit-b-32", include_str!("../../configs/models/vit-b-32.toml")),
 ];
 
 /// Errors from reading or checking a model config; each names the file or field.
@@ -64,9 +61,7 @@ pub enum ConfigError {
         reason: &'static str,
     },
     /// Neither a file nor a known preset name.
-    #[error(
-        "unknown model preset `{name}` (known: {known}); a config file must end in .toml or .json"
-    )]
+    #[error("unknown model preset `{name}` (known: {known}); a config file must end in .toml or .json")]
     UnknownPreset {
         /// The name asked for.
         name: String,
@@ -187,9 +182,7 @@ fn mlp_width(width: i64, mlp_ratio: f64) -> i64 {
 
 fn positive(field: &str, value: i64) -> Result<(), ConfigError> {
     if value <= 0 {
-        return Err(ConfigError::Invalid(format!(
-            "{field} ({value}) must be positive"
-        )));
+        return Err(ConfigError::Invalid(format!("{field} ({value}) must be positive")));
     }
     Ok(())
 }
@@ -275,14 +268,13 @@ impl ModelConfig {
 
     /// A built-in preset: `nano` (tests), `tiny` (demo), `vit-b-32` (open_clip's ViT-B-32).
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
-        let (_, text) =
-            PRESETS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| ConfigError::UnknownPreset {
-                    name: name.to_string(),
-                    known: Self::preset_names().join(", "),
-                })?;
+        let (_, text) = PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| ConfigError::UnknownPreset {
+                name: name.to_string(),
+                known: Self::preset_names().join(", "),
+            })?;
         Self::from_toml_str(text, &format!("preset {name}"))
     }
 
@@ -356,8 +348,7 @@ impl ModelConfig {
         let vision = patches * v.width * 3 * v.patch_size * v.patch_size
             + v.layers * layer(v.num_tokens(), v.width, v.mlp_width())
             + v.width * self.embed_dim;
-        let text =
-            t.layers * layer(t.context_length, t.width, t.mlp_width()) + t.width * self.embed_dim;
+        let text = t.layers * layer(t.context_length, t.width, t.mlp_width()) + t.width * self.embed_dim;
         vision + text
     }
 }
@@ -375,23 +366,15 @@ struct OpenClipJson<'a> {
 }
 
 /// Keys we honour, per section.
-const TOP_KEYS: &[&str] = &["embed_dim", "vision_cfg", "text_cfg", "init_logit_scale", "init_logit_bias"];
-const VISION_KEYS: &[&str] = &[
-    "image_size",
-    "patch_size",
-    "width",
-    "layers",
-    "head_width",
-    "mlp_ratio",
+const TOP_KEYS: &[&str] = &[
+    "embed_dim",
+    "vision_cfg",
+    "text_cfg",
+    "init_logit_scale",
+    "init_logit_bias",
 ];
-const TEXT_KEYS: &[&str] = &[
-    "context_length",
-    "vocab_size",
-    "width",
-    "heads",
-    "layers",
-    "mlp_ratio",
-];
+const VISION_KEYS: &[&str] = &["image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio"];
+const TEXT_KEYS: &[&str] = &["context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio"];
 
 /// Keys accepted only when they hold open_clip's default (what we implement).
 fn accepted_default(section: &str, key: &str, value: &Value) -> bool {
@@ -508,9 +491,9 @@ impl OpenClipJson<'_> {
     ) -> Result<f64, ConfigError> {
         match obj.get(key) {
             None => Ok(default),
-            Some(v) => v.as_f64().ok_or_else(|| {
-                self.json_err(format!("`{section}.{key}` must be a number, got {v}"))
-            }),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.json_err(format!("`{section}.{key}` must be a number, got {v}"))),
         }
     }
 
@@ -525,15 +508,16 @@ impl OpenClipJson<'_> {
         self.check_keys("text_cfg", text, TEXT_KEYS)?;
         let init_logit_scale = match top.get("init_logit_scale") {
             None => default_init_logit_scale(),
-            Some(v) => v.as_f64().ok_or_else(|| {
-                self.json_err(format!("`init_logit_scale` must be a number, got {v}"))
-            })?,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.json_err(format!("`init_logit_scale` must be a number, got {v}")))?,
         };
         let init_logit_bias = match top.get("init_logit_bias") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_f64().ok_or_else(|| {
-                self.json_err(format!("`init_logit_bias` must be a number, got {v}"))
-            })?),
+            Some(v) => Some(
+                v.as_f64()
+                    .ok_or_else(|| self.json_err(format!("`init_logit_bias` must be a number, got {v}")))?,
+            ),
         };
         let cfg = ModelConfig {
             init_logit_bias,
@@ -543,21 +527,11 @@ impl OpenClipJson<'_> {
                 patch_size: self.int("vision_cfg", vision, "patch_size", Some(16))?,
                 width: self.int("vision_cfg", vision, "width", Some(768))?,
                 layers: self.int("vision_cfg", vision, "layers", Some(12))?,
-                head_width: self.int(
-                    "vision_cfg",
-                    vision,
-                    "head_width",
-                    Some(default_head_width()),
-                )?,
+                head_width: self.int("vision_cfg", vision, "head_width", Some(default_head_width()))?,
                 mlp_ratio: self.float("vision_cfg", vision, "mlp_ratio", default_mlp_ratio())?,
             },
             text: TextConfig {
-                context_length: self.int(
-                    "text_cfg",
-                    text,
-                    "context_length",
-                    Some(default_context_length()),
-                )?,
+                context_length: self.int("text_cfg", text, "context_length", Some(default_context_length()))?,
                 vocab_size: self.int("text_cfg", text, "vocab_size", Some(default_vocab_size()))?,
                 width: self.int("text_cfg", text, "width", Some(512))?,
                 heads: self.int("text_cfg", text, "heads", Some(8))?,
@@ -576,9 +550,7 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
     }
 
     fn write_temp(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
@@ -596,11 +568,7 @@ mod tests {
         let tiny = ModelConfig::preset("tiny").expect("tiny");
         assert_eq!(tiny.embed_dim, 128);
         assert_eq!(
-            (
-                tiny.vision.image_size,
-                tiny.vision.patch_size,
-                tiny.vision.layers
-            ),
+            (tiny.vision.image_size, tiny.vision.patch_size, tiny.vision.layers),
             (64, 8, 4)
         );
         assert_eq!((tiny.vision.width, tiny.vision.heads()), (128, 2));
@@ -617,9 +585,7 @@ mod tests {
 
     #[test]
     fn unknown_preset_lists_known_ones() {
-        let err = ModelConfig::load("vit-h-14")
-            .expect_err("no such preset")
-            .to_string();
+        let err = ModelConfig::load("vit-h-14").expect_err("no such preset").to_string();
         assert!(
             err.contains("vit-h-14") && err.contains("nano, tiny, vit-b-32"),
             "{err}"
@@ -633,8 +599,7 @@ mod tests {
         cfg.vision.head_width = 64;
         let err = cfg.validate().expect_err("100 % 64 != 0").to_string();
         assert!(
-            err.contains("model.vision.width (100)")
-                && err.contains("model.vision.head_width (64)"),
+            err.contains("model.vision.width (100)") && err.contains("model.vision.head_width (64)"),
             "{err}"
         );
 
@@ -660,16 +625,12 @@ mod tests {
     #[test]
     fn unknown_toml_field_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let text = include_str!("../../configs/models/nano.toml")
-            .replace("head_width = 32", "head_widht = 32");
+        let text = include_str!("../../configs/models/nano.toml").replace("head_width = 32", "head_widht = 32");
         let path = write_temp(&dir, "typo.toml", &text);
         let err = ModelConfig::load(path.to_str().expect("utf-8 path"))
             .expect_err("typo")
             .to_string();
-        assert!(
-            err.contains("head_widht") && err.contains("typo.toml"),
-            "{err}"
-        );
+        assert!(err.contains("head_widht") && err.contains("typo.toml"), "{err}");
     }
 
     #[test]
@@ -689,12 +650,9 @@ mod tests {
 
     #[test]
     fn open_clip_vit_b_32_json_equals_preset() {
-        let from_json =
-            ModelConfig::from_open_clip_json(fixture("open_clip_ViT-B-32.json")).expect("parses");
+        let from_json = ModelConfig::from_open_clip_json(fixture("open_clip_ViT-B-32.json")).expect("parses");
         assert_eq!(from_json, ModelConfig::preset("vit-b-32").expect("preset"));
-        let via_load =
-            ModelConfig::load(fixture("open_clip_ViT-B-32.json").to_str().expect("utf-8"))
-                .expect("load");
+        let via_load = ModelConfig::load(fixture("open_clip_ViT-B-32.json").to_str().expect("utf-8")).expect("load");
         assert_eq!(via_load, from_json);
     }
 
@@ -709,11 +667,7 @@ mod tests {
                 r#""timm_model_name": "vit_base_patch16_224","#,
                 "vision_cfg.timm_model_name",
             ),
-            (
-                "",
-                r#""attentional_pool": true,"#,
-                "vision_cfg.attentional_pool",
-            ),
+            ("", r#""attentional_pool": true,"#, "vision_cfg.attentional_pool"),
             ("", r#""ls_init_value": 1e-5,"#, "vision_cfg.ls_init_value"),
         ];
         for (top, vision, key) in cases {
@@ -723,9 +677,7 @@ mod tests {
                    "text_cfg": {{ "context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1 }} }}"#
             );
             let path = write_temp(&dir, "m.json", &text);
-            let err = ModelConfig::from_open_clip_json(&path)
-                .expect_err(key)
-                .to_string();
+            let err = ModelConfig::from_open_clip_json(&path).expect_err(key).to_string();
             assert!(
                 err.contains(&format!("`{key}`")) && err.contains("m.json"),
                 "{key}: {err}"
@@ -754,8 +706,7 @@ mod tests {
         let text = r#"{ "embed_dim": 32, "quick_gelu": false,
             "vision_cfg": { "image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "patch_dropout": 0.0, "ls_init_value": null },
             "text_cfg": { "context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1, "pool_type": "argmax", "proj_bias": false } }"#;
-        let cfg = ModelConfig::from_open_clip_json(write_temp(&dir, "ok.json", text))
-            .expect("defaults are fine");
+        let cfg = ModelConfig::from_open_clip_json(write_temp(&dir, "ok.json", text)).expect("defaults are fine");
         assert_eq!(cfg.vision.heads(), 1);
         assert_eq!(cfg.text.context_length, 8);
     }
@@ -764,29 +715,17 @@ mod tests {
     fn num_params_match_open_clip() {
         // Counted by open_clip 3.3.0 (scripts/reference/make_model_fixtures.py).
         assert_eq!(
-            ModelConfig::preset("vit-b-32")
-                .expect("preset")
-                .num_params(),
+            ModelConfig::preset("vit-b-32").expect("preset").num_params(),
             151_277_313
         );
-        assert_eq!(
-            ModelConfig::preset("tiny").expect("preset").num_params(),
-            7_981_057
-        );
-        assert_eq!(
-            ModelConfig::preset("nano").expect("preset").num_params(),
-            3_382_017
-        );
+        assert_eq!(ModelConfig::preset("tiny").expect("preset").num_params(), 7_981_057);
+        assert_eq!(ModelConfig::preset("nano").expect("preset").num_params(), 3_382_017);
     }
 
     #[test]
     fn macs_grow_with_the_model() {
-        let nano = ModelConfig::preset("nano")
-            .expect("preset")
-            .macs_per_sample();
-        let b32 = ModelConfig::preset("vit-b-32")
-            .expect("preset")
-            .macs_per_sample();
+        let nano = ModelConfig::preset("nano").expect("preset").macs_per_sample();
+        let b32 = ModelConfig::preset("vit-b-32").expect("preset").macs_per_sample();
         // ViT-B-32 is ~4.4 GMACs image + ~2.9 GMACs text per open_clip's profile table.
         assert!(b32 > 7_000_000_000 && b32 < 7_600_000_000, "{b32}");
         assert!(nano < b32 / 1000, "{nano}");

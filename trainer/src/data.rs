@@ -43,7 +43,10 @@ pub fn train_loader(
     lc.max_pixels = cfg.max_pixels;
     lc.caption = caption_source(&cfg.caption);
     let loader = Loader::new(lc).map_err(|e| TrainError::Data(e.to_string()))?;
-    Ok(TrainLoader { loader, image_size: model.vision.image_size as usize })
+    Ok(TrainLoader {
+        loader,
+        image_size: model.vision.image_size as usize,
+    })
 }
 
 /// `"txt"` or `"json:<field>"` (validated by [`DataConfig::validate`]).
@@ -63,7 +66,13 @@ impl TrainLoader {
                 self.loader.skip_counts().to_json()
             ))
         })?;
-        Ok(TensorBatch::from_flat(&batch.images, &batch.tokens, batch.len(), self.image_size, batch.epoch))
+        Ok(TensorBatch::from_flat(
+            &batch.images,
+            &batch.tokens,
+            batch.len(),
+            self.image_size,
+            batch.epoch,
+        ))
     }
 
     /// What was skipped so far, by reason (JSON object).

@@ -12,9 +12,7 @@ pub fn clip_loss(image_features: &Tensor, text_features: &Tensor, logit_scale: &
     let labels = Tensor::arange(batch, (Kind::Int64, image_features.device()));
     let logits_per_image = image_features.matmul(&text_features.tr()) * logit_scale; // (B, B)
     let logits_per_text = text_features.matmul(&image_features.tr()) * logit_scale; // (B, B)
-    (logits_per_image.cross_entropy_for_logits(&labels)
-        + logits_per_text.cross_entropy_for_logits(&labels))
-        / 2.0
+    (logits_per_image.cross_entropy_for_logits(&labels) + logits_per_text.cross_entropy_for_logits(&labels)) / 2.0
 }
 
 #[cfg(test)]

@@ -85,7 +85,12 @@ impl ShareGrads {
     pub fn exchange_columns(self, coll: &dyn Collective) -> Result<FeatureGrads, DistError> {
         let image = rows_plus_columns(self.image_rows, self.image_columns, coll)?;
         let text = rows_plus_columns(self.text_rows, self.text_columns, coll)?;
-        Ok(FeatureGrads { image, text, logit_scale: self.logit_scale, logit_bias: self.logit_bias })
+        Ok(FeatureGrads {
+            image,
+            text,
+            logit_scale: self.logit_scale,
+            logit_bias: self.logit_bias,
+        })
     }
 }
 
@@ -137,7 +142,14 @@ pub fn global_siglip_loss(
     coll: &dyn Collective,
 ) -> Result<RankLoss, DistError> {
     let shares = siglip_share_grads(image_features, text_features, logit_scale, logit_bias, coll)?;
-    finish(shares, image_features, text_features, logit_scale, Some(logit_bias), coll)
+    finish(
+        shares,
+        image_features,
+        text_features,
+        logit_scale,
+        Some(logit_bias),
+        coll,
+    )
 }
 
 /// Steps 1–4 of DESIGN.md §3 for the CLIP loss: this rank's rows against all
@@ -151,8 +163,14 @@ pub fn clip_share_grads(
     let (rows, global) = check_features("global_clip_loss", image_features, text_features, coll)?;
     let image_rows = leaf(image_features);
     let text_rows = leaf(text_features);
-    let image_columns = coll.all_gather(&image_features.detach())?.detach().set_requires_grad(true); // (N, D)
-    let text_columns = coll.all_gather(&text_features.detach())?.detach().set_requires_grad(true); // (N, D)
+    let image_columns = coll
+        .all_gather(&image_features.detach())?
+        .detach()
+        .set_requires_grad(true); // (N, D)
+    let text_columns = coll
+        .all_gather(&text_features.detach())?
+        .detach()
+        .set_requires_grad(true); // (N, D)
     let scale = leaf(logit_scale);
 
     let targets = own_columns(rows, coll.rank(), image_features.device()); // (B,)
@@ -161,8 +179,13 @@ pub fn clip_share_grads(
     let share = (summed_cross_entropy(&logits_per_image, &targets) + summed_cross_entropy(&logits_per_text, &targets))
         / (2.0 * global as f64);
 
-    let mut grads = Tensor::run_backward(&[&share], &[&image_rows, &text_rows, &image_columns, &text_columns, &scale], false, false)
-        .into_iter();
+    let mut grads = Tensor::run_backward(
+        &[&share],
+        &[&image_rows, &text_rows, &image_columns, &text_columns, &scale],
+        false,
+        false,
+    )
+    .into_iter();
     let mut next = || grads.next().filter(Tensor::defined);
     Ok(ShareGrads {
         share: share.double_value(&[]),
@@ -187,7 +210,10 @@ pub fn siglip_share_grads(
 ) -> Result<ShareGrads, DistError> {
     let (rows, global) = check_features("global_siglip_loss", image_features, text_features, coll)?;
     let image_rows = leaf(image_features);
-    let text_columns = coll.all_gather(&text_features.detach())?.detach().set_requires_grad(true); // (N, D)
+    let text_columns = coll
+        .all_gather(&text_features.detach())?
+        .detach()
+        .set_requires_grad(true); // (N, D)
     let scale = leaf(logit_scale);
     let bias = leaf(logit_bias);
 
@@ -195,7 +221,8 @@ pub fn siglip_share_grads(
     let signs = pair_signs(rows, global, coll.rank(), &logits); // (B, N), ±1
     let share = -(&logits * signs).log_sigmoid().sum(accumulation_kind(&logits)) / global as f64;
 
-    let mut grads = Tensor::run_backward(&[&share], &[&image_rows, &text_columns, &scale, &bias], false, false).into_iter();
+    let mut grads =
+        Tensor::run_backward(&[&share], &[&image_rows, &text_columns, &scale, &bias], false, false).into_iter();
     let mut next = || grads.next().filter(Tensor::defined);
     Ok(ShareGrads {
         share: share.double_value(&[]),
@@ -210,7 +237,12 @@ pub fn siglip_share_grads(
 
 /// The sigmoid loss of one process's whole batch (the world-of-one definition
 /// that [`global_siglip_loss`] distributes): −Σ log σ(z·(s·I·Tᵀ + b)) / B.
-pub fn siglip_loss(image_features: &Tensor, text_features: &Tensor, logit_scale: &Tensor, logit_bias: &Tensor) -> Tensor {
+pub fn siglip_loss(
+    image_features: &Tensor,
+    text_features: &Tensor,
+    logit_scale: &Tensor,
+    logit_bias: &Tensor,
+) -> Tensor {
     let batch = image_features.size()[0];
     let logits = image_features.matmul(&text_features.tr()) * logit_scale + logit_bias; // (B, B)
     let signs = pair_signs(batch, batch, 0, &logits);
@@ -266,7 +298,10 @@ fn own_columns(rows: i64, rank: usize, device: tch::Device) -> Tensor {
 
 /// −Σ_rows log softmax(logits)[row, target[row]].
 fn summed_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
-    -logits.log_softmax(-1, None::<Kind>).gather(1, &targets.unsqueeze(1), false).sum(accumulation_kind(logits))
+    -logits
+        .log_softmax(-1, None::<Kind>)
+        .gather(1, &targets.unsqueeze(1), false)
+        .sum(accumulation_kind(logits))
 }
 
 /// Sums run in f64 for f64 inputs and in f32 otherwise (also for bf16/f16 features).
@@ -287,7 +322,11 @@ fn pair_signs(rows: i64, columns: i64, rank: usize, like: &Tensor) -> Tensor {
 }
 
 /// rows + reduce_scatter(columns), whichever exist.
-fn rows_plus_columns(rows: Option<Tensor>, columns: Option<Tensor>, coll: &dyn Collective) -> Result<Tensor, DistError> {
+fn rows_plus_columns(
+    rows: Option<Tensor>,
+    columns: Option<Tensor>,
+    coll: &dyn Collective,
+) -> Result<Tensor, DistError> {
     let columns = columns.map(|c| coll.reduce_scatter_sum(&c)).transpose()?;
     match (rows, columns) {
         (Some(rows), Some(columns)) => Ok(rows + columns),
@@ -340,9 +379,16 @@ mod tests {
     fn inputs(rows: i64, seed: u64) -> Inputs {
         // Deterministic values without the global RNG (tests run in parallel).
         let x = Tensor::arange(2 * rows * DIM, (Kind::Double, Device::Cpu)).view([2, rows, DIM]);
-        let waves = (x * (0.37 + seed as f64 * 0.11)).sin() + (Tensor::arange(DIM, (Kind::Double, Device::Cpu)) * 0.5).cos();
+        let waves =
+            (x * (0.37 + seed as f64 * 0.11)).sin() + (Tensor::arange(DIM, (Kind::Double, Device::Cpu)) * 0.5).cos();
         let values = |t: Tensor| Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).expect("f32 values");
-        Inputs { rows, image_values: values(waves.get(0)), text_values: values(waves.get(1)), log_scale: 2.3, bias: -1.5 }
+        Inputs {
+            rows,
+            image_values: values(waves.get(0)),
+            text_values: values(waves.get(1)),
+            log_scale: 2.3,
+            bias: -1.5,
+        }
     }
 
     /// (loss, d/d image rows, d/d text rows, d/d log scale, d/d bias) of the
@@ -358,8 +404,18 @@ mod tests {
             Which::SigLip => siglip_loss(&img, &txt, &s, &bias),
         };
         let grads = Tensor::run_backward(&[&loss], &[&image, &text, &log_scale, &bias], false, false);
-        let bias_grad = if grads[3].defined() { grads[3].double_value(&[]) } else { 0.0 };
-        (loss.double_value(&[]), grads[0].shallow_clone(), grads[1].shallow_clone(), grads[2].double_value(&[]), bias_grad)
+        let bias_grad = if grads[3].defined() {
+            grads[3].double_value(&[])
+        } else {
+            0.0
+        };
+        (
+            loss.double_value(&[]),
+            grads[0].shallow_clone(),
+            grads[1].shallow_clone(),
+            grads[2].double_value(&[]),
+            bias_grad,
+        )
     }
 
     /// The same quantities on one rank of `coll`, which holds rows r·B..(r+1)·B.
@@ -377,14 +433,23 @@ mod tests {
         }
         .expect("global loss");
         let grads = Tensor::run_backward(&[&out.surrogate], &[&image, &text, &log_scale, &bias], false, false);
-        let bias_grad = if grads[3].defined() { grads[3].double_value(&[]) } else { 0.0 };
-        (out.global_loss, grads[0].shallow_clone(), grads[1].shallow_clone(), grads[2].double_value(&[]), bias_grad)
+        let bias_grad = if grads[3].defined() {
+            grads[3].double_value(&[])
+        } else {
+            0.0
+        };
+        (
+            out.global_loss,
+            grads[0].shallow_clone(),
+            grads[1].shallow_clone(),
+            grads[2].double_value(&[]),
+            bias_grad,
+        )
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])
     }
-
 
     #[test]
     fn solo_world_equals_the_single_process_loss_and_gradients() {
@@ -393,8 +458,16 @@ mod tests {
             let (loss, gi, gt, gs, gb) = reference(which, &inp);
             let (d_loss, d_gi, d_gt, d_gs, d_gb) = on_rank(which, &inp, &Solo);
             assert!((loss - d_loss).abs() < 1e-6, "{which:?}: loss {loss} vs {d_loss}");
-            assert!(max_diff(&gi, &d_gi) < 1e-6, "{which:?}: image grads differ by {}", max_diff(&gi, &d_gi));
-            assert!(max_diff(&gt, &d_gt) < 1e-6, "{which:?}: text grads differ by {}", max_diff(&gt, &d_gt));
+            assert!(
+                max_diff(&gi, &d_gi) < 1e-6,
+                "{which:?}: image grads differ by {}",
+                max_diff(&gi, &d_gi)
+            );
+            assert!(
+                max_diff(&gt, &d_gt) < 1e-6,
+                "{which:?}: text grads differ by {}",
+                max_diff(&gt, &d_gt)
+            );
             assert!((gs - d_gs).abs() < 1e-6, "{which:?}: scale grad {gs} vs {d_gs}");
             assert!((gb - d_gb).abs() < 1e-6, "{which:?}: bias grad {gb} vs {d_gb}");
         }
@@ -408,13 +481,22 @@ mod tests {
                 let (loss, gi, gt, gs, gb) = reference(which, &inp);
                 let per_rank = LocalGroup::run(world, |m| {
                     let (l, i, t, s, b) = on_rank(which, &inp, m);
-                    (l, Vec::<f32>::try_from(i.flatten(0, -1)).expect("f32"), Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32"), s, b)
+                    (
+                        l,
+                        Vec::<f32>::try_from(i.flatten(0, -1)).expect("f32"),
+                        Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32"),
+                        s,
+                        b,
+                    )
                 });
                 let (mut scale_sum, mut bias_sum) = (0.0, 0.0);
                 for (rank, (l, i, t, s, b)) in per_rank.into_iter().enumerate() {
                     let ctx = format!("{which:?} world {world} rank {rank}");
                     // f32 sums in a different order: relative tolerance.
-                    assert!((loss - l).abs() < 1e-6 * loss.abs().max(1.0), "{ctx}: loss {loss} vs {l}");
+                    assert!(
+                        (loss - l).abs() < 1e-6 * loss.abs().max(1.0),
+                        "{ctx}: loss {loss} vs {l}"
+                    );
                     let block = |g: &Tensor| g.narrow(0, 4 * rank as i64, 4).flatten(0, -1);
                     let d_i = max_diff(&block(&gi), &Tensor::from_slice(&i));
                     let d_t = max_diff(&block(&gt), &Tensor::from_slice(&t));
@@ -423,8 +505,14 @@ mod tests {
                     bias_sum += b;
                 }
                 // Replicated parameters: the ranks' shares add up to the full gradient.
-                assert!((gs - scale_sum).abs() < 1e-6 * gs.abs().max(1.0), "{which:?} world {world}: scale grad {gs} vs Σ {scale_sum}");
-                assert!((gb - bias_sum).abs() < 1e-6 * gb.abs().max(1.0), "{which:?} world {world}: bias grad {gb} vs Σ {bias_sum}");
+                assert!(
+                    (gs - scale_sum).abs() < 1e-6 * gs.abs().max(1.0),
+                    "{which:?} world {world}: scale grad {gs} vs Σ {scale_sum}"
+                );
+                assert!(
+                    (gb - bias_sum).abs() < 1e-6 * gb.abs().max(1.0),
+                    "{which:?} world {world}: bias grad {gb} vs Σ {bias_sum}"
+                );
             }
         }
     }
@@ -454,7 +542,10 @@ mod tests {
             .enumerate()
             .map(|(rank, g)| max_diff(&gi.narrow(0, 4 * rank as i64, 4).flatten(0, -1), &Tensor::from_slice(g)))
             .collect();
-        assert!(diffs.iter().all(|d| *d > 1e-4), "incomplete gradients should differ: {diffs:?}");
+        assert!(
+            diffs.iter().all(|d| *d > 1e-4),
+            "incomplete gradients should differ: {diffs:?}"
+        );
     }
 
     #[test]
@@ -472,7 +563,9 @@ mod tests {
     fn mismatched_feature_shapes_are_an_error() {
         let a = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
         let b = Tensor::zeros([4, 6], (Kind::Float, Device::Cpu));
-        let err = global_clip_loss(&a, &b, &Tensor::from(1.0f32), &Solo).expect_err("shapes differ").to_string();
+        let err = global_clip_loss(&a, &b, &Tensor::from(1.0f32), &Solo)
+            .expect_err("shapes differ")
+            .to_string();
         assert!(err.contains("global_clip_loss"), "{err}");
     }
 }

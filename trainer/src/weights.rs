@@ -66,12 +66,7 @@ pub enum WeightsError {
 }
 
 fn list(names: &[String]) -> String {
-    let mut shown = names
-        .iter()
-        .take(LISTED_NAMES)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut shown = names.iter().take(LISTED_NAMES).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > LISTED_NAMES {
         shown.push_str(&format!(", … and {} more", names.len() - LISTED_NAMES));
     }
@@ -149,14 +144,8 @@ pub fn copy_named_tensors(
 
     let file_names: BTreeSet<&String> = from_file.keys().collect();
     let var_names: BTreeSet<&String> = variables.keys().collect();
-    let missing: Vec<String> = var_names
-        .difference(&file_names)
-        .map(|s| s.to_string())
-        .collect();
-    let unexpected: Vec<String> = file_names
-        .difference(&var_names)
-        .map(|s| s.to_string())
-        .collect();
+    let missing: Vec<String> = var_names.difference(&file_names).map(|s| s.to_string()).collect();
+    let unexpected: Vec<String> = file_names.difference(&var_names).map(|s| s.to_string()).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
         return Err(WeightsError::Names {
             path: origin.to_path_buf(),
@@ -170,16 +159,9 @@ pub fn copy_named_tensors(
         .filter_map(|(name, var)| {
             let src = &from_file[name];
             if src.size() != var.size() {
-                Some(format!(
-                    "{name}: file {:?} vs model {:?}",
-                    src.size(),
-                    var.size()
-                ))
+                Some(format!("{name}: file {:?} vs model {:?}", src.size(), var.size()))
             } else if !src.is_floating_point() {
-                Some(format!(
-                    "{name}: file dtype {:?} is not floating point",
-                    src.kind()
-                ))
+                Some(format!("{name}: file dtype {:?} is not floating point", src.kind()))
             } else {
                 None
             }
@@ -248,23 +230,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.safetensors");
         let vs = nano_vs(1);
-        let mut tensors: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(n, _)| n != "visual.proj")
-            .collect();
-        tensors.push((
-            "logit_bias".into(),
-            Tensor::zeros([], (Kind::Float, Device::Cpu)),
-        ));
+        let mut tensors: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(n, _)| n != "visual.proj").collect();
+        tensors.push(("logit_bias".into(), Tensor::zeros([], (Kind::Float, Device::Cpu))));
         Tensor::write_safetensors(&tensors, &path).expect("write");
-        let err = load_safetensors(&vs, &path)
-            .expect_err("mismatch")
-            .to_string();
+        let err = load_safetensors(&vs, &path).expect_err("mismatch").to_string();
         assert!(
-            err.contains("visual.proj")
-                && err.contains("logit_bias")
-                && err.contains("bad.safetensors"),
+            err.contains("visual.proj") && err.contains("logit_bias") && err.contains("bad.safetensors"),
             "{err}"
         );
     }
@@ -288,9 +260,7 @@ mod tests {
             })
             .collect();
         Tensor::write_safetensors(&tensors, &path).expect("write");
-        let err = load_safetensors(&dst, &path)
-            .expect_err("shape")
-            .to_string();
+        let err = load_safetensors(&dst, &path).expect_err("shape").to_string();
         assert!(
             err.contains("text_projection") && err.contains("[64, 16]") && err.contains("[64, 32]"),
             "{err}"
@@ -305,10 +275,7 @@ mod tests {
         let path = dir.path().join("with_buffers.safetensors");
         let vs = nano_vs(1);
         let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        tensors.push((
-            "attn_mask".into(),
-            Tensor::zeros([32, 32], (Kind::Float, Device::Cpu)),
-        ));
+        tensors.push(("attn_mask".into(), Tensor::zeros([32, 32], (Kind::Float, Device::Cpu))));
         Tensor::write_safetensors(&tensors, &path).expect("write");
         let report = load_safetensors(&vs, &path).expect("buffers are fine");
         assert_eq!(report.ignored_buffers, vec!["attn_mask".to_string()]);

@@ -14,7 +14,9 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 use trainer::dist::local::{LocalGroup, LocalMember};
 use trainer::dist::{Collective, DistError};
-use trainer::loss_dist::{clip_share_grads, global_clip_loss, global_siglip_loss, siglip_loss, siglip_share_grads, FeatureGrads};
+use trainer::loss_dist::{
+    clip_share_grads, global_clip_loss, global_siglip_loss, siglip_loss, siglip_share_grads, FeatureGrads,
+};
 use trainer::train::ddp::{broadcast_parameters, verify_parameters_equal, GradSync};
 use trainer::train::optim::{AdamW, OptimConfig};
 use trainer::{clip_loss, Clip, ModelConfig};
@@ -89,7 +91,12 @@ impl Data {
             }
             tokens.push(rows);
         }
-        Data { image_size, context, images, tokens }
+        Data {
+            image_size,
+            context,
+            images,
+            tokens,
+        }
     }
 
     /// Rows `start..start + rows` of step `step`'s global batch.
@@ -124,14 +131,22 @@ fn replica(cfg: &ModelConfig, loss: Loss, seed: i64) -> Replica {
 fn optim() -> OptimConfig {
     // Defaults, clipping included: the global-norm clip must see the same
     // (global) gradient too.
-    OptimConfig { lr: LR, ..OptimConfig::default() }
+    OptimConfig {
+        lr: LR,
+        ..OptimConfig::default()
+    }
 }
 
 /// Parameters by name, as plain values.
 fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Vec<f32>> {
     vs.variables()
         .into_iter()
-        .map(|(name, t)| (name, Vec::<f32>::try_from(t.detach().flatten(0, -1)).expect("f32 params")))
+        .map(|(name, t)| {
+            (
+                name,
+                Vec::<f32>::try_from(t.detach().flatten(0, -1)).expect("f32 params"),
+            )
+        })
         .collect()
 }
 
@@ -165,7 +180,9 @@ fn surrogate(
 ) -> Result<Tensor, DistError> {
     match (columns, loss, bias) {
         (Columns::Exchanged, Loss::Clip, _) => Ok(global_clip_loss(img, txt, scale, coll)?.surrogate),
-        (Columns::Exchanged, Loss::SigLip, Some(bias)) => Ok(global_siglip_loss(img, txt, scale, bias, coll)?.surrogate),
+        (Columns::Exchanged, Loss::SigLip, Some(bias)) => {
+            Ok(global_siglip_loss(img, txt, scale, bias, coll)?.surrogate)
+        }
         (Columns::OwnOnly, _, _) => {
             let shares = match (loss, bias) {
                 (Loss::SigLip, Some(bias)) => siglip_share_grads(img, txt, scale, bias, coll)?,
@@ -225,16 +242,27 @@ fn train_parallel(cfg: &ModelConfig, loss: Loss, columns: Columns, data: &Data) 
             .zip(members)
             .map(|(r, member)| scope.spawn(move || train_rank(r, loss, columns, data, &member)))
             .collect();
-        handles.into_iter().map(|h| h.join().expect("rank thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread panicked"))
+            .collect()
     })
 }
 
 /// Max |a − b| over all parameters, and the parameter where it occurs.
 fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f64, String) {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "same parameter names");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "same parameter names"
+    );
     let mut worst = (0.0, String::new());
     for (name, x) in a {
-        let d = x.iter().zip(&b[name]).map(|(p, q)| (p - q).abs() as f64).fold(0.0, f64::max);
+        let d = x
+            .iter()
+            .zip(&b[name])
+            .map(|(p, q)| (p - q).abs() as f64)
+            .fold(0.0, f64::max);
         // DIST_EQ_VERBOSE=1 lists every parameter that moved by more than 1e-6.
         if std::env::var("DIST_EQ_VERBOSE").is_ok() && d > 1e-6 {
             eprintln!("  {name}: {d:.3e}");
@@ -252,10 +280,17 @@ fn run(loss: Loss, columns: Columns) -> (f64, String) {
     let data = Data::new(&cfg);
     let single = train_single(&cfg, loss, &data);
     let ranks = train_parallel(&cfg, loss, columns, &data);
-    assert_eq!(max_diff(&ranks[0], &ranks[1]).0, 0.0, "{loss:?}: the replicas must be bitwise equal");
+    assert_eq!(
+        max_diff(&ranks[0], &ranks[1]).0,
+        0.0,
+        "{loss:?}: the replicas must be bitwise equal"
+    );
     let start = replica(&cfg, loss, SEED);
     let moved = max_diff(&snapshot(&start.vs), &single).0;
-    assert!(moved > 1e-3, "{loss:?}: training must move the parameters (moved {moved})");
+    assert!(
+        moved > 1e-3,
+        "{loss:?}: training must move the parameters (moved {moved})"
+    );
     max_diff(&single, &ranks[0])
 }
 
@@ -278,6 +313,9 @@ fn without_the_column_gradient_exchange_workers_diverge_from_one_worker() {
     for loss in [Loss::Clip, Loss::SigLip] {
         let (diff, name) = run(loss, Columns::OwnOnly);
         println!("{loss:?} without column exchange: max diff = {diff:.3e} ({name})");
-        assert!(diff > 1e-4, "{loss:?}: dropping the exchange should break equivalence, diff only {diff}");
+        assert!(
+            diff > 1e-4,
+            "{loss:?}: dropping the exchange should break equivalence, diff only {diff}"
+        );
     }
 }

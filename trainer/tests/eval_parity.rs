@@ -10,9 +10,7 @@ use trainer::eval::{build_zeroshot_classifier, retrieval_metrics, zeroshot_metri
 const TOLERANCE: f64 = 1e-6;
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
 }
 
 struct Fixtures {
@@ -26,8 +24,7 @@ impl Fixtures {
             .expect("read eval_embeddings.safetensors")
             .into_iter()
             .collect();
-        let text = std::fs::read_to_string(fixture_dir().join("eval_expected.json"))
-            .expect("read eval_expected.json");
+        let text = std::fs::read_to_string(fixture_dir().join("eval_expected.json")).expect("read eval_expected.json");
         let expected = serde_json::from_str(&text).expect("parse eval_expected.json");
         Self { tensors, expected }
     }
@@ -71,44 +68,24 @@ fn check_zeroshot(case: &str) {
         }
     }
     let classifier = build_zeroshot_classifier(
-        |texts| {
-            Tensor::stack(
-                &texts
-                    .iter()
-                    .map(|t| by_text[t].shallow_clone())
-                    .collect::<Vec<_>>(),
-                0,
-            )
-        },
+        |texts| Tensor::stack(&texts.iter().map(|t| by_text[t].shallow_clone()).collect::<Vec<_>>(), 0),
         &classnames,
         &templates,
     )
     .expect("build classifier");
     let expected_classifier = fx.tensor(&format!("{case}.classifier"));
     assert_eq!(classifier.size(), expected_classifier.size());
-    let max_diff = (&classifier - expected_classifier)
-        .abs()
-        .max()
-        .double_value(&[]);
+    let max_diff = (&classifier - expected_classifier).abs().max().double_value(&[]);
     assert!(
         max_diff < 1e-6,
         "{case}: classifier differs from CLIP_benchmark's by {max_diff}"
     );
 
-    let labels = Vec::<i64>::try_from(&fx.tensor(&format!("{case}.labels")).to_kind(Kind::Int64))
-        .expect("labels");
-    let metrics = zeroshot_metrics(
-        fx.tensor(&format!("{case}.image_features")),
-        &classifier,
-        &labels,
-    )
-    .expect("metrics");
+    let labels = Vec::<i64>::try_from(&fx.tensor(&format!("{case}.labels")).to_kind(Kind::Int64)).expect("labels");
+    let metrics =
+        zeroshot_metrics(fx.tensor(&format!("{case}.image_features")), &classifier, &labels).expect("metrics");
     let expected = &fx.expected[case];
-    assert_close(
-        "acc1",
-        metrics.acc1,
-        expected["acc1"].as_f64().expect("acc1"),
-    );
+    assert_close("acc1", metrics.acc1, expected["acc1"].as_f64().expect("acc1"));
     match (metrics.acc5, expected["acc5"].as_f64()) {
         (Some(got), Some(want)) => assert_close("acc5", got, want),
         (None, None) => {}
@@ -126,14 +103,12 @@ fn check_zeroshot(case: &str) {
 
 fn check_retrieval(case: &str) {
     let fx = Fixtures::load();
-    let text_to_image: Vec<usize> = Vec::<i64>::try_from(
-        &fx.tensor(&format!("{case}.text_to_image"))
-            .to_kind(Kind::Int64),
-    )
-    .expect("text_to_image")
-    .into_iter()
-    .map(|i| i as usize)
-    .collect();
+    let text_to_image: Vec<usize> =
+        Vec::<i64>::try_from(&fx.tensor(&format!("{case}.text_to_image")).to_kind(Kind::Int64))
+            .expect("text_to_image")
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
     let ks: Vec<usize> = fx.expected[case]["ks"]
         .as_array()
         .expect("ks")
@@ -157,14 +132,8 @@ fn check_retrieval(case: &str) {
         expected.keys()
     );
     for (key, want) in expected {
-        let value = got
-            .get(key)
-            .unwrap_or_else(|| panic!("{case}: metric {key} missing"));
-        assert_close(
-            &format!("{case} {key}"),
-            *value,
-            want.as_f64().expect("number"),
-        );
+        let value = got.get(key).unwrap_or_else(|| panic!("{case}: metric {key} missing"));
+        assert_close(&format!("{case} {key}"), *value, want.as_f64().expect("number"));
     }
 }
 

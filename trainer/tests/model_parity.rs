@@ -12,19 +12,15 @@ use trainer::{clip_loss, load_safetensors, save_safetensors, Clip, ModelConfig};
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The fixture model with open_clip's weights loaded through the name-checked loader.
 fn parity_model() -> (VarStore, Clip) {
-    let cfg = ModelConfig::from_open_clip_json(fixture("model_parity_config.json"))
-        .expect("fixture config");
+    let cfg = ModelConfig::from_open_clip_json(fixture("model_parity_config.json")).expect("fixture config");
     let vs = VarStore::new(Device::Cpu);
     let clip = Clip::new(&vs.root(), &cfg);
-    let report = load_safetensors(&vs, fixture("model_parity_weights.safetensors"))
-        .expect("names and shapes match");
+    let report = load_safetensors(&vs, fixture("model_parity_weights.safetensors")).expect("names and shapes match");
     assert_eq!(report.loaded, vs.variables().len());
     (vs, clip)
 }
@@ -39,10 +35,7 @@ fn io() -> BTreeMap<String, Tensor> {
 fn assert_close(name: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.size(), want.size(), "{name}: shape");
     let diff = (got - want).abs().max().double_value(&[]);
-    assert!(
-        diff <= TOLERANCE,
-        "{name}: max abs diff {diff} > {TOLERANCE}"
-    );
+    assert!(diff <= TOLERANCE, "{name}: max abs diff {diff} > {TOLERANCE}");
 }
 
 #[test]
@@ -68,35 +61,22 @@ fn forward_and_loss_match_open_clip() {
     let (_vs, clip) = parity_model();
     let io = io();
     let (img, txt, scale) = tch::no_grad(|| clip.forward(&io["images"], &io["tokens"], true));
-    assert_close(
-        "image_features_normalized",
-        &img,
-        &io["image_features_normalized"],
-    );
-    assert_close(
-        "text_features_normalized",
-        &txt,
-        &io["text_features_normalized"],
-    );
+    assert_close("image_features_normalized", &img, &io["image_features_normalized"]);
+    assert_close("text_features_normalized", &txt, &io["text_features_normalized"]);
     assert_close("logit_scale_exp", &scale, &io["logit_scale_exp"]);
     assert_close("loss", &clip_loss(&img, &txt, &scale), &io["loss"]);
 }
 
 #[test]
 fn nano_variable_names_and_shapes_equal_open_clip_state_dict() {
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("model_reference.json")).expect("reference json"),
-    )
-    .expect("valid json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("model_reference.json")).expect("reference json"))
+            .expect("valid json");
     let want: BTreeMap<String, Vec<i64>> =
         serde_json::from_value(reference["nano_state_dict"].clone()).expect("name -> shape map");
     let vs = VarStore::new(Device::Cpu);
     let _clip = Clip::new(&vs.root(), &ModelConfig::preset("nano").expect("nano"));
-    let got: BTreeMap<String, Vec<i64>> = vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (n, t.size()))
-        .collect();
+    let got: BTreeMap<String, Vec<i64>> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
     let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
     let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
     assert!(
@@ -107,26 +87,18 @@ fn nano_variable_names_and_shapes_equal_open_clip_state_dict() {
     // open_clip's buffers are exactly what the loader skips.
     for buffer in reference["nano_buffers"].as_array().expect("buffer list") {
         let name = buffer.as_str().expect("buffer name");
-        assert!(
-            is_buffer_key(name),
-            "{name} would not be skipped by the loader"
-        );
+        assert!(is_buffer_key(name), "{name} would not be skipped by the loader");
     }
 }
 
 #[test]
 fn preset_parameter_counts_equal_open_clip() {
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("model_reference.json")).expect("reference json"),
-    )
-    .expect("valid json");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("model_reference.json")).expect("reference json"))
+            .expect("valid json");
     for name in ModelConfig::preset_names() {
         let want = reference["param_counts"][name].as_i64().expect("count");
-        assert_eq!(
-            ModelConfig::preset(name).expect("preset").num_params(),
-            want,
-            "{name}"
-        );
+        assert_eq!(ModelConfig::preset(name).expect("preset").num_params(), want, "{name}");
     }
 }
 

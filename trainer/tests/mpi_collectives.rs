@@ -54,10 +54,7 @@ fn collectives_match_closed_forms_on_two_ranks() {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "mpirun -np 2 {} did not finish within 180 s",
-                binary.display()
-            );
+            panic!("mpirun -np 2 {} did not finish within 180 s", binary.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

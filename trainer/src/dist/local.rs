@@ -47,7 +47,12 @@ impl LocalGroup {
             }),
             changed: Condvar::new(),
         });
-        (0..world_size).map(|rank| LocalMember { rank, shared: Arc::clone(&shared) }).collect()
+        (0..world_size)
+            .map(|rank| LocalMember {
+                rank,
+                shared: Arc::clone(&shared),
+            })
+            .collect()
     }
 }
 
@@ -87,7 +92,10 @@ struct Round {
 
 impl LocalMember {
     fn lock(&self) -> Result<MutexGuard<'_, Round>, DistError> {
-        self.shared.round.lock().map_err(|_| backend_error("a rank panicked while holding the group lock".into()))
+        self.shared
+            .round
+            .lock()
+            .map_err(|_| backend_error("a rank panicked while holding the group lock".into()))
     }
 
     /// Waits for a change of the round, failing if a rank left the group or the
@@ -100,7 +108,10 @@ impl LocalMember {
         op: &str,
     ) -> Result<MutexGuard<'a, Round>, DistError> {
         if let Some(departed) = round.departed {
-            return Err(backend_error(format!("{op} on rank {}: rank {departed} left the group", self.rank)));
+            return Err(backend_error(format!(
+                "{op} on rank {}: rank {departed} left the group",
+                self.rank
+            )));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -130,7 +141,10 @@ impl LocalMember {
             round = self.wait(round, deadline, op)?;
         }
         if let Some(departed) = round.departed {
-            return Err(backend_error(format!("{op} on rank {}: rank {departed} left the group", self.rank)));
+            return Err(backend_error(format!(
+                "{op} on rank {}: rank {departed} left the group",
+                self.rank
+            )));
         }
         let generation = round.generation;
         round.slots[self.rank] = Some((op, owned));
@@ -198,7 +212,10 @@ impl Collective for LocalMember {
 
     fn all_gather(&self, t: &Tensor) -> Result<Tensor, DistError> {
         if t.dim() == 0 {
-            return Err(DistError::Tensor { op: "all_gather", reason: "expected a tensor with a leading dimension, got a scalar".into() });
+            return Err(DistError::Tensor {
+                op: "all_gather",
+                reason: "expected a tensor with a leading dimension, got a scalar".into(),
+            });
         }
         let deposits = self.exchange("all_gather", t)?;
         self.check_same_shape("all_gather", &deposits)?;
@@ -219,7 +236,10 @@ impl Collective for LocalMember {
         if t.dim() == 0 || t.size()[0] % world != 0 {
             return Err(DistError::Tensor {
                 op,
-                reason: format!("leading dimension of {:?} must be a multiple of the world size {world}", t.size()),
+                reason: format!(
+                    "leading dimension of {:?} must be a multiple of the world size {world}",
+                    t.size()
+                ),
             });
         }
         let deposits = self.exchange(op, t)?;
@@ -245,14 +265,19 @@ impl Collective for LocalMember {
     }
 
     fn barrier(&self) -> Result<(), DistError> {
-        self.exchange("barrier", &Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))).map(|_| ())
+        self.exchange("barrier", &Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)))
+            .map(|_| ())
     }
 }
 
 impl Drop for LocalMember {
     fn drop(&mut self) {
         // A poisoned lock still holds valid state: mark the departure either way.
-        let mut round = self.shared.round.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut round = self
+            .shared
+            .round
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         round.departed.get_or_insert(self.rank);
         self.shared.changed.notify_all();
     }
@@ -290,14 +315,16 @@ impl LocalGroup {
 }
 
 fn backend_error(reason: String) -> DistError {
-    DistError::Backend { backend: BACKEND, reason }
+    DistError::Backend {
+        backend: BACKEND,
+        reason,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::Device;
-
 
     /// Rank r's test tensor: distinct values per rank and position.
     fn rank_tensor(rank: usize, rows: i64) -> Tensor {
@@ -326,7 +353,11 @@ mod tests {
                 let mut t = rank_tensor(m.rank(), 2);
                 m.all_reduce_sum_(&mut t).map(|_| values(&t))
             });
-            let expected = values(&(0..world).map(|r| rank_tensor(r, 2)).fold(Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)), |a, b| a + b));
+            let expected = values(
+                &(0..world)
+                    .map(|r| rank_tensor(r, 2))
+                    .fold(Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)), |a, b| a + b),
+            );
             for got in results {
                 assert_eq!(got.expect("all_reduce"), expected, "world {world}");
             }
@@ -337,10 +368,18 @@ mod tests {
     fn reduce_scatter_gives_each_rank_its_summed_block() {
         for world in [2usize, 3] {
             let rows = 2 * world as i64;
-            let results = LocalGroup::run(world, |m| m.reduce_scatter_sum(&rank_tensor(m.rank(), rows)).map(|t| values(&t)));
-            let total = (0..world).map(|r| rank_tensor(r, rows)).fold(Tensor::zeros([rows, 2], (Kind::Float, Device::Cpu)), |a, b| a + b);
+            let results = LocalGroup::run(world, |m| {
+                m.reduce_scatter_sum(&rank_tensor(m.rank(), rows)).map(|t| values(&t))
+            });
+            let total = (0..world)
+                .map(|r| rank_tensor(r, rows))
+                .fold(Tensor::zeros([rows, 2], (Kind::Float, Device::Cpu)), |a, b| a + b);
             for (rank, got) in results.into_iter().enumerate() {
-                assert_eq!(got.expect("reduce_scatter"), values(&total.narrow(0, 2 * rank as i64, 2)), "world {world} rank {rank}");
+                assert_eq!(
+                    got.expect("reduce_scatter"),
+                    values(&total.narrow(0, 2 * rank as i64, 2)),
+                    "world {world} rank {rank}"
+                );
             }
         }
     }
@@ -382,7 +421,9 @@ mod tests {
 
     #[test]
     fn mismatched_shapes_fail_on_every_rank() {
-        let results = LocalGroup::run(3, |m| m.all_gather(&rank_tensor(m.rank(), 1 + m.rank() as i64)).map(|_| ()));
+        let results = LocalGroup::run(3, |m| {
+            m.all_gather(&rank_tensor(m.rank(), 1 + m.rank() as i64)).map(|_| ())
+        });
         for got in results {
             let err = got.expect_err("shapes differ").to_string();
             assert!(err.contains("all_gather") && err.contains("rank 1"), "{err}");

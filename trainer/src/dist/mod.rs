@@ -151,9 +151,7 @@ impl Dist {
         let mut half_set: Option<(&str, &str)> = None;
         for conv in CONVENTIONS {
             match (lookup(conv.rank), lookup(conv.size)) {
-                (Some(rank), Some(size)) => {
-                    return Dist::parse_convention(conv, &rank, &size, lookup)
-                }
+                (Some(rank), Some(size)) => return Dist::parse_convention(conv, &rank, &size, lookup),
                 (Some(_), None) => half_set = half_set.or(Some((conv.rank, conv.size))),
                 (None, Some(_)) => half_set = half_set.or(Some((conv.size, conv.rank))),
                 (None, None) => {}
@@ -184,10 +182,7 @@ impl Dist {
             return Err(env_error(
                 conv.rank,
                 rank,
-                &format!(
-                    "rank must be below the world size {world_size} ({})",
-                    conv.size
-                ),
+                &format!("rank must be below the world size {world_size} ({})", conv.size),
             ));
         }
         let mut local_rank = rank_value;
@@ -197,10 +192,7 @@ impl Dist {
                 return Err(env_error(
                     var,
                     &value,
-                    &format!(
-                        "local rank must be below the world size {world_size} ({})",
-                        conv.size
-                    ),
+                    &format!("local rank must be below the world size {world_size} ({})", conv.size),
                 ));
             }
         }
@@ -252,7 +244,9 @@ pub fn connect(dist: &Dist) -> Result<Box<dyn Collective>, DistError> {
     if dist.world_size == 1 {
         return Ok(Box::new(Solo));
     }
-    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"].iter().any(|v| std::env::var_os(v).is_some());
+    let under_mpi = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
     #[cfg(feature = "nccl")]
     if tch::Cuda::is_available() {
         // More local ranks than GPUs share them round-robin (NCCL itself refuses
@@ -314,10 +308,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn discover(vars: &[(&str, &str)]) -> Result<Dist, DistError> {
-        let env: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Dist::from_lookup(&|name| env.get(name).cloned())
     }
 
@@ -330,8 +321,7 @@ mod tests {
 
     #[test]
     fn torchrun_variables() {
-        let dist =
-            discover(&[("RANK", "3"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1")]).expect("torchrun");
+        let dist = discover(&[("RANK", "3"), ("WORLD_SIZE", "8"), ("LOCAL_RANK", "1")]).expect("torchrun");
         assert_eq!(
             dist,
             Dist {
@@ -363,12 +353,7 @@ mod tests {
 
     #[test]
     fn pmi_local_rank_from_mpich_or_defaults_to_rank() {
-        let with_local = discover(&[
-            ("PMI_RANK", "5"),
-            ("PMI_SIZE", "6"),
-            ("MPI_LOCALRANKID", "1"),
-        ])
-        .expect("pmi");
+        let with_local = discover(&[("PMI_RANK", "5"), ("PMI_SIZE", "6"), ("MPI_LOCALRANKID", "1")]).expect("pmi");
         assert_eq!(
             with_local,
             Dist {
@@ -390,12 +375,7 @@ mod tests {
 
     #[test]
     fn slurm_variables() {
-        let dist = discover(&[
-            ("SLURM_PROCID", "9"),
-            ("SLURM_NTASKS", "16"),
-            ("SLURM_LOCALID", "1"),
-        ])
-        .expect("slurm");
+        let dist = discover(&[("SLURM_PROCID", "9"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "1")]).expect("slurm");
         assert_eq!(
             dist,
             Dist {
@@ -453,20 +433,13 @@ mod tests {
 
     #[test]
     fn non_numeric_and_zero_values_are_errors() {
-        let err = discover(&[
-            ("OMPI_COMM_WORLD_RANK", "one"),
-            ("OMPI_COMM_WORLD_SIZE", "2"),
-        ])
-        .expect_err("non-numeric");
+        let err = discover(&[("OMPI_COMM_WORLD_RANK", "one"), ("OMPI_COMM_WORLD_SIZE", "2")]).expect_err("non-numeric");
         assert_eq!(env_var_of(err), "OMPI_COMM_WORLD_RANK");
-        let err =
-            discover(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "0")]).expect_err("zero world");
+        let err = discover(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "0")]).expect_err("zero world");
         assert_eq!(env_var_of(err), "SLURM_NTASKS");
-        let err = discover(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "-1")])
-            .expect_err("negative");
+        let err = discover(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "-1")]).expect_err("negative");
         assert_eq!(env_var_of(err), "LOCAL_RANK");
-        let err = discover(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "2")])
-            .expect_err("local too big");
+        let err = discover(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "2")]).expect_err("local too big");
         assert_eq!(env_var_of(err), "LOCAL_RANK");
     }
 

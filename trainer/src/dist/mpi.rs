@@ -49,10 +49,7 @@ impl std::fmt::Debug for Mpi {
 }
 
 fn backend_error(reason: String) -> DistError {
-    DistError::Backend {
-        backend: "mpi",
-        reason,
-    }
+    DistError::Backend { backend: "mpi", reason }
 }
 
 fn tensor_error(op: &'static str, reason: String) -> DistError {
@@ -89,8 +86,7 @@ fn in_place_sentinel() -> Option<usize> {
     if code != ffi::MPI_SUCCESS as c_int {
         return None;
     }
-    let version =
-        String::from_utf8_lossy(&text[..len.clamp(0, text.len() as c_int) as usize]).into_owned();
+    let version = String::from_utf8_lossy(&text[..len.clamp(0, text.len() as c_int) as usize]).into_owned();
     if version.contains("Open MPI") {
         Some(1)
     } else if ["MPICH", "Intel(R) MPI", "MVAPICH", "CRAY MPICH"]
@@ -131,12 +127,7 @@ fn require_cpu(op: &'static str, t: &Tensor) -> Result<(), DistError> {
 }
 
 fn count(op: &'static str, n: usize) -> Result<c_int, DistError> {
-    c_int::try_from(n).map_err(|_| {
-        tensor_error(
-            op,
-            format!("{n} elements per rank exceed MPI's count limit"),
-        )
-    })
+    c_int::try_from(n).map_err(|_| tensor_error(op, format!("{n} elements per rank exceed MPI's count limit")))
 }
 
 impl Mpi {
@@ -155,10 +146,8 @@ impl Mpi {
         check("MPI_Comm_set_errhandler", unsafe {
             ffi::MPI_Comm_set_errhandler(world.as_raw(), ffi::RSMPI_ERRORS_RETURN)
         })?;
-        let rank =
-            usize::try_from(world.rank()).map_err(|_| backend_error("negative rank".into()))?;
-        let world_size = usize::try_from(world.size())
-            .map_err(|_| backend_error("negative world size".into()))?;
+        let rank = usize::try_from(world.rank()).map_err(|_| backend_error("negative rank".into()))?;
+        let world_size = usize::try_from(world.size()).map_err(|_| backend_error("negative world size".into()))?;
         Ok(Mpi {
             universe,
             rank,
@@ -170,10 +159,7 @@ impl Mpi {
 
     /// Runs `call` with the world communicator while holding the lock that
     /// serialises MPI calls.
-    fn with_comm<T>(
-        &self,
-        call: impl FnOnce(ffi::MPI_Comm) -> Result<T, DistError>,
-    ) -> Result<T, DistError> {
+    fn with_comm<T>(&self, call: impl FnOnce(ffi::MPI_Comm) -> Result<T, DistError>) -> Result<T, DistError> {
         let _guard = self
             .serialize
             .lock()
@@ -283,16 +269,7 @@ impl Collective for Mpi {
                 // SAFETY: `chunk` points at `n` elements of `dtype` (see `in_place_chunks`);
                 // the sentinel is this library's MPI_IN_PLACE, which makes `chunk` both
                 // the input and the output.
-                unsafe {
-                    ffi::MPI_Allreduce(
-                        sentinel as *const c_void,
-                        chunk,
-                        n,
-                        dtype,
-                        ffi::RSMPI_SUM,
-                        comm,
-                    )
-                }
+                unsafe { ffi::MPI_Allreduce(sentinel as *const c_void, chunk, n, dtype, ffi::RSMPI_SUM, comm) }
             }),
             None => {
                 // Unknown MPI library: reduce a copy of the input into `t`'s storage.
@@ -341,14 +318,7 @@ impl Collective for Mpi {
             // SAFETY: `send` is contiguous with world_size * per_rank elements, `block` is
             // fresh and contiguous with per_rank elements, same dtype; both outlive the call.
             check(OP, unsafe {
-                ffi::MPI_Reduce_scatter_block(
-                    send.data_ptr(),
-                    block.data_ptr(),
-                    per_rank,
-                    dtype,
-                    ffi::RSMPI_SUM,
-                    comm,
-                )
+                ffi::MPI_Reduce_scatter_block(send.data_ptr(), block.data_ptr(), per_rank, dtype, ffi::RSMPI_SUM, comm)
             })
         })?;
         Ok(block)
@@ -359,10 +329,7 @@ impl Collective for Mpi {
         if root >= self.world_size {
             return Err(tensor_error(
                 OP,
-                format!(
-                    "root {root} is not below the world size {}",
-                    self.world_size
-                ),
+                format!("root {root} is not below the world size {}", self.world_size),
             ));
         }
         let root = root as c_int;

@@ -31,9 +31,7 @@ use std::ffi::{c_void, CStr};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaContext;
-use cudarc::nccl::sys::{
-    self, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId,
-};
+use cudarc::nccl::sys::{self, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclResult_t, ncclUniqueId};
 use tch::{Device, Kind, Tensor};
 
 use super::rendezvous::Rendezvous;
@@ -61,10 +59,7 @@ fn describe(code: ncclResult_t) -> String {
         format!("{code:?}")
     } else {
         // SAFETY: non-null, NUL-terminated and static (see above).
-        format!(
-            "{code:?}: {}",
-            unsafe { CStr::from_ptr(text) }.to_string_lossy()
-        )
+        format!("{code:?}: {}", unsafe { CStr::from_ptr(text) }.to_string_lossy())
     }
 }
 
@@ -80,9 +75,7 @@ fn require_libraries() -> Result<(), DistError> {
     }
     // SAFETY: as above, for the CUDA driver library.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(backend_error(
-            "cannot load the CUDA driver library libcuda.so".into(),
-        ));
+        return Err(backend_error("cannot load the CUDA driver library libcuda.so".into()));
     }
     Ok(())
 }
@@ -131,11 +124,7 @@ impl std::fmt::Debug for Nccl {
 impl Nccl {
     /// Joins `dist`'s job on CUDA device `device`, the unique id coming from
     /// rank 0 over the TCP `rendezvous`.
-    pub fn over_tcp(
-        dist: &Dist,
-        device: usize,
-        rendezvous: &Rendezvous,
-    ) -> Result<Nccl, DistError> {
+    pub fn over_tcp(dist: &Dist, device: usize, rendezvous: &Rendezvous) -> Result<Nccl, DistError> {
         let id = if dist.rank == 0 {
             let id = new_unique_id()?;
             rendezvous.broadcast_from_rank0(0, dist.world_size, Some(&id))?;
@@ -155,10 +144,7 @@ impl Nccl {
     /// Joins the job of the CPU collective `bootstrap` (e.g. MPI) on CUDA
     /// device `device`: rank 0's unique id is broadcast over `bootstrap`, which
     /// is kept (and dropped after the communicator).
-    pub fn over_collective(
-        bootstrap: Box<dyn Collective>,
-        device: usize,
-    ) -> Result<Nccl, DistError> {
+    pub fn over_collective(bootstrap: Box<dyn Collective>, device: usize) -> Result<Nccl, DistError> {
         let (rank, world_size) = (bootstrap.rank(), bootstrap.world_size());
         let mut id = if rank == 0 {
             Tensor::from_slice(&new_unique_id()?)
@@ -166,15 +152,10 @@ impl Nccl {
             Tensor::zeros([UNIQUE_ID_BYTES as i64], (Kind::Uint8, Device::Cpu))
         };
         bootstrap.broadcast_(&mut id, 0)?;
-        let received = Vec::<u8>::try_from(&id).map_err(|e| {
-            backend_error(format!("rank {rank}: reading the broadcast unique id: {e}"))
-        })?;
-        let bytes = <[u8; UNIQUE_ID_BYTES]>::try_from(received.as_slice()).map_err(|_| {
-            backend_error(format!(
-                "rank {rank}: unique id of {} bytes",
-                received.len()
-            ))
-        })?;
+        let received = Vec::<u8>::try_from(&id)
+            .map_err(|e| backend_error(format!("rank {rank}: reading the broadcast unique id: {e}")))?;
+        let bytes = <[u8; UNIQUE_ID_BYTES]>::try_from(received.as_slice())
+            .map_err(|_| backend_error(format!("rank {rank}: unique id of {} bytes", received.len())))?;
         Nccl::with_unique_id(rank, world_size, device, &bytes, Some(bootstrap))
     }
 
@@ -202,11 +183,8 @@ impl Nccl {
                 )))
             }
         };
-        let context = CudaContext::new(device).map_err(|e| {
-            backend_error(format!(
-                "rank {rank}: cannot open CUDA device {device}: {e}"
-            ))
-        })?;
+        let context = CudaContext::new(device)
+            .map_err(|e| backend_error(format!("rank {rank}: cannot open CUDA device {device}: {e}")))?;
         let unique_id = ncclUniqueId {
             internal: id.map(|b| b as std::ffi::c_char),
         };
@@ -235,21 +213,14 @@ impl Nccl {
     }
 
     /// Runs one NCCL call with the communicator locked and the device current.
-    fn call(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(ncclComm_t) -> ncclResult_t,
-    ) -> Result<(), DistError> {
+    fn call(&self, op: &'static str, f: impl FnOnce(ncclComm_t) -> ncclResult_t) -> Result<(), DistError> {
         let comm = self
             .comm
             .lock()
             .map_err(|_| backend_error("an earlier NCCL call panicked".into()))?;
-        self.context.bind_to_thread().map_err(|e| {
-            backend_error(format!(
-                "{op}: cannot make cuda:{} current: {e}",
-                self.device
-            ))
-        })?;
+        self.context
+            .bind_to_thread()
+            .map_err(|e| backend_error(format!("{op}: cannot make cuda:{} current: {e}", self.device)))?;
         let code = f(comm.0);
         if code == ncclResult_t::ncclSuccess {
             return Ok(());
@@ -262,10 +233,7 @@ impl Nccl {
             // SAFETY: non-null NUL-terminated string owned by NCCL, read before the next call.
             format!(" ({})", unsafe { CStr::from_ptr(last) }.to_string_lossy())
         };
-        Err(backend_error(format!(
-            "{op} failed: {}{detail}",
-            describe(code)
-        )))
+        Err(backend_error(format!("{op} failed: {}{detail}", describe(code))))
     }
 
     /// Checks that `t` lives on this communicator's device and returns its NCCL dtype.
@@ -397,17 +365,7 @@ impl Collective for Nccl {
         self.in_place("all_reduce_sum_", t, |comm, ptr, n, dtype| {
             // SAFETY: `ptr` points at `n` contiguous elements of `dtype` on this device
             // (see `in_place`); in-place all-reduce is allowed by NCCL (send == recv).
-            unsafe {
-                sys::ncclAllReduce(
-                    ptr,
-                    ptr,
-                    n,
-                    dtype,
-                    ncclRedOp_t::ncclSum,
-                    comm,
-                    torch_default_stream(),
-                )
-            }
+            unsafe { sys::ncclAllReduce(ptr, ptr, n, dtype, ncclRedOp_t::ncclSum, comm, torch_default_stream()) }
         })
     }
 
@@ -458,10 +416,7 @@ impl Collective for Nccl {
         if root >= self.world_size {
             return Err(tensor_error(
                 OP,
-                format!(
-                    "root {root} is not below the world size {}",
-                    self.world_size
-                ),
+                format!("root {root} is not below the world size {}", self.world_size),
             ));
         }
         let root = root as i32;
@@ -511,15 +466,6 @@ mod tests {
         // machine with one device, asking for device 4096 fails the same way.
         let id = [0u8; UNIQUE_ID_BYTES];
         let err = Nccl::with_unique_id(0, 1, 4096, &id, None).expect_err("no such device");
-        assert!(
-            matches!(
-                err,
-                DistError::Backend {
-                    backend: "nccl",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, DistError::Backend { backend: "nccl", .. }), "{err}");
     }
 }

@@ -55,28 +55,20 @@ impl Rendezvous {
             value: value.to_string(),
             reason: reason.to_string(),
         };
-        let host = lookup("MASTER_ADDR")
-            .filter(|h| !h.trim().is_empty())
-            .ok_or_else(|| {
-                env_error(
-                    "MASTER_ADDR",
-                    "",
-                    "is not set; the NCCL rendezvous needs rank 0's address",
-                )
-            })?;
+        let host = lookup("MASTER_ADDR").filter(|h| !h.trim().is_empty()).ok_or_else(|| {
+            env_error(
+                "MASTER_ADDR",
+                "",
+                "is not set; the NCCL rendezvous needs rank 0's address",
+            )
+        })?;
         let port_text = lookup("MASTER_PORT").unwrap_or_default();
         let port = port_text
             .trim()
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                env_error(
-                    "MASTER_PORT",
-                    &port_text,
-                    "expected a TCP port in 1..=65535",
-                )
-            })?;
+            .ok_or_else(|| env_error("MASTER_PORT", &port_text, "expected a TCP port in 1..=65535"))?;
         let timeout = match lookup("FERROCLIP_RENDEZVOUS_TIMEOUT_S") {
             None => DEFAULT_TIMEOUT,
             Some(text) => text
@@ -119,10 +111,7 @@ impl Rendezvous {
         match (rank, payload) {
             (0, Some(payload)) => {
                 let listener = TcpListener::bind(("0.0.0.0", self.port)).map_err(|e| {
-                    rendezvous_error(format!(
-                        "rank 0 cannot listen on port {} (MASTER_PORT): {e}",
-                        self.port
-                    ))
+                    rendezvous_error(format!("rank 0 cannot listen on port {} (MASTER_PORT): {e}", self.port))
                 })?;
                 serve(&listener, world_size, payload, deadline)?;
                 Ok(payload.to_vec())
@@ -134,9 +123,7 @@ impl Rendezvous {
             (_, None) => {
                 let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port)
                     .to_socket_addrs()
-                    .map_err(|e| {
-                        rendezvous_error(format!("cannot resolve MASTER_ADDR {:?}: {e}", self.host))
-                    })?
+                    .map_err(|e| rendezvous_error(format!("cannot resolve MASTER_ADDR {:?}: {e}", self.host)))?
                     .collect();
                 fetch(&addrs, rank, world_size, deadline)
             }
@@ -146,20 +133,15 @@ impl Rendezvous {
 
 /// Rank 0's side: accepts the hellos of ranks `1..world_size` on `listener`
 /// until `deadline`, then sends `payload` to each.
-pub fn serve(
-    listener: &TcpListener,
-    world_size: usize,
-    payload: &[u8],
-    deadline: Instant,
-) -> Result<(), DistError> {
+pub fn serve(listener: &TcpListener, world_size: usize, payload: &[u8], deadline: Instant) -> Result<(), DistError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(rendezvous_error(format!(
             "payload of {} bytes exceeds {MAX_PAYLOAD}",
             payload.len()
         )));
     }
-    let world = u32::try_from(world_size)
-        .map_err(|_| rendezvous_error(format!("world size {world_size} too large")))?;
+    let world =
+        u32::try_from(world_size).map_err(|_| rendezvous_error(format!("world size {world_size} too large")))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| rendezvous_error(format!("listener: {e}")))?;
@@ -169,9 +151,7 @@ pub fn serve(
             Ok((mut stream, peer)) => {
                 let hello = stream
                     .set_nonblocking(false)
-                    .and_then(|_| {
-                        stream.set_read_timeout(Some(HELLO_PATIENCE.min(remaining(deadline))))
-                    })
+                    .and_then(|_| stream.set_read_timeout(Some(HELLO_PATIENCE.min(remaining(deadline)))))
                     .and_then(|_| read_hello(&mut stream));
                 match hello {
                     // A connection that is not one of ours (a port scan, a health check) is dropped.
@@ -244,12 +224,7 @@ fn remaining(deadline: Instant) -> Duration {
 
 /// A non-zero rank's side: connects to rank 0 at one of `addrs` (retrying
 /// until `deadline`), says hello and waits for the payload.
-pub fn fetch(
-    addrs: &[SocketAddr],
-    rank: usize,
-    world_size: usize,
-    deadline: Instant,
-) -> Result<Vec<u8>, DistError> {
+pub fn fetch(addrs: &[SocketAddr], rank: usize, world_size: usize, deadline: Instant) -> Result<Vec<u8>, DistError> {
     let (rank32, world32) = match (u32::try_from(rank), u32::try_from(world_size)) {
         (Ok(r), Ok(w)) if r > 0 && r < w => (r, w),
         _ => {
@@ -259,9 +234,7 @@ pub fn fetch(
         }
     };
     if addrs.is_empty() {
-        return Err(rendezvous_error(
-            "MASTER_ADDR resolves to no address".into(),
-        ));
+        return Err(rendezvous_error("MASTER_ADDR resolves to no address".into()));
     }
     let mut last_error = String::new();
     let mut stream = loop {
@@ -293,16 +266,12 @@ pub fn fetch(
     hello.extend_from_slice(HELLO_MAGIC);
     hello.extend_from_slice(&rank32.to_be_bytes());
     hello.extend_from_slice(&world32.to_be_bytes());
-    stream
-        .write_all(&hello)
-        .map_err(|e| io("sending hello", e))?;
+    stream.write_all(&hello).map_err(|e| io("sending hello", e))?;
     stream
         .set_read_timeout(Some(remaining(deadline)))
         .map_err(|e| io("socket", e))?;
     let mut len = [0u8; 4];
-    stream
-        .read_exact(&mut len)
-        .map_err(|e| io("waiting for rank 0", e))?;
+    stream.read_exact(&mut len).map_err(|e| io("waiting for rank 0", e))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_PAYLOAD {
         return Err(rendezvous_error(format!(
@@ -363,10 +332,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(300));
         let id = [42u8; 128];
-        assert_eq!(
-            rdv.broadcast_from_rank0(0, 2, Some(&id)).expect("rank 0"),
-            id.to_vec()
-        );
+        assert_eq!(rdv.broadcast_from_rank0(0, 2, Some(&id)).expect("rank 0"), id.to_vec());
         assert_eq!(client.join().expect("thread").expect("rank 1"), id.to_vec());
     }
 
@@ -379,10 +345,7 @@ mod tests {
         let err = serve(&listener, 3, &[1, 2, 3], deadline).expect_err("rank 2 is missing");
         assert!(err.to_string().contains("rank(s) 2 of 3"), "{err}");
         drop(listener);
-        let err = client
-            .join()
-            .expect("thread")
-            .expect_err("rank 1 gets nothing");
+        let err = client.join().expect("thread").expect_err("rank 1 gets nothing");
         assert!(err.to_string().contains("rank 1"), "{err}");
     }
 
@@ -392,8 +355,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("free port");
         let started = Instant::now();
-        let err = fetch(&[port], 1, 2, Instant::now() + Duration::from_millis(300))
-            .expect_err("no rank 0");
+        let err = fetch(&[port], 1, 2, Instant::now() + Duration::from_millis(300)).expect_err("no rank 0");
         assert!(err.to_string().contains("timed out connecting"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
@@ -415,10 +377,7 @@ mod tests {
             std::thread::spawn(move || fetch(&addrs, 1, 2, deadline))
         };
         serve(&listener, 2, b"id", deadline).expect("serve despite the stray");
-        assert_eq!(
-            client.join().expect("thread").expect("fetch"),
-            b"id".to_vec()
-        );
+        assert_eq!(client.join().expect("thread").expect("fetch"), b"id".to_vec());
 
         let (listener, addrs) = local_listener();
         let client = std::thread::spawn(move || fetch(&addrs, 1, 3, deadline));
@@ -431,10 +390,7 @@ mod tests {
     #[test]
     fn environment_is_validated() {
         let env = |vars: &[(&str, &str)]| {
-            let map: HashMap<String, String> = vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             Rendezvous::from_lookup(&|name| map.get(name).cloned())
         };
         let rdv = env(&[("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "29500")]).expect("valid");
@@ -452,14 +408,8 @@ mod tests {
         for (vars, bad) in [
             (vec![("MASTER_PORT", "1")], "MASTER_ADDR"),
             (vec![("MASTER_ADDR", "h")], "MASTER_PORT"),
-            (
-                vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")],
-                "MASTER_PORT",
-            ),
-            (
-                vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "0")],
-                "MASTER_PORT",
-            ),
+            (vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")], "MASTER_PORT"),
+            (vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "0")], "MASTER_PORT"),
             (
                 vec![
                     ("MASTER_ADDR", "h"),

@@ -67,11 +67,7 @@ mod tests {
         let gathered = solo.all_gather(&x).expect("all_gather");
         assert_eq!(gathered.size(), vec![3, 2]);
         assert!(!gathered.requires_grad());
-        assert_ne!(
-            gathered.data_ptr(),
-            x.data_ptr(),
-            "all_gather must not alias its input"
-        );
+        assert_ne!(gathered.data_ptr(), x.data_ptr(), "all_gather must not alias its input");
         assert_eq!(
             f64::try_from((&gathered - &x.detach()).abs().max()).expect("scalar"),
             0.0
@@ -79,10 +75,7 @@ mod tests {
 
         let block = solo.reduce_scatter_sum(&x).expect("reduce_scatter_sum");
         assert_eq!(block.size(), vec![3, 2]);
-        assert_eq!(
-            f64::try_from((&block - &x.detach()).abs().max()).expect("scalar"),
-            0.0
-        );
+        assert_eq!(f64::try_from((&block - &x.detach()).abs().max()).expect("scalar"), 0.0);
 
         let mut y = Tensor::from_slice(&[1.5f32, -2.0]);
         solo.all_reduce_sum_(&mut y).expect("all_reduce");

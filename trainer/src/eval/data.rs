@@ -97,12 +97,7 @@ pub fn read_eval_set(
                 Ok(raw) => {
                     pending.push(raw);
                     if pending.len() == batch_size {
-                        let batch = decode_batch(
-                            std::mem::take(&mut pending),
-                            &transform,
-                            needs,
-                            &mut skips,
-                        );
+                        let batch = decode_batch(std::mem::take(&mut pending), &transform, needs, &mut skips);
                         if !batch.is_empty() {
                             if let Err(e) = visit(batch) {
                                 result = Err(e);
@@ -134,12 +129,7 @@ enum Decoded {
     MissingLabel,
 }
 
-fn decode_batch(
-    raws: Vec<RawSample>,
-    transform: &ImageTransform,
-    needs: Needs,
-    skips: &mut EvalSkips,
-) -> EvalBatch {
+fn decode_batch(raws: Vec<RawSample>, transform: &ImageTransform, needs: Needs, skips: &mut EvalSkips) -> EvalBatch {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(raws.len())
@@ -158,10 +148,7 @@ fn decode_batch(
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+            .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
     });
     let mut batch = EvalBatch {
@@ -172,11 +159,7 @@ fn decode_batch(
     };
     for (raw, outcome) in raws.into_iter().zip(decoded) {
         match outcome {
-            Decoded::Kept {
-                image,
-                captions,
-                label,
-            } => {
+            Decoded::Kept { image, captions, label } => {
                 batch.keys.push(raw.key);
                 batch.images.extend_from_slice(&image);
                 batch.captions.push(captions);
@@ -205,10 +188,7 @@ fn decode_one(raw: &RawSample, transform: &ImageTransform, needs: Needs) -> Deco
         Err(reason) if needs == Needs::Captions => return Decoded::Skipped(reason),
         Err(_) => Vec::new(),
     };
-    let Some(bytes) = IMAGE_EXTENSIONS
-        .iter()
-        .find_map(|ext| raw.members.get(*ext))
-    else {
+    let Some(bytes) = IMAGE_EXTENSIONS.iter().find_map(|ext| raw.members.get(*ext)) else {
         return Decoded::Skipped(SkipReason::MissingImage);
     };
     match decode_rgb(bytes, DEFAULT_MAX_PIXELS) {
@@ -244,10 +224,7 @@ mod tests {
     fn png(shade: u8) -> Vec<u8> {
         let mut bytes = Vec::new();
         image::RgbImage::from_pixel(12, 8, image::Rgb([shade, 0, 255 - shade]))
-            .write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
             .unwrap();
         bytes
     }
@@ -265,19 +242,13 @@ mod tests {
 
     fn write_set(dir: &std::path::Path) -> Vec<PathBuf> {
         let mut writer = ShardWriter::new(dir, 2).unwrap();
-        writer
-            .write(&sample("a", png(10), &["one", "two"], Some(1)))
-            .unwrap();
+        writer.write(&sample("a", png(10), &["one", "two"], Some(1))).unwrap();
         writer.write(&sample("b", png(20), &[], Some(0))).unwrap();
-        writer
-            .write(&sample("c", png(30), &["three"], None))
-            .unwrap();
+        writer.write(&sample("c", png(30), &["three"], None)).unwrap();
         writer
             .write(&sample("d", b"not an image".to_vec(), &["four"], Some(2)))
             .unwrap();
-        writer
-            .write(&sample("e", png(50), &["five"], Some(2)))
-            .unwrap();
+        writer.write(&sample("e", png(50), &["five"], Some(2))).unwrap();
         writer.finish().unwrap().shards
     }
 
@@ -296,10 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shards = write_set(dir.path());
         let (batches, skips) = collect(&shards, Needs::Label);
-        let keys: Vec<&str> = batches
-            .iter()
-            .flat_map(|b| b.keys.iter().map(String::as_str))
-            .collect();
+        let keys: Vec<&str> = batches.iter().flat_map(|b| b.keys.iter().map(String::as_str)).collect();
         assert_eq!(keys, ["a", "b", "e"]);
         let labels: Vec<Option<i64>> = batches.iter().flat_map(|b| b.labels.clone()).collect();
         assert_eq!(labels, [Some(1), Some(0), Some(2)]);
@@ -336,10 +304,7 @@ mod tests {
         assert_eq!(load_image_file(&good, 6).unwrap().len(), 3 * 6 * 6);
         let bad = dir.path().join("bad.png");
         std::fs::write(&bad, b"nope").unwrap();
-        assert!(load_image_file(&bad, 6)
-            .unwrap_err()
-            .to_string()
-            .contains("bad.png"));
+        assert!(load_image_file(&bad, 6).unwrap_err().to_string().contains("bad.png"));
     }
 
     #[test]

@@ -39,10 +39,7 @@ impl ZeroShotMetrics {
         if let Some(acc5) = self.acc5 {
             map.insert("acc5".to_string(), acc5);
         }
-        map.insert(
-            "mean_per_class_recall".to_string(),
-            self.mean_per_class_recall,
-        );
+        map.insert("mean_per_class_recall".to_string(), self.mean_per_class_recall);
         map
     }
 
@@ -139,16 +136,9 @@ pub fn build_zeroshot_classifier(
     }
     let mut columns = Vec::with_capacity(classnames.len());
     for classname in classnames {
-        let texts: Vec<String> = templates
-            .iter()
-            .map(|t| fill_template(t, classname))
-            .collect();
+        let texts: Vec<String> = templates.iter().map(|t| fill_template(t, classname)).collect();
         let embeddings = encode_text(&texts);
-        check_rows(
-            &embeddings,
-            texts.len(),
-            "text embeddings of one class's templates",
-        )?;
+        check_rows(&embeddings, texts.len(), "text embeddings of one class's templates")?;
         let mean = l2_normalize(&embeddings).mean_dim([0i64].as_slice(), false, Kind::Float); // (E,)
         let norm = mean.norm();
         columns.push(mean / norm);
@@ -275,11 +265,7 @@ pub fn retrieval_metrics(
         return Err(EvalError::NoSamples("retrieval (no texts)".to_string()));
     }
     check_rows(text_features, text_to_image.len(), "text features")?;
-    if let Some((text, &image)) = text_to_image
-        .iter()
-        .enumerate()
-        .find(|(_, &i)| i >= num_images)
-    {
+    if let Some((text, &image)) = text_to_image.iter().enumerate().find(|(_, &i)| i >= num_images) {
         return Err(EvalError::ImageIndexOutOfRange {
             text,
             image,
@@ -314,11 +300,7 @@ pub fn retrieval_metrics(
         let image_hits = ranked_texts
             .iter()
             .enumerate()
-            .filter(|(image, row)| {
-                row.iter()
-                    .take(k)
-                    .any(|&t| text_to_image[t as usize] == *image)
-            })
+            .filter(|(image, row)| row.iter().take(k).any(|&t| text_to_image[t as usize] == *image))
             .count();
         recall.push(RecallAtK {
             k,
@@ -359,11 +341,7 @@ fn chance_any_in_top_k(total: usize, positives: usize, k: usize) -> f64 {
 
 /// For each row of `queries` (Q, E), the indices of the `k` best `candidates` (N, E) by dot
 /// product, best first (k clipped to N); computed in chunks of rows.
-fn top_indices_by_rows(
-    queries: &Tensor,
-    candidates: &Tensor,
-    k: usize,
-) -> Result<Vec<Vec<i64>>, EvalError> {
+fn top_indices_by_rows(queries: &Tensor, candidates: &Tensor, k: usize) -> Result<Vec<Vec<i64>>, EvalError> {
     let num_queries = queries.size()[0];
     let num_candidates = candidates.size()[0];
     let k = (k as i64).min(num_candidates);

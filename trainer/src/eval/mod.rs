@@ -20,8 +20,8 @@ pub use model::{load_checkpoint, load_model_config, EvalModel};
 pub use tasks::{evaluate_retrieval, evaluate_zeroshot, RetrievalReport, ZeroShotReport};
 
 pub use metrics::{
-    build_zeroshot_classifier, fill_template, l2_normalize, retrieval_metrics, zeroshot_metrics,
-    RecallAtK, RetrievalMetrics, ZeroShotMetrics,
+    build_zeroshot_classifier, fill_template, l2_normalize, retrieval_metrics, zeroshot_metrics, RecallAtK,
+    RetrievalMetrics, ZeroShotMetrics,
 };
 
 /// What can go wrong in evaluation; each message names the offending input.
@@ -47,9 +47,7 @@ pub enum EvalError {
     #[error("no templates given for zero-shot classification")]
     NoTemplates,
     /// A sample's label is not an index into the class names.
-    #[error(
-        "label {label} of sample {sample} is out of range: there are {num_classes} class names"
-    )]
+    #[error("label {label} of sample {sample} is out of range: there are {num_classes} class names")]
     LabelOutOfRange {
         /// The sample's key (or position).
         sample: String,

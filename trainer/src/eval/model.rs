@@ -10,8 +10,8 @@ use tch::{Device, Kind, Tensor};
 use super::metrics::l2_normalize;
 use super::EvalError;
 use crate::config::ModelConfig;
-use crate::train::config::ModelSpec;
 use crate::model::Clip;
+use crate::train::config::ModelSpec;
 use crate::weights;
 
 /// Weights file name inside a run or checkpoint folder.
@@ -35,11 +35,7 @@ pub struct EvalModel {
 impl EvalModel {
     /// Builds `config`'s model on `device` and loads `weights_path` (a ferroclip or open_clip
     /// safetensors state_dict; names and shapes are checked both ways).
-    pub fn load(
-        config: ModelConfig,
-        weights_path: &Path,
-        device: Device,
-    ) -> Result<Self, EvalError> {
+    pub fn load(config: ModelConfig, weights_path: &Path, device: Device) -> Result<Self, EvalError> {
         if !weights_path.is_file() {
             return Err(EvalError::Missing {
                 what: "weights file",
@@ -163,8 +159,8 @@ pub fn load_model_config(path_or_preset: &str) -> Result<ModelConfig, EvalError>
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let table: toml::Table = toml::from_str(&text)
-            .map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))?;
         if table.contains_key("model") {
             return model_config_from_run_table(&table, path);
         }
@@ -190,7 +186,8 @@ fn model_config_from_run_table(table: &toml::Table, path: &Path) -> Result<Model
         .ok_or_else(|| EvalError::Config(format!("{}: no `model` entry", path.display())))?;
     let spec = ModelSpec::deserialize(value.clone())
         .map_err(|e| EvalError::Config(format!("{}: model: {e}", path.display())))?;
-    spec.resolve().map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
+    spec.resolve()
+        .map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

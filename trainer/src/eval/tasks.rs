@@ -7,8 +7,7 @@ use tch::Tensor;
 
 use super::data::{read_eval_set, EvalSkips, Needs};
 use super::metrics::{
-    build_zeroshot_classifier, retrieval_metrics, zeroshot_metrics, RetrievalMetrics,
-    ZeroShotMetrics,
+    build_zeroshot_classifier, retrieval_metrics, zeroshot_metrics, RetrievalMetrics, ZeroShotMetrics,
 };
 use super::model::EvalModel;
 use super::EvalError;
@@ -41,35 +40,25 @@ pub fn evaluate_zeroshot(
     templates: &[String],
     batch_size: usize,
 ) -> Result<ZeroShotReport, EvalError> {
-    let classifier = build_zeroshot_classifier(
-        |texts| model.embed_texts(texts, batch_size),
-        classnames,
-        templates,
-    )?;
+    let classifier = build_zeroshot_classifier(|texts| model.embed_texts(texts, batch_size), classnames, templates)?;
     let mut features = Vec::new();
     let mut labels = Vec::new();
-    let skipped = read_eval_set(
-        shards,
-        model.image_size(),
-        batch_size,
-        Needs::Label,
-        |batch| {
-            for (key, label) in batch.keys.iter().zip(&batch.labels) {
-                // Needs::Label guarantees a label.
-                let label = label.unwrap_or(-1);
-                if label < 0 || label as usize >= classnames.len() {
-                    return Err(EvalError::LabelOutOfRange {
-                        sample: key.clone(),
-                        label,
-                        num_classes: classnames.len(),
-                    });
-                }
-                labels.push(label);
+    let skipped = read_eval_set(shards, model.image_size(), batch_size, Needs::Label, |batch| {
+        for (key, label) in batch.keys.iter().zip(&batch.labels) {
+            // Needs::Label guarantees a label.
+            let label = label.unwrap_or(-1);
+            if label < 0 || label as usize >= classnames.len() {
+                return Err(EvalError::LabelOutOfRange {
+                    sample: key.clone(),
+                    label,
+                    num_classes: classnames.len(),
+                });
             }
-            features.push(model.embed_images(&batch.images, batch.len()));
-            Ok(())
-        },
-    )?;
+            labels.push(label);
+        }
+        features.push(model.embed_images(&batch.images, batch.len()));
+        Ok(())
+    })?;
     if labels.is_empty() {
         return Err(EvalError::NoSamples(format!(
             "zero-shot classification: no sample with an image and a .cls label in {} shard(s) ({} skipped)",
@@ -93,25 +82,19 @@ pub fn evaluate_retrieval(
     let mut text_features = Vec::new();
     let mut text_to_image = Vec::new();
     let mut num_images = 0usize;
-    let skipped = read_eval_set(
-        shards,
-        model.image_size(),
-        batch_size,
-        Needs::Captions,
-        |batch| {
-            let mut texts = Vec::new();
-            for (offset, captions) in batch.captions.iter().enumerate() {
-                for caption in captions {
-                    texts.push(caption.clone());
-                    text_to_image.push(num_images + offset);
-                }
+    let skipped = read_eval_set(shards, model.image_size(), batch_size, Needs::Captions, |batch| {
+        let mut texts = Vec::new();
+        for (offset, captions) in batch.captions.iter().enumerate() {
+            for caption in captions {
+                texts.push(caption.clone());
+                text_to_image.push(num_images + offset);
             }
-            image_features.push(model.embed_images(&batch.images, batch.len()));
-            text_features.push(model.embed_texts(&texts, batch_size));
-            num_images += batch.len();
-            Ok(())
-        },
-    )?;
+        }
+        image_features.push(model.embed_images(&batch.images, batch.len()));
+        text_features.push(model.embed_texts(&texts, batch_size));
+        num_images += batch.len();
+        Ok(())
+    })?;
     if num_images == 0 {
         return Err(EvalError::NoSamples(format!(
             "retrieval: no sample with an image and a .txt caption in {} shard(s) ({} skipped)",

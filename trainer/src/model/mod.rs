@@ -57,7 +57,9 @@ impl Clip {
         let visual = VisionTransformer::new(vs_root / "visual", cfg);
         let text = TextTransformer::new(vs_root.clone(), cfg);
         let logit_scale = vs_root.var("logit_scale", &[], Init::Const(cfg.init_logit_scale));
-        let logit_bias = cfg.init_logit_bias.map(|b| vs_root.var("logit_bias", &[], Init::Const(b)));
+        let logit_bias = cfg
+            .init_logit_bias
+            .map(|b| vs_root.var("logit_bias", &[], Init::Const(b)));
         Clip {
             visual,
             text,
@@ -89,12 +91,7 @@ impl Clip {
     /// features (B, E), exp(logit_scale) as a 0-dim tensor). Like open_clip's
     /// forward, the scale is not clamped here: the train loop calls
     /// [`Clip::clamp_logit_scale`] after each optimizer step.
-    pub fn forward(
-        &self,
-        images: &Tensor,
-        tokens: &Tensor,
-        train: bool,
-    ) -> (Tensor, Tensor, Tensor) {
+    pub fn forward(&self, images: &Tensor, tokens: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
         let image_features = l2_normalize(&self.encode_image(images, train));
         let text_features = l2_normalize(&self.encode_text(tokens, train));
         (image_features, text_features, self.logit_scale.exp())
@@ -122,9 +119,7 @@ impl Clip {
 
 /// `x / max(||x||_2, 1e-12)` along the last dimension (torch's F.normalize).
 pub fn l2_normalize(xs: &Tensor) -> Tensor {
-    let norm = xs
-        .norm_scalaropt_dim(2.0, [-1i64].as_slice(), true)
-        .clamp_min(1e-12);
+    let norm = xs.norm_scalaropt_dim(2.0, [-1i64].as_slice(), true).clamp_min(1e-12);
     xs / norm
 }
 
@@ -143,9 +138,7 @@ mod tests {
 
     fn std_of(vs: &VarStore, name: &str) -> f64 {
         let vars = vs.variables();
-        let t = vars
-            .get(name)
-            .unwrap_or_else(|| panic!("no variable {name}"));
+        let t = vars.get(name).unwrap_or_else(|| panic!("no variable {name}"));
         t.std(true).double_value(&[])
     }
 
@@ -153,8 +146,7 @@ mod tests {
     fn shapes_and_normalisation() {
         let (_vs, clip) = nano();
         let images = Tensor::randn([3, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let tokens =
-            Tensor::from_slice(&[49406i64, 320, 49407, 0, 49406, 1125, 539, 49407]).view([2, 4]);
+        let tokens = Tensor::from_slice(&[49406i64, 320, 49407, 0, 49406, 1125, 539, 49407]).view([2, 4]);
         assert_eq!(clip.encode_image(&images, false).size(), [3, 32]);
         assert_eq!(clip.encode_text(&tokens, false).size(), [2, 32]);
         let (img, txt, scale) = clip.forward(&images, &tokens, true);
@@ -169,32 +161,17 @@ mod tests {
         let (vs, _clip) = nano();
         // nano: vision width 64, text width 64, 2 text layers.
         let close = |got: f64, want: f64, name: &str| {
-            assert!(
-                (got - want).abs() < 0.15 * want,
-                "{name}: std {got}, want {want}"
-            );
+            assert!((got - want).abs() < 0.15 * want, "{name}: std {got}, want {want}");
         };
-        close(
-            std_of(&vs, "token_embedding.weight"),
-            0.02,
-            "token_embedding",
-        );
-        close(
-            std_of(&vs, "positional_embedding"),
-            0.01,
-            "positional_embedding",
-        );
+        close(std_of(&vs, "token_embedding.weight"), 0.02, "token_embedding");
+        close(std_of(&vs, "positional_embedding"), 0.01, "positional_embedding");
         close(
             std_of(&vs, "visual.positional_embedding"),
             64f64.powf(-0.5),
             "visual.positional_embedding",
         );
         close(std_of(&vs, "visual.proj"), 64f64.powf(-0.5), "visual.proj");
-        close(
-            std_of(&vs, "text_projection"),
-            64f64.powf(-0.5),
-            "text_projection",
-        );
+        close(std_of(&vs, "text_projection"), 64f64.powf(-0.5), "text_projection");
         close(
             std_of(&vs, "transformer.resblocks.0.attn.in_proj_weight"),
             64f64.powf(-0.5),
@@ -234,11 +211,7 @@ mod tests {
     #[test]
     fn variable_count_matches_num_params() {
         let (vs, clip) = nano();
-        let total: i64 = vs
-            .trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum();
+        let total: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
         assert_eq!(total, clip.config().num_params());
         assert_eq!(vs.variables().len(), vs.trainable_variables().len());
     }
@@ -282,8 +255,7 @@ mod tests {
     fn gradients_reach_every_variable() {
         let (vs, clip) = nano();
         let images = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let tokens =
-            Tensor::from_slice(&[49406i64, 320, 49407, 0, 49406, 1125, 539, 49407]).view([2, 4]);
+        let tokens = Tensor::from_slice(&[49406i64, 320, 49407, 0, 49406, 1125, 539, 49407]).view([2, 4]);
         let (img, txt, scale) = clip.forward(&images, &tokens, true);
         crate::loss::clip_loss(&img, &txt, &scale).backward();
         for (name, var) in vs.variables() {

@@ -29,20 +29,14 @@ impl TextTransformer {
             t.vocab_size,
             t.width,
             nn::EmbeddingConfig {
-                ws_init: Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
+                ws_init: Init::Randn { mean: 0.0, stdev: 0.02 },
                 ..Default::default()
             },
         );
         let positional_embedding = p.var(
             "positional_embedding",
             &[t.context_length, t.width],
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.01,
-            },
+            Init::Randn { mean: 0.0, stdev: 0.01 },
         );
         let transformer = Transformer::new(
             &p / "transformer",

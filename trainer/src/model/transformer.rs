@@ -23,10 +23,7 @@ pub fn layer_norm(p: nn::Path, width: i64) -> nn::LayerNorm {
 /// uniform in ±1/sqrt(fan_in), used for weights and biases alike.
 pub fn torch_default_uniform(fan_in: i64) -> Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
-    Init::Uniform {
-        lo: -bound,
-        up: bound,
-    }
+    Init::Uniform { lo: -bound, up: bound }
 }
 
 /// How a tower initialises its blocks' weights (biases follow PyTorch's defaults:
@@ -134,16 +131,7 @@ impl ModuleT for SelfAttention {
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2)); // each (B, H, L, Dh)
                                                               // Scale 1/sqrt(Dh) is the default; no dropout (open_clip's attn dropout is 0).
-        let attended = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            self.causal,
-            None,
-            false,
-        );
+        let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, self.causal, None, false);
         // (B, H, L, Dh) -> (B, L, D)
         let merged = attended.transpose(1, 2).reshape([batch, len, width]);
         merged.apply(&self.out_proj)
@@ -202,14 +190,7 @@ pub struct ResidualAttentionBlock {
 
 impl ResidualAttentionBlock {
     /// Variables under `p`: `ln_1`, `attn.*`, `ln_2`, `mlp.*`.
-    pub fn new(
-        p: nn::Path,
-        width: i64,
-        heads: i64,
-        mlp_width: i64,
-        causal: bool,
-        init: &BlockInit,
-    ) -> Self {
+    pub fn new(p: nn::Path, width: i64, heads: i64, mlp_width: i64, causal: bool, init: &BlockInit) -> Self {
         ResidualAttentionBlock {
             ln_1: layer_norm(&p / "ln_1", width),
             attn: SelfAttention::new(&p / "attn", width, heads, causal, init),
@@ -247,9 +228,7 @@ impl Transformer {
     ) -> Self {
         let blocks = &p / "resblocks";
         let resblocks = (0..layers)
-            .map(|i| {
-                ResidualAttentionBlock::new(&blocks / i, width, heads, mlp_width, causal, init)
-            })
+            .map(|i| ResidualAttentionBlock::new(&blocks / i, width, heads, mlp_width, causal, init))
             .collect();
         Transformer { resblocks }
     }

@@ -30,7 +30,8 @@ impl ModelSpec {
                 ModelConfig::load(name).map_err(|e| TrainError::Config(format!("model = {name:?}: {e}")))
             }
             ModelSpec::Inline(cfg) => {
-                cfg.validate().map_err(|e| TrainError::Config(format!("[model]: {e}")))?;
+                cfg.validate()
+                    .map_err(|e| TrainError::Config(format!("[model]: {e}")))?;
                 Ok(cfg.clone())
             }
         }
@@ -51,7 +52,9 @@ impl<'de> Deserialize<'de> for ModelSpec {
         use serde::de::Error;
         match toml::Value::deserialize(d)? {
             toml::Value::String(s) => Ok(ModelSpec::Named(s)),
-            v @ toml::Value::Table(_) => ModelConfig::deserialize(v).map(ModelSpec::Inline).map_err(D::Error::custom),
+            v @ toml::Value::Table(_) => ModelConfig::deserialize(v)
+                .map(ModelSpec::Inline)
+                .map_err(D::Error::custom),
             other => Err(D::Error::custom(format!(
                 "expected a preset name, a file path or a [model] table, got {}",
                 other.type_str()
@@ -100,7 +103,9 @@ impl DataConfig {
     /// Checks the section; errors name the field.
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.train.trim().is_empty() {
-            return Err(TrainError::Config("data.train: no shards given (e.g. \"data/{00000..00009}.tar\")".into()));
+            return Err(TrainError::Config(
+                "data.train: no shards given (e.g. \"data/{00000..00009}.tar\")".into(),
+            ));
         }
         if self.batch_size == 0 {
             return Err(TrainError::Config("data.batch_size: must be > 0".into()));
@@ -187,7 +192,10 @@ impl TrainConfig {
     /// Reads `path`, applies `key=value` overrides (dotted keys, TOML values;
     /// a bare word is taken as a string), deserialises and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_owned(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+            path: path.to_owned(),
+            source: e,
+        })?;
         let mut tree: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| TrainError::Config(format!("{}: {}", path.display(), e.message())))?;
@@ -216,7 +224,8 @@ impl TrainConfig {
         let model = self.model.resolve()?;
         if self.loss == LossKind::Siglip && model.init_logit_bias.is_none() {
             return Err(TrainError::Config(
-                "loss = \"siglip\" needs a learned bias: set model.init_logit_bias (open_clip's SigLIP uses -10)".into(),
+                "loss = \"siglip\" needs a learned bias: set model.init_logit_bias (open_clip's SigLIP uses -10)"
+                    .into(),
             ));
         }
         self.data.validate()?;
@@ -231,7 +240,10 @@ impl TrainConfig {
     /// The config as it ran: the model written out in full, so a run folder is
     /// self-describing.
     pub fn resolved(&self) -> Result<TrainConfig, TrainError> {
-        Ok(TrainConfig { model: ModelSpec::Inline(self.model.resolve()?), ..self.clone() })
+        Ok(TrainConfig {
+            model: ModelSpec::Inline(self.model.resolve()?),
+            ..self.clone()
+        })
     }
 
     /// The run folder `<out_dir>/<name>`.
@@ -254,10 +266,12 @@ pub fn apply_override(tree: &mut toml::Table, assignment: &str) -> Result<(), Tr
     let parts: Vec<&str> = key.split('.').collect();
     let mut table = tree;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        table = entry.as_table_mut().ok_or_else(|| {
-            TrainError::Config(format!("--set {key}: {} is not a table", parts[..=i].join(".")))
-        })?;
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| TrainError::Config(format!("--set {key}: {} is not a table", parts[..=i].join("."))))?;
     }
     table.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -287,7 +301,11 @@ mod tests {
     fn overrides_apply_and_are_typed() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), MINIMAL);
-        let c = TrainConfig::load(&p, &["optim.lr=1e-3".into(), "data.batch_size=8".into(), "name=run2".into()]).unwrap();
+        let c = TrainConfig::load(
+            &p,
+            &["optim.lr=1e-3".into(), "data.batch_size=8".into(), "name=run2".into()],
+        )
+        .unwrap();
         assert_eq!(c.optim.lr, 1e-3);
         assert_eq!(c.data.batch_size, 8);
         assert_eq!(c.name, "run2");
@@ -299,7 +317,9 @@ mod tests {
         let p = write(d.path(), &format!("{MINIMAL}[optim]\nlrr = 0.1\n"));
         let e = TrainConfig::load(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("lrr"), "{e}");
-        let e = TrainConfig::load(&write(d.path(), MINIMAL), &["schedule.stepz=3".into()]).unwrap_err().to_string();
+        let e = TrainConfig::load(&write(d.path(), MINIMAL), &["schedule.stepz=3".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stepz"), "{e}");
     }
 
@@ -307,7 +327,9 @@ mod tests {
     fn mistyped_field_is_named() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), MINIMAL);
-        let e = TrainConfig::load(&p, &["data.batch_size=\"many\"".into()]).unwrap_err().to_string();
+        let e = TrainConfig::load(&p, &["data.batch_size=\"many\"".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch_size") || e.contains("many"), "{e}");
     }
 

@@ -44,7 +44,9 @@ impl Default for GradSync {
 impl GradSync {
     /// Buckets of at most `bucket_bytes` (a single larger gradient is its own bucket).
     pub fn new(bucket_bytes: usize) -> Self {
-        GradSync { bucket_bytes: bucket_bytes.max(1) }
+        GradSync {
+            bucket_bytes: bucket_bytes.max(1),
+        }
     }
 
     /// Replaces every gradient by `scale` × its sum over ranks. Every rank must
@@ -82,7 +84,9 @@ impl GradSync {
         let mut current_bytes = 0;
         for (i, g) in grads.iter().enumerate().filter(|(_, g)| g.defined()) {
             let bytes = byte_size(g);
-            let compatible = current.first().is_none_or(|&j| grads[j].kind() == g.kind() && grads[j].device() == g.device());
+            let compatible = current
+                .first()
+                .is_none_or(|&j| grads[j].kind() == g.kind() && grads[j].device() == g.device());
             if !current.is_empty() && (!compatible || current_bytes + bytes > self.bucket_bytes) {
                 buckets.push(std::mem::take(&mut current));
                 current_bytes = 0;
@@ -106,7 +110,10 @@ fn check_same_defined(grads: &[Tensor], coll: &dyn Collective) -> Result<(), Dis
     let defined: Vec<i64> = grads.iter().map(|g| g.defined() as i64).collect();
     let mut counts = Tensor::from_slice(&defined);
     coll.all_reduce_sum_(&mut counts)?;
-    let counts = Vec::<i64>::try_from(&counts).map_err(|e| DistError::Tensor { op: "GradSync::all_reduce", reason: e.to_string() })?;
+    let counts = Vec::<i64>::try_from(&counts).map_err(|e| DistError::Tensor {
+        op: "GradSync::all_reduce",
+        reason: e.to_string(),
+    })?;
     let world = coll.world_size() as i64;
     if let Some(index) = counts.iter().position(|&c| c != 0 && c != world) {
         return Err(DistError::Tensor {
@@ -124,7 +131,10 @@ fn reduce_bucket(grads: &mut [Tensor], bucket: &[usize], scale: f64, coll: &dyn 
     tch::no_grad(|| {
         if let [only] = bucket {
             let ptr = grads[*only].data_ptr();
-            let aliased = grads.iter().enumerate().any(|(i, g)| i != *only && g.defined() && g.data_ptr() == ptr);
+            let aliased = grads
+                .iter()
+                .enumerate()
+                .any(|(i, g)| i != *only && g.defined() && g.data_ptr() == ptr);
             let g = &mut grads[*only];
             // Autograd may hand out expanded (stride-0) gradients, or the same
             // tensor for two parameters (the inputs of an add): reduce those
@@ -191,16 +201,26 @@ pub fn verify_parameters_equal(vs: &nn::VarStore, coll: &dyn Collective) -> Resu
     let local: Vec<i64> = named.iter().map(|(name, t)| hash_variable(name, t) as i64).collect();
     let mut reference = Tensor::from_slice(&local);
     coll.broadcast_(&mut reference, 0)?;
-    let reference = Vec::<i64>::try_from(&reference)
-        .map_err(|e| DistError::Tensor { op: "verify_parameters_equal", reason: e.to_string() })?;
-    let differing: Vec<&str> =
-        named.iter().zip(local.iter().zip(&reference)).filter(|(_, (a, b))| a != b).map(|((name, _), _)| name.as_str()).collect();
+    let reference = Vec::<i64>::try_from(&reference).map_err(|e| DistError::Tensor {
+        op: "verify_parameters_equal",
+        reason: e.to_string(),
+    })?;
+    let differing: Vec<&str> = named
+        .iter()
+        .zip(local.iter().zip(&reference))
+        .filter(|(_, (a, b))| a != b)
+        .map(|((name, _), _)| name.as_str())
+        .collect();
     let mut total = Tensor::from_slice(&[differing.len() as i64]);
     coll.all_reduce_sum_(&mut total)?;
     let total = total.int64_value(&[0]);
     if total > 0 {
         let mine = match differing.first() {
-            Some(first) => format!("rank {} differs from rank 0 in {} variables, first {first}", coll.rank(), differing.len()),
+            Some(first) => format!(
+                "rank {} differs from rank 0 in {} variables, first {first}",
+                coll.rank(),
+                differing.len()
+            ),
             None => format!("rank {} equals rank 0", coll.rank()),
         };
         return Err(DistError::Tensor {
@@ -235,7 +255,11 @@ fn check_same_names(vs: &nn::VarStore, coll: &dyn Collective) -> Result<(), Dist
                 "{differing} ranks hold other variable names or shapes than rank 0 (this rank {}: {} variables{})",
                 coll.rank(),
                 named.len(),
-                if same { ", same as rank 0" } else { ", differs from rank 0" }
+                if same {
+                    ", same as rank 0"
+                } else {
+                    ", differs from rank 0"
+                }
             ),
         });
     }
@@ -294,7 +318,6 @@ mod tests {
     use tch::nn::Init;
     use tch::Kind;
 
-
     /// Three parameters of different sizes; value `fill` everywhere.
     fn store(fill: f64) -> nn::VarStore {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -335,9 +358,14 @@ mod tests {
                 let results = LocalGroup::run(world, |m| {
                     let vs = store(1.0);
                     let (_opt, mut grads) = rank_gradients(&vs, m.rank(), None);
-                    let stats = GradSync::new(bucket_bytes).all_reduce(&mut grads, 0.5, m).expect("sync");
-                    let values: Vec<Vec<f32>> =
-                        grads.tensors().iter().map(|g| Vec::<f32>::try_from(g.flatten(0, -1)).expect("f32")).collect();
+                    let stats = GradSync::new(bucket_bytes)
+                        .all_reduce(&mut grads, 0.5, m)
+                        .expect("sync");
+                    let values: Vec<Vec<f32>> = grads
+                        .tensors()
+                        .iter()
+                        .map(|g| Vec::<f32>::try_from(g.flatten(0, -1)).expect("f32"))
+                        .collect();
                     (stats, values)
                 });
                 let rank_sum: f32 = (1..=world).map(|r| r as f32).sum();
@@ -346,7 +374,10 @@ mod tests {
                     assert_eq!(stats.buckets, if bucket_bytes == 40 { 3 } else { 1 });
                     for (index, g) in values.iter().enumerate() {
                         let want = 0.5 * rank_sum * (index + 1) as f32;
-                        assert!(g.iter().all(|v| *v == want), "world {world} bucket {bucket_bytes}: grad {index} = {g:?}, want {want}");
+                        assert!(
+                            g.iter().all(|v| *v == want),
+                            "world {world} bucket {bucket_bytes}: grad {index} = {g:?}, want {want}"
+                        );
                     }
                 }
             }

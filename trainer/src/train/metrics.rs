@@ -21,13 +21,22 @@ impl MetricsWriter {
             .write(true)
             .truncate(true)
             .open(path)
-            .map_err(|e| TrainError::Io { path: path.to_owned(), source: e })?;
-        Ok(Self { path: path.to_owned(), out: BufWriter::new(file) })
+            .map_err(|e| TrainError::Io {
+                path: path.to_owned(),
+                source: e,
+            })?;
+        Ok(Self {
+            path: path.to_owned(),
+            out: BufWriter::new(file),
+        })
     }
 
     /// Writes one line and flushes it.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<(), TrainError> {
-        let io = |e| TrainError::Io { path: self.path.clone(), source: e };
+        let io = |e| TrainError::Io {
+            path: self.path.clone(),
+            source: e,
+        };
         serde_json::to_writer(&mut self.out, record).map_err(|e| io(e.into()))?;
         self.out.write_all(b"\n").map_err(io)?;
         self.out.flush().map_err(io)

@@ -76,7 +76,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let mut opt = AdamW::new(vs.variables(), &cfg.optim);
     let grad_sync = ddp::GradSync::default();
     let mut loader = crate::data::train_loader(&cfg.data, &model_cfg, cfg.seed, dist.rank, dist.world_size)?;
-    let mut metrics = dist.is_main().then(|| MetricsWriter::create(&run_dir.join("metrics.jsonl"))).transpose()?;
+    let mut metrics = dist
+        .is_main()
+        .then(|| MetricsWriter::create(&run_dir.join("metrics.jsonl")))
+        .transpose()?;
     let accum = cfg.data.accum_steps;
     let global_batch = cfg.data.batch_size * accum * dist.world_size;
     if dist.is_main() {
@@ -109,7 +112,9 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
             let (image_features, text_features, scale) =
                 model.forward(&batch.images.to_device(device), &batch.tokens.to_device(device), true);
             let loss = match (cfg.loss, model.logit_bias()) {
-                (LossKind::Siglip, Some(bias)) => global_siglip_loss(&image_features, &text_features, &scale, bias, coll),
+                (LossKind::Siglip, Some(bias)) => {
+                    global_siglip_loss(&image_features, &text_features, &scale, bias, coll)
+                }
                 _ => global_clip_loss(&image_features, &text_features, &scale, coll),
             }
             .map_err(dist_err)?;
@@ -126,7 +131,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
             grads = None;
         }
         if let Some(grads) = grads.as_mut() {
-            comm += grad_sync.all_reduce(grads, 1.0 / accum as f64, coll).map_err(dist_err)?.seconds;
+            comm += grad_sync
+                .all_reduce(grads, 1.0 / accum as f64, coll)
+                .map_err(dist_err)?
+                .seconds;
         }
         let grad_norm = grads.as_ref().map_or(f64::NAN, |g| g.norm());
         if let (Some(grads), true) = (grads.as_mut(), grad_norm.is_finite()) {
@@ -137,15 +145,26 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
         } else {
             skipped += 1;
             nonfinite_in_a_row += 1;
-            warn!(step, loss = loss_value, grad_norm, "non-finite loss or gradient: step skipped");
+            warn!(
+                step,
+                loss = loss_value,
+                grad_norm,
+                "non-finite loss or gradient: step skipped"
+            );
             if nonfinite_in_a_row > MAX_NONFINITE_IN_A_ROW {
-                return Err(TrainError::Diverged { step, in_a_row: nonfinite_in_a_row });
+                return Err(TrainError::Diverged {
+                    step,
+                    in_a_row: nonfinite_in_a_row,
+                });
             }
         }
         samples_seen += global_batch as u64;
         window_samples += global_batch as u64;
 
-        if let Some(metrics) = metrics.as_mut().filter(|_| (step + 1) % cfg.log.every == 0 || step + 1 == steps) {
+        if let Some(metrics) = metrics
+            .as_mut()
+            .filter(|_| (step + 1) % cfg.log.every == 0 || step + 1 == steps)
+        {
             let secs = window_start.elapsed().as_secs_f64();
             let logit_scale = model.logit_scale().exp().double_value(&[]);
             let record = serde_json::json!({
@@ -184,7 +203,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     coll.barrier().map_err(dist_err)?;
     Ok(TrainSummary {
         is_main: dist.is_main(),
-        ..summarise(run_dir, &losses, skipped, samples_seen, run_start.elapsed().as_secs_f64())
+        ..summarise(
+            run_dir,
+            &losses,
+            skipped,
+            samples_seen,
+            run_start.elapsed().as_secs_f64(),
+        )
     })
 }
 
@@ -207,7 +232,13 @@ fn prepare_run_dir(cfg: &TrainConfig, run_dir: &std::path::Path) -> Result<(), T
 fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs: f64) -> TrainSummary {
     let n = losses.len();
     let k = (n / 10).max(1).min(n.max(1));
-    let mean = |xs: &[f64]| if xs.is_empty() { f64::NAN } else { xs.iter().sum::<f64>() / xs.len() as f64 };
+    let mean = |xs: &[f64]| {
+        if xs.is_empty() {
+            f64::NAN
+        } else {
+            xs.iter().sum::<f64>() / xs.len() as f64
+        }
+    };
     TrainSummary {
         run_dir,
         steps: n as u64 + skipped,
@@ -238,6 +269,11 @@ impl TensorBatch {
     pub fn from_flat(images: &[f32], tokens: &[i64], size: usize, image_size: usize, epoch: u64) -> Self {
         let images = Tensor::from_slice(images).view([size as i64, 3, image_size as i64, image_size as i64]);
         let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
-        Self { images, tokens, size, epoch }
+        Self {
+            images,
+            tokens,
+            size,
+            epoch,
+        }
     }
 }

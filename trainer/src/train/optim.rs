@@ -62,7 +62,10 @@ impl OptimConfig {
             return bad("eps", format!("must be > 0, got {}", self.eps));
         }
         if !(self.grad_clip_norm >= 0.0) {
-            return bad("grad_clip_norm", format!("must be ≥ 0 (0 = off), got {}", self.grad_clip_norm));
+            return bad(
+                "grad_clip_norm",
+                format!("must be ≥ 0 (0 = off), got {}", self.grad_clip_norm),
+            );
         }
         Ok(())
     }
@@ -162,7 +165,12 @@ impl AdamW {
             })
             .collect();
         let scratch = Tensor::empty([largest as i64], (STATE_KIND, device));
-        Self { cfg: cfg.clone(), params, step: 0, scratch }
+        Self {
+            cfg: cfg.clone(),
+            params,
+            step: 0,
+            scratch,
+        }
     }
 
     /// Steps taken so far.
@@ -172,13 +180,19 @@ impl AdamW {
 
     /// Names of parameters that receive weight decay (for logging and tests).
     pub fn decayed_names(&self) -> Vec<&str> {
-        self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str()).collect()
+        self.params
+            .iter()
+            .filter(|p| p.decay)
+            .map(|p| p.name.as_str())
+            .collect()
     }
 
     /// Backpropagates `loss` to the parameters and returns their gradients.
     pub fn backward(&self, loss: &Tensor) -> Gradients {
         let params: Vec<&Tensor> = self.params.iter().map(|p| &p.param).collect();
-        Gradients { grads: Tensor::run_backward(&[loss], &params, false, false) }
+        Gradients {
+            grads: Tensor::run_backward(&[loss], &params, false, false),
+        }
     }
 
     /// Clips `grads` to `grad_clip_norm` (if on) given their global `norm`, then
@@ -186,7 +200,11 @@ impl AdamW {
     pub fn step(&mut self, grads: &mut Gradients, norm: f64, lr: f64) {
         tch::no_grad(|| {
             let max = self.cfg.grad_clip_norm;
-            let clip = if max > 0.0 && norm.is_finite() && norm > max { max / (norm + 1e-6) } else { 1.0 };
+            let clip = if max > 0.0 && norm.is_finite() && norm > max {
+                max / (norm + 1e-6)
+            } else {
+                1.0
+            };
             self.step += 1;
             let t = self.step as i32;
             let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
@@ -210,7 +228,10 @@ impl AdamW {
                 let _ = p.exp_avg_sq.lerp_(&tmp, 1.0 - b2);
                 // tmp = -(sqrt(v)/bc2_sqrt + eps)/step_size, so addcdiv_ subtracts step_size·m/denom.
                 let _ = p.exp_avg_sq.sqrt_out(&tmp);
-                let _ = tmp.g_div_scalar_(bc2_sqrt).g_add_scalar_(self.cfg.eps).g_mul_scalar_(-1.0 / step_size);
+                let _ = tmp
+                    .g_div_scalar_(bc2_sqrt)
+                    .g_add_scalar_(self.cfg.eps)
+                    .g_mul_scalar_(-1.0 / step_size);
                 let _ = p.param.addcdiv_(&p.exp_avg, &tmp);
             }
         });
@@ -248,7 +269,10 @@ mod tests {
         assert!(!decays("positional_embedding", &m, &cfg));
         assert!(!decays("visual.positional_embedding", &m, &cfg));
         assert!(!decays("visual.class_embedding", &v, &cfg));
-        let open_clip_rule = OptimConfig { decay_embeddings: true, ..cfg };
+        let open_clip_rule = OptimConfig {
+            decay_embeddings: true,
+            ..cfg
+        };
         assert!(decays("token_embedding.weight", &m, &open_clip_rule));
     }
 
@@ -256,8 +280,14 @@ mod tests {
     /// m = (1-b1)g, v = (1-b2)g², update = lr·m̂/(√v̂+eps) = lr·g/(|g|+eps).
     #[test]
     fn first_step_matches_closed_form() {
-        let cfg = OptimConfig { weight_decay: 0.1, grad_clip_norm: 0.0, ..OptimConfig::default() };
-        let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).view([2, 2]).set_requires_grad(true);
+        let cfg = OptimConfig {
+            weight_decay: 0.1,
+            grad_clip_norm: 0.0,
+            ..OptimConfig::default()
+        };
+        let p = Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5])
+            .view([2, 2])
+            .set_requires_grad(true);
         let loss = (&p * &p).sum(Kind::Float); // grad = 2p
         let mut opt = AdamW::new([("w".to_string(), p.shallow_clone())], &cfg);
         let mut grads = opt.backward(&loss);
@@ -274,7 +304,11 @@ mod tests {
 
     #[test]
     fn clipping_scales_gradients() {
-        let cfg = OptimConfig { grad_clip_norm: 1.0, weight_decay: 0.0, ..OptimConfig::default() };
+        let cfg = OptimConfig {
+            grad_clip_norm: 1.0,
+            weight_decay: 0.0,
+            ..OptimConfig::default()
+        };
         let p = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
         let mut opt = AdamW::new([("b".to_string(), p.shallow_clone())], &cfg);
         let mut grads = opt.backward(&(&p * 10.0).sum(Kind::Float)); // grad (10, 10), norm 14.14
@@ -298,7 +332,10 @@ mod tests {
 
     #[test]
     fn validate_names_field() {
-        let cfg = OptimConfig { beta2: 1.5, ..OptimConfig::default() };
+        let cfg = OptimConfig {
+            beta2: 1.5,
+            ..OptimConfig::default()
+        };
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("optim.beta2"), "{e}");
     }

@@ -18,7 +18,11 @@ pub struct ScheduleConfig {
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
-        Self { steps: 1000, warmup_steps: 100, min_lr_ratio: 0.0 }
+        Self {
+            steps: 1000,
+            warmup_steps: 100,
+            min_lr_ratio: 0.0,
+        }
     }
 }
 
@@ -62,7 +66,11 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine() {
-        let s = ScheduleConfig { steps: 110, warmup_steps: 10, min_lr_ratio: 0.0 };
+        let s = ScheduleConfig {
+            steps: 110,
+            warmup_steps: 10,
+            min_lr_ratio: 0.0,
+        };
         assert!((s.lr_at(0, 1.0) - 0.1).abs() < 1e-12);
         assert!((s.lr_at(9, 1.0) - 1.0).abs() < 1e-12);
         assert!((s.lr_at(10, 1.0) - 1.0).abs() < 1e-12);
@@ -75,7 +83,11 @@ mod tests {
 
     #[test]
     fn warmup_longer_than_run_is_rejected() {
-        let s = ScheduleConfig { steps: 5, warmup_steps: 10, min_lr_ratio: 0.0 };
+        let s = ScheduleConfig {
+            steps: 5,
+            warmup_steps: 10,
+            min_lr_ratio: 0.0,
+        };
         assert!(s.validate().unwrap_err().to_string().contains("schedule.warmup_steps"));
     }
 }
