@@ -234,6 +234,27 @@ fn parse_index(var: &str, value: &str) -> Result<usize, DistError> {
         .map_err(|_| env_error(var, value, "expected a non-negative integer"))
 }
 
+/// Shape of one rank's block for `reduce_scatter_sum` of a `(W·B, ...)` tensor
+/// of shape `shape`: `(B, ...)`, or an error when dim 0 is not a multiple of W.
+pub(crate) fn scatter_block_shape(op: &'static str, shape: &[i64], world_size: usize) -> Result<Vec<i64>, DistError> {
+    let world = world_size as i64;
+    match shape.first() {
+        Some(&rows) if rows % world == 0 => {
+            let mut block = shape.to_vec();
+            block[0] = rows / world;
+            Ok(block)
+        }
+        Some(&rows) => Err(DistError::Tensor {
+            op,
+            reason: format!("dim 0 has {rows} rows, not a multiple of the world size {world}"),
+        }),
+        None => Err(DistError::Tensor {
+            op,
+            reason: "expected a tensor of shape (W·B, ...), got a scalar".into(),
+        }),
+    }
+}
+
 /// The collective for `dist`: [`Solo`] for a world of one. With the `nccl`
 /// feature and CUDA present, NCCL on `cuda:(local_rank mod devices)`,
 /// bootstrapped over MPI when the process was started by an MPI launcher (and

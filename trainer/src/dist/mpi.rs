@@ -291,23 +291,7 @@ impl Collective for Mpi {
         const OP: &str = "reduce_scatter_sum";
         require_cpu(OP, t)?;
         let dtype = datatype(OP, t.kind())?;
-        let mut shape = t.size();
-        let world = self.world_size as i64;
-        match shape.first() {
-            Some(&rows) if rows % world == 0 => shape[0] = rows / world,
-            Some(&rows) => {
-                return Err(tensor_error(
-                    OP,
-                    format!("dim 0 has {rows} rows, not a multiple of the world size {world}"),
-                ))
-            }
-            None => {
-                return Err(tensor_error(
-                    OP,
-                    "expected a tensor of shape (W·B, ...), got a scalar".into(),
-                ))
-            }
-        }
+        let shape = super::scatter_block_shape(OP, &t.size(), self.world_size)?;
         let send = t.detach().contiguous();
         let block = Tensor::empty(shape.as_slice(), (send.kind(), Device::Cpu));
         let per_rank = count(OP, block.numel())?;

@@ -372,23 +372,7 @@ impl Collective for Nccl {
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
         const OP: &str = "reduce_scatter_sum";
         let dtype = self.check(OP, t)?;
-        let world = self.world_size as i64;
-        let mut shape = t.size();
-        match shape.first() {
-            Some(&rows) if rows % world == 0 => shape[0] = rows / world,
-            Some(&rows) => {
-                return Err(tensor_error(
-                    OP,
-                    format!("dim 0 has {rows} rows, not a multiple of the world size {world}"),
-                ))
-            }
-            None => {
-                return Err(tensor_error(
-                    OP,
-                    "expected a tensor of shape (W·B, ...), got a scalar".into(),
-                ))
-            }
-        }
+        let shape = super::scatter_block_shape(OP, &t.size(), self.world_size)?;
         let send = t.detach().contiguous();
         let block = Tensor::empty(shape.as_slice(), (send.kind(), send.device()));
         let per_rank = block.numel();

@@ -155,12 +155,7 @@ pub fn load_model_config(path_or_preset: &str) -> Result<ModelConfig, EvalError>
     let path = Path::new(path_or_preset);
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     if is_toml {
-        let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))?;
+        let table = read_toml_table(path)?;
         if table.contains_key("model") {
             return model_config_from_run_table(&table, path);
         }
@@ -169,13 +164,15 @@ pub fn load_model_config(path_or_preset: &str) -> Result<ModelConfig, EvalError>
 }
 
 fn model_config_from_run_config(path: &Path) -> Result<ModelConfig, EvalError> {
+    model_config_from_run_table(&read_toml_table(path)?, path)
+}
+
+fn read_toml_table(path: &Path) -> Result<toml::Table, EvalError> {
     let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))?;
-    model_config_from_run_table(&table, path)
+    toml::from_str(&text).map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
 }
 
 /// The run config's `model`: a preset name / model file path, or an inline table
