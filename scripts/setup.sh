@@ -4,7 +4,8 @@
 #   - .venv: libtorch from the PyPI torch==2.11.0 wheel (no CUDA deps) plus the two
 #     small CUDA runtime wheels libtorch_cpu links against (tch 0.24.0 needs 2.11.0)
 #   - data/npm: the emoji image packs used by the demo (npm)
-#   - Debian: OpenMPI (openmpi-bin, libopenmpi-dev) and libclang-dev for the `mpi` feature
+#   - Debian: OpenMPI (openmpi-bin, libopenmpi-dev) and libclang-dev for the `mpi` feature;
+#     wordnet-base (WordNet 3.0) for MetaCLIP metadata and K-LITE glosses
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -23,7 +24,7 @@ need g++ || missing_debs+=(g++)
 need npm || missing_debs+=(npm)
 need python3 || missing_debs+=(python3 python3-venv)
 # OpenMPI (the CPU collectives backend and mpirun) and libclang (bindgen in mpi-sys).
-for deb in openmpi-bin libopenmpi-dev libclang-dev; do
+for deb in openmpi-bin libopenmpi-dev libclang-dev wordnet-base; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing_debs+=("$deb")
 done
 if [ ${#missing_debs[@]} -gt 0 ]; then

@@ -22,6 +22,12 @@ enum Cmd {
     Eval(cmd::eval::Args),
     /// Write normalised image or text embeddings.
     Embed(cmd::embed::Args),
+    /// Export a checkpoint as an open_clip-loadable folder (safetensors + JSON config).
+    Export(cmd::export::Args),
+    /// Scaling-law sweeps: plan, run and collect a grid of train configs.
+    Sweep(cmd::sweep::Args),
+    /// Curate shards through a pipeline of stages (MetaCLIP, ...); `curate match` prints matched entries.
+    Curate(cmd::curate::Args),
     /// Tokenize lines from stdin with the CLIP BPE tokenizer (one JSON id list per line).
     Tokenize(cmd::tokenize::Args),
 }
@@ -43,6 +49,9 @@ fn main() {
         Cmd::Launch(a) => cmd::launch::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Embed(a) => cmd::embed::run(a),
+        Cmd::Export(a) => cmd::export::run(a),
+        Cmd::Sweep(a) => cmd::sweep::run(a),
+        Cmd::Curate(a) => cmd::curate::run(a),
         Cmd::Tokenize(a) => cmd::tokenize::run(a),
     };
     if let Err(e) = result {

@@ -1,6 +1,34 @@
-//! Data curation stages over shards: ALIGN filters, MetaCLIP matching and
-//! balancing, DFN score filtering, K-LITE knowledge (DESIGN.md §7).
+//! Data curation stages over webdataset shards (DESIGN.md §7). No tch.
 //!
-//! Not yet implemented: the stages arrive with the curation issue. The crate
-//! exists now so the workspace has its final shape; it links no tch.
+//! - [`CurateConfig`]: `[[stage]]` tables in order → [`NamedStage`]s ([`CurateConfig::build_stages`]).
+//! - [`Stage`]: `observe` every sample (count vectors, summed over threads and, through a
+//!   [`CountReducer`], over processes), then `decide` → [`Decision`] `Keep | Drop(reason) |
+//!   Rewrite(sample)`; randomness per sample from [`SampleRng`] (seed, key).
+//! - [`run_pipeline`]: stages over shards on threads → mirrored output shards, `sizes.json`,
+//!   `report.json` ([`CurateReport`]) and `report.png`.
+//! - [`metaclip`]: MetaCLIP metadata (WordNet + user lists), substring [`Matcher`] and balancing.
+//!
+//! ```
+//! use curator::metaclip::{Matcher, Metadata};
+//! let metadata = Metadata::from_entries(["New York", "York", "cat"].map(String::from));
+//! let matcher = Matcher::new(&metadata).unwrap();
+//! let ids = matcher.matched("A cat in New York.");
+//! let names: Vec<&str> = ids.iter().map(|&id| metadata.entry(id)).collect();
+//! assert_eq!(names, ["New York", "York", "cat"]);
+//! ```
 #![deny(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod metaclip;
+pub mod pipeline;
+pub mod plot;
+pub mod reduce;
+pub mod stage;
+
+pub use config::{CurateConfig, StageConfig};
+pub use error::CurateError;
+pub use metaclip::{Matcher, MetaclipConfig, MetaclipStage, Metadata};
+pub use pipeline::{run_pipeline, CurateReport, StageReport, REPORT_JSON, REPORT_PNG};
+pub use reduce::{CountReducer, SingleProcess};
+pub use stage::{Decision, NamedStage, SampleRng, Stage, StagePlot};

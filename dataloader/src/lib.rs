@@ -5,6 +5,8 @@
 //!   ([`tar_reader`]), decode and transform images ([`imaging`]), tokenize captions
 //!   ([`Tokenizer`]) and yield [`Batch`]es of plain `Vec`s; it is an `Iterator<Item = Batch>`,
 //!   and [`Loader::skip_counts`] tells what bad data was skipped, by [`SkipReason`].
+//!   [`Loader::state`] gives its exact position ([`LoaderState`], serde) after any batch;
+//!   [`Loader::resume`] continues from it with the very same batches.
 //! - [`ShardWriter`]: samples → `00000.tar, ...` + `sizes.json`; [`read_manifest`] reads the
 //!   JSONL/CSV/folder inputs of `ferroclip shard`. [`count_samples`] sizes a dataset.
 //!
@@ -45,6 +47,8 @@ pub mod error;
 pub mod imaging;
 pub mod loader;
 pub mod manifest;
+pub mod position;
+pub mod shard_source;
 pub mod shard_spec;
 pub mod sizes;
 pub mod tar_reader;
@@ -54,7 +58,9 @@ pub use error::{DataError, SkipCounts, SkipReason};
 pub use imaging::{decode_rgb, ImageTransform, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
 pub use loader::{Batch, CaptionSource, Loader, LoaderConfig};
 pub use manifest::{read_manifest, ManifestRow, RowSkip};
-pub use shard_spec::expand_shards;
+pub use position::LoaderState;
+pub use shard_source::{open_shard, ShardKind, ShardOpenError, ShardStream};
+pub use shard_spec::{dataset_size, expand_shards, expand_sources, ShardSource};
 pub use sizes::count_samples;
 pub use tar_reader::RawSample;
 pub use writer::{ShardSample, ShardWriter, WriteError, WriteSummary};

@@ -6,10 +6,14 @@
 //! them, and builds whole batches. The consumer takes one batch from each worker in turn, in a
 //! fixed order, so the same config and seed give the same batches regardless of timing.
 //! Channels are bounded (two batches per worker); dropping the [`Loader`] stops the workers.
-use std::collections::HashSet;
+//!
+//! Every batch travels with its worker's position right after it, so [`Loader::state`] is
+//! exact after any batch and [`Loader::resume`] continues from it (see [`crate::position`]).
+//! Augmentation randomness is seeded per sample from (seed, epoch, thread, sample index).
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -20,7 +24,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, SkipCounts, SkipReason};
 use crate::imaging::{decode_rgb, ImageTransform, DEFAULT_MAX_PIXELS};
-use crate::tar_reader::{for_each_sample, RawSample, TarSkip};
+use crate::position::{skips_by_name, ConfigFingerprint, LoaderState, SampleRef, ThreadCursor, ThreadPosition};
+use crate::tar_reader::{for_each_sample_at, read_samples_at, RawSample, TarSkip};
 use crate::tokenizer::Tokenizer;
 
 /// Member extensions tried for the image, in order (open_clip's `jpg;png;jpeg;webp`).
@@ -261,17 +266,26 @@ fn shards_for_thread(cfg: &LoaderConfig, threads: usize, thread: usize, epoch: u
     order.into_iter().skip(thread).step_by(threads).collect()
 }
 
-/// What a worker sends: a batch plus the skips counted since its previous message, or its end.
+/// What a worker sends: a batch plus the skips counted since its previous message and its
+/// position right after the batch, or its end.
 enum Message {
-    Batch(Batch, SkipCounts),
+    Batch(Box<BatchMessage>),
     Done(SkipCounts),
+}
+
+/// A batch as sent by a worker (boxed: much larger than `Done`).
+struct BatchMessage {
+    batch: Batch,
+    skips: SkipCounts,
+    cursor: ThreadCursor,
 }
 
 /// Batches from shards on background threads. Use it as an `Iterator<Item = Batch>` (or call
 /// [`Loader::next_batch`]); [`Loader::skip_counts`] tells what was skipped so far.
 ///
 /// Train mode never ends (unless no worker can produce a sample); eval mode ends after one
-/// pass. Dropping the loader stops and joins its threads.
+/// pass. Dropping the loader stops and joins its threads. [`Loader::state`] after any batch
+/// and [`Loader::resume`] continue exactly where it stood.
 pub struct Loader {
     receivers: Vec<Option<Receiver<Message>>>,
     handles: Vec<Option<JoinHandle<()>>>,
@@ -279,20 +293,86 @@ pub struct Loader {
     live: usize,
     stop: Arc<AtomicBool>,
     skips: SkipCounts,
+    /// Each worker's position after the last batch taken from it.
+    positions: Vec<ThreadPosition>,
+    config: ConfigFingerprint,
+    /// Samples the workers tried to decode.
+    decode_attempts: Arc<AtomicU64>,
 }
 
 impl Loader {
     /// Validate `cfg` and start the worker threads.
     pub fn new(cfg: LoaderConfig) -> Result<Self, DataError> {
         cfg.validate()?;
-        let threads = cfg.threads.min(cfg.shards.len()).max(1);
+        let threads = worker_count(&cfg);
+        let positions = vec![ThreadPosition::Reading(ThreadCursor::epoch_start(0)); threads];
+        Self::start(cfg, positions, 0, SkipCounts::new())
+    }
+
+    /// Start a loader that continues exactly where `state` was captured: it yields the batches
+    /// (keys, image bytes, tokens) the saved loader would have yielded next, and its skip
+    /// counts continue from the saved ones.
+    ///
+    /// Errors (naming the field) when `cfg` is invalid or differs from the saved loader's in
+    /// what decides the batches: shard list, threads, batch size, seed, train mode, shuffle
+    /// buffer, `drop_last`, pixel limit or caption source. Image size and context length may
+    /// change.
+    pub fn resume(cfg: LoaderConfig, state: &LoaderState) -> Result<Loader, DataError> {
+        cfg.validate()?;
+        let threads = worker_count(&cfg);
+        state.config.check_matches(&ConfigFingerprint::of(&cfg, threads))?;
+        let bad_state = |reason: String| DataError::BadConfig {
+            field: "loader_state",
+            reason,
+        };
+        if state.threads.len() != threads {
+            return Err(bad_state(format!(
+                "it has {} thread positions for {threads} threads",
+                state.threads.len()
+            )));
+        }
+        if state.next_thread >= threads {
+            return Err(bad_state(format!(
+                "next thread {} of {threads} threads",
+                state.next_thread
+            )));
+        }
+        let skips = state.skip_counts()?;
+        Self::start(cfg, state.threads.clone(), state.next_thread, skips)
+    }
+
+    /// Position after the batches returned so far.
+    pub fn state(&self) -> LoaderState {
+        LoaderState {
+            config: self.config.clone(),
+            threads: self.positions.clone(),
+            next_thread: self.next_thread,
+            skips: skips_by_name(&self.skips),
+        }
+    }
+
+    /// Start one worker per thread position that is still reading.
+    fn start(
+        cfg: LoaderConfig,
+        positions: Vec<ThreadPosition>,
+        next_thread: usize,
+        skips: SkipCounts,
+    ) -> Result<Self, DataError> {
+        let threads = positions.len();
+        let config = ConfigFingerprint::of(&cfg, threads);
         let tokenizer = (cfg.context_length > 0).then(|| Arc::new(Tokenizer::new()));
         let cfg = Arc::new(cfg);
         let stop = Arc::new(AtomicBool::new(false));
         let warned = Arc::new(Mutex::new(HashSet::new()));
+        let decode_attempts = Arc::new(AtomicU64::new(0));
         let mut receivers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
-        for thread in 0..threads {
+        for (thread, position) in positions.iter().enumerate() {
+            let ThreadPosition::Reading(cursor) = position else {
+                receivers.push(None);
+                handles.push(None);
+                continue;
+            };
             let (sender, receiver) = crossbeam_channel::bounded(2);
             let worker = Worker {
                 cfg: Arc::clone(&cfg),
@@ -302,21 +382,27 @@ impl Loader {
                 sender,
                 stop: Arc::clone(&stop),
                 warned_shards: Arc::clone(&warned),
+                decode_attempts: Arc::clone(&decode_attempts),
             };
+            let cursor = cursor.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("loader-{thread}"))
-                .spawn(move || worker.run())
+                .spawn(move || worker.run(cursor))
                 .map_err(|e| DataError::io("<loader thread>", e))?;
             receivers.push(Some(receiver));
             handles.push(Some(handle));
         }
+        let live = receivers.iter().filter(|receiver| receiver.is_some()).count();
         Ok(Self {
             receivers,
             handles,
-            next_thread: 0,
-            live: threads,
+            next_thread,
+            live,
             stop,
-            skips: SkipCounts::new(),
+            skips,
+            positions,
+            config,
+            decode_attempts,
         })
     }
 
@@ -331,8 +417,10 @@ impl Loader {
                 continue;
             };
             match receiver.recv() {
-                Ok(Message::Batch(batch, skips)) => {
+                Ok(Message::Batch(message)) => {
+                    let BatchMessage { batch, skips, cursor } = *message;
                     self.skips.merge(&skips);
+                    self.positions[thread] = ThreadPosition::Reading(cursor);
                     return Some(batch);
                 }
                 Ok(Message::Done(skips)) => {
@@ -351,8 +439,15 @@ impl Loader {
         &self.skips
     }
 
+    /// Samples the workers have tried to decode so far: those in returned batches, skipped
+    /// ones, and those already in batches queued or being built (workers run ahead).
+    pub fn decode_attempts(&self) -> u64 {
+        self.decode_attempts.load(Ordering::Relaxed)
+    }
+
     fn finish_thread(&mut self, thread: usize) {
         self.receivers[thread] = None;
+        self.positions[thread] = ThreadPosition::Finished;
         self.live -= 1;
         if let Some(handle) = self.handles[thread].take() {
             if let Err(panic) = handle.join() {
@@ -360,6 +455,11 @@ impl Loader {
             }
         }
     }
+}
+
+/// Worker threads for `cfg`: at most one per shard.
+fn worker_count(cfg: &LoaderConfig) -> usize {
+    cfg.threads.min(cfg.shards.len()).max(1)
 }
 
 impl Iterator for Loader {
@@ -389,34 +489,50 @@ struct Worker {
     sender: Sender<Message>,
     stop: Arc<AtomicBool>,
     warned_shards: Arc<Mutex<HashSet<PathBuf>>>,
+    decode_attempts: Arc<AtomicU64>,
 }
 
 /// Per-epoch state of a worker.
 struct EpochState {
     epoch: u64,
     shuffle_rng: ChaCha8Rng,
-    augment_rng: ChaCha8Rng,
-    buffer: Vec<RawSample>,
+    /// Raw samples waiting to be picked, with where to read them again.
+    buffer: Vec<(SampleRef, RawSample)>,
     pending: Vec<Sample>,
     skips: SkipCounts,
     samples: u64,
+    /// Index of the shard being read (the list's length once all are read).
+    shard: usize,
+    /// Tar offset in that shard where reading continues after the samples taken so far.
+    offset: u64,
+}
+
+impl EpochState {
+    /// The position to resume from; taken right after a batch is built, when no decoded sample
+    /// is pending.
+    fn cursor(&self) -> ThreadCursor {
+        ThreadCursor {
+            epoch: self.epoch,
+            shard: self.shard,
+            offset: self.offset,
+            buffer: self.buffer.iter().map(|(at, _)| at.clone()).collect(),
+            // The generator is re-seeded every epoch and draws a few words per sample, so
+            // its word position stays far below 2^64.
+            shuffle_words: u64::try_from(self.shuffle_rng.get_word_pos()).unwrap_or(u64::MAX),
+            samples: self.samples,
+        }
+    }
 }
 
 impl Worker {
-    fn run(self) {
+    /// Produce batches from `start` on, epoch after epoch (train) or to the end of the pass.
+    fn run(self, start: ThreadCursor) {
         let mut skips_left = SkipCounts::new();
-        for epoch in 0.. {
+        let mut cursor = start;
+        loop {
+            let epoch = cursor.epoch;
             let shards = shards_for_thread(&self.cfg, self.threads, self.thread, epoch);
-            let seed = |domain| derive_seed(&[self.cfg.seed, domain, epoch, self.thread as u64]);
-            let mut state = EpochState {
-                epoch,
-                shuffle_rng: ChaCha8Rng::seed_from_u64(seed(DOMAIN_SHUFFLE)),
-                augment_rng: ChaCha8Rng::seed_from_u64(seed(DOMAIN_AUGMENT)),
-                buffer: Vec::new(),
-                pending: Vec::new(),
-                skips: std::mem::take(&mut skips_left),
-                samples: 0,
-            };
+            let mut state = self.restore(&shards, cursor, std::mem::take(&mut skips_left));
             if self.run_epoch(&shards, &mut state).is_break() {
                 return;
             }
@@ -432,16 +548,78 @@ impl Worker {
                 );
                 break;
             }
+            cursor = ThreadCursor::epoch_start(epoch + 1);
         }
         let _ = self.sender.send(Message::Done(skips_left));
     }
 
-    /// Read, shuffle, decode and send one epoch; `Break` when the loader is gone.
+    /// The epoch state at `cursor`: the shuffle generator at its saved position and the
+    /// buffered samples read again from their shards (raw bytes only, nothing decoded).
+    fn restore(&self, shards: &[PathBuf], cursor: ThreadCursor, skips: SkipCounts) -> EpochState {
+        let seed = |domain| derive_seed(&[self.cfg.seed, domain, cursor.epoch, self.thread as u64]);
+        let mut shuffle_rng = ChaCha8Rng::seed_from_u64(seed(DOMAIN_SHUFFLE));
+        shuffle_rng.set_word_pos(u128::from(cursor.shuffle_words));
+        let mut state = EpochState {
+            epoch: cursor.epoch,
+            shuffle_rng,
+            buffer: Vec::with_capacity(cursor.buffer.len()),
+            pending: Vec::new(),
+            skips,
+            samples: cursor.samples,
+            shard: cursor.shard,
+            offset: cursor.offset,
+        };
+        if cursor.buffer.is_empty() {
+            return state;
+        }
+        let mut starts_by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for at in &cursor.buffer {
+            starts_by_shard.entry(at.shard).or_default().push(at.start);
+        }
+        let mut found: HashMap<SampleRef, RawSample> = HashMap::with_capacity(cursor.buffer.len());
+        for (shard, starts) in starts_by_shard {
+            let Some(path) = shards.get(shard) else {
+                continue;
+            };
+            match read_samples_at(path, &starts) {
+                Ok(samples) => found.extend(
+                    samples
+                        .into_iter()
+                        .map(|(start, raw)| (SampleRef { shard, start }, raw)),
+                ),
+                Err(skip) => tracing::warn!("resuming: {skip}"),
+            }
+        }
+        for at in cursor.buffer {
+            match found.remove(&at) {
+                Some(raw) => state.buffer.push((at, raw)),
+                None => {
+                    // The shard changed or vanished since the state was saved: the run goes
+                    // on, but no longer exactly as the saved one would have.
+                    tracing::warn!(
+                        thread = self.thread,
+                        shard = at.shard,
+                        offset = at.start,
+                        "resuming: a buffered sample cannot be read again; the resumed run differs from the saved one"
+                    );
+                    state.skips.add(SkipReason::ShardReadError);
+                }
+            }
+        }
+        state
+    }
+
+    /// Read, shuffle, decode and send the rest of an epoch from `state`'s shard and offset;
+    /// `Break` when the loader is gone.
     fn run_epoch(&self, shards: &[PathBuf], state: &mut EpochState) -> ControlFlow<()> {
         let buffer_size = if self.cfg.train { self.cfg.shuffle_buffer } else { 0 };
-        for shard in shards {
+        let (first_shard, first_offset) = (state.shard, state.offset);
+        for (index, shard) in shards.iter().enumerate().skip(first_shard) {
+            let offset = if index == first_shard { first_offset } else { 0 };
+            state.shard = index;
+            state.offset = offset;
             let mut flow = ControlFlow::Continue(());
-            for_each_sample(shard, |item| {
+            for_each_sample_at(shard, offset, |item| {
                 if self.stop.load(Ordering::Relaxed) {
                     flow = ControlFlow::Break(());
                     return flow;
@@ -451,16 +629,19 @@ impl Worker {
                         self.report_skip(&skip, state);
                         ControlFlow::Continue(())
                     }
-                    Ok(raw) if buffer_size <= 1 => {
-                        flow = self.process(raw, state);
-                        flow
-                    }
-                    Ok(raw) => {
-                        state.buffer.push(raw);
-                        if state.buffer.len() >= buffer_size {
-                            let pick = state.shuffle_rng.gen_range(0..state.buffer.len());
-                            let raw = state.buffer.swap_remove(pick);
+                    Ok((raw, span)) => {
+                        state.offset = span.next;
+                        if buffer_size <= 1 {
                             flow = self.process(raw, state);
+                            return flow;
+                        }
+                        let at = SampleRef {
+                            shard: index,
+                            start: span.start,
+                        };
+                        state.buffer.push((at, raw));
+                        if state.buffer.len() >= buffer_size {
+                            flow = self.process_pick(state);
                         }
                         flow
                     }
@@ -468,16 +649,23 @@ impl Worker {
             });
             flow?;
         }
+        state.shard = shards.len();
+        state.offset = 0;
         while !state.buffer.is_empty() {
-            let pick = state.shuffle_rng.gen_range(0..state.buffer.len());
-            let raw = state.buffer.swap_remove(pick);
-            self.process(raw, state)?;
+            self.process_pick(state)?;
         }
         if !state.pending.is_empty() && !self.cfg.drop_last {
             self.send_batch(state)?;
         }
         state.pending.clear();
         ControlFlow::Continue(())
+    }
+
+    /// Take a random sample out of the shuffle buffer and process it.
+    fn process_pick(&self, state: &mut EpochState) -> ControlFlow<()> {
+        let pick = state.shuffle_rng.gen_range(0..state.buffer.len());
+        let (_, raw) = state.buffer.swap_remove(pick);
+        self.process(raw, state)
     }
 
     fn report_skip(&self, skip: &TarSkip, state: &mut EpochState) {
@@ -502,17 +690,27 @@ impl Worker {
 
     /// Decode one raw sample into the pending batch; send the batch when full.
     fn process(&self, raw: RawSample, state: &mut EpochState) -> ControlFlow<()> {
+        self.decode_attempts.fetch_add(1, Ordering::Relaxed);
         let transform = if self.cfg.train {
             ImageTransform::train(self.cfg.image_size)
         } else {
             ImageTransform::eval(self.cfg.image_size)
         };
+        // One generator per sample, seeded by its place in the thread's epoch output, so a
+        // resumed loader draws the same crops without replaying earlier samples.
+        let mut augment_rng = ChaCha8Rng::seed_from_u64(derive_seed(&[
+            self.cfg.seed,
+            DOMAIN_AUGMENT,
+            state.epoch,
+            self.thread as u64,
+            state.samples,
+        ]));
         match decode_sample(
             &raw,
             &self.cfg.caption,
             &transform,
             self.cfg.max_pixels,
-            &mut state.augment_rng,
+            &mut augment_rng,
         ) {
             Ok(sample) => {
                 state.samples += 1;
@@ -559,7 +757,12 @@ impl Worker {
             batch.keys.push(sample.key);
         }
         let skips = std::mem::take(&mut state.skips);
-        match self.sender.send(Message::Batch(batch, skips)) {
+        let message = BatchMessage {
+            batch,
+            skips,
+            cursor: state.cursor(),
+        };
+        match self.sender.send(Message::Batch(Box::new(message))) {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         }
@@ -569,7 +772,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use std::path::Path;
 
     fn raw(members: &[(&str, &[u8])]) -> RawSample {
         RawSample {
@@ -659,5 +862,225 @@ mod tests {
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("batch_size"), "{err}");
         assert!(LoaderConfig::new(vec![], false).validate().is_err());
+    }
+
+    /// A small PNG whose pixels and size depend on `seed`, so crops and keys are distinct.
+    fn png(seed: u32) -> Vec<u8> {
+        let (width, height) = (12 + seed % 5, 10 + seed % 3);
+        let image = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([
+                (x * 7 + seed * 31) as u8,
+                (y * 13 + seed * 17) as u8,
+                ((x + y) * 5 + seed) as u8,
+            ])
+        });
+        let mut out = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    /// What is wrong with a test sample.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Flaw {
+        UndecodableImage,
+        NoCaption,
+    }
+
+    /// `shards` tar files of `per_shard` png+txt samples in `dir`; `flaws` lists
+    /// (shard, index, flaw) for the bad ones.
+    fn write_shards(dir: &Path, shards: usize, per_shard: usize, flaws: &[(usize, usize, Flaw)]) -> Vec<PathBuf> {
+        (0..shards)
+            .map(|shard| {
+                let mut builder = tar::Builder::new(Vec::new());
+                for index in 0..per_shard {
+                    let flaw = flaws
+                        .iter()
+                        .find(|(s, i, _)| (*s, *i) == (shard, index))
+                        .map(|(_, _, flaw)| *flaw);
+                    let key = format!("s{shard}/{index:04}");
+                    let image = match flaw {
+                        Some(Flaw::UndecodableImage) => b"not a png at all".to_vec(),
+                        _ => png((shard * per_shard + index) as u32),
+                    };
+                    let caption = format!("sample {index} of shard {shard}");
+                    let mut members: Vec<(String, &[u8])> = vec![(format!("{key}.png"), &image)];
+                    if flaw != Some(Flaw::NoCaption) {
+                        members.push((format!("{key}.txt"), caption.as_bytes()));
+                    }
+                    for (name, data) in members {
+                        let mut header = tar::Header::new_gnu();
+                        header.set_size(data.len() as u64);
+                        header.set_mode(0o644);
+                        builder.append_data(&mut header, name, data).unwrap();
+                    }
+                }
+                let path = dir.join(format!("{shard:05}.tar"));
+                std::fs::write(&path, builder.into_inner().unwrap()).unwrap();
+                path
+            })
+            .collect()
+    }
+
+    fn flawed_shards(dir: &Path) -> Vec<PathBuf> {
+        write_shards(
+            dir,
+            5,
+            7,
+            &[
+                (1, 2, Flaw::UndecodableImage),
+                (3, 5, Flaw::UndecodableImage),
+                (4, 0, Flaw::UndecodableImage),
+                (2, 3, Flaw::NoCaption),
+            ],
+        )
+    }
+
+    /// The first `n` batches of `loader` and its state before each and after the last.
+    fn run_recording(mut loader: Loader, n: usize) -> (Vec<Batch>, Vec<LoaderState>) {
+        let mut states = vec![loader.state()];
+        let mut batches = Vec::new();
+        for _ in 0..n {
+            let Some(batch) = loader.next_batch() else { break };
+            batches.push(batch);
+            states.push(loader.state());
+        }
+        (batches, states)
+    }
+
+    /// For every cut k: the state after k batches survives JSON, and a loader resumed from it
+    /// yields batches k.. exactly, ending in the same state.
+    fn assert_resume_at_every_cut(cfg: &LoaderConfig, batches: &[Batch], states: &[LoaderState]) {
+        let n = batches.len();
+        for k in 0..=n {
+            let json = serde_json::to_string(&states[k]).unwrap();
+            let state: LoaderState = serde_json::from_str(&json).unwrap();
+            assert_eq!(state, states[k], "cut {k}: state changed through JSON");
+            let resumed = Loader::resume(cfg.clone(), &state).unwrap();
+            let (rest, rest_states) = run_recording(resumed, n - k);
+            assert_eq!(rest.len(), n - k, "cut {k}: resumed loader ended early");
+            for (i, (got, want)) in rest.iter().zip(&batches[k..]).enumerate() {
+                assert_eq!(got.keys, want.keys, "cut {k}: keys of batch {} differ", k + i);
+                assert!(got == want, "cut {k}: batch {} differs beyond its keys", k + i);
+            }
+            assert_eq!(rest_states.last(), states.last(), "cut {k}: final state differs");
+        }
+    }
+
+    #[test]
+    fn train_resume_at_every_cut_gives_the_same_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), true);
+        cfg.batch_size = 3;
+        cfg.threads = 2;
+        cfg.image_size = 8;
+        cfg.context_length = 16;
+        cfg.seed = 11;
+        cfg.shuffle_buffer = 5;
+        let n = 16;
+        let (batches, states) = run_recording(Loader::new(cfg.clone()).unwrap(), n);
+        assert_eq!(batches.len(), n);
+        // The run crosses into the second epoch and met every flaw.
+        assert_eq!(batches[0].epoch, 0);
+        assert_eq!(batches[n - 1].epoch, 1);
+        let skips = states[n].skip_counts().unwrap();
+        assert!(skips.get(SkipReason::UndecodableImage) >= 3, "{skips}");
+        assert!(skips.get(SkipReason::MissingCaption) >= 1, "{skips}");
+        // Shuffled across shards: keys of one batch come from more than one shard somewhere.
+        assert!(batches.iter().any(|b| b.keys.iter().any(|k| k[..2] != b.keys[0][..2])));
+        assert_resume_at_every_cut(&cfg, &batches, &states);
+    }
+
+    #[test]
+    fn eval_resume_at_every_cut_gives_the_same_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), false);
+        cfg.batch_size = 4;
+        cfg.threads = 2;
+        cfg.image_size = 8;
+        cfg.context_length = 0;
+        let (batches, states) = run_recording(Loader::new(cfg.clone()).unwrap(), usize::MAX);
+        // 35 samples, 4 skipped, each thread's last batch partial.
+        assert_eq!(batches.iter().map(Batch::len).sum::<usize>(), 31);
+        assert_resume_at_every_cut(&cfg, &batches, &states);
+        // After the pass, a resumed loader is done at once.
+        let mut done = Loader::resume(cfg.clone(), &states[batches.len()]).unwrap();
+        assert!(done.next_batch().is_none());
+        assert_eq!(done.skip_counts(), &states[batches.len()].skip_counts().unwrap());
+    }
+
+    #[test]
+    fn resume_rejects_a_state_of_another_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), true);
+        cfg.batch_size = 3;
+        cfg.threads = 2;
+        cfg.image_size = 8;
+        cfg.context_length = 0;
+        let mut loader = Loader::new(cfg.clone()).unwrap();
+        loader.next_batch().unwrap();
+        let state = loader.state();
+        drop(loader);
+        let error_of = |change: &dyn Fn(&mut LoaderConfig)| {
+            let mut other = cfg.clone();
+            change(&mut other);
+            match Loader::resume(other, &state) {
+                Ok(_) => panic!("resume accepted a different config"),
+                Err(e) => e.to_string(),
+            }
+        };
+        let err = error_of(&|c| {
+            c.shards.pop();
+        });
+        assert!(err.contains("shards"), "{err}");
+        let err = error_of(&|c| c.shards.swap(0, 1));
+        assert!(err.contains("shards"), "{err}");
+        let err = error_of(&|c| c.threads = 1);
+        assert!(err.contains("threads"), "{err}");
+        let err = error_of(&|c| c.batch_size = 4);
+        assert!(err.contains("batch_size"), "{err}");
+        let err = error_of(&|c| c.seed = 12);
+        assert!(err.contains("seed"), "{err}");
+        // The output size does not move the position.
+        let mut bigger = cfg.clone();
+        bigger.image_size = 16;
+        let batch = Loader::resume(bigger, &state).unwrap().next_batch().unwrap();
+        assert_eq!(batch.images.len(), 3 * 3 * 16 * 16);
+    }
+
+    #[test]
+    fn resuming_late_in_a_big_shard_decodes_no_skipped_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LoaderConfig::new(write_shards(dir.path(), 1, 2000, &[]), true);
+        cfg.batch_size = 4;
+        cfg.threads = 1;
+        cfg.image_size = 8;
+        cfg.context_length = 0;
+        cfg.shuffle_buffer = 64;
+        let cut = 400; // 1,600 samples into the 2,000-sample shard
+        let started = std::time::Instant::now();
+        let mut loader = Loader::new(cfg.clone()).unwrap();
+        for _ in 0..cut {
+            loader.next_batch().unwrap();
+        }
+        let state = loader.state();
+        let expected = loader.next_batch().unwrap();
+        let uninterrupted = started.elapsed();
+        let replayed = loader.decode_attempts();
+        drop(loader);
+
+        let started = std::time::Instant::now();
+        let mut resumed = Loader::resume(cfg, &state).unwrap();
+        let batch = resumed.next_batch().unwrap();
+        let resume_time = started.elapsed();
+        assert_eq!(batch, expected);
+        // The first batch, at most two queued and one being built: nothing from before the cut.
+        let decoded = resumed.decode_attempts();
+        assert!(decoded <= 4 * 4, "resume decoded {decoded} samples");
+        eprintln!(
+            "cut after {cut} batches: uninterrupted {uninterrupted:?} ({replayed} decodes), \
+             resume + first batch {resume_time:?} ({decoded} decodes)"
+        );
     }
 }

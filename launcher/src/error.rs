@@ -1,4 +1,7 @@
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::supervise::FailedAttempt;
 
 /// Why a launch failed. Worker failures name the rank and its log file.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,38 @@ pub enum LaunchError {
         status: String,
         /// The folder with the rank logs and mpirun.log.
         log_dir: PathBuf,
+    },
+    /// A worker stopped writing heartbeats (or never started to).
+    #[error("rank {rank} hung: {what} {secs:.1}s (log: {log})",
+        what = if *.never_beat { "no first heartbeat within" } else { "no heartbeat for" },
+        secs = .silent_for.as_secs_f64())]
+    WorkerHung {
+        /// The silent rank.
+        rank: usize,
+        /// Time since its last heartbeat, or since the start when it never wrote one.
+        silent_for: Duration,
+        /// Whether it never wrote a heartbeat.
+        never_beat: bool,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// The heartbeat folder could not be cleared or created.
+    #[error("cannot reset the heartbeat folder {path}: {source}")]
+    HeartbeatDir {
+        /// The folder (`<log-dir>/heartbeat`).
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Every attempt failed and the restart budget is spent.
+    #[error("gave up after {restarts} restart{s}; every attempt failed:{list}",
+        s = if *.restarts == 1 { "" } else { "s" },
+        list = crate::supervise::list_attempts(.attempts))]
+    GaveUp {
+        /// The restarts made (`--max-restarts`).
+        restarts: usize,
+        /// Every failed attempt, first to last.
+        attempts: Vec<FailedAttempt>,
     },
     /// The launcher was asked to stop (Ctrl-C / SIGTERM) and stopped the workers.
     #[error("interrupted by {name}; the workers were stopped", name = signal_name(*.signal))]

@@ -10,6 +10,9 @@
 //!   prints their output line by line as `[rank R] …`, writes `rank<R>.log` per
 //!   rank, and when one fails stops the rest (SIGTERM, then SIGKILL) and returns a
 //!   [`LaunchError`] naming the rank.
+//! - [`SupervisedLaunch`] restarts such a group with `--resume latest` when a
+//!   worker fails or stops writing heartbeats ([`HeartbeatPolicy`]), with
+//!   back-off, up to [`RestartPolicy::max_restarts`] times.
 //! - [`RunDir`] is the run-directory layout that the trainer writes.
 //!
 //! ```no_run
@@ -22,15 +25,20 @@
 #![deny(missing_docs)]
 
 mod error;
+mod heartbeat;
 mod local;
 mod mpirun;
 mod output;
 mod process;
 mod run_dir;
 mod signals;
+mod supervise;
+pub mod sweep;
 
 pub use error::{signal_name, LaunchError};
+pub use heartbeat::{heartbeat_file, HeartbeatPolicy, DEFAULT_STARTUP_TIMEOUT, HEARTBEAT_DIR_ENV};
 pub use local::{Backend, LaunchReport, LocalLaunch, DEFAULT_GRACE};
 pub use output::{Console, SharedWriter};
 pub use run_dir::RunDir;
 pub use signals::{install_signal_handlers, StopHandle};
+pub use supervise::{FailedAttempt, RestartPolicy, SupervisedLaunch, SupervisedReport};

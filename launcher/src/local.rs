@@ -1,7 +1,7 @@
 //! The local launcher: N workers on this machine, started directly (solo, nccl)
 //! or through `mpirun` (mpi), with their output multiplexed by rank, one log per
-//! rank, and the whole group stopped when one worker fails or the launcher is
-//! interrupted.
+//! rank, and the whole group stopped when one worker fails, stops sending
+//! heartbeats, or the launcher is interrupted.
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::LaunchError;
+use crate::heartbeat::{self, HeartbeatPolicy, Monitor, HEARTBEAT_DIR_ENV};
 use crate::mpirun;
 use crate::output::{self, Console, RankLog, Reader};
 use crate::process::{self, Group, Member, POLL};
@@ -84,6 +85,8 @@ pub struct LocalLaunch {
     pub grace: Duration,
     /// The `mpirun` executable (looked up on PATH by default).
     pub mpirun: PathBuf,
+    /// When a silent worker counts as hung (off by default).
+    pub heartbeat: HeartbeatPolicy,
 }
 
 impl LocalLaunch {
@@ -104,12 +107,26 @@ impl LocalLaunch {
             log_dir: log_dir.into(),
             grace: DEFAULT_GRACE,
             mpirun: PathBuf::from("mpirun"),
+            heartbeat: HeartbeatPolicy::default(),
         }
     }
 
     /// The path of rank `rank`'s log.
     pub fn rank_log(&self, rank: usize) -> PathBuf {
         self.log_dir.join(format!("rank{rank}.log"))
+    }
+
+    /// The path of mpirun's own log (mpi backend).
+    pub fn mpirun_log(&self) -> PathBuf {
+        self.log_dir.join("mpirun.log")
+    }
+
+    /// `<log-dir>/heartbeat`, made absolute so that it means the same folder to
+    /// every worker whatever its working directory; the workers get it as
+    /// `FERROCLIP_HEARTBEAT_DIR`.
+    pub fn heartbeat_dir(&self) -> PathBuf {
+        let dir = self.log_dir.join("heartbeat");
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 
     /// Runs the workers with output on this process's stdout/stderr, and turns
@@ -122,10 +139,12 @@ impl LocalLaunch {
     /// Runs the workers with output on `console`; `stop` (or a signal caught by
     /// [`install_signal_handlers`](crate::install_signal_handlers)) stops them.
     /// Returns when every worker has exited 0, or after stopping and reaping all
-    /// of them when one fails (the error names the first failing rank).
+    /// of them when one fails or is hung (the error names the first such rank).
+    /// The heartbeat folder is emptied before the workers start.
     pub fn run_with(&self, console: &Console, stop: &StopHandle) -> Result<LaunchReport, LaunchError> {
         self.validate()?;
         output::create_log_dir(&self.log_dir)?;
+        heartbeat::reset_dir(&self.heartbeat_dir())?;
         let started = Instant::now();
         match self.backend {
             Backend::Solo | Backend::Nccl => self.run_direct(console, stop)?,
@@ -160,7 +179,8 @@ impl LocalLaunch {
                 .env("LOCAL_RANK", rank.to_string())
                 .env("LOCAL_WORLD_SIZE", self.nproc.to_string())
                 .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string());
+                .env("MASTER_PORT", port.to_string())
+                .env(HEARTBEAT_DIR_ENV, self.heartbeat_dir());
             match spawn_piped(cmd, &self.program) {
                 Ok((child, out, err)) => {
                     readers.push(output::pump_rank(out, rank, console.stdout.clone(), log.clone()));
@@ -176,7 +196,7 @@ impl LocalLaunch {
                 }
             }
         }
-        let verdict = self.supervise(&mut group, console, stop, |rank, status| {
+        let verdict = self.supervise(&mut group, console, stop, Group::running_ranks, |rank, status| {
             process::failure(rank, status, &logs[rank])
         });
         output::join_readers(readers, DRAIN_PATIENCE, console);
@@ -187,8 +207,14 @@ impl LocalLaunch {
         let logs = (0..self.nproc)
             .map(|r| RankLog::create(self.rank_log(r)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mpirun_log = RankLog::create(self.log_dir.join("mpirun.log"))?;
-        let cmd = mpirun::command(&self.mpirun, self.nproc, &self.program, &self.args);
+        let mpirun_log = RankLog::create(self.mpirun_log())?;
+        let cmd = mpirun::command(
+            &self.mpirun,
+            self.nproc,
+            &self.program,
+            &self.args,
+            &[(HEARTBEAT_DIR_ENV, self.heartbeat_dir().into_os_string())],
+        );
         let (child, out, err) = spawn_piped(cmd, &self.mpirun).map_err(|e| match e {
             LaunchError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 LaunchError::MpirunMissing
@@ -203,7 +229,17 @@ impl LocalLaunch {
         let mut group = Group {
             members: vec![Member::new(0, child)],
         };
-        let verdict = self.supervise(&mut group, console, stop, |_, _| LaunchError::MpirunFailed {
+        // mpirun is the only child: while it runs, every rank counts as running
+        // (a rank that finished early cannot be told from a hung one).
+        let nproc = self.nproc;
+        let all_ranks = move |group: &Group| {
+            if group.all_exited() {
+                Vec::new()
+            } else {
+                (0..nproc).collect()
+            }
+        };
+        let verdict = self.supervise(&mut group, console, stop, all_ranks, |_, _| LaunchError::MpirunFailed {
             status: String::new(),
             log_dir: self.log_dir.clone(),
         });
@@ -234,22 +270,33 @@ impl LocalLaunch {
         }
     }
 
-    /// Polls until every member exits 0, a member fails, or a stop is requested;
-    /// in the last two cases stops and reaps all members. `on_failure` turns the
-    /// first failure into the error.
+    /// Polls until every member exits 0, a member fails, a running rank (as
+    /// `running` lists them) misses its heartbeat, or a stop is requested; in
+    /// all but the first case stops and reaps all members. `on_failure` turns
+    /// the first failure into the error.
     fn supervise(
         &self,
         group: &mut Group,
         console: &Console,
         stop: &StopHandle,
+        running: impl Fn(&Group) -> Vec<usize>,
         on_failure: impl Fn(usize, std::process::ExitStatus) -> LaunchError,
     ) -> Result<(), LaunchError> {
+        let mut monitor = Monitor::new(self.heartbeat_dir(), self.heartbeat);
         let outcome = loop {
             if let Some((rank, status)) = group.poll()? {
                 break on_failure(rank, status);
             }
             if group.all_exited() {
                 return Ok(());
+            }
+            if let Some(hung) = monitor.check(running(group)) {
+                break LaunchError::WorkerHung {
+                    rank: hung.rank,
+                    silent_for: hung.silent_for,
+                    never_beat: hung.never_beat,
+                    log: self.rank_log(hung.rank),
+                };
             }
             if let Some(signal) = signals::received_signal() {
                 break LaunchError::Interrupted { signal };

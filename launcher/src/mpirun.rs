@@ -9,8 +9,16 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
-/// The `mpirun` invocation for `nproc` local ranks of `program args…`.
-pub(crate) fn command(mpirun: &Path, nproc: usize, program: &Path, args: &[OsString]) -> Command {
+/// The `mpirun` invocation for `nproc` local ranks of `program args…`, with the
+/// variables in `exports` set for every rank (`-x NAME`: mpirun forwards them
+/// from its own environment, which also reaches ranks on other hosts).
+pub(crate) fn command(
+    mpirun: &Path,
+    nproc: usize,
+    program: &Path,
+    args: &[OsString],
+    exports: &[(&str, OsString)],
+) -> Command {
     let mut cmd = Command::new(mpirun);
     cmd.args([
         "--allow-run-as-root",
@@ -18,11 +26,11 @@ pub(crate) fn command(mpirun: &Path, nproc: usize, program: &Path, args: &[OsStr
         "--bind-to",
         "none",
         "--tag-output",
-        "-np",
-    ])
-    .arg(nproc.to_string())
-    .arg(program)
-    .args(args);
+    ]);
+    for (name, value) in exports {
+        cmd.arg("-x").arg(name).env(name, value);
+    }
+    cmd.arg("-np").arg(nproc.to_string()).arg(program).args(args);
     // Stale torchrun-style variables would take precedence over OMPI_COMM_WORLD_*
     // in the worker's rank discovery.
     for var in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"] {
@@ -117,6 +125,29 @@ pub(crate) fn culprit(lines: &[String]) -> Option<Culprit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exports_are_forwarded_with_dash_x() {
+        let cmd = command(
+            Path::new("mpirun"),
+            2,
+            Path::new("w"),
+            &["a".into()],
+            &[("FERROCLIP_HEARTBEAT_DIR", "/hb".into())],
+        );
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let x = args.iter().position(|a| a == "-x").expect("-x present");
+        assert_eq!(args[x + 1], "FERROCLIP_HEARTBEAT_DIR");
+        assert!(
+            x < args.iter().position(|a| a == "w").unwrap(),
+            "-x must precede the program: {args:?}"
+        );
+        let env: Vec<_> = cmd.get_envs().collect();
+        assert!(env.contains(&(
+            std::ffi::OsStr::new("FERROCLIP_HEARTBEAT_DIR"),
+            Some(std::ffi::OsStr::new("/hb"))
+        )));
+    }
 
     #[test]
     fn tags_are_split_anywhere_in_a_line() {

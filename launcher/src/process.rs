@@ -81,6 +81,15 @@ impl Group {
         self.members.get(index).and_then(|m| m.status)
     }
 
+    /// The ranks of the children not yet reaped.
+    pub(crate) fn running_ranks(&self) -> Vec<usize> {
+        self.members
+            .iter()
+            .filter(|m| m.status.is_none())
+            .map(|m| m.rank)
+            .collect()
+    }
+
     /// Whether every child has been reaped.
     pub(crate) fn all_exited(&self) -> bool {
         self.members.iter().all(|m| m.status.is_some())

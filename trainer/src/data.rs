@@ -1,7 +1,7 @@
 //! The bridge from the `[data]` config section to the dataloader crate, and
 //! from its flat batches to tensors.
 
-use dataloader::{expand_shards, CaptionSource, Loader, LoaderConfig, SkipCounts};
+use dataloader::{expand_shards, CaptionSource, Loader, LoaderConfig, LoaderState, SkipCounts};
 
 use crate::config::ModelConfig;
 use crate::train::config::DataConfig;
@@ -16,12 +16,15 @@ pub struct TrainLoader {
 
 /// Builds rank `rank`'s training loader for `model` from the `[data]` section:
 /// shards are dealt to ranks round-robin, and the rank is mixed into the seed.
+/// With `position` (from [`TrainLoader::state`] in a checkpoint) it continues
+/// at exactly the next sample the saved run would have read.
 pub fn train_loader(
     cfg: &DataConfig,
     model: &ModelConfig,
     seed: u64,
     rank: usize,
     world_size: usize,
+    position: Option<&serde_json::Value>,
 ) -> Result<TrainLoader, TrainError> {
     let all = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
     if all.len() < world_size {
@@ -42,7 +45,15 @@ pub fn train_loader(
     lc.drop_last = true;
     lc.max_pixels = cfg.max_pixels;
     lc.caption = caption_source(&cfg.caption);
-    let loader = Loader::new(lc).map_err(|e| TrainError::Data(e.to_string()))?;
+    let loader = match position {
+        None => Loader::new(lc),
+        Some(position) => {
+            let state: LoaderState = serde_json::from_value(position.clone())
+                .map_err(|e| TrainError::Checkpoint(format!("loader state of rank {rank}: {e}")))?;
+            Loader::resume(lc, &state)
+        }
+    }
+    .map_err(|e| TrainError::Data(e.to_string()))?;
     Ok(TrainLoader {
         loader,
         image_size: model.vision.image_size as usize,
@@ -73,6 +84,12 @@ impl TrainLoader {
             self.image_size,
             batch.epoch,
         ))
+    }
+
+    /// The loader's position after the batches returned so far (opaque JSON
+    /// for `state.json`).
+    pub fn state(&self) -> serde_json::Value {
+        serde_json::to_value(self.loader.state()).unwrap_or(serde_json::Value::Null)
     }
 
     /// What was skipped so far, by reason (JSON object).

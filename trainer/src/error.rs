@@ -25,6 +25,19 @@ pub enum TrainError {
     /// Rank discovery or a collective operation failed.
     #[error("distributed: {0}")]
     Dist(String),
+    /// Saving, finding or loading a checkpoint failed; the message names the folder.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// SIGTERM or SIGINT arrived: the run saved a checkpoint and stopped.
+    #[error("stopped by {signal} after step {step}; checkpoint {}", checkpoint.display())]
+    Interrupted {
+        /// `SIGTERM` or `SIGINT`.
+        signal: &'static str,
+        /// Optimizer steps done.
+        step: u64,
+        /// The checkpoint a restart resumes from.
+        checkpoint: PathBuf,
+    },
     /// Too many consecutive steps had a non-finite loss or gradient.
     #[error("training diverged: {in_a_row} non-finite steps in a row (at step {step})")]
     Diverged {

@@ -140,6 +140,29 @@ impl Default for LogConfig {
     }
 }
 
+/// The `[checkpoint]` section: when to save and what to keep (DESIGN.md §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Save every this many optimizer steps (0 = only on SIGTERM/SIGINT and
+    /// when the run stops on non-finite steps).
+    pub every: u64,
+    /// Keep the newest this many checkpoints.
+    pub keep_last: usize,
+    /// Also keep every checkpoint whose step is a multiple of this (0 = none).
+    pub keep_every: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            every: 500,
+            keep_last: 3,
+            keep_every: 0,
+        }
+    }
+}
+
 /// The contrastive loss over the global batch (DESIGN.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,6 +205,21 @@ pub struct TrainConfig {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Checkpointing.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// Start from these open_clip weights (a safetensors state_dict) instead of
+    /// a random init; the model config must match their shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// Consecutive non-finite steps (skipped) after which the run saves a
+    /// checkpoint of the last good state and stops.
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite_steps: u64,
+}
+
+fn default_max_nonfinite() -> u64 {
+    10
 }
 
 fn default_out_dir() -> PathBuf {
@@ -233,6 +271,11 @@ impl TrainConfig {
         self.schedule.validate()?;
         if self.log.every == 0 {
             return Err(TrainError::Config("log.every: must be > 0".into()));
+        }
+        if self.checkpoint.keep_last == 0 {
+            return Err(TrainError::Config(
+                "checkpoint.keep_last: must be > 0 (the newest checkpoint is what a restart resumes from)".into(),
+            ));
         }
         Ok(())
     }

@@ -4,9 +4,12 @@
 
 pub mod config;
 pub mod ddp;
+pub mod heartbeat;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod snapshot;
+pub mod stop;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,21 +17,25 @@ use std::time::Instant;
 use tch::{nn, Kind, Tensor};
 use tracing::{info, warn};
 
+use crate::checkpoint::Checkpoints;
 use crate::dist::{self, Dist};
 use crate::loss_dist::{global_clip_loss, global_siglip_loss};
 use crate::model::Clip;
 use crate::weights;
 use crate::TrainError;
 use config::{LossKind, TrainConfig};
+use heartbeat::Heartbeat;
 use metrics::MetricsWriter;
 use optim::{AdamW, Gradients};
+use snapshot::{Progress, ResumeFrom};
+use stop::StopRequest;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     /// The run folder.
     pub run_dir: PathBuf,
-    /// Optimizer steps taken.
+    /// Optimizer steps taken by this process (after a resume: since the resume).
     pub steps: u64,
     /// Loss of the first and of the last step.
     pub first_loss: f64,
@@ -38,30 +45,48 @@ pub struct TrainSummary {
     pub early_mean_loss: f64,
     /// See `early_mean_loss`.
     pub late_mean_loss: f64,
-    /// Steps skipped because the loss or gradient was not finite.
+    /// Steps skipped because the loss or gradient was not finite (whole run).
     pub skipped_steps: u64,
-    /// Training throughput over the whole run.
+    /// Training throughput over this process's steps.
     pub samples_per_s: f64,
+    /// The checkpoint the run resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
     /// Whether this process is rank 0 (the one that reports).
     pub is_main: bool,
 }
 
-/// Consecutive non-finite steps after which the run stops.
-const MAX_NONFINITE_IN_A_ROW: u64 = 10;
+/// How to start a run, beside its config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from a checkpoint (`--resume latest|PATH`).
+    pub resume: Option<ResumeFrom>,
+    /// Catch SIGTERM/SIGINT to save a checkpoint before stopping (the CLI sets it).
+    pub handle_signals: bool,
+}
 
 /// Trains this worker as `cfg` says. With several workers (rank and world size
 /// from the environment, DESIGN.md §4) each one runs this same function; the
 /// loss covers the global batch and gradients are summed over ranks, so every
 /// replica takes the same step. Rank 0 writes `runs/<name>/{config.toml,
-/// metrics.jsonl, model.safetensors}`.
-pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
+/// metrics.jsonl, checkpoints/, model.safetensors}`. A resumed run continues
+/// bit for bit where the checkpoint left off (CPU, fp32, fixed threads).
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, TrainError> {
     let dist = Dist::from_env().map_err(|e| TrainError::Dist(e.to_string()))?;
     let coll = dist::connect(&dist).map_err(|e| TrainError::Dist(e.to_string()))?;
     let coll = coll.as_ref();
+    let stop = if opts.handle_signals {
+        StopRequest::install().map_err(|e| TrainError::Config(format!("cannot install signal handlers: {e}")))?
+    } else {
+        StopRequest::never()
+    };
+    let mut heartbeat = Heartbeat::from_env(dist.rank);
+    heartbeat.beat(0);
     let run_dir = cfg.run_dir();
     let model_cfg = cfg.model.resolve()?;
+    let config_toml = toml::to_string(&cfg.resolved()?)
+        .map_err(|e| TrainError::Config(format!("cannot write resolved config: {e}")))?;
     if dist.is_main() {
-        prepare_run_dir(cfg, &run_dir)?;
+        prepare_run_dir(&run_dir, &config_toml)?;
     }
     if cfg.threads > 0 {
         tch::set_num_threads(cfg.threads as i32);
@@ -71,14 +96,39 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     let device = dist.device();
     let vs = nn::VarStore::new(device);
     let model = Clip::new(&vs.root(), &model_cfg);
-    ddp::broadcast_parameters(&vs, coll).map_err(dist_err)?;
-    ddp::verify_parameters_equal(&vs, coll).map_err(dist_err)?;
     let mut opt = AdamW::new(vs.variables(), &cfg.optim);
+    let checkpoints = Checkpoints::new(
+        run_dir.join("checkpoints"),
+        cfg.checkpoint.keep_last,
+        cfg.checkpoint.keep_every,
+    );
+    let resumed = match &opts.resume {
+        Some(from) => snapshot::resume(from, &checkpoints, &vs, &mut opt, &config_toml, coll, device)?,
+        None => None,
+    };
+    if resumed.is_none() {
+        if let (Some(path), true) = (&cfg.init_from, dist.is_main()) {
+            let report = crate::interop::load_open_clip(&vs, path)
+                .map_err(|e| TrainError::Model(format!("init_from {}: {e}", path.display())))?;
+            info!(from = %path.display(), "initialised from open_clip weights: {report:?}");
+        }
+        ddp::broadcast_parameters(&vs, coll).map_err(dist_err)?;
+    }
+    ddp::verify_parameters_equal(&vs, coll).map_err(dist_err)?;
     let grad_sync = ddp::GradSync::default();
-    let mut loader = crate::data::train_loader(&cfg.data, &model_cfg, cfg.seed, dist.rank, dist.world_size)?;
+    let mut loader = crate::data::train_loader(
+        &cfg.data,
+        &model_cfg,
+        cfg.seed,
+        dist.rank,
+        dist.world_size,
+        resumed.as_ref().map(|r| &r.loader),
+    )?;
+    let mut progress = resumed.as_ref().map_or(Progress::default(), |r| r.progress);
+    let start_samples = progress.samples_seen;
     let mut metrics = dist
         .is_main()
-        .then(|| MetricsWriter::create(&run_dir.join("metrics.jsonl")))
+        .then(|| MetricsWriter::resume(&run_dir.join("metrics.jsonl"), progress.step))
         .transpose()?;
     let accum = cfg.data.accum_steps;
     let global_batch = cfg.data.batch_size * accum * dist.world_size;
@@ -89,17 +139,21 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
             workers = dist.world_size,
             global_batch,
             steps = cfg.schedule.steps,
+            start_step = progress.step,
             "training"
         );
     }
 
     let steps = cfg.schedule.steps;
-    let mut losses = Vec::with_capacity(steps as usize);
-    let (mut skipped, mut nonfinite_in_a_row) = (0u64, 0u64);
-    let (mut samples_seen, mut window_samples) = (0u64, 0u64);
+    let save = |progress: Progress, loader: &crate::data::TrainLoader, opt: &AdamW| {
+        snapshot::save(&checkpoints, &vs, opt, &loader.state(), progress, &config_toml, coll, device)
+    };
+    let mut losses = Vec::with_capacity(steps.saturating_sub(progress.step) as usize);
+    let mut window_samples = 0u64;
     let (run_start, mut window_start) = (Instant::now(), Instant::now());
     let (mut data_wait, mut comm) = (0f64, 0f64);
-    for step in 0..steps {
+    while progress.step < steps {
+        let step = progress.step;
         let lr = cfg.schedule.lr_at(step, cfg.optim.lr);
         // Forward + backward over the step's micro-batches: gradients summed
         // locally, exchanged between workers once.
@@ -137,40 +191,38 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
                 .seconds;
         }
         let grad_norm = grads.as_ref().map_or(f64::NAN, |g| g.norm());
-        if let (Some(grads), true) = (grads.as_mut(), grad_norm.is_finite()) {
+        let stepped = if let (Some(grads), true) = (grads.as_mut(), grad_norm.is_finite()) {
             opt.step(grads, grad_norm, lr);
             model.clamp_logit_scale();
-            nonfinite_in_a_row = 0;
+            progress.nonfinite_in_a_row = 0;
             losses.push(loss_value);
+            true
         } else {
-            skipped += 1;
-            nonfinite_in_a_row += 1;
+            progress.skipped_steps += 1;
+            progress.nonfinite_in_a_row += 1;
             warn!(
                 step,
                 loss = loss_value,
                 grad_norm,
                 "non-finite loss or gradient: step skipped"
             );
-            if nonfinite_in_a_row > MAX_NONFINITE_IN_A_ROW {
-                return Err(TrainError::Diverged {
-                    step,
-                    in_a_row: nonfinite_in_a_row,
-                });
-            }
-        }
-        samples_seen += global_batch as u64;
+            false
+        };
+        progress.step += 1;
+        progress.samples_seen += global_batch as u64;
         window_samples += global_batch as u64;
+        heartbeat.beat(progress.step);
 
         if let Some(metrics) = metrics
             .as_mut()
-            .filter(|_| (step + 1) % cfg.log.every == 0 || step + 1 == steps)
+            .filter(|_| progress.step % cfg.log.every == 0 || progress.step == steps)
         {
             let secs = window_start.elapsed().as_secs_f64();
             let logit_scale = model.logit_scale().exp().double_value(&[]);
             let record = serde_json::json!({
-                "step": step + 1,
+                "step": progress.step,
                 "epoch": epoch,
-                "samples_seen": samples_seen,
+                "samples_seen": progress.samples_seen,
                 "loss": loss_value,
                 "lr": lr,
                 "logit_scale": logit_scale,
@@ -178,12 +230,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
                 "samples_per_s": window_samples as f64 / secs,
                 "data_wait_frac": data_wait / secs,
                 "comm_frac": comm / secs,
-                "skipped_steps": skipped,
+                "skipped_steps": progress.skipped_steps,
                 "skipped_samples": loader.skip_counts(),
             });
             info!(
                 "step {:>6}/{steps}  loss {loss_value:.4}  lr {lr:.2e}  scale {:.2}  {:.1} samples/s  data wait {:.0}%  comm {:.0}%",
-                step + 1,
+                progress.step,
                 logit_scale,
                 window_samples as f64 / secs,
                 100.0 * data_wait / secs,
@@ -191,6 +243,29 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
             );
             metrics.write(&record)?;
             (window_start, window_samples, data_wait, comm) = (Instant::now(), 0, 0.0, 0.0);
+        }
+
+        // Faults and preemption: both end the run with a checkpoint to resume from.
+        if !stepped && progress.nonfinite_in_a_row > cfg.max_nonfinite_steps {
+            let saved = save(progress, &loader, &opt)?;
+            if let Some(dir) = saved {
+                warn!(checkpoint = %dir.display(), "stopping: too many non-finite steps; checkpoint holds the last good weights");
+            }
+            return Err(TrainError::Diverged {
+                step,
+                in_a_row: progress.nonfinite_in_a_row,
+            });
+        }
+        if let Some(signal) = stop.agreed(coll, device).map_err(dist_err)? {
+            let saved = save(progress, &loader, &opt)?;
+            return Err(TrainError::Interrupted {
+                signal,
+                step: progress.step,
+                checkpoint: saved.unwrap_or_else(|| checkpoints.root().join("latest")),
+            });
+        }
+        if cfg.checkpoint.every > 0 && progress.step % cfg.checkpoint.every == 0 && progress.step < steps {
+            save(progress, &loader, &opt)?;
         }
     }
 
@@ -203,11 +278,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary, TrainError> {
     coll.barrier().map_err(dist_err)?;
     Ok(TrainSummary {
         is_main: dist.is_main(),
+        resumed_from: resumed.map(|r| r.dir),
         ..summarise(
             run_dir,
             &losses,
-            skipped,
-            samples_seen,
+            progress.skipped_steps,
+            progress.samples_seen - start_samples,
             run_start.elapsed().as_secs_f64(),
         )
     })
@@ -217,16 +293,14 @@ fn dist_err(e: dist::DistError) -> TrainError {
     TrainError::Dist(e.to_string())
 }
 
-fn prepare_run_dir(cfg: &TrainConfig, run_dir: &std::path::Path) -> Result<(), TrainError> {
+fn prepare_run_dir(run_dir: &std::path::Path, config_toml: &str) -> Result<(), TrainError> {
     let io = |path: &std::path::Path| {
         let path = path.to_owned();
         move |e| TrainError::Io { path, source: e }
     };
     std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    let resolved = toml::to_string(&cfg.resolved()?)
-        .map_err(|e| TrainError::Config(format!("cannot write resolved config: {e}")))?;
     let path = run_dir.join("config.toml");
-    std::fs::write(&path, resolved).map_err(io(&path))
+    std::fs::write(&path, config_toml).map_err(io(&path))
 }
 
 fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs: f64) -> TrainSummary {
@@ -248,6 +322,7 @@ fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs:
         late_mean_loss: mean(&losses[n.saturating_sub(k)..]),
         skipped_steps: skipped,
         samples_per_s: samples as f64 / secs,
+        resumed_from: None,
         is_main: true,
     }
 }

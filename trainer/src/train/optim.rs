@@ -2,6 +2,8 @@
 //! plain named tensors (checkpointable as safetensors, unlike libtorch's C++
 //! optimizer that tch wraps).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -237,16 +239,98 @@ impl AdamW {
         });
     }
 
-    /// Named optimizer state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`).
+    /// Named optimizer state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`), and
+    /// the step count as a scalar int64 tensor under [`STEP_STATE_KEY`] (the bias
+    /// corrections depend on it, so a restored optimizer needs it to step alike).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(self.params.len() * 2);
+        let mut out = Vec::with_capacity(self.params.len() * 2 + 1);
         for p in &self.params {
             out.push((format!("{}.exp_avg", p.name), p.exp_avg.shallow_clone()));
             out.push((format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.shallow_clone()));
         }
+        out.push((STEP_STATE_KEY.to_string(), Tensor::from(self.step as i64)));
         out
     }
+
+    /// Restores the state written by [`AdamW::state_tensors`] (moments and step
+    /// count). Every name must be present exactly once with the shape and dtype of
+    /// this optimizer's state; otherwise nothing is changed and the error names
+    /// the offending tensors. Tensors may come from another device (e.g. a CPU
+    /// checkpoint into CUDA state): they are copied into the existing storage.
+    pub fn load_state_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<(), TrainError> {
+        let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, tensor) in named {
+            if by_name.contains_key(&name) {
+                problems.push(format!("{name}: given twice"));
+            }
+            by_name.insert(name, tensor);
+        }
+        let step = match by_name.remove(STEP_STATE_KEY) {
+            None => {
+                problems.push(format!("{STEP_STATE_KEY}: missing"));
+                None
+            }
+            Some(t) if t.numel() != 1 || t.kind() != Kind::Int64 => {
+                problems.push(format!(
+                    "{STEP_STATE_KEY}: expected one int64, got {:?} {:?}",
+                    t.kind(),
+                    t.size()
+                ));
+                None
+            }
+            Some(t) => {
+                // Scalar or [1]: flatten so indexing works for both.
+                let value = t.flatten(0, -1).int64_value(&[0]);
+                match u64::try_from(value) {
+                    Ok(step) => Some(step),
+                    Err(_) => {
+                        problems.push(format!("{STEP_STATE_KEY}: negative ({value})"));
+                        None
+                    }
+                }
+            }
+        };
+        let mut copies = Vec::with_capacity(self.params.len() * 2);
+        for p in &self.params {
+            for (suffix, dst) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
+                let name = format!("{}.{suffix}", p.name);
+                match by_name.remove(&name) {
+                    None => problems.push(format!("{name}: missing")),
+                    Some(src) if src.size() != dst.size() => {
+                        problems.push(format!("{name}: shape {:?}, expected {:?}", src.size(), dst.size()))
+                    }
+                    Some(src) if src.kind() != dst.kind() => {
+                        problems.push(format!("{name}: dtype {:?}, expected {:?}", src.kind(), dst.kind()))
+                    }
+                    Some(src) => copies.push((dst.shallow_clone(), src)),
+                }
+            }
+        }
+        problems.extend(
+            by_name
+                .keys()
+                .map(|name| format!("{name}: not a state of this optimizer")),
+        );
+        let Some(step) = step.filter(|_| problems.is_empty()) else {
+            return Err(TrainError::Model(format!(
+                "optimizer state does not match: {}",
+                problems.join("; ")
+            )));
+        };
+        tch::no_grad(|| {
+            for (mut dst, src) in copies {
+                dst.copy_(&src);
+            }
+        });
+        self.step = step;
+        Ok(())
+    }
 }
+
+/// Name of the step count among [`AdamW::state_tensors`]; every other name ends
+/// in `.exp_avg` or `.exp_avg_sq`, so it cannot collide with a parameter's state.
+pub const STEP_STATE_KEY: &str = "step";
 
 /// Kind used for every optimizer state (fp32 master state).
 pub const STATE_KIND: Kind = Kind::Float;
@@ -328,6 +412,119 @@ mod tests {
         acc.accumulate(&opt.backward(&(&p * &p).sum(Kind::Float)));
         let g: Vec<f32> = acc.tensors()[0].shallow_clone().try_into().unwrap();
         assert_eq!(g, [3.0 + 2.0, 3.0 + 4.0]);
+    }
+
+    /// Two parameters, a few steps of a fixed loss so the moments are non-trivial.
+    fn trained_optimizer(steps: usize) -> (AdamW, Vec<Tensor>) {
+        let cfg = OptimConfig {
+            weight_decay: 0.1,
+            ..OptimConfig::default()
+        };
+        let w = Tensor::from_slice(&[0.5f32, -1.5, 2.0, 0.25, 1.0, -0.75])
+            .view([2, 3])
+            .set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.1f32, -0.2]).set_requires_grad(true);
+        let params = vec![w.shallow_clone(), b.shallow_clone()];
+        let mut opt = AdamW::new([("w".to_string(), w), ("b".to_string(), b)], &cfg);
+        for _ in 0..steps {
+            take_step(&mut opt, &params);
+        }
+        (opt, params)
+    }
+
+    fn take_step(opt: &mut AdamW, params: &[Tensor]) {
+        let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5]);
+        let y = params[0].mv(&x) + &params[1];
+        let loss = (&y * &y).sum(Kind::Float) + params[0].sin().sum(Kind::Float);
+        let mut grads = opt.backward(&loss);
+        let norm = grads.norm();
+        opt.step(&mut grads, norm, 1e-2);
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten(0, -1).try_into().expect("f32 tensor");
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    #[test]
+    fn restored_state_takes_bitwise_the_same_next_step() {
+        let (mut original, original_params) = trained_optimizer(3);
+        // A fresh optimizer over copies of the same weights, given the saved state
+        // (deep copies, as a checkpoint round trip would give).
+        let copied_params: Vec<Tensor> = original_params
+            .iter()
+            .map(|p| p.detach().copy().set_requires_grad(true))
+            .collect();
+        let mut restored = AdamW::new(
+            [
+                ("w".to_string(), copied_params[0].shallow_clone()),
+                ("b".to_string(), copied_params[1].shallow_clone()),
+            ],
+            &OptimConfig {
+                weight_decay: 0.1,
+                ..OptimConfig::default()
+            },
+        );
+        let saved: Vec<(String, Tensor)> = original
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        restored.load_state_tensors(saved).expect("state matches");
+        assert_eq!(restored.steps(), 3);
+
+        take_step(&mut original, &original_params);
+        take_step(&mut restored, &copied_params);
+        for (a, b) in original_params.iter().zip(&copied_params) {
+            assert_eq!(bits(a), bits(b));
+        }
+        for ((na, a), (nb, b)) in original.state_tensors().iter().zip(restored.state_tensors().iter()) {
+            assert_eq!(na, nb);
+            if na != STEP_STATE_KEY {
+                assert_eq!(bits(a), bits(b), "{na}");
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_state_is_named_and_nothing_changes() {
+        let (source, _) = trained_optimizer(2);
+        let (mut target, _) = trained_optimizer(0);
+        let mut state = source.state_tensors();
+        state.retain(|(n, _)| n != "b.exp_avg");
+        for (n, t) in state.iter_mut() {
+            if n == "w.exp_avg_sq" {
+                *t = Tensor::zeros([3, 2], (Kind::Float, tch::Device::Cpu));
+            }
+            if n == "w.exp_avg" {
+                *t = t.to_kind(Kind::Double);
+            }
+        }
+        state.push((
+            "logit_scale.exp_avg".into(),
+            Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
+        ));
+        let err = target.load_state_tensors(state).expect_err("mismatch").to_string();
+        for needle in [
+            "b.exp_avg: missing",
+            "w.exp_avg_sq: shape [3, 2]",
+            "w.exp_avg: dtype Double",
+            "logit_scale.exp_avg",
+        ] {
+            assert!(err.contains(needle), "{needle} not in {err}");
+        }
+        assert_eq!(target.steps(), 0);
+        let untouched = target.state_tensors();
+        assert!(untouched.iter().filter(|(n, _)| n != STEP_STATE_KEY).all(|(_, t)| t
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[])
+            == 0.0));
+
+        let mut no_step = source.state_tensors();
+        no_step.retain(|(n, _)| n != STEP_STATE_KEY);
+        let err = target.load_state_tensors(no_step).expect_err("no step").to_string();
+        assert!(err.contains("step: missing"), "{err}");
     }
 
     #[test]

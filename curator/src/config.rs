@@ -1,0 +1,160 @@
+//! The curate config: an ordered list of `[[stage]]` tables, each owning its section.
+//!
+//! ```toml
+//! [[stage]]
+//! kind = "metaclip"
+//! t = 20000
+//! seed = 0
+//! entry_files = ["bigrams.txt"]
+//! ```
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::CurateError;
+use crate::metaclip::{MetaclipConfig, MetaclipStage};
+use crate::stage::NamedStage;
+
+/// A whole curate config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurateConfig {
+    /// The stages, in the order they run.
+    #[serde(rename = "stage", default)]
+    pub stages: Vec<StageConfig>,
+}
+
+/// One `[[stage]]` table, chosen by its `kind`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageConfig {
+    /// MetaCLIP metadata matching and balancing.
+    Metaclip(MetaclipConfig),
+}
+
+impl StageConfig {
+    /// The stage's name: its `name` field, else its kind.
+    pub fn name(&self) -> String {
+        match self {
+            StageConfig::Metaclip(c) => c.name.clone().unwrap_or_else(|| "metaclip".into()),
+        }
+    }
+}
+
+impl CurateConfig {
+    /// Parse and validate the TOML file at `path`.
+    pub fn from_file(path: &Path) -> Result<Self, CurateError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CurateError::io(path, e))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parse and validate TOML `text`; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, CurateError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| CurateError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check every stage; names must be unique and there must be at least one stage.
+    pub fn validate(&self) -> Result<(), CurateError> {
+        if self.stages.is_empty() {
+            return Err(CurateError::BadField {
+                field: "stage".into(),
+                reason: "no stages: add at least one [[stage]] table".into(),
+            });
+        }
+        let mut names = HashSet::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let at = format!("stage[{i}]");
+            match stage {
+                StageConfig::Metaclip(c) => c.validate(&at)?,
+            }
+            if !names.insert(stage.name()) {
+                return Err(CurateError::BadField {
+                    field: format!("{at}.name"),
+                    reason: format!("{:?} is already the name of an earlier stage", stage.name()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Build the stages (loading metadata etc.); relative paths resolve against `base_dir`,
+    /// normally the config file's folder.
+    pub fn build_stages(&self, base_dir: &Path) -> Result<Vec<NamedStage>, CurateError> {
+        self.stages
+            .iter()
+            .map(|stage| {
+                let built: Box<dyn crate::stage::Stage> = match stage {
+                    StageConfig::Metaclip(c) => Box::new(MetaclipStage::new(c.metadata(base_dir)?, c)?),
+                };
+                Ok(NamedStage {
+                    name: stage.name(),
+                    stage: built,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CurateConfig, CurateError> {
+        CurateConfig::from_toml(text, Path::new("configs/curate/x.toml"))
+    }
+
+    #[test]
+    fn stages_parse_in_order_with_defaults() {
+        let cfg = parse("[[stage]]\nkind = \"metaclip\"\nt = 5\n\n[[stage]]\nkind = \"metaclip\"\nname = \"again\"\n")
+            .unwrap();
+        assert_eq!(cfg.stages.len(), 2);
+        let StageConfig::Metaclip(first) = &cfg.stages[0] else {
+            panic!("the first stage is metaclip: {:?}", cfg.stages[0]);
+        };
+        assert_eq!(first.t, 5);
+        assert_eq!(cfg.stages[1].name(), "again");
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let err = parse("[[stage]]\nkind = \"metaclip\"\nseeed = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.toml") && err.contains("seeed"), "{err}");
+        let err = parse("[[stage]]\nkind = \"fancy\"\n").unwrap_err().to_string();
+        assert!(err.contains("fancy"), "{err}");
+        let err = parse("[[stage]]\nkind = \"metaclip\"\n[[stage]]\nkind = \"metaclip\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stage[1].name"), "{err}");
+        let err = parse("[[stage]]\nkind = \"metaclip\"\nt = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stage[0].t"), "{err}");
+        assert!(parse("").unwrap_err().to_string().contains("no stages"));
+    }
+
+    #[test]
+    fn entry_files_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mine.txt"), "zebra crossing\n").unwrap();
+        let cfg =
+            parse("[[stage]]\nkind = \"metaclip\"\nwordnet = false\nnumbers = false\nentry_files = [\"mine.txt\"]\n")
+                .unwrap();
+        let stages = cfg.build_stages(dir.path()).unwrap();
+        assert_eq!(stages[0].name, "metaclip");
+        assert_eq!(stages[0].stage.observation_len(), 1 + 2);
+        let missing = cfg
+            .build_stages(&dir.path().join("elsewhere"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(missing.contains("mine.txt"), "{missing}");
+    }
+}

@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests that start real processes.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use dataloader::{ShardSample, ShardWriter};
+
+/// A `rgb` disc or square of side `size` on grey, as PNG.
+pub fn shape_png(rgb: [u8; 3], disc: bool, size: u32) -> Vec<u8> {
+    let c = size as f32 / 2.0;
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        let (dx, dy) = (x as f32 - c, y as f32 - c);
+        let inside = if disc {
+            dx * dx + dy * dy < (0.35 * size as f32).powi(2)
+        } else {
+            dx.abs().max(dy.abs()) < 0.3 * size as f32
+        };
+        image::Rgb(if inside { rgb } else { [128, 128, 128] })
+    });
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .expect("encode png");
+    bytes
+}
+
+const COLOURS: [(&str, [u8; 3]); 6] = [
+    ("red", [220, 20, 20]),
+    ("green", [20, 200, 20]),
+    ("blue", [20, 20, 220]),
+    ("yellow", [230, 230, 20]),
+    ("black", [0, 0, 0]),
+    ("white", [255, 255, 255]),
+];
+
+/// `n` captioned coloured shapes (sizes vary) in shards of `per_shard` samples.
+pub fn write_shape_shards(dir: &Path, n: usize, per_shard: u64) -> Vec<PathBuf> {
+    let mut writer = ShardWriter::new(dir, per_shard).expect("shard writer");
+    for i in 0..n {
+        let (name, rgb) = COLOURS[i % COLOURS.len()];
+        let disc = (i / COLOURS.len()) % 2 == 0;
+        let shape = if disc { "circle" } else { "square" };
+        writer
+            .write(&ShardSample {
+                key: None,
+                image: shape_png(rgb, disc, 32 + (i % 5) as u32 * 8),
+                image_ext: "png".into(),
+                captions: vec![format!("a {name} {shape}")],
+                label: None,
+                json: Default::default(),
+            })
+            .expect("write sample");
+    }
+    writer.finish().expect("finish shards").shards
+}
+
+/// Fails the test early with a hint when mpirun is missing.
+pub fn require_mpirun() {
+    let found = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    assert!(found.is_ok_and(|s| s.success()), "mpirun missing: run scripts/setup.sh");
+}
+
+/// Pids of processes whose environment holds `tag` (and `extra`, if not empty).
+pub fn tagged_pids(tag: &str, extra: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        let has = |needle: &str| vars.iter().any(|v| *v == needle.as_bytes());
+        if has(tag) && (extra.is_empty() || has(extra)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Sends `signal` to a process.
+pub fn send_signal(pid: u32, signal: i32) {
+    unsafe { libc_kill(pid as i32, signal) };
+}
+
+/// Kills every process carrying the tag when dropped: nothing outlives a failed assertion.
+pub struct KillTagged(pub String);
+
+impl Drop for KillTagged {
+    fn drop(&mut self) {
+        for pid in tagged_pids(&self.0, "") {
+            send_signal(pid, 9);
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// The `step` of the last line of a metrics file (0 when there is none yet).
+pub fn last_logged_step(metrics: &Path) -> u64 {
+    std::fs::read_to_string(metrics)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["step"].as_u64())
+        .last()
+        .unwrap_or(0)
+}

@@ -1,0 +1,967 @@
+//! Checkpoint storage: crash-safe folders of safetensors, the resolved config and
+//! a `state.json` with checksums, under `runs/<name>/checkpoints/` (DESIGN.md §6).
+//!
+//! ```text
+//! checkpoints/step_00000100/  model.safetensors  optim.safetensors  config.toml  state.json
+//! checkpoints/latest          "step_00000100"
+//! ```
+//!
+//! A save writes everything into `step_<n>.tmp/`, fsyncs each file and the folder,
+//! renames it to `step_<n>/` (the commit point), fsyncs the root, then replaces
+//! `latest` atomically and prunes old folders. A crash at any moment leaves either
+//! the previous checkpoint or the new one, plus at worst a `.tmp` folder that the
+//! next [`Checkpoints::latest_valid`] removes. Loading verifies the size and
+//! SHA-256 of every file before anything is read into the model, and never runs
+//! code (safetensors, JSON and TOML only).
+//!
+//! This module knows nothing of the train loop: the loader positions and
+//! counters in [`CheckpointState`] are opaque JSON to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::weights::{load_safetensors, save_safetensors, WeightsError};
+
+/// Version of the folder layout and `state.json` written by this code.
+pub const FORMAT: u32 = 1;
+/// Model weights, open_clip names (see [`crate::weights`]).
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Optimizer state tensors, by name.
+pub const OPTIM_FILE: &str = "optim.safetensors";
+/// The resolved config the run was started with.
+pub const CONFIG_FILE: &str = "config.toml";
+/// [`CheckpointState`] as JSON.
+pub const STATE_FILE: &str = "state.json";
+/// The pointer file in the root naming the newest checkpoint folder.
+pub const LATEST_FILE: &str = "latest";
+/// Suffix of folders and files being written; leftovers are removed.
+const TMP_SUFFIX: &str = ".tmp";
+/// Files every checkpoint must list in [`CheckpointState::files`].
+const REQUIRED_FILES: [&str; 3] = [MODEL_FILE, OPTIM_FILE, CONFIG_FILE];
+/// Top-level config keys that name or place a run rather than define it.
+const IGNORED_CONFIG_KEYS: [&str; 2] = ["name", "out_dir"];
+
+/// Errors of checkpoint storage; each names the folder or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file or folder could not be created, written, synced, renamed or read.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The model weights could not be written or do not fit the model.
+    #[error("checkpoint model weights: {0}")]
+    Weights(#[from] WeightsError),
+    /// The optimizer tensors could not be written or read.
+    #[error("checkpoint optimizer state {path}: {message}")]
+    Tensors {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The folder is incomplete or does not match its checksums.
+    #[error("checkpoint {dir} is corrupt: {message}")]
+    Corrupt {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// What is wrong (names the file).
+        message: String,
+    },
+    /// Checkpoints exist under the root but none of them verifies.
+    #[error("no valid checkpoint under {root}: all {tried} checkpoint folder(s) failed verification (see warnings)")]
+    NoneValid {
+        /// The checkpoints root.
+        root: PathBuf,
+        /// How many folders were tried.
+        tried: usize,
+    },
+    /// The saved and current configs define different models.
+    #[error("checkpoint config is incompatible: the model differs in {}", keys.join(", "))]
+    Incompatible {
+        /// One entry per differing key: `model.width: 512 -> 768`.
+        keys: Vec<String>,
+    },
+}
+
+/// Size and SHA-256 of one file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Length in bytes.
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// What `state.json` holds: progress, the data position of every rank, counters,
+/// and the checksums of the other files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointState {
+    /// Layout version ([`FORMAT`]).
+    pub format: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Training samples consumed over all ranks.
+    pub samples_seen: u64,
+    /// Number of ranks that wrote `loader`.
+    pub world_size: usize,
+    /// Lower-case hex SHA-256 of `config.toml`; set by [`Checkpoints::save`].
+    pub config_hash: String,
+    /// Data-loader position, one entry per rank (opaque here).
+    pub loader: Vec<serde_json::Value>,
+    /// Run counters such as skipped steps (opaque here).
+    pub counters: serde_json::Value,
+    /// File name → digest of every other file in the folder; set by
+    /// [`Checkpoints::save`].
+    #[serde(default)]
+    pub files: BTreeMap<String, FileDigest>,
+}
+
+impl CheckpointState {
+    /// A state at `step` with the current [`FORMAT`]; hash and files are filled
+    /// in by [`Checkpoints::save`].
+    pub fn new(step: u64, samples_seen: u64, loader: Vec<serde_json::Value>, counters: serde_json::Value) -> Self {
+        Self {
+            format: FORMAT,
+            step,
+            samples_seen,
+            world_size: loader.len(),
+            config_hash: String::new(),
+            loader,
+            counters,
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// Lower-case hex SHA-256 of `bytes` (e.g. the resolved config text).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Size and SHA-256 of the file at `path`, read in blocks.
+fn digest_file(path: &Path) -> io::Result<FileDigest> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileDigest {
+        bytes,
+        sha256: hex(&hasher.finalize()),
+    })
+}
+
+/// Flushes a file's data and metadata to disk.
+fn sync_file(path: &Path) -> Result<(), CheckpointError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+}
+
+/// Fault injection for the kill-during-save test (tests/cli_resume.rs):
+/// `FERROCLIP_FAULT_ABORT_IN_SAVE=<step>:<marker file>` aborts the process
+/// half-way through writing checkpoint `<step>`, once — the marker records
+/// that it fired, so the restarted run saves normally.
+fn fault_abort_in_save(step: u64) {
+    let Ok(spec) = std::env::var("FERROCLIP_FAULT_ABORT_IN_SAVE") else {
+        return;
+    };
+    let Some((at, marker)) = spec.split_once(':') else {
+        return;
+    };
+    if at.parse::<u64>().ok() != Some(step) || Path::new(marker).exists() {
+        return;
+    }
+    let _ = fs::write(marker, b"fired\n");
+    tracing::error!(step, "FERROCLIP_FAULT_ABORT_IN_SAVE: aborting half-way through a checkpoint");
+    std::process::abort();
+}
+
+/// Flushes a folder's entries (creations, renames) to disk. Opening a folder
+/// read-only and fsyncing it is how POSIX persists its entries.
+fn sync_dir(path: &Path) -> Result<(), CheckpointError> {
+    File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+}
+
+/// Writes `content` to `path` and fsyncs it.
+fn write_synced(path: &Path, content: &[u8]) -> Result<(), CheckpointError> {
+    let mut file = File::create(path).map_err(io_err(path))?;
+    file.write_all(content).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// `step_00000042` for step 42.
+pub fn step_dir_name(step: u64) -> String {
+    format!("step_{step:08}")
+}
+
+/// The step of a folder named `step_<digits>`, else `None` (temporary folders,
+/// stray files).
+fn parse_step_dir_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("step_")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The checkpoints of one run: a root folder and a retention policy.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    root: PathBuf,
+    keep_last: usize,
+    keep_every: u64,
+}
+
+impl Checkpoints {
+    /// Checkpoints under `root` (`runs/<name>/checkpoints`), keeping the newest
+    /// `keep_last` plus every step that is a multiple of `keep_every` (0: none).
+    pub fn new(root: impl Into<PathBuf>, keep_last: usize, keep_every: u64) -> Self {
+        Self {
+            root: root.into(),
+            keep_last,
+            keep_every,
+        }
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes a checkpoint of `vs` (model), `optim` (named optimizer tensors) and
+    /// `config_toml` (the resolved config) with `state`, whose `config_hash`,
+    /// `format` and `files` are filled in here. Returns the new folder.
+    ///
+    /// Crash-safe: see the module doc. An existing folder for the same step (a
+    /// step saved again after a resume) is replaced.
+    pub fn save(
+        &self,
+        vs: &VarStore,
+        optim: &[(String, Tensor)],
+        config_toml: &str,
+        mut state: CheckpointState,
+    ) -> Result<PathBuf, CheckpointError> {
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let name = step_dir_name(state.step);
+        let final_dir = self.root.join(&name);
+        let tmp_dir = self.root.join(format!("{name}{TMP_SUFFIX}"));
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        }
+        fs::create_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
+
+        let model_path = tmp_dir.join(MODEL_FILE);
+        save_safetensors(vs, &model_path)?;
+        sync_file(&model_path)?;
+
+        let optim_path = tmp_dir.join(OPTIM_FILE);
+        let optim_cpu: Vec<(String, Tensor)> = optim
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous()))
+            .collect();
+        Tensor::write_safetensors(&optim_cpu, &optim_path).map_err(|e| CheckpointError::Tensors {
+            path: optim_path.clone(),
+            message: e.to_string(),
+        })?;
+        sync_file(&optim_path)?;
+        fault_abort_in_save(state.step);
+
+        let config_path = tmp_dir.join(CONFIG_FILE);
+        write_synced(&config_path, config_toml.as_bytes())?;
+
+        // Digests are taken from the files as written, so they vouch for the disk
+        // content rather than for what we meant to write.
+        state.format = FORMAT;
+        state.config_hash = sha256_hex(config_toml.as_bytes());
+        state.files.clear();
+        for file in REQUIRED_FILES {
+            let path = tmp_dir.join(file);
+            let digest = digest_file(&path).map_err(io_err(&path))?;
+            state.files.insert(file.to_string(), digest);
+        }
+        let state_path = tmp_dir.join(STATE_FILE);
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| CheckpointError::Io {
+            path: state_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        write_synced(&state_path, &json)?;
+        sync_dir(&tmp_dir)?;
+
+        // rename() cannot replace a non-empty folder: move the old one aside first.
+        // A crash in between leaves the older checkpoints, which is still valid.
+        let replaced = self.root.join(format!("{name}.replaced{TMP_SUFFIX}"));
+        let had_old = final_dir.exists();
+        if had_old {
+            if replaced.exists() {
+                fs::remove_dir_all(&replaced).map_err(io_err(&replaced))?;
+            }
+            fs::rename(&final_dir, &replaced).map_err(io_err(&final_dir))?;
+        }
+        fs::rename(&tmp_dir, &final_dir).map_err(io_err(&final_dir))?;
+        sync_dir(&self.root)?;
+        if had_old {
+            fs::remove_dir_all(&replaced).map_err(io_err(&replaced))?;
+        }
+
+        self.write_latest(&name)?;
+        self.prune(state.step);
+        Ok(final_dir)
+    }
+
+    /// Replaces the `latest` pointer atomically: temp file, fsync, rename, fsync root.
+    fn write_latest(&self, dir_name: &str) -> Result<(), CheckpointError> {
+        let tmp = self.root.join(format!("{LATEST_FILE}{TMP_SUFFIX}"));
+        write_synced(&tmp, format!("{dir_name}\n").as_bytes())?;
+        let latest = self.root.join(LATEST_FILE);
+        fs::rename(&tmp, &latest).map_err(io_err(&latest))?;
+        sync_dir(&self.root)
+    }
+
+    /// The folder name `latest` points to, if it is a well-formed step folder name.
+    fn read_latest(&self) -> Option<Result<String, String>> {
+        let path = self.root.join(LATEST_FILE);
+        match fs::read_to_string(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(format!("cannot read {}: {e}", path.display()))),
+            Ok(text) => {
+                let name = text.trim();
+                if parse_step_dir_name(name).is_some() {
+                    Some(Ok(name.to_string()))
+                } else {
+                    Some(Err(format!(
+                        "{} holds {name:?}, not a step folder name",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Step folders under the root, newest first.
+    fn step_dirs(&self) -> Result<Vec<(u64, String)>, CheckpointError> {
+        let mut found = Vec::new();
+        let entries = match fs::read_dir(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            other => other.map_err(io_err(&self.root))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(step) = parse_step_dir_name(&name) {
+                if entry.path().is_dir() {
+                    found.push((step, name));
+                }
+            }
+        }
+        found.sort_unstable_by_key(|(step, _)| std::cmp::Reverse(*step));
+        Ok(found)
+    }
+
+    /// Deletes step folders outside the retention policy. The folder `latest`
+    /// names and the one just saved are always kept. Failures are warnings: a
+    /// checkpoint left behind costs disk, not correctness.
+    fn prune(&self, just_saved: u64) {
+        let dirs = match self.step_dirs() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "not pruning checkpoints");
+                return;
+            }
+        };
+        let latest = self.read_latest().and_then(Result::ok);
+        for (rank, (step, name)) in dirs.iter().enumerate() {
+            let keep = rank < self.keep_last
+                || *step == just_saved
+                || (self.keep_every > 0 && step % self.keep_every == 0)
+                || latest.as_deref() == Some(name.as_str());
+            if !keep {
+                let path = self.root.join(name);
+                if let Err(e) = fs::remove_dir_all(&path) {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove old checkpoint");
+                }
+            }
+        }
+    }
+
+    /// Removes folders and files left by an interrupted save (`*.tmp`).
+    fn remove_leftovers(&self) -> Result<(), CheckpointError> {
+        let entries = match fs::read_dir(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other.map_err(io_err(&self.root))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.root))?;
+            if !entry.file_name().to_string_lossy().ends_with(TMP_SUFFIX) {
+                continue;
+            }
+            let path = entry.path();
+            tracing::info!(path = %path.display(), "removing leftover of an interrupted checkpoint save");
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover");
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint that verifies, trying the one `latest` names first
+    /// (or the highest step if `latest` is missing or bad), then older ones; each
+    /// one that fails is reported with `tracing::warn!`. `Ok(None)` when there is
+    /// no checkpoint at all; [`CheckpointError::NoneValid`] when there are some
+    /// but none verifies (starting over silently would then prune them).
+    ///
+    /// Removes leftovers of interrupted saves: call it only while no save is in
+    /// progress (at start-up, before training).
+    pub fn latest_valid(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        self.remove_leftovers()?;
+        let dirs = self.step_dirs()?;
+        let mut candidates: Vec<&str> = dirs.iter().map(|(_, n)| n.as_str()).collect();
+        match self.read_latest() {
+            None if !dirs.is_empty() => {
+                tracing::warn!(root = %self.root.display(), "no `latest` pointer; trying the highest step");
+            }
+            None => {}
+            Some(Err(why)) => tracing::warn!("{why}; trying the highest step"),
+            Some(Ok(name)) => match dirs.iter().position(|(_, n)| *n == name) {
+                // Start at `latest`; folders newer than it were never pointed to.
+                Some(at) => candidates = candidates.split_off(at),
+                None => tracing::warn!(
+                    root = %self.root.display(),
+                    "`latest` names {name}, which does not exist; trying the highest step"
+                ),
+            },
+        }
+        for name in &candidates {
+            let dir = self.root.join(name);
+            match Checkpoint::open(&dir) {
+                Ok(checkpoint) => return Ok(Some(checkpoint)),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "skipping checkpoint that does not verify"),
+            }
+        }
+        if candidates.is_empty() {
+            Ok(None)
+        } else {
+            Err(CheckpointError::NoneValid {
+                root: self.root.clone(),
+                tried: candidates.len(),
+            })
+        }
+    }
+}
+
+/// A verified checkpoint folder.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its `state.json`.
+    pub state: CheckpointState,
+    /// Its `config.toml`, as saved.
+    pub config_toml: String,
+}
+
+impl Checkpoint {
+    /// Opens the folder at `dir` (e.g. an explicit `--resume PATH`) and verifies
+    /// the size and SHA-256 of every file `state.json` lists; any problem is an
+    /// error naming the folder and file.
+    pub fn open(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+        let corrupt = |message: String| CheckpointError::Corrupt {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let state_path = dir.join(STATE_FILE);
+        let state_bytes = fs::read(&state_path).map_err(|e| corrupt(format!("cannot read {STATE_FILE}: {e}")))?;
+        let state: CheckpointState =
+            serde_json::from_slice(&state_bytes).map_err(|e| corrupt(format!("{STATE_FILE} is not valid: {e}")))?;
+        if state.format != FORMAT {
+            return Err(corrupt(format!(
+                "{STATE_FILE} has format {}, this build reads format {FORMAT}",
+                state.format
+            )));
+        }
+        let missing: Vec<&str> = REQUIRED_FILES
+            .into_iter()
+            .filter(|f| !state.files.contains_key(*f))
+            .collect();
+        if !missing.is_empty() {
+            return Err(corrupt(format!(
+                "{STATE_FILE} lists no checksum for {}",
+                missing.join(", ")
+            )));
+        }
+        for (name, expected) in &state.files {
+            // Names come from a file: only plain names inside the folder.
+            if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+                return Err(corrupt(format!(
+                    "{STATE_FILE} lists a file outside the folder: {name:?}"
+                )));
+            }
+            let path = dir.join(name);
+            let actual = digest_file(&path).map_err(|e| corrupt(format!("cannot read {name}: {e}")))?;
+            if actual.bytes != expected.bytes {
+                return Err(corrupt(format!(
+                    "{name} has {} bytes, {STATE_FILE} says {}",
+                    actual.bytes, expected.bytes
+                )));
+            }
+            if actual.sha256 != expected.sha256 {
+                return Err(corrupt(format!(
+                    "{name} has SHA-256 {}, {STATE_FILE} says {}",
+                    actual.sha256, expected.sha256
+                )));
+            }
+        }
+        let config_path = dir.join(CONFIG_FILE);
+        let config_toml =
+            fs::read_to_string(&config_path).map_err(|e| corrupt(format!("cannot read {CONFIG_FILE}: {e}")))?;
+        if sha256_hex(config_toml.as_bytes()) != state.config_hash {
+            return Err(corrupt(format!(
+                "{CONFIG_FILE} does not match config_hash in {STATE_FILE}"
+            )));
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            state,
+            config_toml,
+        })
+    }
+
+    /// Loads the model weights into `vs` (names and shapes checked both ways,
+    /// see [`load_safetensors`]) and returns the optimizer tensors by name, on
+    /// the CPU.
+    pub fn load_into(&self, vs: &VarStore) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+        load_safetensors(vs, self.dir.join(MODEL_FILE))?;
+        let optim_path = self.dir.join(OPTIM_FILE);
+        Tensor::read_safetensors(&optim_path).map_err(|e| CheckpointError::Tensors {
+            path: optim_path,
+            message: e.to_string(),
+        })
+    }
+
+    /// The saved config parsed as a TOML table.
+    pub fn config_table(&self) -> Result<toml::Table, CheckpointError> {
+        self.config_toml
+            .parse()
+            .map_err(|e: toml::de::Error| CheckpointError::Corrupt {
+                dir: self.dir.clone(),
+                message: format!("{CONFIG_FILE} is not valid TOML: {e}"),
+            })
+    }
+}
+
+/// Compares a checkpoint's resolved config (`saved`) with the current one. Any
+/// difference under `model` is [`CheckpointError::Incompatible`], listing the
+/// keys; other differences come back as warnings such as
+/// `optim.lr: 0.001 -> 0.0005`. Top-level `name` and `out_dir` are ignored.
+pub fn config_compatibility(saved: &toml::Table, current: &toml::Table) -> Result<Vec<String>, CheckpointError> {
+    let mut old = BTreeMap::new();
+    let mut new = BTreeMap::new();
+    flatten("", saved, &mut old);
+    flatten("", current, &mut new);
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let mut model_changes = Vec::new();
+    let mut warnings = Vec::new();
+    for key in keys {
+        let (a, b) = (old.get(key), new.get(key));
+        if a == b || IGNORED_CONFIG_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        let show = |v: Option<&toml::Value>| v.map_or_else(|| "(absent)".to_string(), ToString::to_string);
+        let change = format!("{key}: {} -> {}", show(a), show(b));
+        if key == "model" || key.starts_with("model.") {
+            model_changes.push(change);
+        } else {
+            warnings.push(change);
+        }
+    }
+    if model_changes.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(CheckpointError::Incompatible { keys: model_changes })
+    }
+}
+
+/// Dotted key → leaf value; arrays are leaves.
+fn flatten(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&path, inner, out),
+            leaf => {
+                out.insert(path, leaf.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tch::Kind;
+
+    const CONFIG: &str = "name = \"t\"\n[model]\nwidth = 4\n";
+
+    /// A VarStore with two tensors whose values depend on `seed`.
+    fn tiny_vs(seed: f64) -> VarStore {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let w = root.zeros("w", &[2, 3]);
+        let b = root.zeros("b", &[3]);
+        tch::no_grad(|| {
+            w.shallow_clone()
+                .copy_(&(Tensor::arange(6, (Kind::Float, Device::Cpu)).view([2, 3]) * seed + 0.1));
+            b.shallow_clone()
+                .copy_(&(Tensor::ones([3], (Kind::Float, Device::Cpu)) * -seed));
+        });
+        vs
+    }
+
+    fn optim_state(seed: f64) -> Vec<(String, Tensor)> {
+        vec![
+            (
+                "w.exp_avg".into(),
+                Tensor::ones([2, 3], (Kind::Float, Device::Cpu)) * seed,
+            ),
+            ("step".into(), Tensor::from(7i64)),
+        ]
+    }
+
+    fn state(step: u64) -> CheckpointState {
+        CheckpointState::new(
+            step,
+            step * 8,
+            vec![
+                serde_json::json!({"epoch": 0, "offset": step}),
+                serde_json::json!({"epoch": 0, "offset": step + 1}),
+            ],
+            serde_json::json!({"skipped_nonfinite": 0}),
+        )
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten(0, -1).try_into().expect("f32");
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    fn step_names(root: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(root)
+            .expect("read root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("step_"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Collects the messages of `tracing` events emitted while `f` runs.
+    fn capture_warnings<R>(f: impl FnOnce() -> R) -> (R, String) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        let result = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buf.0.lock().expect("lock")).into_owned();
+        (result, text)
+    }
+
+    #[test]
+    fn save_and_load_round_trip_bitwise() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::new(tmp.path().join("checkpoints"), 3, 0);
+        let src = tiny_vs(1.5);
+        let dir = store.save(&src, &optim_state(2.5), CONFIG, state(12)).expect("save");
+        assert_eq!(dir, tmp.path().join("checkpoints/step_00000012"));
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("checkpoints/latest"))
+                .expect("latest")
+                .trim(),
+            "step_00000012"
+        );
+
+        let ck = store.latest_valid().expect("ok").expect("one checkpoint");
+        assert_eq!(ck.dir, dir);
+        assert_eq!(ck.config_toml, CONFIG);
+        assert_eq!(ck.state.step, 12);
+        assert_eq!(ck.state.samples_seen, 96);
+        assert_eq!(ck.state.world_size, 2);
+        assert_eq!(ck.state.loader[1]["offset"], 13);
+        assert_eq!(ck.state.config_hash, sha256_hex(CONFIG.as_bytes()));
+        assert_eq!(
+            ck.state.files.keys().collect::<Vec<_>>(),
+            [CONFIG_FILE, MODEL_FILE, OPTIM_FILE]
+        );
+
+        let dst = tiny_vs(-3.0);
+        let optim = ck.load_into(&dst).expect("load");
+        let (sv, dv) = (src.variables(), dst.variables());
+        for name in ["w", "b"] {
+            assert_eq!(bits(&sv[name]), bits(&dv[name]), "{name}");
+        }
+        let optim: BTreeMap<String, Tensor> = optim.into_iter().collect();
+        assert_eq!(
+            bits(&optim["w.exp_avg"]),
+            bits(&(Tensor::ones([2, 3], (Kind::Float, Device::Cpu)) * 2.5))
+        );
+        assert_eq!(optim["step"].kind(), Kind::Int64);
+        assert_eq!(optim["step"].int64_value(&[]), 7);
+    }
+
+    #[test]
+    fn retention_keeps_last_k_and_every_mth() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("ck");
+        let store = Checkpoints::new(&root, 2, 4);
+        let vs = tiny_vs(1.0);
+        for step in 1..=9 {
+            store.save(&vs, &optim_state(1.0), CONFIG, state(step)).expect("save");
+        }
+        // Newest two (8, 9) plus multiples of 4 (4, 8).
+        assert_eq!(step_names(&root), ["step_00000004", "step_00000008", "step_00000009"]);
+
+        let none_every = Checkpoints::new(tmp.path().join("ck2"), 1, 0);
+        for step in [3, 5] {
+            none_every
+                .save(&vs, &optim_state(1.0), CONFIG, state(step))
+                .expect("save");
+        }
+        assert_eq!(step_names(&tmp.path().join("ck2")), ["step_00000005"]);
+    }
+
+    #[test]
+    fn saving_the_same_step_again_replaces_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::new(tmp.path(), 2, 0);
+        store
+            .save(&tiny_vs(1.0), &optim_state(1.0), CONFIG, state(5))
+            .expect("first");
+        store
+            .save(&tiny_vs(2.0), &optim_state(1.0), CONFIG, state(5))
+            .expect("again");
+        let ck = store.latest_valid().expect("ok").expect("some");
+        let dst = tiny_vs(0.0);
+        ck.load_into(&dst).expect("load");
+        assert_eq!(bits(&dst.variables()["b"]), bits(&tiny_vs(2.0).variables()["b"]));
+        assert_eq!(step_names(tmp.path()), ["step_00000005"]);
+    }
+
+    fn three_checkpoints(root: &Path) -> Checkpoints {
+        let store = Checkpoints::new(root, 5, 0);
+        for step in [10, 20, 30] {
+            store
+                .save(&tiny_vs(step as f64), &optim_state(1.0), CONFIG, state(step))
+                .expect("save");
+        }
+        store
+    }
+
+    #[test]
+    fn corrupt_newest_falls_back_to_previous_with_warning() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = three_checkpoints(tmp.path());
+        let model = tmp.path().join("step_00000030").join(MODEL_FILE);
+        let mut bytes = fs::read(&model).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        fs::write(&model, bytes).expect("write");
+
+        let (found, logs) = capture_warnings(|| store.latest_valid());
+        let ck = found.expect("ok").expect("some");
+        assert_eq!(ck.state.step, 20);
+        assert!(
+            logs.contains("step_00000030") && logs.contains("model.safetensors") && logs.contains("SHA-256"),
+            "{logs}"
+        );
+
+        let err = Checkpoint::open(&tmp.path().join("step_00000030"))
+            .expect_err("corrupt")
+            .to_string();
+        assert!(err.contains("step_00000030") && err.contains(MODEL_FILE), "{err}");
+    }
+
+    #[test]
+    fn truncated_state_json_falls_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = three_checkpoints(tmp.path());
+        let state_path = tmp.path().join("step_00000030").join(STATE_FILE);
+        let text = fs::read(&state_path).expect("read");
+        fs::write(&state_path, &text[..text.len() / 2]).expect("truncate");
+        let (found, logs) = capture_warnings(|| store.latest_valid());
+        assert_eq!(found.expect("ok").expect("some").state.step, 20);
+        assert!(logs.contains("state.json"), "{logs}");
+
+        // A shortened model file is caught by its size before hashing.
+        let model = tmp.path().join("step_00000020").join(MODEL_FILE);
+        let bytes = fs::read(&model).expect("read");
+        fs::write(&model, &bytes[..100]).expect("truncate");
+        let err = Checkpoint::open(&tmp.path().join("step_00000020"))
+            .expect_err("short")
+            .to_string();
+        assert!(err.contains("has 100 bytes"), "{err}");
+    }
+
+    #[test]
+    fn leftover_tmp_folder_is_ignored_and_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = three_checkpoints(tmp.path());
+        // A kill while writing step 40: the temporary folder holds partial files
+        // and `latest` still names step 30.
+        let partial = tmp.path().join("step_00000040.tmp");
+        fs::create_dir(&partial).expect("mkdir");
+        fs::write(partial.join(MODEL_FILE), b"half a model").expect("write");
+        fs::write(tmp.path().join("latest.tmp"), b"step_000").expect("write");
+        let ck = store.latest_valid().expect("ok").expect("some");
+        assert_eq!(ck.state.step, 30);
+        assert!(!partial.exists());
+        assert!(!tmp.path().join("latest.tmp").exists());
+    }
+
+    #[test]
+    fn latest_pointing_to_missing_folder_uses_highest_step() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = three_checkpoints(tmp.path());
+        fs::write(tmp.path().join(LATEST_FILE), "step_00000099\n").expect("write");
+        let (found, logs) = capture_warnings(|| store.latest_valid());
+        assert_eq!(found.expect("ok").expect("some").state.step, 30);
+        assert!(logs.contains("step_00000099"), "{logs}");
+
+        fs::write(tmp.path().join(LATEST_FILE), "garbage").expect("write");
+        assert_eq!(store.latest_valid().expect("ok").expect("some").state.step, 30);
+
+        fs::remove_file(tmp.path().join(LATEST_FILE)).expect("rm");
+        assert_eq!(store.latest_valid().expect("ok").expect("some").state.step, 30);
+    }
+
+    #[test]
+    fn latest_is_where_the_search_starts() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = three_checkpoints(tmp.path());
+        fs::write(tmp.path().join(LATEST_FILE), "step_00000020\n").expect("write");
+        assert_eq!(store.latest_valid().expect("ok").expect("some").state.step, 20);
+    }
+
+    #[test]
+    fn no_checkpoints_is_none_and_all_corrupt_is_an_error() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::new(tmp.path().join("absent"), 2, 0);
+        assert!(store.latest_valid().expect("ok").is_none());
+
+        let store = three_checkpoints(tmp.path());
+        for step in ["step_00000010", "step_00000020", "step_00000030"] {
+            fs::remove_file(tmp.path().join(step).join(OPTIM_FILE)).expect("rm");
+        }
+        let err = store.latest_valid().expect_err("none valid").to_string();
+        assert!(err.contains("all 3"), "{err}");
+    }
+
+    #[test]
+    fn model_mismatch_on_load_names_the_file() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = Checkpoints::new(tmp.path(), 2, 0);
+        let dir = store
+            .save(&tiny_vs(1.0), &optim_state(1.0), CONFIG, state(1))
+            .expect("save");
+        let other = VarStore::new(Device::Cpu);
+        let _w = other.root().zeros("w", &[3, 3]);
+        let _b = other.root().zeros("b", &[3]);
+        let err = Checkpoint::open(&dir)
+            .expect("valid")
+            .load_into(&other)
+            .expect_err("shape")
+            .to_string();
+        assert!(err.contains("model.safetensors") && err.contains("w:"), "{err}");
+    }
+
+    #[test]
+    fn config_changes_outside_model_are_warnings() {
+        let saved: toml::Table = "name = \"a\"\nout_dir = \"runs\"\n[model]\nwidth = 512\n[optim]\nlr = 0.001\n[data]\ntrain = \"x/{0..3}.tar\"\n"
+            .parse()
+            .expect("toml");
+        let current: toml::Table = "name = \"b\"\nout_dir = \"elsewhere\"\n[model]\nwidth = 512\n[optim]\nlr = 0.0005\nbeta2 = 0.95\n[data]\ntrain = \"y/{0..3}.tar\"\n"
+            .parse()
+            .expect("toml");
+        let warnings = config_compatibility(&saved, &current).expect("compatible");
+        assert_eq!(
+            warnings,
+            [
+                "data.train: \"x/{0..3}.tar\" -> \"y/{0..3}.tar\"",
+                "optim.beta2: (absent) -> 0.95",
+                "optim.lr: 0.001 -> 0.0005",
+            ]
+        );
+        assert!(config_compatibility(&saved, &saved).expect("same").is_empty());
+    }
+
+    #[test]
+    fn config_changes_under_model_are_errors() {
+        let saved: toml::Table =
+            "[model]\nembed_dim = 64\n[model.vision]\nwidth = 128\nlayers = 2\n[optim]\nlr = 0.1\n"
+                .parse()
+                .expect("toml");
+        let current: toml::Table = "[model]\nembed_dim = 64\n[model.vision]\nwidth = 256\n[optim]\nlr = 0.2\n"
+            .parse()
+            .expect("toml");
+        let err = config_compatibility(&saved, &current).expect_err("model differs");
+        match &err {
+            CheckpointError::Incompatible { keys } => {
+                assert_eq!(
+                    keys,
+                    &["model.vision.layers: 2 -> (absent)", "model.vision.width: 128 -> 256"]
+                )
+            }
+            other => panic!("unexpected {other}"),
+        }
+        assert!(err.to_string().contains("model.vision.width"));
+    }
+}
