@@ -24,7 +24,7 @@ need g++ || missing_debs+=(g++)
 need npm || missing_debs+=(npm)
 need python3 || missing_debs+=(python3 python3-venv)
 # OpenMPI (the CPU collectives backend and mpirun) and libclang (bindgen in mpi-sys).
-for deb in openmpi-bin libopenmpi-dev libclang-dev wordnet-base; do
+for deb in openmpi-bin libopenmpi-dev libclang-dev wordnet-base slurm-wlm munge iproute2 libturbojpeg0-dev; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing_debs+=("$deb")
 done
 if [ ${#missing_debs[@]} -gt 0 ]; then

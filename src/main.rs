@@ -12,12 +12,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write webdataset tar shards (plus sizes.json) from a folder, CSV or JSONL manifest.
+    /// Write webdataset shards (.tar or .tar.zst, plus sizes.json) from a folder, CSV/TSV, JSONL or
+    /// parquet manifest, or re-shard existing shards.
     Shard(cmd::shard::Args),
     /// Train one worker from a TOML config.
     Train(cmd::train::Args),
     /// Start N local training workers (directly or through mpirun) and supervise them.
     Launch(cmd::launch::Args),
+    /// Write an sbatch script for a training run and submit it to SLURM.
+    Submit(cmd::submit::Args),
+    /// Show a submitted run's SLURM state, last metrics and newest checkpoint.
+    Status(cmd::status::Args),
     /// Zero-shot classification and retrieval evaluation of a checkpoint.
     Eval(cmd::eval::Args),
     /// Write normalised image or text embeddings.
@@ -28,6 +33,9 @@ enum Cmd {
     Sweep(cmd::sweep::Args),
     /// Curate shards through a pipeline of stages (MetaCLIP, ...); `curate match` prints matched entries.
     Curate(cmd::curate::Args),
+    /// Inspect datasets: `data inspect SPEC` reads every sample and reports counts, skips and
+    /// image size / caption length distributions.
+    Data(cmd::data::Args),
     /// Tokenize lines from stdin with the CLIP BPE tokenizer (one JSON id list per line).
     Tokenize(cmd::tokenize::Args),
 }
@@ -47,11 +55,14 @@ fn main() {
         Cmd::Shard(a) => cmd::shard::run(a),
         Cmd::Train(a) => cmd::train::run(a),
         Cmd::Launch(a) => cmd::launch::run(a),
+        Cmd::Submit(a) => cmd::submit::run(a),
+        Cmd::Status(a) => cmd::status::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Export(a) => cmd::export::run(a),
         Cmd::Sweep(a) => cmd::sweep::run(a),
         Cmd::Curate(a) => cmd::curate::run(a),
+        Cmd::Data(a) => cmd::data::run(a),
         Cmd::Tokenize(a) => cmd::tokenize::run(a),
     };
     if let Err(e) = result {

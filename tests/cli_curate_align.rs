@@ -65,10 +65,18 @@ fn align_config_drops_by_rule_and_reports_counts() {
         ("png", png(2, 100, 300), "a picture that is too small".to_string()),
         ("png", png(3, 700, 220), "a picture far too wide".to_string()),
         ("png", png(4, 256, 256), "hi there".to_string()),
-        ("png", b"\x89PNG not an image".to_vec(), "bytes that do not decode".to_string()),
+        (
+            "png",
+            b"\x89PNG not an image".to_vec(),
+            "bytes that do not decode".to_string(),
+        ),
     ];
     for i in 0..11 {
-        shard0.push(("png", png(100 + i, 256, 256), "the one caption everyone uses".to_string()));
+        shard0.push((
+            "png",
+            png(100 + i, 256, 256),
+            "the one caption everyone uses".to_string(),
+        ));
     }
     let shard1 = vec![
         (
@@ -128,7 +136,10 @@ fn align_config_drops_by_rule_and_reports_counts() {
     assert_eq!(stage["stats"]["config"]["shorter_side_above"], 200);
 
     let sizes: BTreeMap<String, u64> = serde_json::from_slice(&std::fs::read(out.join("sizes.json")).unwrap()).unwrap();
-    assert_eq!(sizes, BTreeMap::from([("00000.tar".into(), 1), ("00001.tar".into(), 4)]));
+    assert_eq!(
+        sizes,
+        BTreeMap::from([("00000.tar".into(), 1), ("00001.tar".into(), 4)])
+    );
     // The first copy of the repeated image is the one kept, with its own caption.
     let mut archive = tar::Archive::new(std::fs::File::open(out.join("00000.tar")).unwrap());
     let names: Vec<String> = archive

@@ -1,9 +1,13 @@
 //! `ferroclip launch` + `ferroclip train` with 2 MPI workers as real processes:
 //! the run trains on the global batch, and a worker killed mid-run makes the
 //! launcher exit promptly, naming the rank, with no process left behind.
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{require_mpirun, send_signal, tagged_pids, KillTagged};
 
 use dataloader::{ShardSample, ShardWriter};
 
@@ -53,15 +57,6 @@ warmup_steps = 2
 every = 1
 "#;
 
-fn require_mpirun() {
-    let found = Command::new("mpirun")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(found.is_ok_and(|s| s.success()), "mpirun missing: run scripts/setup.sh");
-}
-
 #[test]
 fn two_mpi_workers_train_on_the_global_batch() {
     require_mpirun();
@@ -93,25 +88,6 @@ fn two_mpi_workers_train_on_the_global_batch() {
     let log0 = std::fs::read_to_string(dir.path().join("runs/t/logs/rank0.log")).unwrap();
     assert!(log0.contains("trained 6 steps"), "rank 0 log: {log0}");
     assert!(dir.path().join("runs/t/logs/rank1.log").is_file());
-}
-
-/// Pids of processes whose environment holds `tag` (the test's own marker).
-fn tagged_pids(tag: &str, extra: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        let has = |needle: &str| vars.iter().any(|v| *v == needle.as_bytes());
-        if has(tag) && (extra.is_empty() || has(extra)) {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 #[test]
@@ -147,7 +123,7 @@ fn a_killed_worker_stops_the_launch_and_is_named() {
     while !std::fs::read_to_string(&log0).unwrap_or_default().contains("step ") {
         if start.elapsed() > Duration::from_secs(120) {
             for pid in tagged_pids(&tag, "") {
-                unsafe { libc_kill(pid as i32, 9) };
+                send_signal(pid, 9);
             }
             panic!("workers never started stepping");
         }
@@ -157,7 +133,7 @@ fn a_killed_worker_stops_the_launch_and_is_named() {
     let victims = tagged_pids(&tag, "OMPI_COMM_WORLD_RANK=1");
     assert!(!victims.is_empty(), "rank 1 process not found");
     for pid in &victims {
-        unsafe { libc_kill(*pid as i32, 9) };
+        send_signal(*pid, 9);
     }
     let killed_at = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -176,21 +152,6 @@ fn a_killed_worker_stops_the_launch_and_is_named() {
         "processes left behind: {:?}",
         tagged_pids(&tag, "")
     );
-}
-
-struct KillTagged(String);
-
-impl Drop for KillTagged {
-    fn drop(&mut self) {
-        for pid in tagged_pids(&self.0, "") {
-            unsafe { libc_kill(pid as i32, 9) };
-        }
-    }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 // ---- Self-healing launches (`--max-restarts`): small `sh` workers stand in for
@@ -401,7 +362,7 @@ fn sigterm_to_the_launcher_stops_the_workers_without_a_restart() {
         assert!(start.elapsed() < Duration::from_secs(30), "workers never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe { libc_kill(child.id() as i32, 15) };
+    send_signal(child.id(), 15);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

@@ -143,7 +143,11 @@ fn sigkill_at_a_random_step_then_restart_gives_identical_weights() {
         .spawn()
         .unwrap();
     let kill_at = random_kill_step(5, 35);
-    wait_for_step(&dir.path().join("runs/b/metrics.jsonl"), kill_at, Duration::from_secs(180));
+    wait_for_step(
+        &dir.path().join("runs/b/metrics.jsonl"),
+        kill_at,
+        Duration::from_secs(180),
+    );
     let victims = tagged_pids(&tag, "OMPI_COMM_WORLD_RANK=1");
     assert!(!victims.is_empty(), "rank 1 not found");
     let killed_after = last_logged_step(&dir.path().join("runs/b/metrics.jsonl"));
@@ -193,7 +197,13 @@ fn sigterm_saves_a_checkpoint_and_resume_finishes_identically() {
     assert!(text(&out).contains("stopped by SIGTERM"), "{}", text(&out));
     let latest = std::fs::read_to_string(dir.path().join("runs/b/checkpoints/latest")).unwrap();
     let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("runs/b/checkpoints").join(latest.trim()).join("state.json")).unwrap(),
+        &std::fs::read_to_string(
+            dir.path()
+                .join("runs/b/checkpoints")
+                .join(latest.trim())
+                .join("state.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let stopped_at = state["step"].as_u64().unwrap();
@@ -231,8 +241,16 @@ fn corrupt_newest_checkpoint_is_reported_and_the_previous_used() {
     let dir = setup(10);
     let train = |extra: &[&str]| {
         let mut cmd = ferroclip(dir.path());
-        cmd.args(["train", "--config", "t.toml", "--set", "checkpoint.every=3", "--set", "checkpoint.keep_last=3"])
-            .args(extra);
+        cmd.args([
+            "train",
+            "--config",
+            "t.toml",
+            "--set",
+            "checkpoint.every=3",
+            "--set",
+            "checkpoint.keep_last=3",
+        ])
+        .args(extra);
         run(&mut cmd)
     };
     let first = train(&[]);
@@ -260,7 +278,8 @@ fn config_changes_on_resume_warn_or_fail_by_kind() {
     let dir = setup(6);
     let train = |extra: &[&str]| {
         let mut cmd = ferroclip(dir.path());
-        cmd.args(["train", "--config", "t.toml", "--set", "checkpoint.every=3"]).args(extra);
+        cmd.args(["train", "--config", "t.toml", "--set", "checkpoint.every=3"])
+            .args(extra);
         run(&mut cmd)
     };
     assert!(train(&[]).status.success());

@@ -1,57 +1,16 @@
 //! `ferroclip train` end to end as a real process: synthetic coloured-shape shards,
 //! the `nano` model; the loss falls, the run folder is complete and bad input gives
 //! one clear error line naming the culprit.
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dataloader::{ShardSample, ShardWriter};
 
-const COLOURS: [(&str, [u8; 3]); 6] = [
-    ("red", [220, 20, 20]),
-    ("green", [20, 200, 20]),
-    ("blue", [20, 20, 220]),
-    ("yellow", [230, 230, 20]),
-    ("black", [0, 0, 0]),
-    ("white", [255, 255, 255]),
-];
-
-/// A `colour` disc or square on a grey background, as PNG.
-fn shape_png(rgb: [u8; 3], disc: bool, size: u32) -> Vec<u8> {
-    let c = size as f32 / 2.0;
-    let img = image::RgbImage::from_fn(size, size, |x, y| {
-        let (dx, dy) = (x as f32 - c, y as f32 - c);
-        let inside = if disc {
-            dx * dx + dy * dy < (0.35 * size as f32).powi(2)
-        } else {
-            dx.abs().max(dy.abs()) < 0.3 * size as f32
-        };
-        image::Rgb(if inside { rgb } else { [128, 128, 128] })
-    });
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .expect("encode png");
-    bytes
-}
-
 /// 96 samples (12 distinct colour × shape pairs, sizes vary) in 4 shards.
 fn write_shards(dir: &Path) -> Vec<PathBuf> {
-    let mut writer = ShardWriter::new(dir, 24).expect("shard writer");
-    for i in 0..96usize {
-        let (name, rgb) = COLOURS[i % COLOURS.len()];
-        let disc = (i / COLOURS.len()) % 2 == 0;
-        let shape = if disc { "circle" } else { "square" };
-        writer
-            .write(&ShardSample {
-                key: None,
-                image: shape_png(rgb, disc, 32 + (i % 5) as u32 * 8),
-                image_ext: "png".into(),
-                captions: vec![format!("a {name} {shape}")],
-                label: None,
-                json: Default::default(),
-            })
-            .expect("write sample");
-    }
-    writer.finish().expect("finish shards").shards
+    common::write_shape_shards(dir, 96, 24)
 }
 
 fn ferroclip(args: &[&str], cwd: &Path) -> Output {

@@ -12,7 +12,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::align::{AlignConfig, AlignStage};
+use crate::dfn::{DfnConfig, DfnStage};
 use crate::error::CurateError;
+use crate::klite::{KliteConfig, KliteStage};
 use crate::metaclip::{MetaclipConfig, MetaclipStage};
 use crate::stage::NamedStage;
 
@@ -31,13 +34,26 @@ pub struct CurateConfig {
 pub enum StageConfig {
     /// MetaCLIP metadata matching and balancing.
     Metaclip(MetaclipConfig),
+    /// K-LITE knowledge: append the WordNet gloss of the caption's rarest noun.
+    Klite(KliteConfig),
+    /// ALIGN's image and alt-text filters with exact and near-duplicate removal.
+    Align(AlignConfig),
+    /// DFN: keep the pairs a filtering model scores highest (DataComp's rule).
+    Dfn(DfnConfig),
 }
+
+/// Builds a `dfn` stage from its name and config: the binary wires the scorer (curator links
+/// no model code), see [`crate::dfn::build_stage`].
+pub type DfnBuilder<'a> = dyn FnMut(&str, &DfnConfig) -> Result<DfnStage, CurateError> + 'a;
 
 impl StageConfig {
     /// The stage's name: its `name` field, else its kind.
     pub fn name(&self) -> String {
         match self {
             StageConfig::Metaclip(c) => c.name.clone().unwrap_or_else(|| "metaclip".into()),
+            StageConfig::Klite(c) => c.name.clone().unwrap_or_else(|| "klite".into()),
+            StageConfig::Align(c) => c.name.clone().unwrap_or_else(|| "align".into()),
+            StageConfig::Dfn(c) => c.name.clone().unwrap_or_else(|| "dfn".into()),
         }
     }
 }
@@ -72,6 +88,9 @@ impl CurateConfig {
             let at = format!("stage[{i}]");
             match stage {
                 StageConfig::Metaclip(c) => c.validate(&at)?,
+                StageConfig::Klite(c) => c.validate(&at)?,
+                StageConfig::Align(c) => c.validate(&at)?,
+                StageConfig::Dfn(c) => c.validate(&at)?,
             }
             if !names.insert(stage.name()) {
                 return Err(CurateError::BadField {
@@ -85,12 +104,30 @@ impl CurateConfig {
 
     /// Build the stages (loading metadata etc.); relative paths resolve against `base_dir`,
     /// normally the config file's folder.
+    /// A `dfn` stage needs a scorer: use [`CurateConfig::build_stages_with`] for it.
     pub fn build_stages(&self, base_dir: &Path) -> Result<Vec<NamedStage>, CurateError> {
+        self.build_stages_with(base_dir, &mut |name, _| {
+            Err(CurateError::BadField {
+                field: format!("stage {name:?}"),
+                reason: "a dfn stage needs a filtering model; run it through `ferroclip curate`".into(),
+            })
+        })
+    }
+
+    /// Like [`CurateConfig::build_stages`], building `dfn` stages with `dfn`.
+    pub fn build_stages_with(&self, base_dir: &Path, dfn: &mut DfnBuilder<'_>) -> Result<Vec<NamedStage>, CurateError> {
         self.stages
             .iter()
             .map(|stage| {
                 let built: Box<dyn crate::stage::Stage> = match stage {
                     StageConfig::Metaclip(c) => Box::new(MetaclipStage::new(c.metadata(base_dir)?, c)?),
+                    StageConfig::Klite(c) => {
+                        // A relative WordNet folder is relative to the config file.
+                        let dictionary = crate::klite::GlossDictionary::load(&base_dir.join(&c.wordnet_dir))?;
+                        Box::new(KliteStage::new(dictionary, c))
+                    }
+                    StageConfig::Align(c) => Box::new(AlignStage::new(c)),
+                    StageConfig::Dfn(c) => Box::new(dfn(&stage.name(), c)?),
                 };
                 Ok(NamedStage {
                     name: stage.name(),

@@ -69,6 +69,14 @@ pub enum CurateError {
         /// Why.
         reason: String,
     },
+    /// A DFN score file that cannot be read, or a scorer that failed.
+    #[error("scores {}: {reason}", path.display())]
+    Scores {
+        /// The score file, or the shard being scored.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Reducing counts across processes failed.
     #[error("count reduction: {0}")]
     Reduce(String),

@@ -6,7 +6,10 @@
 //!   Rewrite(sample)`; randomness per sample from [`SampleRng`] (seed, key).
 //! - [`run_pipeline`]: stages over shards on threads → mirrored output shards, `sizes.json`,
 //!   `report.json` ([`CurateReport`]) and `report.png`.
+//! - [`align`]: ALIGN's image/alt-text filters, exact and pHash near-duplicate removal ([`AlignStage`]).
+//! - [`dfn`]: DFN model-score filtering (DataComp's top-fraction rule); scorer from the binary.
 //! - [`metaclip`]: MetaCLIP metadata (WordNet + user lists), substring [`Matcher`] and balancing.
+//! - [`klite`]: K-LITE knowledge: WordNet noun glosses ([`GlossDictionary`]) appended to captions.
 //!
 //! ```
 //! use curator::metaclip::{Matcher, Metadata};
@@ -18,16 +21,22 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod align;
 pub mod config;
+pub mod dfn;
 pub mod error;
+pub mod klite;
 pub mod metaclip;
 pub mod pipeline;
 pub mod plot;
 pub mod reduce;
 pub mod stage;
 
-pub use config::{CurateConfig, StageConfig};
+pub use align::{AlignConfig, AlignStage};
+pub use config::{CurateConfig, DfnBuilder, StageConfig};
+pub use dfn::{DfnConfig, DfnStage, PairScorer};
 pub use error::CurateError;
+pub use klite::{GlossDictionary, KliteConfig, KliteStage};
 pub use metaclip::{Matcher, MetaclipConfig, MetaclipStage, Metadata};
 pub use pipeline::{run_pipeline, CurateReport, StageReport, REPORT_JSON, REPORT_PNG};
 pub use reduce::{CountReducer, SingleProcess};

@@ -1,17 +1,29 @@
-//! Image decode (PNG/JPEG, alpha over white, size limit) and open_clip's image transforms.
+//! Image decode (JPEG/PNG, alpha over white, size limit) and open_clip's image transforms.
 //!
 //! Train: `RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(3/4, 4/3), bicubic)`, to float,
 //! CLIP normalisation. Eval: bicubic resize of the shorter side to `size`, center crop, the
 //! same normalisation. Output is f32 CHW. The crop parameters follow torchvision's
 //! `RandomResizedCrop.get_params` and `CenterCrop` rounding; random draws come from the
 //! caller's RNG, so they differ from torch's but are reproducible.
+//!
+//! Speed: JPEGs decode through libjpeg-turbo (feature `turbojpeg`, on by default; PIL's
+//! decoder, so full-size pixels are PIL's), and [`ImageTransform::decode_and_apply`] decodes
+//! them at a reduced DCT scale (1/2, 1/4, 1/8) when the region the transform keeps is at
+//! least twice the output size; the largest reduction whose output still covers the output
+//! size is taken. Resampling is `fast_image_resize`'s SIMD convolution with the bicubic
+//! (Catmull-Rom, a = −0.5) kernel, Pillow's algorithm, 8-bit between passes like Pillow.
+//! Decode and resize buffers are reused per thread.
+use std::cell::RefCell;
 use std::io::Cursor;
+use std::sync::OnceLock;
 
-use image::imageops::FilterType;
+use fast_image_resize as fir;
 use image::{DynamicImage, ImageReader, Limits, RgbImage};
 use rand::Rng;
 
 use crate::error::SkipReason;
+#[cfg(feature = "turbojpeg")]
+use crate::turbojpeg::TurboDecoder;
 
 /// CLIP (OpenAI) per-channel mean, RGB.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -21,6 +33,12 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Default pixel limit for decoding (about 89 megapixels, PIL's decompression-bomb limit).
 pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+/// Reduced-scale JPEG decodes that are tried, largest reduction first.
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+const JPEG_DENOMINATORS: [u32; 3] = [8, 4, 2];
+/// A thread's decode buffer is freed after an image bigger than this (bytes), so one huge
+/// image does not pin its memory for the rest of the run.
+const MAX_KEPT_DECODE_BUFFER: usize = 64 << 20;
 
 /// Why image bytes were rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +48,22 @@ pub struct DecodeError {
     pub reason: SkipReason,
     /// The decoder's message or the offending dimensions.
     pub detail: String,
+}
+
+impl DecodeError {
+    fn undecodable(detail: impl Into<String>) -> Self {
+        Self {
+            reason: SkipReason::UndecodableImage,
+            detail: detail.into(),
+        }
+    }
+
+    fn empty() -> Self {
+        Self {
+            reason: SkipReason::EmptyImage,
+            detail: "zero bytes".into(),
+        }
+    }
 }
 
 /// The image format of `bytes` by its magic number, as a member extension (`png`, `jpg`,
@@ -46,28 +80,73 @@ pub fn sniff_extension(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Decode PNG/JPEG bytes to 8-bit RGB; transparent pixels are composited onto white.
-///
-/// Images with more than `max_pixels` pixels are rejected before their pixels are decoded.
-pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
-    let undecodable = |detail: String| DecodeError {
-        reason: SkipReason::UndecodableImage,
-        detail,
-    };
-    if bytes.is_empty() {
-        return Err(DecodeError {
-            reason: SkipReason::EmptyImage,
-            detail: "zero bytes".into(),
-        });
+/// Per-thread decoder and buffers, reused from one image to the next.
+struct Workspace {
+    /// `None` until the first JPEG, and if the library could not create a decoder.
+    #[cfg(feature = "turbojpeg")]
+    turbo: Option<TurboDecoder>,
+    /// Decoded RGB pixels of the current JPEG.
+    decoded: Vec<u8>,
+    /// The `size`×`size` RGB result of the resize.
+    resized: Vec<u8>,
+    resizer: fir::Resizer,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        Self {
+            #[cfg(feature = "turbojpeg")]
+            turbo: None,
+            decoded: Vec::new(),
+            resized: Vec::new(),
+            resizer: fir::Resizer::new(),
+        }
     }
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| undecodable(e.to_string()))
-    };
-    let (width, height) = reader()?.into_dimensions().map_err(|e| undecodable(e.to_string()))?;
+
+    fn release_oversized_buffers(&mut self) {
+        if self.decoded.capacity() > MAX_KEPT_DECODE_BUFFER {
+            self.decoded = Vec::new();
+        }
+    }
+}
+
+/// The decoder in `slot`, created on first use (`None` if the library cannot make one).
+#[cfg(feature = "turbojpeg")]
+fn turbo_decoder(slot: &mut Option<TurboDecoder>) -> Option<&mut TurboDecoder> {
+    if slot.is_none() {
+        match TurboDecoder::new() {
+            Ok(decoder) => *slot = Some(decoder),
+            Err(message) => tracing::warn!("libjpeg-turbo unavailable, using the image crate: {message}"),
+        }
+    }
+    slot.as_mut()
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::new());
+}
+
+/// Run `f` with this thread's workspace (a fresh one in the never-expected case that it is
+/// already in use further up the stack).
+fn with_workspace<T>(f: impl FnOnce(&mut Workspace) -> T) -> T {
+    WORKSPACE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut workspace) => {
+            let result = f(&mut workspace);
+            workspace.release_oversized_buffers();
+            result
+        }
+        Err(_) => f(&mut Workspace::new()),
+    })
+}
+
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0xFF, 0xD8, 0xFF])
+}
+
+fn check_pixel_limit(width: u32, height: u32, max_pixels: u64) -> Result<(), DecodeError> {
     if width == 0 || height == 0 {
-        return Err(undecodable(format!("zero dimension {width}x{height}")));
+        return Err(DecodeError::undecodable(format!("zero dimension {width}x{height}")));
     }
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(DecodeError {
@@ -75,11 +154,57 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
             detail: format!("{width}x{height} is over the limit of {max_pixels} pixels"),
         });
     }
+    Ok(())
+}
+
+/// Decode image bytes to 8-bit RGB; transparent pixels are composited onto white.
+///
+/// Images with more than `max_pixels` pixels are rejected before their pixels are decoded.
+/// JPEGs go through libjpeg-turbo (with the `turbojpeg` feature), falling back to the `image`
+/// crate for what it rejects (CMYK, truncated or corrupt data), so that what the image crate
+/// can decode is never skipped.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::empty());
+    }
+    #[cfg(feature = "turbojpeg")]
+    if is_jpeg(bytes) {
+        let turbo = with_workspace(|workspace| {
+            let decoder = turbo_decoder(&mut workspace.turbo)?;
+            let (width, height) = decoder.dimensions(bytes).ok()?;
+            if let Err(e) = check_pixel_limit(width, height, max_pixels) {
+                return Some(Err(e));
+            }
+            let mut pixels = Vec::new();
+            let (width, height) = decoder.decode_into(bytes, 1, &mut pixels).ok()?;
+            RgbImage::from_raw(width, height, pixels).map(Ok)
+        });
+        if let Some(result) = turbo {
+            return result;
+        }
+    }
+    decode_rgb_with_image_crate(bytes, max_pixels)
+}
+
+/// [`decode_rgb`] through the `image` crate only (zune-jpeg for JPEG).
+pub fn decode_rgb_with_image_crate(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::empty());
+    }
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| DecodeError::undecodable(e.to_string()))
+    };
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| DecodeError::undecodable(e.to_string()))?;
+    check_pixel_limit(width, height, max_pixels)?;
     let mut reader = reader()?;
     // Dimensions were checked above; the decoder's own default allocation cap (512 MiB)
     // would otherwise reject images that the configured pixel limit allows.
     reader.limits(Limits::no_limits());
-    let decoded = reader.decode().map_err(|e| undecodable(e.to_string()))?;
+    let decoded = reader.decode().map_err(|e| DecodeError::undecodable(e.to_string()))?;
     Ok(to_rgb_over_white(decoded))
 }
 
@@ -143,6 +268,41 @@ pub struct CropBox {
     pub width: u32,
 }
 
+/// The part of the source image that is resampled onto the whole `size`×`size` output, in
+/// source pixel units (fractional when the eval resize scale does not divide evenly).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SourceRegion {
+    left: f64,
+    top: f64,
+    width: f64,
+    height: f64,
+}
+
+impl SourceRegion {
+    /// The same region in an image decoded at 1/`denominator` scale.
+    #[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+    fn scaled_down(self, denominator: u32) -> Self {
+        let d = f64::from(denominator);
+        Self {
+            left: self.left / d,
+            top: self.top / d,
+            width: self.width / d,
+            height: self.height / d,
+        }
+    }
+}
+
+/// The largest JPEG scale reduction (8, 4, 2, else 1) after which `region` still has at least
+/// `size` pixels on both sides, so the bicubic resize still only shrinks.
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+fn jpeg_denominator_for(region: SourceRegion, size: u32) -> u32 {
+    let size = f64::from(size);
+    JPEG_DENOMINATORS
+        .into_iter()
+        .find(|&d| region.width / f64::from(d) >= size && region.height / f64::from(d) >= size)
+        .unwrap_or(1)
+}
+
 impl ImageTransform {
     /// The train transform: RandomResizedCrop with open_clip's defaults, then normalise.
     pub fn train(size: u32) -> Self {
@@ -168,8 +328,19 @@ impl ImageTransform {
     /// Transform `image` and write the normalised CHW result into `out`
     /// (length [`Self::output_len`]). The RNG is only used by the train transform.
     pub fn apply_into<R: Rng + ?Sized>(&self, image: &RgbImage, rng: &mut R, out: &mut [f32]) {
-        let resized = self.resize_and_crop(image, rng);
-        normalize_chw(&resized, out);
+        let region = self.source_region(image.width(), image.height(), rng);
+        with_workspace(|workspace| {
+            resample_region(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                region,
+                self.size,
+                &mut workspace.resizer,
+                &mut workspace.resized,
+            );
+            normalize_hwc_into(&workspace.resized, out);
+        });
     }
 
     /// Like [`Self::apply_into`], returning a new buffer.
@@ -179,22 +350,227 @@ impl ImageTransform {
         out
     }
 
-    /// The 8-bit `size`×`size` image before normalisation.
-    pub fn resize_and_crop<R: Rng + ?Sized>(&self, image: &RgbImage, rng: &mut R) -> RgbImage {
-        let size = self.size;
-        match &self.random_crop {
-            Some(params) => {
-                let crop = params.sample(image.width(), image.height(), rng);
-                let cropped = image::imageops::crop_imm(image, crop.left, crop.top, crop.width, crop.height).to_image();
-                image::imageops::resize(&cropped, size, size, FilterType::CatmullRom)
-            }
-            None => {
-                let (width, height) = shorter_side_resized(image.width(), image.height(), size);
-                let resized = image::imageops::resize(image, width, height, FilterType::CatmullRom);
-                let crop = center_crop_box(width, height, size);
-                image::imageops::crop_imm(&resized, crop.left, crop.top, crop.width, crop.height).to_image()
+    /// Decode image bytes and transform them into `out` (length [`Self::output_len`]).
+    ///
+    /// The same result as [`decode_rgb`] then [`Self::apply_into`] (same crop, same RNG
+    /// draws), except that a JPEG whose kept region is at least twice `size` on both sides
+    /// is decoded at 1/2, 1/4 or 1/8 scale first; the crop is mapped onto the smaller image.
+    pub fn decode_and_apply_into<R: Rng + ?Sized>(
+        &self,
+        bytes: &[u8],
+        max_pixels: u64,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> Result<(), DecodeError> {
+        if bytes.is_empty() {
+            return Err(DecodeError::empty());
+        }
+        #[cfg(feature = "turbojpeg")]
+        if is_jpeg(bytes) {
+            let done = with_workspace(|workspace| self.turbo_decode_and_apply(workspace, bytes, max_pixels, rng, out));
+            match done {
+                TurboOutcome::Done => return Ok(()),
+                TurboOutcome::Rejected(e) => return Err(e),
+                TurboOutcome::NotHandled => {}
+                TurboOutcome::Failed(region) => {
+                    // The crop was already drawn for the header's size: keep it, so the RNG
+                    // stream does not depend on which decoder succeeded.
+                    let image = decode_rgb_with_image_crate(bytes, max_pixels)?;
+                    if (image.width(), image.height()) != (region.1, region.2) {
+                        return Err(DecodeError::undecodable(format!(
+                            "header says {}x{}, pixels are {}x{}",
+                            region.1,
+                            region.2,
+                            image.width(),
+                            image.height()
+                        )));
+                    }
+                    with_workspace(|workspace| {
+                        resample_region(
+                            image.as_raw(),
+                            image.width(),
+                            image.height(),
+                            region.0,
+                            self.size,
+                            &mut workspace.resizer,
+                            &mut workspace.resized,
+                        );
+                        normalize_hwc_into(&workspace.resized, out);
+                    });
+                    return Ok(());
+                }
             }
         }
+        let image = decode_rgb(bytes, max_pixels)?;
+        self.apply_into(&image, rng, out);
+        Ok(())
+    }
+
+    /// Like [`Self::decode_and_apply_into`], returning a new buffer.
+    pub fn decode_and_apply<R: Rng + ?Sized>(
+        &self,
+        bytes: &[u8],
+        max_pixels: u64,
+        rng: &mut R,
+    ) -> Result<Vec<f32>, DecodeError> {
+        let mut out = vec![0.0; self.output_len()];
+        self.decode_and_apply_into(bytes, max_pixels, rng, &mut out)?;
+        Ok(out)
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    fn turbo_decode_and_apply<R: Rng + ?Sized>(
+        &self,
+        workspace: &mut Workspace,
+        bytes: &[u8],
+        max_pixels: u64,
+        rng: &mut R,
+        out: &mut [f32],
+    ) -> TurboOutcome {
+        let Some(decoder) = turbo_decoder(&mut workspace.turbo) else {
+            return TurboOutcome::NotHandled;
+        };
+        let Ok((width, height)) = decoder.dimensions(bytes) else {
+            return TurboOutcome::NotHandled;
+        };
+        if let Err(e) = check_pixel_limit(width, height, max_pixels) {
+            return TurboOutcome::Rejected(e);
+        }
+        let region = self.source_region(width, height, rng);
+        let denominator = jpeg_denominator_for(region, self.size);
+        let Ok((decoded_width, decoded_height)) = decoder.decode_into(bytes, denominator, &mut workspace.decoded)
+        else {
+            return TurboOutcome::Failed((region, width, height));
+        };
+        resample_region(
+            &workspace.decoded,
+            decoded_width,
+            decoded_height,
+            region.scaled_down(denominator),
+            self.size,
+            &mut workspace.resizer,
+            &mut workspace.resized,
+        );
+        normalize_hwc_into(&workspace.resized, out);
+        TurboOutcome::Done
+    }
+
+    /// Where the output comes from in a `width`×`height` image: the random crop (train), or
+    /// the center crop of the shorter-side resize mapped back to source pixels (eval).
+    fn source_region<R: Rng + ?Sized>(&self, width: u32, height: u32, rng: &mut R) -> SourceRegion {
+        match &self.random_crop {
+            Some(params) => {
+                let crop = params.sample(width, height, rng);
+                SourceRegion {
+                    left: f64::from(crop.left),
+                    top: f64::from(crop.top),
+                    width: f64::from(crop.width),
+                    height: f64::from(crop.height),
+                }
+            }
+            None => {
+                // Resizing the whole image and cropping equals resampling the crop's preimage:
+                // each output pixel's filter taps depend only on its position and the scale,
+                // and taps still reach outside the region into the image, as in Pillow.
+                let (resized_width, resized_height) = shorter_side_resized(width, height, self.size);
+                let crop = center_crop_box(resized_width, resized_height, self.size);
+                let scale_x = f64::from(width) / f64::from(resized_width);
+                let scale_y = f64::from(height) / f64::from(resized_height);
+                SourceRegion {
+                    left: f64::from(crop.left) * scale_x,
+                    top: f64::from(crop.top) * scale_y,
+                    width: f64::from(crop.width) * scale_x,
+                    height: f64::from(crop.height) * scale_y,
+                }
+            }
+        }
+    }
+
+    /// The 8-bit `size`×`size` image before normalisation.
+    pub fn resize_and_crop<R: Rng + ?Sized>(&self, image: &RgbImage, rng: &mut R) -> RgbImage {
+        let region = self.source_region(image.width(), image.height(), rng);
+        let mut resized = Vec::new();
+        with_workspace(|workspace| {
+            resample_region(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                region,
+                self.size,
+                &mut workspace.resizer,
+                &mut resized,
+            )
+        });
+        RgbImage::from_raw(self.size, self.size, resized).expect("resample_region fills size×size×3 bytes")
+    }
+}
+
+/// What the libjpeg-turbo path did with a JPEG.
+#[cfg(feature = "turbojpeg")]
+enum TurboOutcome {
+    /// Transformed into the output.
+    Done,
+    /// A definite rejection (too many pixels).
+    Rejected(DecodeError),
+    /// Header unreadable or no decoder: the generic path decides, RNG untouched.
+    NotHandled,
+    /// The crop was drawn (region, full width, full height) but decoding failed.
+    Failed((SourceRegion, u32, u32)),
+}
+
+/// Resample `region` of the packed RGB `src` (`width`×`height`) onto `size`×`size` with the
+/// bicubic kernel, into `dst` (resized to 3·size² bytes).
+fn resample_region(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    region: SourceRegion,
+    size: u32,
+    resizer: &mut fir::Resizer,
+    dst: &mut Vec<u8>,
+) {
+    dst.clear();
+    dst.resize(3 * size as usize * size as usize, 0);
+    // Callers pass buffers of 3·width·height bytes and regions inside the image (crops are
+    // drawn inside it, eval regions lie within it, scaled regions inside the rounded-up
+    // scaled image), so these cannot fail on any input data.
+    let src =
+        fir::images::ImageRef::new(width, height, src, fir::PixelType::U8x3).expect("source buffer is width×height×3");
+    let mut dst = fir::images::Image::from_slice_u8(size, size, dst, fir::PixelType::U8x3)
+        .expect("destination buffer is size×size×3");
+    let options = fir::ResizeOptions::new()
+        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
+        .crop(region.left, region.top, region.width, region.height);
+    resizer
+        .resize(&src, &mut dst, &options)
+        .expect("same pixel types, crop inside the source");
+}
+
+/// Per channel, the normalised value of each 8-bit level: `(v / 255 − mean) / std`.
+fn normalization_table() -> &'static [[f32; 256]; 3] {
+    static TABLE: OnceLock<[[f32; 256]; 3]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [[0.0; 256]; 3];
+        for (c, channel) in table.iter_mut().enumerate() {
+            for (v, value) in channel.iter_mut().enumerate() {
+                *value = (v as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+            }
+        }
+        table
+    })
+}
+
+/// Packed 8-bit RGB (HWC) → normalised f32 CHW into `out` (3 × pixels long).
+fn normalize_hwc_into(rgb: &[u8], out: &mut [f32]) {
+    let plane = rgb.len() / 3;
+    assert_eq!(out.len(), 3 * plane, "output buffer length");
+    let table = normalization_table();
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
+        red[i] = table[0][usize::from(pixel[0])];
+        green[i] = table[1][usize::from(pixel[1])];
+        blue[i] = table[2][usize::from(pixel[2])];
     }
 }
 
@@ -270,13 +646,7 @@ pub fn center_crop_box(width: u32, height: u32, size: u32) -> CropBox {
 
 /// 8-bit RGB (HWC) → normalised f32 CHW: `(v / 255 − mean) / std` per channel.
 pub fn normalize_chw(image: &RgbImage, out: &mut [f32]) {
-    let plane = image.width() as usize * image.height() as usize;
-    assert_eq!(out.len(), 3 * plane, "output buffer length");
-    for (i, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (f32::from(pixel.0[c]) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-        }
-    }
+    normalize_hwc_into(image.as_raw(), out);
 }
 
 #[cfg(test)]
@@ -409,5 +779,140 @@ mod tests {
                 width: 13
             }
         );
+    }
+    /// Tolerances of a reduced-scale decode against the full decode, in normalised units
+    /// (one 8-bit level ≈ 0.015): at most 10 levels at any value (measured on the fixture:
+    /// 7.5, at the emoji's sharp outline) and under one level on average (measured 0.6–0.7).
+    const REDUCED_SCALE_MAX_DIFF: f32 = 0.15;
+    const REDUCED_SCALE_MEAN_DIFF: f32 = 0.015;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn png_pixels(name: &str) -> RgbImage {
+        image::load_from_memory(&fixture(name)).unwrap().to_rgb8()
+    }
+
+    /// Max and mean absolute difference of two normalised outputs.
+    fn diff_stats(a: &[f32], b: &[f32]) -> (f32, f32) {
+        assert_eq!(a.len(), b.len());
+        let diffs: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+        let max = diffs.iter().cloned().fold(0.0, f32::max);
+        (max, diffs.iter().sum::<f32>() / diffs.len() as f32)
+    }
+
+    // Fixtures from scripts/reference/make_jpeg_fixture.py (PIL 12 with libjpeg-turbo).
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn jpeg_decode_is_pils_pixel_for_pixel() {
+        let decoded = decode_rgb(&fixture("jpeg_input.jpg"), DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(decoded, png_pixels("jpeg_pil_full.png"));
+    }
+
+    #[cfg(feature = "turbojpeg")]
+    #[test]
+    fn reduced_scale_jpeg_decode_is_pils_draft_mode() {
+        let jpeg = fixture("jpeg_input.jpg");
+        let mut decoder = TurboDecoder::new().unwrap();
+        let mut pixels = Vec::new();
+        for denominator in [2, 4] {
+            let (width, height) = decoder.decode_into(&jpeg, denominator, &mut pixels).unwrap();
+            let ours = RgbImage::from_raw(width, height, pixels.clone()).unwrap();
+            assert_eq!(
+                ours,
+                png_pixels(&format!("jpeg_pil_draft{denominator}.png")),
+                "1/{denominator}"
+            );
+        }
+    }
+
+    #[test]
+    fn denominator_is_the_largest_that_still_covers_the_output() {
+        let region = |width: f64, height: f64| SourceRegion {
+            left: 0.0,
+            top: 0.0,
+            width,
+            height,
+        };
+        assert_eq!(jpeg_denominator_for(region(256.0, 192.0), 224), 1);
+        assert_eq!(jpeg_denominator_for(region(448.0, 500.0), 224), 2);
+        assert_eq!(jpeg_denominator_for(region(447.9, 2000.0), 224), 1);
+        assert_eq!(jpeg_denominator_for(region(1000.0, 900.0), 224), 4);
+        assert_eq!(jpeg_denominator_for(region(4000.0, 3000.0), 224), 8);
+        assert_eq!(jpeg_denominator_for(region(192.0, 192.0), 64), 2);
+    }
+
+    #[test]
+    fn decode_and_apply_without_reduction_equals_decode_then_apply() {
+        // 256×192 with outputs too big for a reduced decode: the very same floats.
+        let jpeg = fixture("jpeg_input.jpg");
+        let png = encode_png(DynamicImage::ImageRgb8(png_pixels("jpeg_pil_full.png")));
+        for bytes in [&jpeg, &png] {
+            for transform in [ImageTransform::train(112), ImageTransform::eval(100)] {
+                let mut rng = ChaCha8Rng::seed_from_u64(7);
+                let fused = transform.decode_and_apply(bytes, DEFAULT_MAX_PIXELS, &mut rng).unwrap();
+                let after_fused: u64 = rng.gen();
+                let mut rng = ChaCha8Rng::seed_from_u64(7);
+                let image = decode_rgb(bytes, DEFAULT_MAX_PIXELS).unwrap();
+                let separate = transform.apply(&image, &mut rng);
+                assert_eq!(fused, separate, "{transform:?}");
+                assert_eq!(after_fused, rng.gen::<u64>(), "same RNG draws");
+            }
+        }
+    }
+
+    #[test]
+    fn reduced_scale_decode_stays_close_to_full_decode() {
+        // eval(64) of 256×192 decodes at 1/2 (192/2 ≥ 64 > 192/4); train(40) at 1/4 for most
+        // crops. The IDCT's downscaling is a different low-pass than the bicubic kernel's
+        // (and works on the JPEG's chroma before upsampling), so sharp edges differ by a few
+        // levels; smooth areas hardly at all.
+        let jpeg = fixture("jpeg_input.jpg");
+        let full = decode_rgb(&jpeg, DEFAULT_MAX_PIXELS).unwrap();
+        for transform in [ImageTransform::eval(64), ImageTransform::train(40)] {
+            for seed in 0..4 {
+                let reduced = transform
+                    .decode_and_apply(&jpeg, DEFAULT_MAX_PIXELS, &mut ChaCha8Rng::seed_from_u64(seed))
+                    .unwrap();
+                let reference = transform.apply(&full, &mut ChaCha8Rng::seed_from_u64(seed));
+                let (max, mean) = diff_stats(&reduced, &reference);
+                eprintln!("{transform:?} seed {seed}: max |diff| {max}, mean |diff| {mean}");
+                // One 8-bit level is about 0.015 in normalised units.
+                assert!(max < REDUCED_SCALE_MAX_DIFF, "max |diff| {max}");
+                assert!(mean < REDUCED_SCALE_MEAN_DIFF, "mean |diff| {mean}");
+                #[cfg(feature = "turbojpeg")]
+                assert_ne!(reduced, reference, "the reduced decode was used");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_and_apply_rejects_bad_bytes_with_reasons() {
+        let transform = ImageTransform::eval(8);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let reason = |bytes: &[u8], max_pixels: u64, rng: &mut ChaCha8Rng| {
+            transform.decode_and_apply(bytes, max_pixels, rng).unwrap_err().reason
+        };
+        let jpeg = fixture("jpeg_input.jpg");
+        assert_eq!(reason(&[], 100, &mut rng), SkipReason::EmptyImage);
+        assert_eq!(
+            reason(b"\xff\xd8\xff garbage", 100, &mut rng),
+            SkipReason::UndecodableImage
+        );
+        assert_eq!(reason(&jpeg, 256 * 192 - 1, &mut rng), SkipReason::ImageTooLarge);
+        // A truncated JPEG is left to the image crate, which pads the missing rows: the
+        // same decision as before libjpeg-turbo was used.
+        let truncated = &jpeg[..jpeg.len() / 3];
+        assert_eq!(
+            transform
+                .decode_and_apply(truncated, DEFAULT_MAX_PIXELS, &mut rng)
+                .is_ok(),
+            decode_rgb_with_image_crate(truncated, DEFAULT_MAX_PIXELS).is_ok()
+        );
+        assert!(transform.decode_and_apply(&jpeg, 256 * 192, &mut rng).is_ok());
     }
 }

@@ -6,9 +6,12 @@
 //!   ([`Tokenizer`]) and yield [`Batch`]es of plain `Vec`s; it is an `Iterator<Item = Batch>`,
 //!   and [`Loader::skip_counts`] tells what bad data was skipped, by [`SkipReason`].
 //!   [`Loader::state`] gives its exact position ([`LoaderState`], serde) after any batch;
-//!   [`Loader::resume`] continues from it with the very same batches.
-//! - [`ShardWriter`]: samples → `00000.tar, ...` + `sizes.json`; [`read_manifest`] reads the
-//!   JSONL/CSV/folder inputs of `ferroclip shard`. [`count_samples`] sizes a dataset.
+//!   [`Loader::resume`] continues from it with the very same batches. [`Sampling`] picks
+//!   every shard once per epoch, or draws weighted shards with replacement (virtual epochs).
+//! - [`ShardWriter`]: samples (or existing samples, byte for byte) → `00000.tar[.zst], ...` +
+//!   `sizes.json` ([`WriterOptions`]: samples/bytes per shard, zstd, img2dataset keys);
+//!   [`ImageRewrite`] resizes/re-encodes on the way; [`read_manifest`] reads the
+//!   JSONL/CSV/parquet/folder inputs of `ferroclip shard`. [`count_samples`] sizes a dataset.
 //!
 //! ```
 //! use dataloader::{Loader, LoaderConfig, ShardSample, ShardWriter};
@@ -44,6 +47,8 @@ pub mod tokenizer;
 pub use tokenizer::{Tokenizer, TokenizerError};
 
 pub mod error;
+pub mod fuzz_harness;
+pub mod image_rewrite;
 pub mod imaging;
 pub mod loader;
 pub mod manifest;
@@ -52,15 +57,20 @@ pub mod shard_source;
 pub mod shard_spec;
 pub mod sizes;
 pub mod tar_reader;
+#[cfg(feature = "turbojpeg")]
+pub mod turbojpeg;
 pub mod writer;
 
 pub use error::{DataError, SkipCounts, SkipReason};
+pub use image_rewrite::{ImageRewrite, ReencodeSpec, RewrittenImage};
 pub use imaging::{decode_rgb, ImageTransform, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
-pub use loader::{Batch, CaptionSource, Loader, LoaderConfig};
-pub use manifest::{read_manifest, ManifestRow, RowSkip};
+pub use loader::{virtual_epoch_batches, Batch, CaptionSource, Loader, LoaderConfig, Sampling};
+pub use manifest::{read_manifest, read_manifest_with, row_count_hint, ManifestColumns, ManifestRow, RowSkip};
 pub use position::LoaderState;
 pub use shard_source::{open_shard, ShardKind, ShardOpenError, ShardStream};
 pub use shard_spec::{dataset_size, expand_shards, expand_sources, ShardSource};
 pub use sizes::count_samples;
 pub use tar_reader::RawSample;
-pub use writer::{ShardSample, ShardWriter, WriteError, WriteSummary};
+pub use writer::{
+    parse_byte_size, Compression, KeyScheme, ShardSample, ShardWriter, WriteError, WriteSummary, WriterOptions,
+};

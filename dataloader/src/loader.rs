@@ -1,7 +1,11 @@
 //! Batches from shards on background threads, reproducibly.
 //!
-//! Shards are dealt round-robin to `threads` workers (in train mode after a per-epoch shuffle
-//! seeded from (seed, epoch)). Each worker reads its shards in order, passes raw samples through
+//! With [`Sampling::EveryShard`] (the default) shards are dealt round-robin to `threads`
+//! workers (in train mode after a per-epoch shuffle seeded from (seed, epoch)), so every sample
+//! is read once per epoch. With [`Sampling::Resampled`] (OpenCLIP's `--dataset-resampled`) each
+//! worker draws shards with replacement, by weight, from a generator seeded from
+//! (seed, epoch, thread), without end; an epoch is then a fixed number of batches (a "virtual
+//! epoch"). Each worker reads its shards in order, passes raw samples through
 //! a shuffle buffer seeded from (seed, epoch, thread) (train mode only), decodes and transforms
 //! them, and builds whole batches. The consumer takes one batch from each worker in turn, in a
 //! fixed order, so the same config and seed give the same batches regardless of timing.
@@ -19,12 +23,13 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, SkipCounts, SkipReason};
-use crate::imaging::{decode_rgb, ImageTransform, DEFAULT_MAX_PIXELS};
+use crate::imaging::{ImageTransform, DEFAULT_MAX_PIXELS};
 use crate::position::{skips_by_name, ConfigFingerprint, LoaderState, SampleRef, ThreadCursor, ThreadPosition};
+use crate::shard_spec::ShardSource;
 use crate::tar_reader::{for_each_sample_at, read_samples_at, RawSample, TarSkip};
 use crate::tokenizer::Tokenizer;
 
@@ -40,11 +45,46 @@ pub enum CaptionSource {
     Json(String),
 }
 
-/// What the loader reads and how it batches. Build with [`LoaderConfig::new`] and adjust fields.
+/// How a loader chooses the shards its workers read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampling {
+    /// Every shard once per epoch: the shards (shuffled per epoch in train mode) are dealt
+    /// round-robin to the worker threads. Pass each rank only its share of the shards.
+    EveryShard,
+    /// Shards drawn with replacement (OpenCLIP's `--dataset-resampled`), train mode only.
+    ///
+    /// Each worker thread draws from its own generator, seeded from (seed, epoch, thread),
+    /// and never runs out; shard `i` is drawn with probability `shard_weights[i] / Σ weights`.
+    /// An epoch is a *virtual* epoch of `epoch_batches` batches of this loader, rounded up to
+    /// a multiple of the thread count so every thread makes the same number (as OpenCLIP
+    /// rounds its per-worker batch count up). Give every rank all shards and a seed that
+    /// includes the rank, so the ranks draw different streams.
+    Resampled {
+        /// Relative weight of each shard, parallel to [`LoaderConfig::shards`]; empty means
+        /// all shards equally likely.
+        shard_weights: Vec<f64>,
+        /// Batches per virtual epoch (see [`virtual_epoch_batches`]).
+        epoch_batches: u64,
+    },
+}
+
+/// Batches one loader yields per virtual epoch when `epoch_samples` samples make an epoch
+/// over `world_size` ranks of `batch_size` samples each: ⌈epoch_samples / (batch_size ×
+/// world_size)⌉, at least 1 (OpenCLIP's `--train-num-samples` arithmetic).
+pub fn virtual_epoch_batches(epoch_samples: u64, batch_size: usize, world_size: usize) -> u64 {
+    let global_batch = (batch_size as u64).saturating_mul(world_size as u64).max(1);
+    epoch_samples.div_ceil(global_batch).max(1)
+}
+
+/// What the loader reads and how it batches. Build with [`LoaderConfig::new`] (or
+/// [`LoaderConfig::resampled`]) and adjust fields.
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
-    /// Shard files (see [`crate::expand_shards`]); pass only this rank's share.
+    /// Shard files (see [`crate::expand_shards`]); with [`Sampling::EveryShard`] pass only
+    /// this rank's share.
     pub shards: Vec<PathBuf>,
+    /// Every shard once per epoch, or shards drawn with replacement.
+    pub sampling: Sampling,
     /// Samples per batch.
     pub batch_size: usize,
     /// Output image side length.
@@ -55,7 +95,7 @@ pub struct LoaderConfig {
     pub caption: CaptionSource,
     /// Token ids per caption; 0 = do not tokenize (`Batch::tokens` stays empty).
     pub context_length: usize,
-    /// Decoding threads (capped at the number of shards).
+    /// Decoding threads (capped at the number of shards unless resampled).
     pub threads: usize,
     /// Seed of every random choice.
     pub seed: u64,
@@ -74,6 +114,7 @@ impl LoaderConfig {
     pub fn new(shards: Vec<PathBuf>, train: bool) -> Self {
         Self {
             shards,
+            sampling: Sampling::EveryShard,
             batch_size: 256,
             image_size: 224,
             train,
@@ -85,6 +126,29 @@ impl LoaderConfig {
             drop_last: train,
             max_pixels: DEFAULT_MAX_PIXELS,
         }
+    }
+
+    /// A train-mode config that draws shards with replacement from `sources`
+    /// ([`Sampling::Resampled`]), `epoch_batches` batches per virtual epoch, other settings
+    /// as [`LoaderConfig::new`].
+    ///
+    /// Every shard of a source gets the source's weight, as OpenCLIP applies
+    /// `--train-data-upsampling-factors`: a source's share of the draws is its weight times
+    /// its shard count, so equal weights draw every shard equally often, and weight 2
+    /// reads a source twice as often as its size alone would.
+    pub fn resampled(sources: &[ShardSource], epoch_batches: u64) -> Self {
+        let mut shards = Vec::new();
+        let mut shard_weights = Vec::new();
+        for source in sources {
+            shards.extend(source.shards.iter().cloned());
+            shard_weights.extend(std::iter::repeat(source.weight).take(source.shards.len()));
+        }
+        let mut cfg = Self::new(shards, true);
+        cfg.sampling = Sampling::Resampled {
+            shard_weights,
+            epoch_batches,
+        };
+        cfg
     }
 
     /// Check that the settings can work; the error names the bad field.
@@ -113,6 +177,32 @@ impl LoaderConfig {
         if matches!(&self.caption, CaptionSource::Json(field) if field.is_empty()) {
             return bad("caption", "empty JSON field name");
         }
+        if let Sampling::Resampled {
+            shard_weights,
+            epoch_batches,
+        } = &self.sampling
+        {
+            if !self.train {
+                return bad("sampling", "resampled shards need train mode");
+            }
+            if *epoch_batches == 0 {
+                return bad("epoch_batches", "a virtual epoch needs at least 1 batch");
+            }
+            if !shard_weights.is_empty() {
+                if shard_weights.len() != self.shards.len() {
+                    return bad(
+                        "shard_weights",
+                        &format!("{} weights for {} shards", shard_weights.len(), self.shards.len()),
+                    );
+                }
+                if let Some(w) = shard_weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
+                    return bad("shard_weights", &format!("weight {w} must be a finite number >= 0"));
+                }
+                if shard_weights.iter().all(|&w| w == 0.0) {
+                    return bad("shard_weights", "all weights are zero");
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -132,7 +222,8 @@ pub struct Batch {
     pub labels: Vec<Option<i64>>,
     /// Sample keys.
     pub keys: Vec<String>,
-    /// The epoch the samples belong to (always 0 in eval mode).
+    /// The epoch the samples belong to: a virtual epoch in resampled mode, always 0 in eval
+    /// mode.
     pub epoch: u64,
     /// Image side length.
     pub image_size: u32,
@@ -227,10 +318,13 @@ pub fn decode_sample<R: Rng + ?Sized>(
         .iter()
         .find_map(|ext| raw.members.get(*ext))
         .ok_or(SkipReason::MissingImage)?;
-    let rgb = decode_rgb(bytes, max_pixels).map_err(|e| e.reason)?;
+    // Decode straight at the reduced JPEG scale the crop allows (same random draws).
+    let image = transform
+        .decode_and_apply(bytes, max_pixels, rng)
+        .map_err(|e| e.reason)?;
     Ok(Sample {
         key: raw.key.clone(),
-        image: transform.apply(&rgb, rng),
+        image,
         captions,
         label,
     })
@@ -255,8 +349,99 @@ fn derive_seed(parts: &[u64]) -> u64 {
 const DOMAIN_SHARD_ORDER: u64 = 1;
 const DOMAIN_SHUFFLE: u64 = 2;
 const DOMAIN_AUGMENT: u64 = 3;
+const DOMAIN_RESAMPLE: u64 = 4;
+
+/// The shard draws of one worker thread in one epoch of a resampled loader: an endless
+/// sequence, draw `n` from the 64-bit word at position `2n` of a ChaCha8 stream seeded from
+/// (seed, epoch, thread). Each draw uses exactly that one word, so the generator's position
+/// after `n` draws is the draw count itself: a [`ThreadCursor`] stores it as its shard index,
+/// and any draw can be recomputed without replaying the earlier ones.
+struct ShardDraws {
+    seed: u64,
+    /// Running sums of the shard weights; the last is the total.
+    cumulative: Vec<f64>,
+}
+
+impl ShardDraws {
+    fn new(cfg: &LoaderConfig, shard_weights: &[f64], epoch: u64, thread: usize) -> Self {
+        let mut total = 0.0;
+        let cumulative = (0..cfg.shards.len())
+            .map(|i| {
+                total += shard_weights.get(i).copied().unwrap_or(1.0);
+                total
+            })
+            .collect();
+        Self {
+            seed: derive_seed(&[cfg.seed, DOMAIN_RESAMPLE, epoch, thread as u64]),
+            cumulative,
+        }
+    }
+
+    /// Index (into the config's shards) of draw `n`.
+    fn shard(&self, n: usize) -> usize {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_word_pos(2 * n as u128);
+        // 53 random bits → uniform in [0, 1).
+        let unit = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let target = unit * total;
+        // The first shard whose running sum exceeds the target: zero-weight shards, whose sum
+        // equals their predecessor's, are never chosen.
+        let index = self.cumulative.partition_point(|&sum| sum <= target);
+        if index < self.cumulative.len() {
+            return index;
+        }
+        // `unit * total` rounded up to `total`: take the last shard with a weight.
+        self.cumulative
+            .iter()
+            .rposition(|&sum| sum < total)
+            .map_or(0, |i| i + 1)
+    }
+}
+
+/// The shards one worker thread reads in one epoch, by position in its read order.
+enum EpochShards<'a> {
+    /// A finite list (every shard once per epoch).
+    Listed(Vec<PathBuf>),
+    /// Endless draws with replacement from `shards`.
+    Drawn { shards: &'a [PathBuf], draws: ShardDraws },
+}
+
+impl EpochShards<'_> {
+    /// The shard read at `position`; `None` past the end of a list.
+    fn get(&self, position: usize) -> Option<&PathBuf> {
+        match self {
+            EpochShards::Listed(list) => list.get(position),
+            EpochShards::Drawn { shards, draws } => shards.get(draws.shard(position)),
+        }
+    }
+
+    /// The list's length; `None` for endless draws.
+    fn listed_len(&self) -> Option<usize> {
+        match self {
+            EpochShards::Listed(list) => Some(list.len()),
+            EpochShards::Drawn { .. } => None,
+        }
+    }
+}
+
+/// A worker gives up after this many shard draws in a row without a usable sample (plus one
+/// per shard), so resampled shards that are all bad end the loader instead of spinning. With
+/// a fraction `p` of the weight on good shards a false stop has probability `(1 - p)^1000`.
+const MAX_DRAWS_WITHOUT_SAMPLE: usize = 1000;
 
 /// The shards worker `thread` of `threads` reads in `epoch`, in order.
+fn epoch_shards(cfg: &LoaderConfig, threads: usize, thread: usize, epoch: u64) -> EpochShards<'_> {
+    match &cfg.sampling {
+        Sampling::EveryShard => EpochShards::Listed(shards_for_thread(cfg, threads, thread, epoch)),
+        Sampling::Resampled { shard_weights, .. } => EpochShards::Drawn {
+            shards: &cfg.shards,
+            draws: ShardDraws::new(cfg, shard_weights, epoch, thread),
+        },
+    }
+}
+
+/// With [`Sampling::EveryShard`]: the shards worker `thread` of `threads` reads in `epoch`.
 fn shards_for_thread(cfg: &LoaderConfig, threads: usize, thread: usize, epoch: u64) -> Vec<PathBuf> {
     let mut order = cfg.shards.clone();
     if cfg.train {
@@ -379,6 +564,7 @@ impl Loader {
                 tokenizer: tokenizer.clone(),
                 thread,
                 threads,
+                epoch_batches: thread_epoch_batches(&cfg, threads),
                 sender,
                 stop: Arc::clone(&stop),
                 warned_shards: Arc::clone(&warned),
@@ -457,9 +643,21 @@ impl Loader {
     }
 }
 
-/// Worker threads for `cfg`: at most one per shard.
+/// Worker threads for `cfg`: at most one per shard, unless shards are drawn with replacement.
 fn worker_count(cfg: &LoaderConfig) -> usize {
-    cfg.threads.min(cfg.shards.len()).max(1)
+    match cfg.sampling {
+        Sampling::EveryShard => cfg.threads.min(cfg.shards.len()).max(1),
+        Sampling::Resampled { .. } => cfg.threads.max(1),
+    }
+}
+
+/// Batches each worker makes per virtual epoch: the loader's `epoch_batches` split evenly,
+/// rounded up. `None` when epochs are not virtual.
+fn thread_epoch_batches(cfg: &LoaderConfig, threads: usize) -> Option<u64> {
+    match cfg.sampling {
+        Sampling::EveryShard => None,
+        Sampling::Resampled { epoch_batches, .. } => Some(epoch_batches.div_ceil(threads.max(1) as u64)),
+    }
 }
 
 impl Iterator for Loader {
@@ -486,10 +684,22 @@ struct Worker {
     tokenizer: Option<Arc<Tokenizer>>,
     thread: usize,
     threads: usize,
+    /// Batches per virtual epoch of this thread (resampled mode), `None` otherwise.
+    epoch_batches: Option<u64>,
     sender: Sender<Message>,
     stop: Arc<AtomicBool>,
     warned_shards: Arc<Mutex<HashSet<PathBuf>>>,
     decode_attempts: Arc<AtomicU64>,
+}
+
+/// Why a worker stopped reading an epoch early.
+enum Halt {
+    /// The loader is gone.
+    Disconnected,
+    /// The virtual epoch has all its batches (resampled mode).
+    EpochFull,
+    /// Resampled shards gave no usable sample in too many draws in a row.
+    Starved,
 }
 
 /// Per-epoch state of a worker.
@@ -501,10 +711,14 @@ struct EpochState {
     pending: Vec<Sample>,
     skips: SkipCounts,
     samples: u64,
-    /// Index of the shard being read (the list's length once all are read).
+    /// Position of the shard being read in the epoch's read order (the list's length once
+    /// all are read; in resampled mode the draw count, which is the draw generator's position).
     shard: usize,
     /// Tar offset in that shard where reading continues after the samples taken so far.
     offset: u64,
+    /// Whether a sample was decoded while reading the current shard. A saved position lies
+    /// right after a decoded sample, so a restored mid-epoch state starts with `true`.
+    sample_in_shard: bool,
 }
 
 impl EpochState {
@@ -531,20 +745,35 @@ impl Worker {
         let mut cursor = start;
         loop {
             let epoch = cursor.epoch;
-            let shards = shards_for_thread(&self.cfg, self.threads, self.thread, epoch);
+            let shards = epoch_shards(&self.cfg, self.threads, self.thread, epoch);
             let mut state = self.restore(&shards, cursor, std::mem::take(&mut skips_left));
-            if self.run_epoch(&shards, &mut state).is_break() {
-                return;
+            match self.run_epoch(&shards, &mut state) {
+                ControlFlow::Break(Halt::Disconnected) => return,
+                ControlFlow::Break(Halt::EpochFull) => {
+                    skips_left = std::mem::take(&mut state.skips);
+                    cursor = ThreadCursor::epoch_start(epoch + 1);
+                    continue;
+                }
+                ControlFlow::Break(Halt::Starved) => {
+                    tracing::warn!(
+                        thread = self.thread,
+                        "loader thread stops: {} resampled shard draws in a row gave no usable sample",
+                        self.max_draws_without_sample()
+                    );
+                    skips_left = std::mem::take(&mut state.skips);
+                    break;
+                }
+                ControlFlow::Continue(()) => {}
             }
             skips_left = std::mem::take(&mut state.skips);
-            if !self.cfg.train || shards.is_empty() {
+            let listed = shards.listed_len().unwrap_or(0);
+            if !self.cfg.train || listed == 0 {
                 break;
             }
             if state.samples == 0 {
                 tracing::warn!(
                     thread = self.thread,
-                    "loader thread stops: no usable sample in its {} shard(s)",
-                    shards.len()
+                    "loader thread stops: no usable sample in its {listed} shard(s)"
                 );
                 break;
             }
@@ -553,9 +782,13 @@ impl Worker {
         let _ = self.sender.send(Message::Done(skips_left));
     }
 
+    fn max_draws_without_sample(&self) -> usize {
+        MAX_DRAWS_WITHOUT_SAMPLE + self.cfg.shards.len()
+    }
+
     /// The epoch state at `cursor`: the shuffle generator at its saved position and the
     /// buffered samples read again from their shards (raw bytes only, nothing decoded).
-    fn restore(&self, shards: &[PathBuf], cursor: ThreadCursor, skips: SkipCounts) -> EpochState {
+    fn restore(&self, shards: &EpochShards<'_>, cursor: ThreadCursor, skips: SkipCounts) -> EpochState {
         let seed = |domain| derive_seed(&[self.cfg.seed, domain, cursor.epoch, self.thread as u64]);
         let mut shuffle_rng = ChaCha8Rng::seed_from_u64(seed(DOMAIN_SHUFFLE));
         shuffle_rng.set_word_pos(u128::from(cursor.shuffle_words));
@@ -568,6 +801,7 @@ impl Worker {
             samples: cursor.samples,
             shard: cursor.shard,
             offset: cursor.offset,
+            sample_in_shard: cursor.samples > 0,
         };
         if cursor.buffer.is_empty() {
             return state;
@@ -609,47 +843,65 @@ impl Worker {
         state
     }
 
-    /// Read, shuffle, decode and send the rest of an epoch from `state`'s shard and offset;
-    /// `Break` when the loader is gone.
-    fn run_epoch(&self, shards: &[PathBuf], state: &mut EpochState) -> ControlFlow<()> {
+    /// Read, shuffle, decode and send the rest of an epoch from `state`'s shard and offset.
+    /// `Continue` when every listed shard is read; resampled epochs end only by `Break`.
+    fn run_epoch(&self, shards: &EpochShards<'_>, state: &mut EpochState) -> ControlFlow<Halt> {
         let buffer_size = if self.cfg.train { self.cfg.shuffle_buffer } else { 0 };
         let (first_shard, first_offset) = (state.shard, state.offset);
-        for (index, shard) in shards.iter().enumerate().skip(first_shard) {
+        let mut draws_without_sample = 0;
+        let mut index = first_shard;
+        while let Some(shard) = shards.get(index) {
             let offset = if index == first_shard { first_offset } else { 0 };
+            if index != first_shard {
+                state.sample_in_shard = false;
+            }
             state.shard = index;
             state.offset = offset;
             let mut flow = ControlFlow::Continue(());
             for_each_sample_at(shard, offset, |item| {
                 if self.stop.load(Ordering::Relaxed) {
-                    flow = ControlFlow::Break(());
-                    return flow;
+                    flow = ControlFlow::Break(Halt::Disconnected);
+                    return ControlFlow::Break(());
                 }
                 match item {
                     Err(skip) => {
                         self.report_skip(&skip, state);
-                        ControlFlow::Continue(())
                     }
                     Ok((raw, span)) => {
                         state.offset = span.next;
                         if buffer_size <= 1 {
                             flow = self.process(raw, state);
-                            return flow;
+                        } else {
+                            let at = SampleRef {
+                                shard: index,
+                                start: span.start,
+                            };
+                            state.buffer.push((at, raw));
+                            if state.buffer.len() >= buffer_size {
+                                flow = self.process_pick(state);
+                            }
                         }
-                        let at = SampleRef {
-                            shard: index,
-                            start: span.start,
-                        };
-                        state.buffer.push((at, raw));
-                        if state.buffer.len() >= buffer_size {
-                            flow = self.process_pick(state);
-                        }
-                        flow
                     }
+                }
+                match flow {
+                    ControlFlow::Continue(()) => ControlFlow::Continue(()),
+                    ControlFlow::Break(_) => ControlFlow::Break(()),
                 }
             });
             flow?;
+            if shards.listed_len().is_none() {
+                draws_without_sample = if state.sample_in_shard {
+                    0
+                } else {
+                    draws_without_sample + 1
+                };
+                if draws_without_sample >= self.max_draws_without_sample() {
+                    return ControlFlow::Break(Halt::Starved);
+                }
+            }
+            index += 1;
         }
-        state.shard = shards.len();
+        state.shard = index;
         state.offset = 0;
         while !state.buffer.is_empty() {
             self.process_pick(state)?;
@@ -662,7 +914,7 @@ impl Worker {
     }
 
     /// Take a random sample out of the shuffle buffer and process it.
-    fn process_pick(&self, state: &mut EpochState) -> ControlFlow<()> {
+    fn process_pick(&self, state: &mut EpochState) -> ControlFlow<Halt> {
         let pick = state.shuffle_rng.gen_range(0..state.buffer.len());
         let (_, raw) = state.buffer.swap_remove(pick);
         self.process(raw, state)
@@ -689,7 +941,7 @@ impl Worker {
     }
 
     /// Decode one raw sample into the pending batch; send the batch when full.
-    fn process(&self, raw: RawSample, state: &mut EpochState) -> ControlFlow<()> {
+    fn process(&self, raw: RawSample, state: &mut EpochState) -> ControlFlow<Halt> {
         self.decode_attempts.fetch_add(1, Ordering::Relaxed);
         let transform = if self.cfg.train {
             ImageTransform::train(self.cfg.image_size)
@@ -714,6 +966,7 @@ impl Worker {
         ) {
             Ok(sample) => {
                 state.samples += 1;
+                state.sample_in_shard = true;
                 state.pending.push(sample);
                 if state.pending.len() == self.cfg.batch_size {
                     return self.send_batch(state);
@@ -727,7 +980,9 @@ impl Worker {
         ControlFlow::Continue(())
     }
 
-    fn send_batch(&self, state: &mut EpochState) -> ControlFlow<()> {
+    /// Send the pending samples as a batch with the position after it; `Break(EpochFull)` once
+    /// a virtual epoch has all its batches (the position sent is then the next epoch's start).
+    fn send_batch(&self, state: &mut EpochState) -> ControlFlow<Halt> {
         let samples = std::mem::take(&mut state.pending);
         let context_length = if self.tokenizer.is_some() {
             self.cfg.context_length
@@ -757,14 +1012,21 @@ impl Worker {
             batch.keys.push(sample.key);
         }
         let skips = std::mem::take(&mut state.skips);
-        let message = BatchMessage {
-            batch,
-            skips,
-            cursor: state.cursor(),
+        // Only whole batches are sent in resampled mode (it never drains a partial one), so
+        // the samples so far are a whole number of batches.
+        let epoch_full = self
+            .epoch_batches
+            .is_some_and(|batches| state.samples >= batches.saturating_mul(self.cfg.batch_size as u64));
+        let cursor = if epoch_full {
+            ThreadCursor::epoch_start(state.epoch + 1)
+        } else {
+            state.cursor()
         };
+        let message = BatchMessage { batch, skips, cursor };
         match self.sender.send(Message::Batch(Box::new(message))) {
+            Ok(()) if epoch_full => ControlFlow::Break(Halt::EpochFull),
             Ok(()) => ControlFlow::Continue(()),
-            Err(_) => ControlFlow::Break(()),
+            Err(_) => ControlFlow::Break(Halt::Disconnected),
         }
     }
 }
@@ -891,6 +1153,17 @@ mod tests {
     /// `shards` tar files of `per_shard` png+txt samples in `dir`; `flaws` lists
     /// (shard, index, flaw) for the bad ones.
     fn write_shards(dir: &Path, shards: usize, per_shard: usize, flaws: &[(usize, usize, Flaw)]) -> Vec<PathBuf> {
+        write_named_shards(dir, "s", shards, per_shard, flaws)
+    }
+
+    /// As [`write_shards`], keys `{prefix}{shard}/{index}`, so samples tell their source.
+    fn write_named_shards(
+        dir: &Path,
+        prefix: &str,
+        shards: usize,
+        per_shard: usize,
+        flaws: &[(usize, usize, Flaw)],
+    ) -> Vec<PathBuf> {
         (0..shards)
             .map(|shard| {
                 let mut builder = tar::Builder::new(Vec::new());
@@ -899,7 +1172,7 @@ mod tests {
                         .iter()
                         .find(|(s, i, _)| (*s, *i) == (shard, index))
                         .map(|(_, _, flaw)| *flaw);
-                    let key = format!("s{shard}/{index:04}");
+                    let key = format!("{prefix}{shard}/{index:04}");
                     let image = match flaw {
                         Some(Flaw::UndecodableImage) => b"not a png at all".to_vec(),
                         _ => png((shard * per_shard + index) as u32),
@@ -1082,5 +1355,235 @@ mod tests {
             "cut after {cut} batches: uninterrupted {uninterrupted:?} ({replayed} decodes), \
              resume + first batch {resume_time:?} ({decoded} decodes)"
         );
+    }
+
+    #[test]
+    fn virtual_epoch_batches_round_up_over_the_global_batch() {
+        assert_eq!(virtual_epoch_batches(100, 10, 2), 5);
+        assert_eq!(virtual_epoch_batches(101, 10, 2), 6);
+        assert_eq!(virtual_epoch_batches(1, 10, 4), 1);
+        assert_eq!(virtual_epoch_batches(0, 10, 4), 1);
+    }
+
+    fn source(shards: &[&str], weight: f64) -> ShardSource {
+        ShardSource {
+            shards: shards.iter().map(PathBuf::from).collect(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn resampled_draws_follow_the_weights() {
+        // Per-shard weights 1, 1 (source a), 3 (source b), 0 (source c): OpenCLIP gives every
+        // shard of a source the source's factor.
+        let sources = [source(&["a0", "a1"], 1.0), source(&["b0"], 3.0), source(&["c0"], 0.0)];
+        let mut cfg = LoaderConfig::resampled(&sources, 10);
+        cfg.seed = 3;
+        let Sampling::Resampled { shard_weights, .. } = cfg.sampling.clone() else {
+            panic!("not resampled")
+        };
+        assert_eq!(shard_weights, [1.0, 1.0, 3.0, 0.0]);
+        let draws = ShardDraws::new(&cfg, &shard_weights, 0, 0);
+        let n = 50_000;
+        let mut counts = [0u64; 4];
+        for i in 0..n {
+            counts[draws.shard(i)] += 1;
+        }
+        assert_eq!(counts[3], 0, "a zero-weight shard was drawn: {counts:?}");
+        // Pearson chi-square over the three drawable shards (2 degrees of freedom): 13.8 is
+        // the 0.1% critical value.
+        let expected = [0.2, 0.2, 0.6].map(|p| p * n as f64);
+        let chi2: f64 = (0..3)
+            .map(|i| (counts[i] as f64 - expected[i]).powi(2) / expected[i])
+            .sum();
+        assert!(
+            chi2 < 13.8,
+            "draw counts {counts:?} do not follow weights 1:1:3 (chi2 {chi2:.1})"
+        );
+        // Draws are random access: draw i is the same computed alone.
+        assert_eq!(draws.shard(12_345), draws.shard(12_345));
+        // Each (epoch, thread) has its own stream.
+        let first = |epoch, thread| {
+            let draws = ShardDraws::new(&cfg, &shard_weights, epoch, thread);
+            (0..40).map(|i| draws.shard(i)).collect::<Vec<_>>()
+        };
+        assert_ne!(first(0, 0), first(0, 1));
+        assert_ne!(first(0, 0), first(1, 0));
+        assert_eq!(first(2, 1), first(2, 1));
+    }
+
+    #[test]
+    fn resampled_config_errors_name_the_field() {
+        let sources = [source(&["a0", "a1"], 1.0)];
+        let error_of = |change: &dyn Fn(&mut LoaderConfig)| {
+            let mut cfg = LoaderConfig::resampled(&sources, 4);
+            assert!(cfg.validate().is_ok());
+            change(&mut cfg);
+            cfg.validate().unwrap_err().to_string()
+        };
+        assert!(error_of(&|c| c.train = false).contains("sampling"));
+        let err = error_of(&|c| {
+            c.sampling = Sampling::Resampled {
+                shard_weights: vec![],
+                epoch_batches: 0,
+            }
+        });
+        assert!(err.contains("epoch_batches"), "{err}");
+        for weights in [vec![1.0], vec![1.0, f64::NAN], vec![0.0, 0.0], vec![1.0, -1.0]] {
+            let err = error_of(&|c| {
+                c.sampling = Sampling::Resampled {
+                    shard_weights: weights.clone(),
+                    epoch_batches: 4,
+                }
+            });
+            assert!(err.contains("shard_weights"), "{weights:?}: {err}");
+        }
+    }
+
+    /// Two weighted sources (weights 1 and 3) with flaws, resampled, 2 threads.
+    fn two_weighted_sources(root: &Path, epoch_batches: u64) -> LoaderConfig {
+        let a = root.join("a");
+        let b = root.join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let sources = [
+            ShardSource {
+                shards: write_named_shards(&a, "a", 2, 5, &[(0, 1, Flaw::UndecodableImage)]),
+                weight: 1.0,
+            },
+            ShardSource {
+                shards: write_named_shards(&b, "b", 3, 4, &[(2, 3, Flaw::NoCaption)]),
+                weight: 3.0,
+            },
+        ];
+        let mut cfg = LoaderConfig::resampled(&sources, epoch_batches);
+        cfg.batch_size = 3;
+        cfg.threads = 2;
+        cfg.image_size = 8;
+        cfg.context_length = 16;
+        cfg.seed = 5;
+        cfg.shuffle_buffer = 5;
+        cfg
+    }
+
+    #[test]
+    fn resampled_resume_at_every_cut_gives_the_same_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        // 5 batches per virtual epoch: 3 per thread (rounded up), so 6 in all.
+        let cfg = two_weighted_sources(dir.path(), 5);
+        let n = 20;
+        let (batches, states) = run_recording(Loader::new(cfg.clone()).unwrap(), n);
+        assert_eq!(batches.len(), n);
+        let epochs: Vec<u64> = batches.iter().map(|b| b.epoch).collect();
+        let expected: Vec<u64> = (0..n as u64).map(|i| i / 6).collect();
+        assert_eq!(epochs, expected, "virtual epochs of 6 batches");
+        // 60 samples from 7 shards of 4-5: shards were drawn again.
+        let keys: Vec<&String> = batches.iter().flat_map(|b| &b.keys).collect();
+        let distinct: HashSet<&&String> = keys.iter().collect();
+        assert!(distinct.len() < keys.len(), "no sample was read twice");
+        assert!(keys.iter().any(|k| k.starts_with('a')) && keys.iter().any(|k| k.starts_with('b')));
+        // The same config gives the same batches.
+        let (again, _) = run_recording(Loader::new(cfg.clone()).unwrap(), n);
+        assert!(again == batches, "two loaders with the same config differ");
+        // Another seed (another rank) draws another stream.
+        let mut other_rank = cfg.clone();
+        other_rank.seed = 6;
+        let (other, _) = run_recording(Loader::new(other_rank).unwrap(), 4);
+        assert_ne!(
+            other.iter().map(|b| &b.keys).collect::<Vec<_>>(),
+            batches[..4].iter().map(|b| &b.keys).collect::<Vec<_>>()
+        );
+        assert_resume_at_every_cut(&cfg, &batches, &states);
+    }
+
+    #[test]
+    fn resampled_sources_are_read_in_proportion_to_their_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = two_weighted_sources(dir.path(), 1_000);
+        cfg.batch_size = 8;
+        cfg.image_size = 4;
+        cfg.context_length = 0;
+        cfg.shuffle_buffer = 0;
+        let batches: Vec<Batch> = Loader::new(cfg).unwrap().take(150).collect();
+        let keys: Vec<&String> = batches.iter().flat_map(|b| &b.keys).collect();
+        let from_b = keys.iter().filter(|k| k.starts_with('b')).count() as f64 / keys.len() as f64;
+        // Draws: a-shards 1/11 each, b-shards 3/11 each. Samples per draw: a 5 (one undecodable
+        // in a0), b 4 (one without caption in b2), so the b share of samples is
+        // (3·4 + 3·4 + 3·3) / (4 + 5 + 33) = 33/42 ≈ 0.786.
+        let expected = 33.0 / 42.0;
+        assert!(
+            (from_b - expected).abs() < 0.06,
+            "share of source b {from_b:.3}, expected {expected:.3}"
+        );
+    }
+
+    #[test]
+    fn resampled_threads_need_not_have_a_shard_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = [ShardSource {
+            shards: write_shards(dir.path(), 1, 6, &[]),
+            weight: 1.0,
+        }];
+        let mut cfg = LoaderConfig::resampled(&sources, 3);
+        cfg.batch_size = 2;
+        cfg.threads = 3;
+        cfg.image_size = 4;
+        cfg.context_length = 0;
+        cfg.shuffle_buffer = 4;
+        let batches: Vec<Batch> = Loader::new(cfg).unwrap().take(6).collect();
+        assert_eq!(batches.len(), 6);
+        // Three threads, each its own shuffle of the one shard.
+        assert!(batches[0].keys != batches[1].keys || batches[1].keys != batches[2].keys);
+        assert_eq!(batches.iter().map(|b| b.epoch).collect::<Vec<_>>(), [0, 0, 0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn resampled_shards_without_a_usable_sample_end_the_loader() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaws: Vec<_> = (0..3).map(|i| (0, i, Flaw::UndecodableImage)).collect();
+        let sources = [ShardSource {
+            shards: write_shards(dir.path(), 1, 3, &flaws),
+            weight: 1.0,
+        }];
+        let mut cfg = LoaderConfig::resampled(&sources, 3);
+        cfg.batch_size = 2;
+        cfg.threads = 1;
+        cfg.image_size = 4;
+        cfg.context_length = 0;
+        cfg.shuffle_buffer = 0; // decode as read, so every draw's samples are counted
+        let mut loader = Loader::new(cfg).unwrap();
+        assert!(loader.next_batch().is_none());
+        let skipped = loader.skip_counts().get(SkipReason::UndecodableImage);
+        assert_eq!(skipped, 3 * (MAX_DRAWS_WITHOUT_SAMPLE as u64 + 1));
+    }
+
+    #[test]
+    fn resume_rejects_a_state_of_another_sampling() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = two_weighted_sources(dir.path(), 5);
+        let mut loader = Loader::new(cfg.clone()).unwrap();
+        loader.next_batch().unwrap();
+        let state = loader.state();
+        drop(loader);
+        let error_of = |sampling: Sampling| {
+            let mut other = cfg.clone();
+            other.sampling = sampling;
+            match Loader::resume(other, &state) {
+                Ok(_) => panic!("resume accepted a different sampling"),
+                Err(e) => e.to_string(),
+            }
+        };
+        let err = error_of(Sampling::Resampled {
+            shard_weights: vec![],
+            epoch_batches: 6,
+        });
+        assert!(err.contains("epoch_batches"), "{err}");
+        let err = error_of(Sampling::Resampled {
+            shard_weights: vec![],
+            epoch_batches: 5,
+        });
+        assert!(err.contains("shard_weights"), "{err}");
+        let err = error_of(Sampling::EveryShard);
+        assert!(err.contains("epoch_batches"), "{err}");
     }
 }

@@ -1,21 +1,97 @@
-//! Raw image–text pairs to shard: a JSONL manifest, a CSV/TSV table, or a folder of images
-//! with sidecar `.txt`/`.json` files.
+//! Raw image–text pairs to shard: a JSONL manifest, a CSV/TSV table, a parquet table, or a
+//! folder of images with sidecar `.txt`/`.json` files.
 //!
 //! - JSONL: one object per line; `"image"` (path relative to the manifest's folder),
 //!   `"caption"` (string) or `"captions"` (list), optional `"cls"` (integer), optional `"key"`.
 //!   All fields are kept for the sample's `.json`.
 //! - CSV (`.csv`) / TSV (`.tsv`): a header with `image` and `caption` columns, optional `cls`
 //!   and `key`; every column is kept (as strings) for the `.json`.
+//! - Parquet (`.parquet`), as img2dataset takes it: one row per sample, columns as for JSONL
+//!   (strings, integers, lists of strings; nulls mean absent). Binary columns are not copied
+//!   into the `.json`.
 //! - Folder: every `png|jpg|jpeg|webp` below it (sorted); captions from `<stem>.txt` (one per
 //!   line) or the `"caption"`/`"captions"` field of `<stem>.json`, label from its `"cls"`.
+//!
+//! In tables (not folders) the image may also be named by a `path` or `url` column (a local
+//! path or a `file://` URL; `http(s)://` URLs are not downloaded and their rows are skipped),
+//! and [`ManifestColumns`] renames other columns to `image` / `caption` (img2dataset's
+//! `--url_col` / `--caption_col`).
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::reader::RowIter;
+use parquet::record::Field;
 use serde_json::{Map, Value};
 
 use crate::error::{DataError, SkipReason};
 use crate::imaging::{decode_rgb, sniff_extension};
 use crate::writer::ShardSample;
+
+/// Columns that hold the image path when there is no `image` column, in order of preference.
+const IMAGE_COLUMN_FALLBACKS: [&str; 3] = ["image", "path", "url"];
+
+/// Which table columns hold the image path and the caption, when they are not named `image`
+/// (or `path`/`url`) and `caption`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManifestColumns {
+    /// Column holding the image path (renamed to `image`).
+    pub image: Option<String>,
+    /// Column holding the caption (renamed to `caption`).
+    pub caption: Option<String>,
+}
+
+impl ManifestColumns {
+    /// Move the configured columns to `image` / `caption`; without a configured or an `image`
+    /// column, the first of `path` / `url` becomes `image`.
+    fn apply(&self, mut fields: Map<String, Value>) -> Map<String, Value> {
+        if let Some(name) = &self.caption {
+            if let Some(value) = fields.remove(name) {
+                fields.insert("caption".into(), value);
+            }
+        }
+        match &self.image {
+            Some(name) => {
+                if let Some(value) = fields.remove(name) {
+                    fields.insert("image".into(), value);
+                }
+            }
+            None => {
+                let fallback = IMAGE_COLUMN_FALLBACKS[1..]
+                    .iter()
+                    .find(|name| fields.get(**name).is_some_and(|v| !v.is_null()));
+                if let (false, Some(name)) = (fields.contains_key("image"), fallback) {
+                    let value = fields[*name].clone();
+                    fields.insert("image".into(), value);
+                }
+            }
+        }
+        fields
+    }
+
+    /// Check that a table's `columns` can give an image path and a caption.
+    fn check_header(&self, input: &Path, columns: &[String]) -> Result<(), DataError> {
+        let has = |name: &str| columns.iter().any(|c| c == name);
+        let image_ok = match &self.image {
+            Some(name) => has(name),
+            None => IMAGE_COLUMN_FALLBACKS.iter().any(|name| has(name)),
+        };
+        let caption = self.caption.as_deref().unwrap_or("caption");
+        let caption_ok = has(caption) || (self.caption.is_none() && has("captions"));
+        let missing = match (image_ok, caption_ok) {
+            (true, true) => return Ok(()),
+            (false, _) => match &self.image {
+                Some(name) => format!("no image column {name:?}"),
+                None => "no \"image\", \"path\" or \"url\" column".to_string(),
+            },
+            (true, false) => format!("no caption column {caption:?}"),
+        };
+        Err(DataError::BadFile {
+            path: input.to_path_buf(),
+            reason: format!("{missing} (found {columns:?})"),
+        })
+    }
+}
 
 /// One input row, before its image is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,9 +127,14 @@ pub struct RowSkip {
 /// Rows of a manifest, lazily.
 pub type Rows = Box<dyn Iterator<Item = Result<ManifestRow, RowSkip>>>;
 
-/// Open `input` (a `.jsonl`/`.ndjson`/`.json` manifest, `.csv`, `.tsv`, or a folder) and
-/// iterate its rows.
+/// Open `input` (a `.jsonl`/`.ndjson`/`.json` manifest, `.csv`, `.tsv`, `.parquet`, or a
+/// folder) and iterate its rows, with the default column names.
 pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
+    read_manifest_with(input, &ManifestColumns::default())
+}
+
+/// Like [`read_manifest`], with the image and caption columns of tables named by `columns`.
+pub fn read_manifest_with(input: &Path, columns: &ManifestColumns) -> Result<Rows, DataError> {
     if input.is_dir() {
         return folder_rows(input);
     }
@@ -62,6 +143,7 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
         .map(|x| x.to_string_lossy().to_lowercase())
         .unwrap_or_default();
     let base = input.parent().unwrap_or(Path::new("")).to_path_buf();
+    let columns = columns.clone();
     match ext.as_str() {
         "jsonl" | "ndjson" | "json" => {
             let file = std::fs::File::open(input).map_err(|e| DataError::io(input, e))?;
@@ -83,7 +165,7 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
                     return None;
                 }
                 let fields = match serde_json::from_str::<Value>(&line) {
-                    Ok(Value::Object(fields)) => fields,
+                    Ok(Value::Object(fields)) => columns.apply(fields),
                     Ok(_) => return Some(Err(skip(SkipReason::InvalidRow, "not a JSON object".into()))),
                     Err(e) => return Some(Err(skip(SkipReason::InvalidRow, e.to_string()))),
                 };
@@ -105,14 +187,7 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
                 reason: e.to_string(),
             })?;
             let headers: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
-            for required in ["image", "caption"] {
-                if !headers.iter().any(|h| h == required) {
-                    return Err(DataError::BadFile {
-                        path: input.to_path_buf(),
-                        reason: format!("header has no {required:?} column (found {headers:?})"),
-                    });
-                }
-            }
+            columns.check_header(input, &headers)?;
             let input = input.to_path_buf();
             Ok(Box::new(reader.into_records().enumerate().map(move |(i, record)| {
                 let row = i + 1;
@@ -131,20 +206,79 @@ pub fn read_manifest(input: &Path) -> Result<Rows, DataError> {
                     }
                     fields.insert(name.clone(), Value::String(value.to_string()));
                 }
-                row_from_fields(fields, &base, row).map_err(|(reason, detail)| skip(reason, detail))
+                row_from_fields(columns.apply(fields), &base, row).map_err(|(reason, detail)| skip(reason, detail))
             })))
         }
+        "parquet" => parquet_rows(input, base, columns),
         _ => Err(DataError::BadFile {
             path: input.to_path_buf(),
-            reason: "unknown input kind: expected a folder, .jsonl/.json, .csv or .tsv".into(),
+            reason: "unknown input kind: expected a folder, .jsonl/.json, .csv, .tsv or .parquet".into(),
         }),
     }
+}
+
+/// Number of rows of `input` when it is known without reading them (parquet metadata).
+pub fn row_count_hint(input: &Path) -> Option<u64> {
+    let is_parquet = input.extension().is_some_and(|x| x.eq_ignore_ascii_case("parquet"));
+    if !is_parquet {
+        return None;
+    }
+    let file = std::fs::File::open(input).ok()?;
+    let reader = SerializedFileReader::new(file).ok()?;
+    u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+}
+
+/// Rows of a parquet table; a read error is reported once, at the row it happened, and ends
+/// the table (the row reader cannot resynchronise after it).
+fn parquet_rows(input: &Path, base: PathBuf, columns: ManifestColumns) -> Result<Rows, DataError> {
+    let bad = |reason: String| DataError::BadFile {
+        path: input.to_path_buf(),
+        reason,
+    };
+    let file = std::fs::File::open(input).map_err(|e| DataError::io(input, e))?;
+    let reader = SerializedFileReader::new(file).map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let names: Vec<String> = schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    columns.check_header(input, &names)?;
+    let rows = RowIter::from_file_into(Box::new(reader));
+    let input = input.to_path_buf();
+    let mut failed = false;
+    Ok(Box::new(rows.enumerate().map_while(move |(i, row)| {
+        if failed {
+            return None;
+        }
+        let row_number = i + 1;
+        let skip = |reason, detail: String| RowSkip {
+            input: input.clone(),
+            row: row_number,
+            reason,
+            detail,
+        };
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                failed = true;
+                return Some(Err(skip(SkipReason::InvalidRow, format!("parquet read error: {e}"))));
+            }
+        };
+        let fields: Map<String, Value> = row
+            .get_column_iter()
+            .filter(|(_, field)| !matches!(field, Field::Bytes(_)))
+            .map(|(name, field)| (name.clone(), field.to_json_value()))
+            .collect();
+        Some(row_from_fields(columns.apply(fields), &base, row_number).map_err(|(reason, detail)| skip(reason, detail)))
+    })))
 }
 
 /// Interpret one row's fields (JSONL object, CSV record, or a sidecar JSON).
 fn row_from_fields(fields: Map<String, Value>, base: &Path, row: usize) -> Result<ManifestRow, (SkipReason, String)> {
     let image = match fields.get("image") {
-        Some(Value::String(path)) if !path.trim().is_empty() => base.join(path.trim()),
+        Some(Value::String(path)) if !path.trim().is_empty() => image_path(path.trim(), base)?,
         _ => return Err((SkipReason::InvalidRow, "no \"image\" path".into())),
     };
     let label = label_from_fields(&fields)?;
@@ -167,6 +301,21 @@ fn row_from_fields(fields: Map<String, Value>, base: &Path, row: usize) -> Resul
         key,
         fields,
     })
+}
+
+/// A local image path from a table cell: relative to the manifest's folder, or a `file://` URL.
+fn image_path(cell: &str, base: &Path) -> Result<PathBuf, (SkipReason, String)> {
+    if let Some(path) = cell.strip_prefix("file://") {
+        return Ok(PathBuf::from(path));
+    }
+    let lower = cell.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("s3://") {
+        return Err((
+            SkipReason::MissingImage,
+            format!("{cell:?} is a remote URL; ferroclip shard reads local files only (download first)"),
+        ));
+    }
+    Ok(base.join(cell))
 }
 
 fn captions_from_fields(fields: &Map<String, Value>) -> Result<Vec<String>, (SkipReason, String)> {
@@ -366,9 +515,26 @@ mod tests {
         assert_eq!(a.fields["source"], "web");
 
         let csv = dir.path().join("bad.csv");
-        std::fs::write(&csv, "path,text\na.png,hi\n").unwrap();
+        std::fs::write(&csv, "file,text\na.png,hi\n").unwrap();
         let err = read_manifest(&csv).err().unwrap().to_string();
         assert!(err.contains("bad.csv") && err.contains("\"image\""), "{err}");
+        let csv = dir.path().join("nocaption.csv");
+        std::fs::write(&csv, "path,text\na.png,hi\n").unwrap();
+        let err = read_manifest(&csv).err().unwrap().to_string();
+        assert!(err.contains("nocaption.csv") && err.contains("caption"), "{err}");
+        // Renamed columns (img2dataset's --url_col / --caption_col).
+        let columns = ManifestColumns {
+            image: Some("file".into()),
+            caption: Some("text".into()),
+        };
+        let csv = dir.path().join("renamed.csv");
+        std::fs::write(&csv, "file,text\na.png,hi\n").unwrap();
+        let rows: Vec<_> = read_manifest_with(&csv, &columns).unwrap().collect();
+        let a = rows[0].as_ref().unwrap();
+        assert_eq!(
+            (a.image.clone(), a.captions.clone()),
+            (dir.path().join("a.png"), vec!["hi".to_string()])
+        );
     }
 
     #[test]
@@ -403,5 +569,106 @@ mod tests {
             row_from_fields(fields, Path::new("/d"), 1).unwrap_err().0,
             SkipReason::MissingCaption
         );
+    }
+
+    /// A parquet table like img2dataset's input: url + caption + extra columns, some null.
+    fn write_parquet(path: &Path) {
+        use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
+        use parquet::file::properties::WriterProperties;
+        use parquet::file::writer::SerializedFileWriter;
+        use std::sync::Arc;
+
+        let schema = "message row {
+            required binary url (UTF8);
+            optional binary caption (UTF8);
+            optional int64 cls;
+            required double similarity;
+            required binary thumbnail;
+        }";
+        let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+        let props = Arc::new(
+            WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build(),
+        );
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = SerializedFileWriter::new(file, schema, props).unwrap();
+        let mut group = writer.next_row_group().unwrap();
+        let strings = |values: &[&str]| values.iter().map(|v| ByteArray::from(*v)).collect::<Vec<_>>();
+        let urls = strings(&["a.png", "file:///abs/b.jpg", "https://example.com/c.jpg", "d.png"]);
+        let mut column = group.next_column().unwrap().unwrap();
+        column.typed::<ByteArrayType>().write_batch(&urls, None, None).unwrap();
+        column.close().unwrap();
+        // Captions: row 4 is null (definition level 0).
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&strings(&["a cat", "a dog", "a web image"]), Some(&[1, 1, 1, 0]), None)
+            .unwrap();
+        column.close().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<Int64Type>()
+            .write_batch(&[7], Some(&[1, 0, 0, 0]), None)
+            .unwrap();
+        column.close().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<DoubleType>()
+            .write_batch(&[0.5, 0.25, 0.0, 1.0], None, None)
+            .unwrap();
+        column.close().unwrap();
+        let mut column = group.next_column().unwrap().unwrap();
+        let blobs = vec![ByteArray::from(vec![0u8, 1, 2]); 4];
+        column.typed::<ByteArrayType>().write_batch(&blobs, None, None).unwrap();
+        column.close().unwrap();
+        group.close().unwrap();
+        writer.close().unwrap();
+    }
+
+    #[test]
+    fn parquet_rows_like_img2dataset_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = dir.path().join("urls.parquet");
+        write_parquet(&table);
+        assert_eq!(row_count_hint(&table), Some(4));
+        let rows: Vec<_> = read_manifest(&table).unwrap().collect();
+        assert_eq!(rows.len(), 4);
+        let a = rows[0].as_ref().unwrap();
+        assert_eq!(a.image, dir.path().join("a.png"));
+        assert_eq!((a.captions.as_slice(), a.label), (&["a cat".to_string()][..], Some(7)));
+        assert_eq!(a.fields["similarity"], 0.5);
+        assert_eq!(a.fields["url"], "a.png");
+        assert!(
+            !a.fields.contains_key("thumbnail"),
+            "binary columns stay out of the .json"
+        );
+        let b = rows[1].as_ref().unwrap();
+        assert_eq!((b.image.as_path(), b.label), (Path::new("/abs/b.jpg"), None));
+        let c = rows[2].as_ref().unwrap_err();
+        assert_eq!((c.row, c.reason), (3, SkipReason::MissingImage));
+        assert!(
+            c.to_string().contains("urls.parquet: row 3") && c.detail.contains("remote URL"),
+            "{c}"
+        );
+        let d = rows[3].as_ref().unwrap_err();
+        assert_eq!((d.row, d.reason), (4, SkipReason::MissingCaption));
+
+        // Columns missing: the error names the file and what was found.
+        let columns = ManifestColumns {
+            image: None,
+            caption: Some("TEXT".into()),
+        };
+        let err = read_manifest_with(&table, &columns).err().unwrap().to_string();
+        assert!(
+            err.contains("urls.parquet") && err.contains("TEXT") && err.contains("similarity"),
+            "{err}"
+        );
+        // Not parquet at all.
+        let fake = dir.path().join("fake.parquet");
+        std::fs::write(&fake, b"PAR1 but not really").unwrap();
+        let err = read_manifest(&fake).err().unwrap().to_string();
+        assert!(err.contains("fake.parquet"), "{err}");
+        assert_eq!(row_count_hint(&fake), None);
     }
 }

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, SkipCounts, SkipReason};
-use crate::loader::{CaptionSource, LoaderConfig};
+use crate::loader::{CaptionSource, LoaderConfig, Sampling};
 
 /// A sample waiting in a shuffle buffer, by where to read it again.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub(crate) struct SampleRef {
-    /// Index of its shard in the thread's shard list for the epoch.
+    /// Index of its shard in the thread's shard list (or draw sequence) for the epoch.
     pub shard: usize,
     /// Tar offset where the sample starts ([`crate::tar_reader::SampleSpan::start`]).
     pub start: u64,
@@ -29,7 +29,9 @@ pub(crate) struct ThreadCursor {
     /// The epoch being read.
     pub epoch: u64,
     /// Index of the shard being read in the thread's shard list for the epoch; the list's
-    /// length once every shard is read (the shuffle buffer is draining).
+    /// length once every shard is read (the shuffle buffer is draining). In resampled mode the
+    /// number of shards drawn before the current one in the epoch: the shard-draw generator's
+    /// position (one 64-bit word per draw), from which every draw is recomputed.
     pub shard: usize,
     /// Tar offset in that shard where reading continues.
     pub offset: u64,
@@ -86,6 +88,14 @@ pub(crate) struct ConfigFingerprint {
     pub max_pixels: u64,
     /// `txt` or `json:<field>`.
     pub caption: String,
+    /// Batches per virtual epoch when shards are resampled; 0 when every shard is read once
+    /// per epoch (and in states saved before resampling existed).
+    #[serde(default)]
+    pub epoch_batches: u64,
+    /// FNV-1a hash of the resampling weights (all 1 when none are given); 0 when not
+    /// resampled.
+    #[serde(default)]
+    pub shard_weights_hash: u64,
 }
 
 impl ConfigFingerprint {
@@ -104,6 +114,14 @@ impl ConfigFingerprint {
             caption: match &cfg.caption {
                 CaptionSource::Txt => "txt".to_string(),
                 CaptionSource::Json(field) => format!("json:{field}"),
+            },
+            epoch_batches: match &cfg.sampling {
+                Sampling::EveryShard => 0,
+                Sampling::Resampled { epoch_batches, .. } => *epoch_batches,
+            },
+            shard_weights_hash: match &cfg.sampling {
+                Sampling::EveryShard => 0,
+                Sampling::Resampled { shard_weights, .. } => hash_weights(shard_weights, cfg.shards.len()),
             },
         }
     }
@@ -143,10 +161,32 @@ impl ConfigFingerprint {
             shuffle_buffer,
             drop_last,
             max_pixels,
-            caption
+            caption,
+            epoch_batches,
+            shard_weights_hash
         );
         Ok(())
     }
+}
+
+/// FNV-1a over the weights' bit patterns; no weights count as `shards` weights of 1, which
+/// draw alike.
+fn hash_weights(weights: &[f64], shards: usize) -> u64 {
+    let ones;
+    let weights = if weights.is_empty() {
+        ones = vec![1.0; shards];
+        &ones
+    } else {
+        weights
+    };
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for weight in weights {
+        for byte in weight.to_bits().to_le_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// FNV-1a over the paths' bytes, each path followed by a 0xff separator (a byte UTF-8 never

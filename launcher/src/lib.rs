@@ -13,7 +13,13 @@
 //! - [`SupervisedLaunch`] restarts such a group with `--resume latest` when a
 //!   worker fails or stops writing heartbeats ([`HeartbeatPolicy`]), with
 //!   back-off, up to [`RestartPolicy::max_restarts`] times.
+//! - Several hosts over MPI: [`MpiHosts`] (`--hosts a:2,b:2`, a hostfile, an rsh
+//!   agent, the network to use) makes the mpi backend's mpirun place ranks there.
+//! - [`StaticLaunch`]: one node of a torchrun-style multi-node launch; node 0
+//!   serves the tokio [`rendezvous`] that forms the world, relays the NCCL
+//!   unique id and watches the nodes' heartbeats.
 //! - [`RunDir`] is the run-directory layout that the trainer writes.
+//! - [`slurm`] writes and submits sbatch scripts and reads a job's state.
 //!
 //! ```no_run
 //! use launcher::{Backend, LocalLaunch};
@@ -26,18 +32,24 @@
 
 mod error;
 mod heartbeat;
+mod hosts;
 mod local;
 mod mpirun;
+mod multinode;
 mod output;
 mod process;
+pub mod rendezvous;
 mod run_dir;
 mod signals;
+pub mod slurm;
 mod supervise;
 pub mod sweep;
 
 pub use error::{signal_name, LaunchError};
 pub use heartbeat::{heartbeat_file, HeartbeatPolicy, DEFAULT_STARTUP_TIMEOUT, HEARTBEAT_DIR_ENV};
-pub use local::{Backend, LaunchReport, LocalLaunch, DEFAULT_GRACE};
+pub use hosts::{read_hostfile, HostList, HostSlots, HostfileError, MpiHosts};
+pub use local::{Backend, LaunchReport, LocalLaunch, Placement, DEFAULT_GRACE};
+pub use multinode::{interface_address, MultiNodeError, StaticLaunch, StaticReport};
 pub use output::{Console, SharedWriter};
 pub use run_dir::RunDir;
 pub use signals::{install_signal_handlers, StopHandle};

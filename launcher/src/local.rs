@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::LaunchError;
 use crate::heartbeat::{self, HeartbeatPolicy, Monitor, HEARTBEAT_DIR_ENV};
+use crate::hosts::MpiHosts;
 use crate::mpirun;
 use crate::output::{self, Console, RankLog, Reader};
 use crate::process::{self, Group, Member, POLL};
@@ -87,6 +88,26 @@ pub struct LocalLaunch {
     pub mpirun: PathBuf,
     /// When a silent worker counts as hung (off by default).
     pub heartbeat: HeartbeatPolicy,
+    /// mpi backend: the hosts mpirun places ranks on (default: this machine).
+    pub mpi_hosts: MpiHosts,
+    /// Direct backends in a multi-node launch: this node's share of the world
+    /// (default: the whole world is here, ranks `0..nproc`).
+    pub placement: Option<Placement>,
+}
+
+/// One node's share of a multi-node world, for workers started directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Global rank of this node's first worker.
+    pub rank_start: usize,
+    /// Workers across all nodes (`WORLD_SIZE`).
+    pub world_size: usize,
+    /// `MASTER_ADDR` for every worker.
+    pub master_addr: String,
+    /// `MASTER_PORT` for every worker.
+    pub master_port: u16,
+    /// Further variables for every worker (`FERROCLIP_RENDEZVOUS`, `FERROCLIP_RUN_TOKEN`, …).
+    pub env: Vec<(String, String)>,
 }
 
 impl LocalLaunch {
@@ -108,7 +129,22 @@ impl LocalLaunch {
             grace: DEFAULT_GRACE,
             mpirun: PathBuf::from("mpirun"),
             heartbeat: HeartbeatPolicy::default(),
+            mpi_hosts: MpiHosts::default(),
+            placement: None,
         }
+    }
+
+    /// The global ranks this launcher starts: `0..nproc`, or this node's
+    /// share of a multi-node world.
+    pub fn ranks(&self) -> std::ops::Range<usize> {
+        let start = self.placement.as_ref().map_or(0, |p| p.rank_start);
+        start..start + self.nproc
+    }
+
+    /// The hostfile written from `mpi_hosts.hosts` at launch.
+    pub fn generated_hostfile(&self) -> PathBuf {
+        let path = self.log_dir.join("hostfile");
+        std::path::absolute(&path).unwrap_or(path)
     }
 
     /// The path of rank `rank`'s log.
@@ -166,21 +202,34 @@ impl LocalLaunch {
     }
 
     fn run_direct(&self, console: &Console, stop: &StopHandle) -> Result<(), LaunchError> {
-        let port = free_port()?;
+        let (rank_start, world_size, master_addr, master_port, extra_env) = match &self.placement {
+            Some(p) => (
+                p.rank_start,
+                p.world_size,
+                p.master_addr.clone(),
+                p.master_port,
+                p.env.as_slice(),
+            ),
+            None => (0, self.nproc, "127.0.0.1".to_string(), free_port()?, &[][..]),
+        };
         let mut group = Group::default();
         let mut readers = Vec::new();
         let mut logs = Vec::new();
-        for rank in 0..self.nproc {
+        for local_rank in 0..self.nproc {
+            let rank = rank_start + local_rank;
             let log = RankLog::create(self.rank_log(rank))?;
             let mut cmd = Command::new(&self.program);
             cmd.args(&self.args)
                 .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", self.nproc.to_string())
-                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", world_size.to_string())
+                .env("LOCAL_RANK", local_rank.to_string())
                 .env("LOCAL_WORLD_SIZE", self.nproc.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
+                .env("MASTER_ADDR", &master_addr)
+                .env("MASTER_PORT", master_port.to_string())
                 .env(HEARTBEAT_DIR_ENV, self.heartbeat_dir());
+            for (name, value) in extra_env {
+                cmd.env(name, value);
+            }
             match spawn_piped(cmd, &self.program) {
                 Ok((child, out, err)) => {
                     readers.push(output::pump_rank(out, rank, console.stdout.clone(), log.clone()));
@@ -197,7 +246,7 @@ impl LocalLaunch {
             }
         }
         let verdict = self.supervise(&mut group, console, stop, Group::running_ranks, |rank, status| {
-            process::failure(rank, status, &logs[rank])
+            process::failure(rank, status, &logs[rank - rank_start])
         });
         output::join_readers(readers, DRAIN_PATIENCE, console);
         verdict
@@ -208,12 +257,34 @@ impl LocalLaunch {
             .map(|r| RankLog::create(self.rank_log(r)))
             .collect::<Result<Vec<_>, _>>()?;
         let mpirun_log = RankLog::create(self.mpirun_log())?;
+        let hostfile = match (&self.mpi_hosts.hostfile, self.mpi_hosts.hosts.0.is_empty()) {
+            (Some(file), _) => Some(file.clone()),
+            (None, false) => {
+                let file = self.generated_hostfile();
+                std::fs::write(&file, self.mpi_hosts.hosts.hostfile_text()).map_err(|source| LaunchError::Log {
+                    path: file.clone(),
+                    source,
+                })?;
+                Some(file)
+            }
+            (None, true) => None,
+        };
+        let mut exports = vec![(HEARTBEAT_DIR_ENV.to_string(), self.heartbeat_dir().into_os_string())];
+        // FERROCLIP_* settings (and RUST_LOG) reach ranks on other hosts only through -x.
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str() else { continue };
+            if (name.starts_with("FERROCLIP_") || name == "RUST_LOG") && name != HEARTBEAT_DIR_ENV {
+                exports.push((name.to_string(), value));
+            }
+        }
+        let exports: Vec<(&str, OsString)> = exports.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
         let cmd = mpirun::command(
             &self.mpirun,
             self.nproc,
             &self.program,
             &self.args,
-            &[(HEARTBEAT_DIR_ENV, self.heartbeat_dir().into_os_string())],
+            &exports,
+            &self.mpi_hosts.mpirun_args(hostfile.as_deref()),
         );
         let (child, out, err) = spawn_piped(cmd, &self.mpirun).map_err(|e| match e {
             LaunchError::Spawn { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {

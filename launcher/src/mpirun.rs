@@ -11,13 +11,15 @@ use std::process::Command;
 
 /// The `mpirun` invocation for `nproc` local ranks of `program args…`, with the
 /// variables in `exports` set for every rank (`-x NAME`: mpirun forwards them
-/// from its own environment, which also reaches ranks on other hosts).
+/// from its own environment, which also reaches ranks on other hosts), and
+/// `placement` (hostfile, rsh agent, networks: [`crate::hosts::MpiHosts`]) before `-np`.
 pub(crate) fn command(
     mpirun: &Path,
     nproc: usize,
     program: &Path,
     args: &[OsString],
     exports: &[(&str, OsString)],
+    placement: &[OsString],
 ) -> Command {
     let mut cmd = Command::new(mpirun);
     cmd.args([
@@ -30,6 +32,7 @@ pub(crate) fn command(
     for (name, value) in exports {
         cmd.arg("-x").arg(name).env(name, value);
     }
+    cmd.args(placement);
     cmd.arg("-np").arg(nproc.to_string()).arg(program).args(args);
     // Stale torchrun-style variables would take precedence over OMPI_COMM_WORLD_*
     // in the worker's rank discovery.
@@ -134,6 +137,7 @@ mod tests {
             Path::new("w"),
             &["a".into()],
             &[("FERROCLIP_HEARTBEAT_DIR", "/hb".into())],
+            &["--hostfile".into(), "/h".into()],
         );
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let x = args.iter().position(|a| a == "-x").expect("-x present");
@@ -142,6 +146,8 @@ mod tests {
             x < args.iter().position(|a| a == "w").unwrap(),
             "-x must precede the program: {args:?}"
         );
+        let hostfile = args.iter().position(|a| a == "--hostfile").expect("placement present");
+        assert!(hostfile < args.iter().position(|a| a == "-np").unwrap(), "{args:?}");
         let env: Vec<_> = cmd.get_envs().collect();
         assert!(env.contains(&(
             std::ffi::OsStr::new("FERROCLIP_HEARTBEAT_DIR"),

@@ -1,11 +1,23 @@
 //! `ferroclip curate`: run a curation pipeline over shards, or `curate match` to print the
 //! MetaCLIP entries that captions on stdin match.
+//!
+//! Under `mpirun` (or any launcher that sets RANK/WORLD_SIZE-style variables) every process
+//! curates its share of the input shards (shard i on rank i mod world) and the stages'
+//! global counts are all-reduced through `trainer::dist`, so the output equals a
+//! one-process run's. `dfn` stages score pairs with a ferroclip checkpoint
+//! ([`CheckpointScorer`]).
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use curator::dfn::{self, DfnConfig, DfnStage, PairScorer, ScoreError, ScoreSource};
 use curator::metaclip::{Matcher, Metadata, DEFAULT_WORDNET_DIR};
-use curator::{run_pipeline, CurateConfig, SingleProcess};
+use curator::{run_pipeline, CountReducer, CurateConfig, CurateError, SingleProcess};
+use dataloader::loader::IMAGE_EXTENSIONS;
+use dataloader::{decode_rgb, ImageTransform, RawSample, DEFAULT_MAX_PIXELS};
+use trainer::dist::{Collective, Dist};
+use trainer::eval::{self, EvalModel};
+use trainer::tch::{Device, Kind, Tensor};
 
 /// Arguments of `ferroclip curate`.
 #[derive(clap::Args)]
@@ -22,9 +34,13 @@ pub struct Args {
     /// Output folder for the curated shards, sizes.json, report.json and report.png.
     #[arg(long, required = true)]
     output: Option<PathBuf>,
-    /// Worker threads (0 = all cores).
+    /// Worker threads (0 = all cores); also the threads of a `dfn` stage's model.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Saved DFN scores (the `scores/<stage>` folder of an earlier run, or a .jsonl file) for
+    /// every `dfn` stage: change the threshold without rescoring.
+    #[arg(long, value_name = "DIR|FILE")]
+    scores: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -54,9 +70,51 @@ pub fn run(args: Args) -> Result<()> {
     };
     let config = CurateConfig::from_file(&config_path)?;
     let base_dir = config_path.parent().unwrap_or(Path::new("."));
-    let stages = config.build_stages(base_dir)?;
     let shards = dataloader::expand_shards(&input).with_context(|| format!("--input {input:?}"))?;
-    let report = run_pipeline(stages, &shards, &output, args.threads, &SingleProcess)?;
+    // Checked before scoring, which is slow: the pipeline refuses such a folder too.
+    for done in [curator::REPORT_JSON, dataloader::sizes::SIZES_FILE] {
+        if output.join(done).exists() {
+            anyhow::bail!(
+                "output {}: the folder already holds curated shards ({done}); choose an empty folder",
+                output.display()
+            );
+        }
+    }
+    let has_dfn = config.stages.iter().any(|s| matches!(s, curator::StageConfig::Dfn(_)));
+    if args.scores.is_some() && !has_dfn {
+        anyhow::bail!("--scores is for dfn stages, and {} has none", config_path.display());
+    }
+    let reducer = count_reducer()?;
+    if args.threads > 0 {
+        trainer::tch::set_num_threads(args.threads as i32);
+    }
+    let mut build_dfn = |name: &str, cfg: &DfnConfig| -> Result<DfnStage, CurateError> {
+        let saved = args
+            .scores
+            .clone()
+            .or_else(|| cfg.scores.as_ref().map(|p| base_dir.join(p)));
+        if let Some(path) = saved {
+            return dfn::build_stage(cfg, ScoreSource::Saved(path), &shards, reducer.as_ref());
+        }
+        let Some(checkpoint) = &cfg.checkpoint else {
+            return Err(CurateError::BadField {
+                field: format!("stage {name:?}.checkpoint"),
+                reason: "give the filtering model (a run folder) or saved `scores`".into(),
+            });
+        };
+        let checkpoint = base_dir.join(checkpoint);
+        let scorer = CheckpointScorer::load(&checkpoint, cfg, args.threads).map_err(|e| CurateError::Scores {
+            path: checkpoint.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let source = ScoreSource::Score {
+            scorer: &scorer,
+            write_to: output.join("scores").join(name),
+        };
+        dfn::build_stage(cfg, source, &shards, reducer.as_ref())
+    };
+    let stages = config.build_stages_with(base_dir, &mut build_dfn)?;
+    let report = run_pipeline(stages, &shards, &output, args.threads, reducer.as_ref())?;
     tracing::info!(
         input = report.input_samples,
         output = report.output_samples,
@@ -92,4 +150,153 @@ fn run_match(args: &MatchArgs) -> Result<()> {
     }
     stdout.flush()?;
     Ok(())
+}
+
+/// The count reduction across the processes of this run: MPI (through `trainer::dist`)
+/// when a launcher started several, else a world of one.
+fn count_reducer() -> Result<Box<dyn CountReducer>> {
+    let dist = Dist::from_env()?;
+    if dist.world_size == 1 {
+        return Ok(Box::new(SingleProcess));
+    }
+    let collective = trainer::dist::connect(&dist).context("connecting the curation processes")?;
+    tracing::info!(
+        rank = dist.rank,
+        world = dist.world_size,
+        "curating as one of several processes"
+    );
+    Ok(Box::new(CollectiveCounts { collective }))
+}
+
+/// Sums count vectors with the trainer's collectives (an i64 CPU tensor all-reduce).
+struct CollectiveCounts {
+    collective: Box<dyn Collective>,
+}
+
+impl CountReducer for CollectiveCounts {
+    fn rank(&self) -> usize {
+        self.collective.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    fn all_reduce_sum(&self, counts: &mut [u64]) -> Result<(), CurateError> {
+        // Counts are far below 2^63; a value that is not would wrap in the i64 tensor.
+        let signed: Vec<i64> = counts
+            .iter()
+            .map(|&c| i64::try_from(c).map_err(|_| CurateError::Reduce(format!("count {c} does not fit in an i64"))))
+            .collect::<Result<_, _>>()?;
+        let mut tensor = Tensor::from_slice(&signed);
+        self.collective
+            .all_reduce_sum_(&mut tensor)
+            .map_err(|e| CurateError::Reduce(e.to_string()))?;
+        let summed = Vec::<i64>::try_from(&tensor).map_err(|e| CurateError::Reduce(e.to_string()))?;
+        if summed.len() != counts.len() {
+            return Err(CurateError::Reduce(format!(
+                "sent {} counts, got {} back",
+                counts.len(),
+                summed.len()
+            )));
+        }
+        for (count, sum) in counts.iter_mut().zip(summed) {
+            *count = u64::try_from(sum).map_err(|_| CurateError::Reduce(format!("negative sum {sum}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// DFN's pair score from a ferroclip checkpoint: the cosine similarity of the L2-normalised
+/// image embedding and the embedding of the caption's first line.
+pub struct CheckpointScorer {
+    model: EvalModel,
+    transform: ImageTransform,
+    caption_member: String,
+    decode_threads: usize,
+}
+
+impl CheckpointScorer {
+    /// Loads the run or checkpoint folder `checkpoint` on the stage's device.
+    pub fn load(checkpoint: &Path, cfg: &DfnConfig, threads: usize) -> Result<Self> {
+        let device = match cfg.device.as_deref() {
+            None => Device::cuda_if_available(),
+            Some("cpu") => Device::Cpu,
+            Some("cuda") => Device::Cuda(0),
+            Some(other) => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+                Some(index) => Device::Cuda(index),
+                None => anyhow::bail!("device {other:?}: expected cpu, cuda or cuda:N"),
+            },
+        };
+        let model = eval::load_checkpoint(checkpoint, device)?;
+        let transform = ImageTransform::eval(model.image_size());
+        let decode_threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        Ok(Self {
+            model,
+            transform,
+            caption_member: cfg.caption_member.clone(),
+            decode_threads,
+        })
+    }
+}
+
+/// The caption's first non-empty line and the eval-transformed image, or None when either is
+/// missing or bad.
+fn prepare_pair(sample: &RawSample, caption_member: &str, transform: &ImageTransform) -> Option<(String, Vec<f32>)> {
+    let text = std::str::from_utf8(sample.members.get(caption_member)?).ok()?;
+    let caption = text.lines().map(str::trim).find(|l| !l.is_empty())?.to_string();
+    let bytes = IMAGE_EXTENSIONS.iter().find_map(|ext| sample.members.get(*ext))?;
+    let rgb = decode_rgb(bytes, DEFAULT_MAX_PIXELS).ok()?;
+    // The eval transform draws no random numbers; the generator only fills the signature.
+    let pixels = transform.apply(&rgb, &mut rand::rngs::mock::StepRng::new(0, 0));
+    Some((caption, pixels))
+}
+
+impl PairScorer for CheckpointScorer {
+    fn score(&self, batch: &[RawSample]) -> Result<Vec<Option<f32>>, ScoreError> {
+        // Decoding is the CPU-heavy part besides the model: spread it over threads.
+        let chunk = batch.len().div_ceil(self.decode_threads.max(1)).max(1);
+        let (member, transform) = (self.caption_member.as_str(), &self.transform);
+        let prepared: Vec<Option<(String, Vec<f32>)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|s| prepare_pair(s, member, transform))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        let mut captions = Vec::new();
+        let mut pixels = Vec::new();
+        for (caption, image) in prepared.iter().flatten() {
+            captions.push(caption.clone());
+            pixels.extend_from_slice(image);
+        }
+        if captions.is_empty() {
+            return Ok(vec![None; batch.len()]);
+        }
+        let images = self.model.embed_images(&pixels, captions.len());
+        let texts = self.model.embed_texts(&captions, captions.len());
+        let cosine = (images * texts)
+            .sum_dim_intlist(&[1i64][..], false, Kind::Float)
+            .f_to_kind(Kind::Float)
+            .map_err(|e| ScoreError(e.to_string()))?;
+        let values = Vec::<f32>::try_from(&cosine).map_err(|e| ScoreError(e.to_string()))?;
+        let mut values = values.into_iter();
+        Ok(prepared
+            .iter()
+            .map(|p| p.as_ref().and_then(|_| values.next()))
+            .collect())
+    }
 }

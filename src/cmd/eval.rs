@@ -1,6 +1,6 @@
 //! `ferroclip eval`: zero-shot classification and image↔text retrieval of a model on eval
 //! shards, with CLIP_benchmark's metric definitions and key names.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -81,6 +81,13 @@ pub struct Args {
     /// Prompt templates, one per line, each containing `{c}` (default: "a photo of a {c}.").
     #[arg(long, value_name = "FILE")]
     templates: Option<PathBuf>,
+    /// K-LITE knowledge: append " ; {c} , {gloss}" to each prompt of a class whose name is a
+    /// WordNet noun (the definition of its first sense).
+    #[arg(long, requires = "zeroshot")]
+    knowledge: bool,
+    /// Where the WordNet database is for --knowledge (Debian's wordnet-base).
+    #[arg(long, value_name = "DIR", default_value = curator::metaclip::DEFAULT_WORDNET_DIR)]
+    wordnet_dir: PathBuf,
     /// Retrieval eval shards (image + `.txt` with one caption per line).
     #[arg(long, value_name = "SHARDS")]
     retrieval: Option<String>,
@@ -115,12 +122,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Some(path) => read_templates(path)?,
                 None => vec![DEFAULT_TEMPLATE.to_string()],
             };
+            let glosses = if args.knowledge {
+                class_glosses(&classnames, &args.wordnet_dir)?
+            } else {
+                HashMap::new()
+            };
             Some((
                 spec.clone(),
                 shards,
                 classnames_path.display().to_string(),
                 classnames,
                 templates,
+                glosses,
             ))
         }
         None => None,
@@ -137,11 +150,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut output = serde_json::Map::new();
     output.insert("model".into(), args.model.describe());
     let mut table = String::new();
-    if let Some((spec, shards, classnames_file, classnames, templates)) = zeroshot_inputs {
-        let report = eval::evaluate_zeroshot(&model, &shards, &classnames, &templates, args.batch_size)
-            .with_context(|| format!("zero-shot evaluation on {spec} with class names {classnames_file}"))?;
+    if let Some((spec, shards, classnames_file, classnames, templates, glosses)) = zeroshot_inputs {
+        let report = eval::tasks::evaluate_zeroshot_with_knowledge(
+            &model,
+            &shards,
+            &classnames,
+            &templates,
+            &glosses,
+            args.batch_size,
+        )
+        .with_context(|| format!("zero-shot evaluation on {spec} with class names {classnames_file}"))?;
         write_zeroshot_table(&mut table, &report, templates.len());
-        output.insert("zeroshot".into(), zeroshot_json(&spec, &report, templates.len()));
+        let mut json = zeroshot_json(&spec, &report, templates.len());
+        if args.knowledge {
+            let _ = writeln!(
+                table,
+                "  knowledge: {} of {} classes have a WordNet gloss",
+                glosses.len(),
+                classnames.len()
+            );
+            json["knowledge_classes"] = json!(glosses.len());
+        }
+        output.insert("zeroshot".into(), json);
     }
     if let Some((spec, shards)) = retrieval_shards {
         let report = eval::evaluate_retrieval(&model, &shards, &args.recall_k, args.batch_size)
@@ -155,6 +185,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// K-LITE glosses of the class names that are WordNet nouns (class name → gloss).
+fn class_glosses(classnames: &[String], wordnet_dir: &Path) -> anyhow::Result<HashMap<String, String>> {
+    let dictionary = curator::GlossDictionary::load(wordnet_dir).context("--knowledge needs WordNet glosses")?;
+    let glosses: HashMap<String, String> = classnames
+        .iter()
+        .filter_map(|name| {
+            let term = dictionary.lookup(name)?;
+            Some((name.clone(), dictionary.gloss(term).to_string()))
+        })
+        .collect();
+    tracing::info!(
+        classes = classnames.len(),
+        with_gloss = glosses.len(),
+        "K-LITE knowledge for the class names"
+    );
+    Ok(glosses)
 }
 
 /// Class names, one per line (trailing blank lines ignored); a blank line inside would
@@ -300,6 +348,23 @@ mod tests {
         std::fs::write(&path, "a photo of a {c}.\na photo\n").unwrap();
         let err = read_templates(&path).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn class_glosses_cover_the_wordnet_nouns_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = "00000000 05 n 01 ice_cream 0 000 | frozen dessert; \"she ate ice cream\"  \n";
+        std::fs::write(dir.path().join("data.noun"), data).unwrap();
+        std::fs::write(dir.path().join("index.noun"), "ice_cream n 1 0 1 0 00000000  \n").unwrap();
+        std::fs::write(dir.path().join("noun.exc"), "").unwrap();
+        let classes = ["Ice_creams".to_string(), "grinning face".to_string()];
+        let glosses = class_glosses(&classes, dir.path()).unwrap();
+        assert_eq!(
+            glosses,
+            HashMap::from([("Ice_creams".to_string(), "frozen dessert".to_string())])
+        );
+        let err = format!("{:#}", class_glosses(&classes, &dir.path().join("none")).unwrap_err());
+        assert!(err.contains("--knowledge") && err.contains("wordnet-base"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use launcher::{Backend, HeartbeatPolicy, LocalLaunch, RestartPolicy, SupervisedLaunch};
+use launcher::rendezvous::NodeSpec;
+use launcher::{
+    Backend, HeartbeatPolicy, HostList, LocalLaunch, MpiHosts, RestartPolicy, StaticLaunch, SupervisedLaunch,
+};
 
 /// Start N local workers, multiplex their output by rank and stop them all if one fails.
 ///
@@ -24,11 +27,23 @@ use launcher::{Backend, HeartbeatPolicy, LocalLaunch, RestartPolicy, SupervisedL
 ///
 /// Workers get `FERROCLIP_HEARTBEAT_DIR=<log-dir>/heartbeat` (emptied at every
 /// start) and touch `rank<R>` in it after every step.
+///
+/// Several hosts, MPI: `--backend mpi --hosts a:2,b:2` (or `--hostfile FILE`)
+/// runs mpirun with that hostfile; `--rsh-agent CMD` replaces ssh and
+/// `--mpi-if-include NET` pins Open MPI to one network. FERROCLIP_* variables
+/// are forwarded to every rank.
+///
+/// Several hosts, static (torchrun-style, for NCCL): run on every node
+/// `--nnodes M --node-rank i --master ADDR:PORT --nproc N`. Node 0 serves the
+/// rendezvous at ADDR:PORT; the nodes register, get global ranks, and start
+/// their workers together; a node that dies or whose workers fail stops the
+/// others, naming it; nodes missing after `--rendezvous-timeout-s` are named.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Number of local worker processes.
+    /// Number of worker processes (on this node). With --hosts/--hostfile, defaults to
+    /// the total slot count.
     #[arg(long)]
-    nproc: usize,
+    nproc: Option<usize>,
     /// solo (one worker), mpi (through mpirun) or nccl (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT
     /// rendezvous). Default: solo for --nproc 1, mpi otherwise.
     #[arg(long)]
@@ -54,6 +69,42 @@ pub struct Args {
     /// Seconds a worker may take to write its first heartbeat (with --heartbeat-timeout-s).
     #[arg(long, default_value_t = launcher::DEFAULT_STARTUP_TIMEOUT.as_secs_f64())]
     startup_timeout_s: f64,
+    /// mpi: hosts and ranks per host, `a:2,b:2` (written to `<log-dir>/hostfile`).
+    #[arg(long, conflicts_with = "hostfile")]
+    hosts: Option<HostList>,
+    /// mpi: an Open MPI hostfile (`host slots=N` per line).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// mpi: the command mpirun uses to reach other hosts instead of ssh (`--mca plm_rsh_agent`).
+    #[arg(long)]
+    rsh_agent: Option<String>,
+    /// mpi: interface or CIDR network for MPI traffic (btl_tcp_if_include and oob_tcp_if_include).
+    #[arg(long)]
+    mpi_if_include: Option<String>,
+    /// mpi: one more argument for mpirun, as is (repeat the flag for several).
+    #[arg(long, allow_hyphen_values = true)]
+    mpirun_arg: Vec<OsString>,
+    /// Static multi-node launch: the number of nodes (each runs this command).
+    #[arg(long, requires_all = ["node_rank", "master"])]
+    nnodes: Option<usize>,
+    /// Static multi-node launch: this node's rank, 0..nnodes (node 0 serves the rendezvous).
+    #[arg(long, requires = "nnodes")]
+    node_rank: Option<usize>,
+    /// Static multi-node launch: the rendezvous address, ADDR:PORT of node 0.
+    #[arg(long, requires = "nnodes")]
+    master: Option<String>,
+    /// Static multi-node launch: use this interface's address (and give it to NCCL as NCCL_SOCKET_IFNAME).
+    #[arg(long, conflicts_with = "bind_addr", requires = "nnodes")]
+    bind_iface: Option<String>,
+    /// Static multi-node launch: use this local address for the rendezvous.
+    #[arg(long, requires = "nnodes")]
+    bind_addr: Option<std::net::IpAddr>,
+    /// Static multi-node launch: seconds to reach the master and for all nodes to arrive.
+    #[arg(long, default_value_t = launcher::rendezvous::DEFAULT_RENDEZVOUS_TIMEOUT.as_secs_f64())]
+    rendezvous_timeout_s: f64,
+    /// Static multi-node launch: a node (or the master) silent this many seconds is lost.
+    #[arg(long, default_value_t = launcher::rendezvous::DEFAULT_HEARTBEAT_TIMEOUT.as_secs_f64())]
+    node_heartbeat_timeout_s: f64,
     /// Run this program with the arguments after `--` instead of `ferroclip train`
     /// (for testing the launcher without the trainer).
     #[arg(long, hide = true)]
@@ -64,9 +115,39 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let backend = args
-        .backend
-        .unwrap_or(if args.nproc == 1 { Backend::Solo } else { Backend::Mpi });
+    let mpi_hosts = MpiHosts {
+        hostfile: args.hostfile.clone(),
+        hosts: args.hosts.clone().unwrap_or_default(),
+        rsh_agent: args.rsh_agent.clone(),
+        if_include: args.mpi_if_include.clone(),
+        extra_args: args.mpirun_arg.clone(),
+    };
+    let host_slots = match (&args.hostfile, &args.hosts) {
+        (Some(file), _) => Some(launcher::read_hostfile(file)?.slots()),
+        (None, Some(hosts)) => Some(hosts.slots()),
+        (None, None) => None,
+    };
+    let nproc = match (args.nproc, host_slots) {
+        (Some(n), _) => n,
+        (None, Some(slots)) => slots,
+        (None, None) => anyhow::bail!("--nproc is required (or --hosts/--hostfile for mpi)"),
+    };
+    let multi_node = args.nnodes.is_some();
+    let backend = args.backend.unwrap_or(if multi_node {
+        Backend::Nccl
+    } else if nproc == 1 && host_slots.is_none() {
+        Backend::Solo
+    } else {
+        Backend::Mpi
+    });
+    if mpi_hosts.is_multi_host() && backend != Backend::Mpi {
+        anyhow::bail!("--hosts/--hostfile place ranks through mpirun: use --backend mpi, not {backend}");
+    }
+    if multi_node && args.max_restarts > 0 {
+        anyhow::bail!(
+            "--max-restarts is not supported with --nnodes: a failed node stops the whole run; start the launchers again with `-- ... --resume latest`"
+        );
+    }
     let (program, worker_args) = match args.worker_cmd {
         Some(cmd) => (cmd, args.train_args),
         None => {
@@ -79,13 +160,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )
         }
     };
-    let mut launch = LocalLaunch::new(program, worker_args, args.nproc, backend, args.log_dir);
+    let mut launch = LocalLaunch::new(program, worker_args, nproc, backend, args.log_dir);
+    launch.mpi_hosts = mpi_hosts;
     launch.grace = seconds("--grace-s", args.grace_s)?;
     let heartbeat_timeout = seconds("--heartbeat-timeout-s", args.heartbeat_timeout_s)?;
     launch.heartbeat = HeartbeatPolicy {
         timeout: (!heartbeat_timeout.is_zero()).then_some(heartbeat_timeout),
         startup_timeout: seconds("--startup-timeout-s", args.startup_timeout_s)?,
     };
+    if let (Some(nnodes), Some(node_rank), Some(master)) = (args.nnodes, args.node_rank, args.master) {
+        let bind = match (&args.bind_iface, args.bind_addr) {
+            (Some(iface), _) => Some(launcher::interface_address(iface)?),
+            (None, addr) => addr,
+        };
+        let node = NodeSpec {
+            bind,
+            timeout: seconds("--rendezvous-timeout-s", args.rendezvous_timeout_s)?,
+            heartbeat_timeout: seconds("--node-heartbeat-timeout-s", args.node_heartbeat_timeout_s)?,
+            ..NodeSpec::new(master, node_rank, nnodes, nproc)
+        };
+        let report = StaticLaunch {
+            launch,
+            node,
+            bind_iface: args.bind_iface,
+        }
+        .run()?;
+        eprintln!(
+            "[launch] node {}: all {} workers (ranks {}..{} of {}) exited 0 in {:.1}s, and so did every other node (logs in {})",
+            report.world.node_rank,
+            report.last.nproc,
+            report.world.rank_start,
+            report.world.rank_start + report.last.nproc,
+            report.world.world_size,
+            report.last.elapsed.as_secs_f64(),
+            report.last.log_dir.display()
+        );
+        return Ok(());
+    }
     let policy = RestartPolicy {
         max_restarts: args.max_restarts,
         backoff: seconds("--restart-backoff-s", args.restart_backoff_s)?,

@@ -1,10 +1,13 @@
 //! One module per subcommand: argument struct + `run`.
 pub mod curate;
+pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod launch;
 pub mod shard;
+pub mod status;
+pub mod submit;
 pub mod sweep;
 pub mod tokenize;
 pub mod train;

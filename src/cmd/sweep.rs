@@ -93,7 +93,8 @@ fn fit_cmd(args: &FitArgs) -> anyhow::Result<()> {
     let report = fit::fit_results_csv(&results, &args.metric, &args.x, &args.group, args.seed)?;
     report.write_json(&root.join("fit.json"))?;
     plot::plot_scaling(&report, &root.join("scaling.png"), &root.join("scaling.svg"))?;
-    let interval = |ci: Option<[f64; 2]>| ci.map_or("no interval".into(), |[lo, hi]| format!("95% CI {lo:.4} to {hi:.4}"));
+    let interval =
+        |ci: Option<[f64; 2]>| ci.map_or("no interval".into(), |[lo, hi]| format!("95% CI {lo:.4} to {hi:.4}"));
     let law = &report.power_law;
     println!(
         "E = β·C^α on the compute frontier ({} of {} points): α = {:.4} ({}), β = {:.4e}, R² (log10) = {:.3}",

@@ -201,7 +201,10 @@ fn fault_abort_in_save(step: u64) {
         return;
     }
     let _ = fs::write(marker, b"fired\n");
-    tracing::error!(step, "FERROCLIP_FAULT_ABORT_IN_SAVE: aborting half-way through a checkpoint");
+    tracing::error!(
+        step,
+        "FERROCLIP_FAULT_ABORT_IN_SAVE: aborting half-way through a checkpoint"
+    );
     std::process::abort();
 }
 

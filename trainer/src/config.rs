@@ -305,7 +305,13 @@ impl ModelConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        OpenClipJson { path }.parse(&root)
+        // An exported folder's `open_clip_config.json` wraps the model config as
+        // `{"model_cfg": ..., "preprocess_cfg": ...}` (open_clip's `local-dir:` layout).
+        let model = match root.get("model_cfg") {
+            Some(inner) if root.get("vision_cfg").is_none() => inner,
+            _ => &root,
+        };
+        OpenClipJson { path }.parse(model)
     }
 
     /// Number of trainable parameters, counted from the dimensions (no allocation).
@@ -337,19 +343,7 @@ impl ModelConfig {
     /// text (`context_length` tokens): matmuls and the patch conv only, the count
     /// scaling-law fits use (C = MACs per sample x samples seen).
     pub fn macs_per_sample(&self) -> i64 {
-        let layer = |n: i64, d: i64, h: i64| {
-            4 * n * d * d // q, k, v, out projections
-                + 2 * n * n * d // scores and weighted sum
-                + 2 * n * d * h // MLP
-        };
-        let v = &self.vision;
-        let t = &self.text;
-        let patches = v.grid_size() * v.grid_size();
-        let vision = patches * v.width * 3 * v.patch_size * v.patch_size
-            + v.layers * layer(v.num_tokens(), v.width, v.mlp_width())
-            + v.width * self.embed_dim;
-        let text = t.layers * layer(t.context_length, t.width, t.mlp_width()) + t.width * self.embed_dim;
-        vision + text
+        crate::macs::forward_macs(self).total() as i64
     }
 }
 

@@ -1,7 +1,11 @@
 //! The bridge from the `[data]` config section to the dataloader crate, and
 //! from its flat batches to tensors.
 
-use dataloader::{expand_shards, CaptionSource, Loader, LoaderConfig, LoaderState, SkipCounts};
+use dataloader::shard_spec::WEIGHTS_FIELD;
+use dataloader::{
+    dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, Loader, LoaderConfig,
+    LoaderState, SkipCounts,
+};
 
 use crate::config::ModelConfig;
 use crate::train::config::DataConfig;
@@ -14,10 +18,12 @@ pub struct TrainLoader {
     image_size: usize,
 }
 
-/// Builds rank `rank`'s training loader for `model` from the `[data]` section:
-/// shards are dealt to ranks round-robin, and the rank is mixed into the seed.
-/// With `position` (from [`TrainLoader::state`] in a checkpoint) it continues
-/// at exactly the next sample the saved run would have read.
+/// Builds rank `rank`'s training loader for `model` from the `[data]` section, with the
+/// rank mixed into the seed. Every sample once per epoch: shards are dealt to ranks
+/// round-robin (each rank needs one). `data.resampled`: every rank draws weighted shards
+/// with replacement from all of them, and an epoch is `data.epoch_samples` samples over all
+/// ranks. With `position` (from [`TrainLoader::state`] in a checkpoint) it continues at
+/// exactly the next sample the saved run would have read.
 pub fn train_loader(
     cfg: &DataConfig,
     model: &ModelConfig,
@@ -26,21 +32,17 @@ pub fn train_loader(
     world_size: usize,
     position: Option<&serde_json::Value>,
 ) -> Result<TrainLoader, TrainError> {
-    let all = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
-    if all.len() < world_size {
-        return Err(TrainError::Data(format!(
-            "data.train: {} shard(s) for {world_size} ranks; every rank needs at least one shard",
-            all.len()
-        )));
-    }
-    let shards: Vec<_> = all.into_iter().skip(rank).step_by(world_size).collect();
-    let seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut lc = LoaderConfig::new(shards, true);
+    let mut lc = if cfg.resampled {
+        resampled_config(cfg, rank, world_size)?
+    } else {
+        every_shard_config(cfg, rank, world_size)?
+    };
     lc.batch_size = cfg.batch_size;
     lc.image_size = model.vision.image_size as u32;
     lc.context_length = model.text.context_length as usize;
     lc.threads = cfg.workers;
-    lc.seed = seed;
+    // Rank in the seed: in resampled mode this is what gives every rank its own draws.
+    lc.seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     lc.shuffle_buffer = cfg.shuffle_buffer;
     lc.drop_last = true;
     lc.max_pixels = cfg.max_pixels;
@@ -58,6 +60,66 @@ pub fn train_loader(
         loader,
         image_size: model.vision.image_size as usize,
     })
+}
+
+/// Every sample once per epoch: this rank's round-robin share of the shards.
+fn every_shard_config(cfg: &DataConfig, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
+    if let Some(weights) = &cfg.train_weights {
+        return Err(TrainError::Data(format!(
+            "data.train_weights: weights {weights:?} need resampled mode (set data.resampled = true)"
+        )));
+    }
+    let all = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
+    if all.len() < world_size {
+        return Err(TrainError::Data(format!(
+            "data.train: {} shard(s) for {world_size} ranks; every rank needs at least one shard \
+             (or set data.resampled = true to draw shards with replacement)",
+            all.len()
+        )));
+    }
+    let shards = all.into_iter().skip(rank).step_by(world_size).collect();
+    Ok(LoaderConfig::new(shards, true))
+}
+
+/// Resampled: all shards with their source weights, and this rank's batches per virtual epoch.
+fn resampled_config(cfg: &DataConfig, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
+    let sources = expand_sources(&cfg.train, cfg.train_weights.as_deref()).map_err(|e| match e {
+        DataError::BadConfig { field, reason } if field == WEIGHTS_FIELD => {
+            TrainError::Data(format!("data.train_weights: {reason}"))
+        }
+        other => TrainError::Data(format!("data.train: {other}")),
+    })?;
+    let epoch_samples = match cfg.epoch_samples {
+        Some(n) => n,
+        None => {
+            let shards: Vec<_> = sources.iter().flat_map(|s| s.shards.iter().cloned()).collect();
+            let size = dataset_size(&shards).map_err(|e| {
+                TrainError::Data(format!(
+                    "data.epoch_samples: not set, and the dataset size is unknown, so a virtual epoch has \
+                     no length; set data.epoch_samples ({e})"
+                ))
+            })?;
+            if size == 0 {
+                return Err(TrainError::Data(
+                    "data.epoch_samples: not set, and the size files next to data.train's shards count 0 samples"
+                        .into(),
+                ));
+            }
+            if rank == 0 {
+                tracing::info!(
+                    epoch_samples = size,
+                    shards = shards.len(),
+                    "data.epoch_samples not set: a virtual epoch is the dataset size, {size} samples, \
+                     from sizes.json / *_stats.json next to data.train's shards"
+                );
+            }
+            size
+        }
+    };
+    Ok(LoaderConfig::resampled(
+        &sources,
+        virtual_epoch_batches(epoch_samples, cfg.batch_size, world_size),
+    ))
 }
 
 /// `"txt"` or `"json:<field>"` (validated by [`DataConfig::validate`]).
@@ -100,5 +162,181 @@ impl TrainLoader {
     /// The raw counts.
     pub fn skips(&self) -> &SkipCounts {
         self.loader.skip_counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use dataloader::{ShardSample, ShardWriter};
+
+    use super::*;
+
+    /// `samples` small PNG samples in shards of `per_shard` under `dir`, with sizes.json.
+    fn write_shards(dir: &Path, samples: usize, per_shard: u64) -> Vec<PathBuf> {
+        let mut writer = ShardWriter::new(dir, per_shard).unwrap();
+        for i in 0..samples {
+            let image = image::RgbImage::from_fn(9 + i as u32 % 4, 7, |x, y| {
+                image::Rgb([(x * 29 + i as u32 * 53) as u8, (y * 31) as u8, (i * 7) as u8])
+            });
+            let mut png = Vec::new();
+            image
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .unwrap();
+            writer
+                .write(&ShardSample {
+                    key: None,
+                    image: png,
+                    image_ext: "png".into(),
+                    captions: vec![format!("sample number {i}")],
+                    label: None,
+                    json: Default::default(),
+                })
+                .unwrap();
+        }
+        writer.finish().unwrap().shards
+    }
+
+    fn data_config(train: &str) -> DataConfig {
+        DataConfig {
+            train: train.to_string(),
+            batch_size: 2,
+            workers: 1,
+            shuffle_buffer: 4,
+            ..DataConfig::default()
+        }
+    }
+
+    fn nano() -> ModelConfig {
+        ModelConfig::preset("nano").unwrap()
+    }
+
+    fn error_of(result: Result<TrainLoader, TrainError>) -> String {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn data_resampled_ranks_draw_their_own_batches_from_fewer_shards_than_ranks() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shards(dir.path(), 8, 8);
+        let mut cfg = data_config(&dir.path().display().to_string());
+        // One shard for three ranks: refused when every sample is read once per epoch ...
+        let err = error_of(train_loader(&cfg, &nano(), 7, 1, 3, None));
+        assert!(err.contains("data.resampled"), "{err}");
+        // ... fine when shards are drawn with replacement, each rank its own stream.
+        cfg.resampled = true;
+        cfg.epoch_samples = Some(12);
+        let first_batches: Vec<Vec<f32>> = (0..3)
+            .map(|rank| {
+                let mut loader = train_loader(&cfg, &nano(), 7, rank, 3, None).unwrap();
+                let batch = loader.next_batch().unwrap();
+                Vec::<f32>::try_from(batch.images.flatten(0, -1)).unwrap()
+            })
+            .collect();
+        assert_ne!(first_batches[0], first_batches[1]);
+        assert_ne!(first_batches[1], first_batches[2]);
+        // The same rank again: the same batch.
+        let mut again = train_loader(&cfg, &nano(), 7, 2, 3, None).unwrap();
+        let batch = Vec::<f32>::try_from(again.next_batch().unwrap().images.flatten(0, -1)).unwrap();
+        assert_eq!(batch, first_batches[2]);
+    }
+
+    #[test]
+    fn data_epoch_samples_default_to_the_dataset_size() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shards(dir.path(), 6, 3);
+        let mut cfg = data_config(&dir.path().display().to_string());
+        cfg.resampled = true;
+        // sizes.json says 6 samples: 3 batches of 2 per virtual epoch on one rank.
+        let mut loader = train_loader(&cfg, &nano(), 0, 0, 1, None).unwrap();
+        let epochs: Vec<u64> = (0..7).map(|_| loader.next_batch().unwrap().epoch).collect();
+        assert_eq!(epochs, [0, 0, 0, 1, 1, 1, 2]);
+        // Given explicitly, it wins: 8 samples over 2 ranks of 2 = 2 batches per rank.
+        cfg.epoch_samples = Some(8);
+        let mut loader = train_loader(&cfg, &nano(), 0, 1, 2, None).unwrap();
+        let epochs: Vec<u64> = (0..3).map(|_| loader.next_batch().unwrap().epoch).collect();
+        assert_eq!(epochs, [0, 0, 1]);
+        // Neither given nor known: the error says which field to set.
+        cfg.epoch_samples = None;
+        std::fs::remove_file(dir.path().join("sizes.json")).unwrap();
+        let err = error_of(train_loader(&cfg, &nano(), 0, 0, 1, None));
+        assert!(err.contains("data.epoch_samples"), "{err}");
+    }
+
+    #[test]
+    fn data_weighted_sources_need_resampled_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = write_shards(dir.path(), 4, 2);
+        let spec = format!("{}::{}", shards[0].display(), shards[1].display());
+        let mut cfg = data_config(&spec);
+        cfg.train_weights = Some("1::3".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("data.train_weights") && err.contains("data.resampled"),
+            "{err}"
+        );
+        let err = error_of(train_loader(&cfg, &nano(), 0, 0, 1, None));
+        assert!(err.contains("data.train_weights"), "{err}");
+
+        cfg.resampled = true;
+        cfg.validate().unwrap();
+        let mut loader = train_loader(&cfg, &nano(), 0, 0, 1, None).unwrap();
+        loader.next_batch().unwrap();
+
+        for bad in ["1", "1::x", "1::-2", "1::2::3"] {
+            cfg.train_weights = Some(bad.into());
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("data.train_weights"), "{bad}: {err}");
+        }
+        // All zero passes the syntax check; the loader refuses it, naming the field.
+        cfg.train_weights = Some("0::0".into());
+        let err = error_of(train_loader(&cfg, &nano(), 0, 0, 1, None));
+        assert!(err.contains("data.train_weights"), "{err}");
+    }
+
+    #[test]
+    fn data_epoch_samples_needs_resampled_mode_and_a_positive_count() {
+        let mut cfg = data_config("a.tar");
+        cfg.epoch_samples = Some(100);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("data.epoch_samples"), "{err}");
+        cfg.resampled = true;
+        cfg.validate().unwrap();
+        cfg.epoch_samples = Some(0);
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("data.epoch_samples"), "{err}");
+    }
+
+    #[test]
+    fn data_resampled_position_resumes_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = write_shards(dir.path(), 6, 2);
+        let spec = format!("{}::{}/{{00001..00002}}.tar", shards[0].display(), dir.path().display());
+        let mut cfg = data_config(&spec);
+        cfg.resampled = true;
+        cfg.train_weights = Some("2::1".into());
+        cfg.epoch_samples = Some(6);
+        cfg.workers = 2;
+        let mut loader = train_loader(&cfg, &nano(), 3, 0, 1, None).unwrap();
+        for _ in 0..4 {
+            loader.next_batch().unwrap();
+        }
+        let state = loader.state();
+        let expected: Vec<Vec<f32>> = (0..5)
+            .map(|_| Vec::<f32>::try_from(loader.next_batch().unwrap().images.flatten(0, -1)).unwrap())
+            .collect();
+        let mut resumed = train_loader(&cfg, &nano(), 3, 0, 1, Some(&state)).unwrap();
+        let got: Vec<Vec<f32>> = (0..5)
+            .map(|_| Vec::<f32>::try_from(resumed.next_batch().unwrap().images.flatten(0, -1)).unwrap())
+            .collect();
+        assert_eq!(got, expected);
+        // Another epoch length does not fit the saved position.
+        cfg.epoch_samples = Some(8);
+        let err = error_of(train_loader(&cfg, &nano(), 3, 0, 1, Some(&state)));
+        assert!(err.contains("epoch_batches"), "{err}");
     }
 }

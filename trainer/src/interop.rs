@@ -653,4 +653,13 @@ mod tests {
             .to_string();
         assert!(err.contains("config.toml") && err.contains("model"), "{err}");
     }
+
+    #[test]
+    fn the_exported_folder_config_reads_back_as_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("open_clip_config.json");
+        let cfg = ModelConfig::preset("nano").unwrap();
+        std::fs::write(&path, open_clip_folder_config(&cfg).to_string()).unwrap();
+        assert_eq!(ModelConfig::from_open_clip_json(&path).unwrap(), cfg);
+    }
 }

@@ -9,9 +9,19 @@
 //! everyone arrived, so a rank that never comes makes every rank fail at the
 //! deadline with the missing ranks named, instead of some ranks entering a
 //! collective initialisation that would wait forever.
+//!
+//! Under a static multi-node `ferroclip launch --nnodes`, the launchers already
+//! run a rendezvous server (`launcher::rendezvous`, at `--master ADDR:PORT`)
+//! and give every worker `FERROCLIP_RENDEZVOUS=ADDR:PORT` and
+//! `FERROCLIP_RUN_TOKEN`. Then rank 0 does not listen itself: it publishes
+//! the payload to that server's relay and the other ranks fetch it there, one
+//! JSON line each way (`{"type":"publish","token":…,"key":…,"value_hex":…}` /
+//! `{"type":"fetch","token":…,"key":…}`, answered by
+//! `{"type":"value","key":…,"value_hex":…}` or `{"type":"error","reason":…}`;
+//! the launcher's `rendezvous/protocol.rs` is the other half).
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
@@ -44,7 +54,22 @@ pub struct Rendezvous {
     pub port: u16,
     /// Deadline for the whole exchange, counted from the call.
     pub timeout: Duration,
+    /// The launcher's relay, when a multi-node launcher serves one
+    /// (`FERROCLIP_RENDEZVOUS`); rank 0 then publishes there instead of listening.
+    pub relay: Option<Relay>,
 }
+
+/// The launcher's rendezvous relay and this run's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// `HOST:PORT` of the launcher's rendezvous server (`FERROCLIP_RENDEZVOUS`).
+    pub addr: String,
+    /// The run token the launcher handed out (`FERROCLIP_RUN_TOKEN`).
+    pub token: String,
+}
+
+/// The relay key of the payload (the NCCL unique id), as the launcher names it.
+pub const RELAY_KEY: &str = "nccl_unique_id";
 
 impl Rendezvous {
     /// Reads `MASTER_ADDR`, `MASTER_PORT` and the optional
@@ -85,10 +110,29 @@ impl Rendezvous {
                     )
                 })?,
         };
+        let relay = match lookup("FERROCLIP_RENDEZVOUS").filter(|a| !a.trim().is_empty()) {
+            None => None,
+            Some(addr) => {
+                let token = lookup("FERROCLIP_RUN_TOKEN")
+                    .filter(|t| !t.trim().is_empty())
+                    .ok_or_else(|| {
+                        env_error(
+                            "FERROCLIP_RUN_TOKEN",
+                            "",
+                            "is not set, but FERROCLIP_RENDEZVOUS is (both come from ferroclip launch --nnodes)",
+                        )
+                    })?;
+                Some(Relay {
+                    addr: addr.trim().to_string(),
+                    token: token.trim().to_string(),
+                })
+            }
+        };
         Ok(Rendezvous {
             host: host.trim().to_string(),
             port,
             timeout,
+            relay,
         })
     }
 
@@ -108,6 +152,19 @@ impl Rendezvous {
         payload: Option<&[u8]>,
     ) -> Result<Vec<u8>, DistError> {
         let deadline = Instant::now() + self.timeout;
+        if let Some(relay) = &self.relay {
+            return match (rank, payload) {
+                (0, Some(payload)) => {
+                    relay_request(relay, "publish", Some(payload), deadline)?;
+                    Ok(payload.to_vec())
+                }
+                (0, None) => Err(rendezvous_error("rank 0 must provide the payload".into())),
+                (_, Some(_)) => Err(rendezvous_error(format!(
+                    "rank {rank} must not provide a payload; rank 0 does"
+                ))),
+                (_, None) => relay_request(relay, "fetch", None, deadline),
+            };
+        }
         match (rank, payload) {
             (0, Some(payload)) => {
                 let listener = TcpListener::bind(("0.0.0.0", self.port)).map_err(|e| {
@@ -285,6 +342,67 @@ pub fn fetch(addrs: &[SocketAddr], rank: usize, world_size: usize, deadline: Ins
     Ok(payload)
 }
 
+/// One request to the launcher's relay: `publish` (with `value`) or `fetch`;
+/// returns the value the relay answers with. Connects with retries until
+/// `deadline`, then waits for the answer until `deadline`.
+fn relay_request(relay: &Relay, kind: &str, value: Option<&[u8]>, deadline: Instant) -> Result<Vec<u8>, DistError> {
+    let fail = |reason: String| rendezvous_error(format!("relay {} ({kind}): {reason}", relay.addr));
+    let addrs: Vec<SocketAddr> = relay
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("cannot resolve FERROCLIP_RENDEZVOUS: {e}")))?
+        .collect();
+    let mut last_error = String::from("FERROCLIP_RENDEZVOUS resolves to no address");
+    let mut stream = loop {
+        if let Some(stream) = addrs.iter().find_map(|addr| {
+            TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
+                .map_err(|e| last_error = format!("{addr}: {e}"))
+                .ok()
+        }) {
+            break stream;
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!("timed out connecting (last attempt: {last_error})")));
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    };
+    let mut request = serde_json::json!({"type": kind, "token": relay.token, "key": RELAY_KEY});
+    if let Some(value) = value {
+        request["value_hex"] = serde_json::Value::String(value.iter().map(|b| format!("{b:02x}")).collect());
+    }
+    let mut line = request.to_string();
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .and_then(|_| stream.set_read_timeout(Some(remaining(deadline))))
+        .map_err(|e| fail(format!("sending the request: {e}")))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .take(2 * MAX_PAYLOAD as u64 + 1024)
+        .read_line(&mut answer)
+        .map_err(|e| {
+            fail(if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                "timed out waiting for the answer (did rank 0 start?)".into()
+            } else {
+                e.to_string()
+            })
+        })?;
+    let answer: serde_json::Value =
+        serde_json::from_str(answer.trim_end()).map_err(|e| fail(format!("unreadable answer {answer:?}: {e}")))?;
+    match answer["type"].as_str() {
+        Some("value") => {
+            let hex = answer["value_hex"].as_str().unwrap_or_default();
+            let bytes: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect();
+            bytes.ok_or_else(|| fail("the answer's value is not hex".into()))
+        }
+        Some("error") => Err(fail(answer["reason"].as_str().unwrap_or("refused").to_string())),
+        _ => Err(fail(format!("unexpected answer {answer}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +443,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             timeout: Duration::from_secs(20),
+            relay: None,
         };
         let client = {
             let rdv = rdv.clone();
@@ -385,6 +504,110 @@ mod tests {
         assert!(err.to_string().contains("world size is 3"), "{err}");
         drop(listener);
         assert!(client.join().expect("thread").is_err());
+    }
+
+    /// A stand-in for the launcher's relay: answers each connection's one JSON
+    /// line by the launcher's rules (publish stores, fetch returns), checking the token.
+    fn fake_relay(token: &'static str, connections: usize) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = std::thread::spawn(move || {
+            let mut stored: Option<String> = None;
+            let mut waiting = Vec::new();
+            let mut requests = Vec::new();
+            for _ in 0..connections {
+                let (stream, _) = listener.accept().expect("accept");
+                let mut line = String::new();
+                BufReader::new(stream.try_clone().expect("clone"))
+                    .read_line(&mut line)
+                    .expect("read");
+                requests.push(line.trim_end().to_string());
+                let request: serde_json::Value = serde_json::from_str(&line).expect("json");
+                if request["token"] != token {
+                    let mut s = stream;
+                    let _ = s.write_all(b"{\"type\":\"error\",\"reason\":\"run token mismatch\"}\n");
+                    continue;
+                }
+                // The publisher is answered with an echo of its value, as the launcher does.
+                if request["type"] == "publish" {
+                    stored = request["value_hex"].as_str().map(String::from);
+                }
+                waiting.push(stream);
+                if let Some(hex) = &stored {
+                    let answer = format!("{{\"type\":\"value\",\"key\":\"{RELAY_KEY}\",\"value_hex\":\"{hex}\"}}\n");
+                    for mut s in waiting.drain(..) {
+                        s.write_all(answer.as_bytes()).expect("answer");
+                    }
+                }
+            }
+            requests
+        });
+        (addr, server)
+    }
+
+    #[test]
+    fn under_a_multi_node_launcher_the_payload_goes_through_its_relay() {
+        let (addr, server) = fake_relay("tok", 3);
+        let env = |rank: &str| {
+            let vars: HashMap<String, String> = [
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "1"),
+                ("FERROCLIP_RENDEZVOUS", addr.as_str()),
+                ("FERROCLIP_RUN_TOKEN", "tok"),
+                ("RANK", rank),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            Rendezvous::from_lookup(&|name| vars.get(name).cloned()).expect("env")
+        };
+        let rdv = env("1");
+        assert_eq!(rdv.relay.as_ref().map(|r| r.token.as_str()), Some("tok"));
+        // Ranks 1 and 2 ask before rank 0 publishes.
+        let fetchers: Vec<_> = (1..3)
+            .map(|rank| {
+                let rdv = rdv.clone();
+                std::thread::spawn(move || rdv.broadcast_from_rank0(rank, 3, None))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let id = [0u8, 1, 0xfe, 0xff];
+        assert_eq!(
+            env("0").broadcast_from_rank0(0, 3, Some(&id)).expect("publish"),
+            id.to_vec()
+        );
+        for fetcher in fetchers {
+            assert_eq!(fetcher.join().expect("thread").expect("fetch"), id.to_vec());
+        }
+        let requests = server.join().expect("server");
+        assert!(
+            requests.contains(
+                &r#"{"key":"nccl_unique_id","token":"tok","type":"publish","value_hex":"0001feff"}"#.to_string()
+            ),
+            "{requests:?}"
+        );
+
+        let (addr, _server) = fake_relay("tok", 1);
+        let stale = Rendezvous {
+            relay: Some(Relay {
+                addr,
+                token: "old".into(),
+            }),
+            ..rdv
+        };
+        let err = stale.broadcast_from_rank0(1, 3, None).expect_err("stale token");
+        assert!(err.to_string().contains("run token mismatch"), "{err}");
+
+        let missing_token = Rendezvous::from_lookup(&|name| match name {
+            "MASTER_ADDR" => Some("h".into()),
+            "MASTER_PORT" => Some("1".into()),
+            "FERROCLIP_RENDEZVOUS" => Some("h:1".into()),
+            _ => None,
+        });
+        assert!(
+            matches!(missing_token, Err(DistError::Env { ref var, .. }) if var == "FERROCLIP_RUN_TOKEN"),
+            "{missing_token:?}"
+        );
     }
 
     #[test]

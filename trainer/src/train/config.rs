@@ -83,6 +83,20 @@ pub struct DataConfig {
     pub shuffle_buffer: usize,
     /// Images with more pixels than this are skipped (decompression-bomb guard).
     pub max_pixels: u64,
+    /// Draw shards with replacement (OpenCLIP's `--dataset-resampled`): every rank draws its
+    /// own stream from all shards, and an epoch is `epoch_samples` samples. Off: every sample
+    /// once per epoch, shards split across ranks.
+    pub resampled: bool,
+    /// Sampling weight of each `::`-joined source of `train`, `::`-joined (`"1::0.5"`,
+    /// OpenCLIP's `--train-data-upsampling-factors`); every shard of a source gets its
+    /// weight. Needs `resampled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_weights: Option<String>,
+    /// Samples per virtual epoch over all ranks (OpenCLIP's `--train-num-samples`);
+    /// resampled mode only. Unset: the dataset size from `sizes.json` / img2dataset
+    /// `*_stats.json` next to the shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch_samples: Option<u64>,
 }
 
 impl Default for DataConfig {
@@ -95,6 +109,9 @@ impl Default for DataConfig {
             caption: "txt".into(),
             shuffle_buffer: 1000,
             max_pixels: 64 * 1024 * 1024,
+            resampled: false,
+            train_weights: None,
+            epoch_samples: None,
         }
     }
 }
@@ -121,6 +138,39 @@ impl DataConfig {
                 "data.caption: expected \"txt\" or \"json:<field>\", got {:?}",
                 self.caption
             )));
+        }
+        if let Some(weights) = &self.train_weights {
+            if !self.resampled {
+                return Err(TrainError::Config(format!(
+                    "data.train_weights: weights {weights:?} need resampled mode (set data.resampled = true); \
+                     without it every sample is read once per epoch (OpenCLIP likewise needs --dataset-resampled)"
+                )));
+            }
+            let sources = self.train.split("::").count();
+            let given = weights.split("::").count();
+            if given != sources {
+                return Err(TrainError::Config(format!(
+                    "data.train_weights: {given} weight(s) in {weights:?} for {sources} `::`-joined source(s) in data.train"
+                )));
+            }
+            for weight in weights.split("::") {
+                let weight = weight.trim();
+                if !weight.parse::<f64>().is_ok_and(|w| w.is_finite() && w >= 0.0) {
+                    return Err(TrainError::Config(format!(
+                        "data.train_weights: weight {weight:?} must be a finite number >= 0"
+                    )));
+                }
+            }
+        }
+        match self.epoch_samples {
+            Some(0) => return Err(TrainError::Config("data.epoch_samples: must be > 0".into())),
+            Some(n) if !self.resampled => {
+                return Err(TrainError::Config(format!(
+                    "data.epoch_samples: {n} is only used with data.resampled = true; without it an epoch \
+                     reads every sample once"
+                )))
+            }
+            _ => {}
         }
         Ok(())
     }

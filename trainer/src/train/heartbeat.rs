@@ -55,7 +55,10 @@ mod tests {
         heartbeat.beat(7);
         let text = std::fs::read_to_string(dir.path().join("hb/rank3")).unwrap();
         assert_eq!(text, "7\n");
-        let mut silent = Heartbeat { path: None, warned: false };
+        let mut silent = Heartbeat {
+            path: None,
+            warned: false,
+        };
         silent.beat(1);
     }
 }

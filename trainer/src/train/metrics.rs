@@ -90,7 +90,9 @@ mod tests {
         }
         drop(first);
         let mut resumed = MetricsWriter::resume(&path, 20).unwrap();
-        resumed.write(&serde_json::json!({ "step": 30, "again": true })).unwrap();
+        resumed
+            .write(&serde_json::json!({ "step": 30, "again": true }))
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"step\":10}\n{\"step\":20}\n{\"again\":true,\"step\":30}\n");
     }

@@ -146,7 +146,16 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
 
     let steps = cfg.schedule.steps;
     let save = |progress: Progress, loader: &crate::data::TrainLoader, opt: &AdamW| {
-        snapshot::save(&checkpoints, &vs, opt, &loader.state(), progress, &config_toml, coll, device)
+        snapshot::save(
+            &checkpoints,
+            &vs,
+            opt,
+            &loader.state(),
+            progress,
+            &config_toml,
+            coll,
+            device,
+        )
     };
     let mut losses = Vec::with_capacity(steps.saturating_sub(progress.step) as usize);
     let mut window_samples = 0u64;

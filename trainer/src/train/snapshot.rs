@@ -137,7 +137,10 @@ pub fn resume(
     };
     let Some(checkpoint) = checkpoint else {
         if coll.rank() == 0 {
-            info!("--resume latest: no checkpoint yet in {}; starting fresh", checkpoints.root().display());
+            info!(
+                "--resume latest: no checkpoint yet in {}; starting fresh",
+                checkpoints.root().display()
+            );
         }
         return Ok(None);
     };
@@ -154,7 +157,10 @@ pub fn resume(
         text.parse::<toml::Table>()
             .map_err(|e| TrainError::Checkpoint(format!("{what}: {}", e.message())))
     };
-    let saved = table(&checkpoint.config_toml, &format!("{}/config.toml", checkpoint.dir.display()))?;
+    let saved = table(
+        &checkpoint.config_toml,
+        &format!("{}/config.toml", checkpoint.dir.display()),
+    )?;
     let current = table(current_config_toml, "the current config")?;
     let changes = config_compatibility(&saved, &current).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     if coll.rank() == 0 {
@@ -166,9 +172,8 @@ pub fn resume(
         .load_into(vs)
         .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     opt.load_state_tensors(optim)?;
-    let progress: Progress = serde_json::from_value(state.counters.clone()).map_err(|e| {
-        TrainError::Checkpoint(format!("{}/state.json: counters: {e}", checkpoint.dir.display()))
-    })?;
+    let progress: Progress = serde_json::from_value(state.counters.clone())
+        .map_err(|e| TrainError::Checkpoint(format!("{}/state.json: counters: {e}", checkpoint.dir.display())))?;
     let loader = state.loader.get(coll.rank()).cloned().ok_or_else(|| {
         TrainError::Checkpoint(format!(
             "{}/state.json has no loader state for rank {}",
@@ -244,7 +249,11 @@ mod tests {
     #[test]
     fn rank_zeros_string_reaches_everyone() {
         let results = LocalGroup::run(2, |coll| {
-            let text = if coll.rank() == 0 { "runs/x/checkpoints/step_00000012" } else { "" };
+            let text = if coll.rank() == 0 {
+                "runs/x/checkpoints/step_00000012"
+            } else {
+                ""
+            };
             broadcast_string(text, coll, Device::Cpu).unwrap()
         });
         assert!(results.iter().all(|s| s == "runs/x/checkpoints/step_00000012"));

@@ -1,0 +1,252 @@
+//! ferroclip's side of scripts/bench/loader (run.sh runs it next to the Python peer).
+//!
+//! ```text
+//! cargo run --release -p dataloader --example loader_bench -- MODE SHARD...
+//!   loader N    the Loader, N decode threads, train transform (RandomResizedCrop 224),
+//!               normalise, tokenize (context 77), batches of 256, one pass over the samples
+//!   fused       one thread, no Loader: ImageTransform::decode_and_apply (reduced-scale JPEG
+//!               decode where it applies) + tokenize, per sample
+//!   raw         one thread: full-size JPEG decode to RGB of every image, libjpeg-turbo
+//!               (`decode_rgb`) and the image crate (zune-jpeg)
+//!   resize      one thread: crop+bicubic resize to 224 of decoded images, fast_image_resize
+//!               (ours) vs the image crate's resize (what imaging.rs used before)
+//! ```
+//! Prints one JSON line per measurement (`images_per_s`, `threads`, peak RSS in MiB).
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dataloader::imaging::{decode_rgb_with_image_crate, RandomResizedCrop};
+use dataloader::{decode_rgb, ImageTransform, Loader, LoaderConfig, Tokenizer, DEFAULT_MAX_PIXELS};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+const IMAGE_SIZE: u32 = 224;
+const BATCH_SIZE: usize = 256;
+const CONTEXT_LENGTH: usize = 77;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: loader_bench (loader N | fused | raw | resize) SHARD...";
+    let Some(mode) = args.first() else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let (threads, shard_args) = if mode == "loader" {
+        let threads = args.get(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| {
+            eprintln!("{usage}");
+            std::process::exit(2)
+        });
+        (threads, &args[2..])
+    } else {
+        (1, &args[1..])
+    };
+    let shards: Vec<PathBuf> = shard_args.iter().map(PathBuf::from).collect();
+    if shards.is_empty() {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    }
+    match mode.as_str() {
+        "loader" => bench_loader(shards, threads),
+        "fused" => bench_fused(&read_samples(&shards)),
+        "raw" => bench_raw(&read_samples(&shards)),
+        "resize" => bench_resize(&read_samples(&shards)),
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// (JPEG bytes, caption) of every sample, read into memory first so that only decoding is timed.
+fn read_samples(shards: &[PathBuf]) -> Vec<(Vec<u8>, String)> {
+    let mut samples = Vec::new();
+    for shard in shards {
+        dataloader::tar_reader::for_each_sample(shard, |sample| {
+            if let Ok(sample) = sample {
+                if let Some(jpg) = sample.members.get("jpg") {
+                    let caption = sample
+                        .members
+                        .get("txt")
+                        .map(|t| String::from_utf8_lossy(t).into_owned())
+                        .unwrap_or_default();
+                    samples.push((jpg.clone(), caption));
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        });
+    }
+    samples
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// User + system CPU seconds of this process so far (all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ, 100 on Linux
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks_per_second)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// One JSON line. `cpu_s` is the CPU time spent during the measurement: on a machine shared
+/// with other work, images per CPU-second is the steadier per-core figure.
+fn report(name: &str, threads: usize, images: usize, seconds: f64, cpu_s: f64) {
+    println!(
+        "{{\"name\": \"{name}\", \"threads\": {threads}, \"images\": {images}, \"seconds\": {seconds:.3}, \
+         \"images_per_s\": {:.1}, \"cpu_s\": {cpu_s:.2}, \"images_per_cpu_s\": {:.1}, \"peak_rss_mib\": {:.1}}}",
+        images as f64 / seconds,
+        images as f64 / cpu_s,
+        peak_rss_mib()
+    );
+}
+
+fn bench_loader(shards: Vec<PathBuf>, threads: usize) {
+    let mut cfg = LoaderConfig::new(shards.clone(), true);
+    cfg.threads = threads;
+    cfg.batch_size = BATCH_SIZE;
+    cfg.image_size = IMAGE_SIZE;
+    cfg.context_length = CONTEXT_LENGTH;
+    // One pass: the sample count of the shards, less each thread's dropped partial batch.
+    let total: u64 = dataloader::count_samples(&shards).unwrap_or(0);
+    let batches = (total as usize / BATCH_SIZE).saturating_sub(threads).max(1);
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let mut loader = match Loader::new(cfg) {
+        Ok(loader) => loader,
+        Err(e) => {
+            eprintln!("loader: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut images = 0;
+    let mut checksum = 0.0f64;
+    for batch in loader.by_ref().take(batches) {
+        images += batch.len();
+        checksum += f64::from(batch.images[0]) + batch.tokens[1] as f64;
+    }
+    report(
+        "ferroclip_loader",
+        threads,
+        images,
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+    );
+    eprintln!("(checksum {checksum}, skipped {:?})", loader.skip_counts());
+}
+
+fn bench_fused(samples: &[(Vec<u8>, String)]) {
+    let tokenizer = Tokenizer::new();
+    let transform = ImageTransform::train(IMAGE_SIZE);
+    let mut out = vec![0.0f32; transform.output_len()];
+    let mut tokens = 0i64;
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    for (index, (jpg, caption)) in samples.iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
+        if transform
+            .decode_and_apply_into(jpg, DEFAULT_MAX_PIXELS, &mut rng, &mut out)
+            .is_err()
+        {
+            continue;
+        }
+        tokens += tokenizer.tokenize(caption, CONTEXT_LENGTH)[1];
+    }
+    report(
+        "ferroclip_fused",
+        1,
+        samples.len(),
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+    );
+    eprintln!("(token checksum {tokens})");
+}
+
+fn bench_raw(samples: &[(Vec<u8>, String)]) {
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let mut pixels = 0usize;
+    for (jpg, _) in samples {
+        pixels += decode_rgb(jpg, DEFAULT_MAX_PIXELS).map_or(0, |image| image.len());
+    }
+    report(
+        "raw_decode_libjpeg_turbo",
+        1,
+        samples.len(),
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+    );
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    for (jpg, _) in samples {
+        pixels += decode_rgb_with_image_crate(jpg, DEFAULT_MAX_PIXELS).map_or(0, |image| image.len());
+    }
+    report(
+        "raw_decode_image_crate",
+        1,
+        samples.len(),
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+    );
+    eprintln!("(pixels {pixels})");
+}
+
+fn bench_resize(samples: &[(Vec<u8>, String)]) {
+    let images: Vec<image::RgbImage> = samples
+        .iter()
+        .take(2000)
+        .filter_map(|(jpg, _)| decode_rgb(jpg, DEFAULT_MAX_PIXELS).ok())
+        .collect();
+    let transform = ImageTransform::train(IMAGE_SIZE);
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let mut sum = 0u64;
+    for (index, image) in images.iter().enumerate() {
+        let out = transform.resize_and_crop(image, &mut ChaCha8Rng::seed_from_u64(index as u64));
+        sum += u64::from(out.as_raw()[0]);
+    }
+    report(
+        "resize_fast_image_resize",
+        1,
+        images.len(),
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+    );
+    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    for (index, image) in images.iter().enumerate() {
+        let crop = RandomResizedCrop::default().sample(
+            image.width(),
+            image.height(),
+            &mut ChaCha8Rng::seed_from_u64(index as u64),
+        );
+        let cropped = image::imageops::crop_imm(image, crop.left, crop.top, crop.width, crop.height).to_image();
+        let out = image::imageops::resize(
+            &cropped,
+            IMAGE_SIZE,
+            IMAGE_SIZE,
+            image::imageops::FilterType::CatmullRom,
+        );
+        sum += u64::from(out.as_raw()[0]);
+    }
+    report(
+        "resize_image_crate",
+        1,
+        images.len(),
+        start.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu_start,
+    );
+    eprintln!("(sum {sum})");
+}

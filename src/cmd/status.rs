@@ -1,0 +1,47 @@
+//! `ferroclip status`: a submitted run's SLURM state, last metrics and newest checkpoint.
+use std::path::PathBuf;
+
+use launcher::slurm::{self, Slurm};
+
+/// Show a run's SLURM job state (squeue, else sacct, else "unknown"), its last
+/// metrics line and its newest checkpoint.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The run: a name under runs/ or a run folder.
+    run: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let run = slurm::find_run(&args.run);
+    if !run.root().is_dir() {
+        anyhow::bail!(
+            "no run folder {} (give a run name under runs/ or a run folder)",
+            run.root().display()
+        );
+    }
+    println!("run: {}", run.root().display());
+    let jobs = slurm::recorded_jobs(&run)?;
+    match jobs.last() {
+        Some(&job) => println!("slurm job {job}: {}", Slurm::from_path().job_state(job)),
+        None => println!(
+            "slurm job: none recorded ({} missing: not submitted with `ferroclip submit`)",
+            run.root().join(slurm::JOB_RECORD).display()
+        ),
+    }
+    let progress = slurm::run_progress(&run)?;
+    println!(
+        "last metrics: {}",
+        progress.last_metrics.as_deref().unwrap_or("none yet")
+    );
+    println!(
+        "latest checkpoint: {}",
+        progress
+            .latest_checkpoint
+            .as_ref()
+            .map_or("none yet".to_string(), |p| p.display().to_string())
+    );
+    if progress.finished {
+        println!("finished: {}", run.final_weights().display());
+    }
+    Ok(())
+}
