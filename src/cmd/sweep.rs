@@ -28,8 +28,12 @@ pub struct Args {
 enum SweepCmd {
     /// Print the runs with MACs per sample, samples seen and compute (C = MACs × samples).
     Plan(PlanArgs),
-    /// Train (and evaluate) the runs that have not finished, K at a time.
+    /// Train (and evaluate) the runs that have not finished, K at a time, or submit
+    /// them as a SLURM array job (--slurm).
     Run(RunArgs),
+    /// Train (and evaluate) run number --index of the sweep, unless it finished:
+    /// what one task of the SLURM array job runs.
+    RunOne(RunOneArgs),
     /// Write <out_dir>/<sweep>/results.csv: one row per finished run.
     Collect(PlanArgs),
     /// Fit E = β·C^α (compute frontier) and E = a·C^(−b) + c to results.csv, with
@@ -74,12 +78,57 @@ struct RunArgs {
     /// Extra attempts for a run whose train or eval step fails.
     #[arg(long, default_value_t = 1)]
     max_retries: u32,
+    #[command(flatten)]
+    slurm: SlurmArgs,
+}
+
+#[derive(clap::Args)]
+struct SlurmArgs {
+    /// Submit the unfinished runs as a SLURM array job (one task per run, script
+    /// <out_dir>/<sweep>/sweep.sbatch) instead of running them here.
+    #[arg(long)]
+    slurm: bool,
+    /// SLURM partition (with --slurm).
+    #[arg(long, requires = "slurm")]
+    partition: Option<String>,
+    /// Time limit of each array task, in SLURM's format (with --slurm).
+    #[arg(long, requires = "slurm")]
+    time: Option<String>,
+    /// Account to charge (with --slurm).
+    #[arg(long, requires = "slurm")]
+    account: Option<String>,
+    /// CPU cores per array task (with --slurm).
+    #[arg(long, requires = "slurm")]
+    cpus_per_task: Option<u32>,
+    /// At most this many array tasks at once (with --slurm).
+    #[arg(long, requires = "slurm")]
+    max_parallel: Option<u32>,
+    /// Seconds before the time limit at which a task gets SIGTERM to checkpoint (with --slurm).
+    #[arg(long, requires = "slurm", default_value_t = launcher::slurm::DEFAULT_SIGNAL_LEAD_S)]
+    signal_lead_s: u32,
+    /// Write the array job's script but do not submit it (with --slurm).
+    #[arg(long, requires = "slurm")]
+    dry_run: bool,
+}
+
+#[derive(clap::Args)]
+struct RunOneArgs {
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// The run's position in the sweep (0-based, the order of `sweep plan`).
+    #[arg(long)]
+    index: usize,
+    /// Extra attempts for a train or eval step that fails.
+    #[arg(long, default_value_t = 1)]
+    max_retries: u32,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         SweepCmd::Plan(a) => plan_cmd(&a),
+        SweepCmd::Run(a) if a.slurm.slurm => submit_array_cmd(&a),
         SweepCmd::Run(a) => run_cmd(&a),
+        SweepCmd::RunOne(a) => run_one_cmd(&a),
         SweepCmd::Collect(a) => collect_cmd(&a),
         SweepCmd::Fit(a) => fit_cmd(&a),
     }
@@ -320,65 +369,186 @@ fn write_run_config(run: &PlannedRun) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The run's train (and eval) steps as the runner runs them.
+fn run_job(sweep: &Sweep, run: &PlannedRun, exe: &Path, workers: usize) -> anyhow::Result<Job> {
+    let config_path = write_run_config(run)?;
+    let dir = &run.spec.dir;
+    let mut train: Vec<OsString> = vec![exe.into()];
+    if workers == 1 {
+        train.extend(["train".into(), "--config".into(), config_path.into()]);
+    } else {
+        train.extend([
+            "launch".into(),
+            "--nproc".into(),
+            workers.to_string().into(),
+            "--log-dir".into(),
+            dir.join("logs").into(),
+            "--".into(),
+            "--config".into(),
+            config_path.into(),
+        ]);
+    }
+    let mut steps = vec![Step {
+        label: "train".into(),
+        argv: train,
+        resume_args: vec!["--resume".into(), "latest".into()],
+        resume_when: Some(dir.join("checkpoints")),
+        outputs: vec![collect::weights_path(&run.spec)],
+    }];
+    let eval_out = collect::eval_path(&run.spec);
+    if let Some(eval) = eval_args(sweep, dir, &eval_out)? {
+        steps.push(Step {
+            label: "eval".into(),
+            argv: std::iter::once(exe.into()).chain(eval).collect(),
+            resume_args: Vec::new(),
+            resume_when: None,
+            outputs: vec![eval_out],
+        });
+    }
+    Ok(Job {
+        name: run.spec.name.clone(),
+        dir: dir.clone(),
+        steps,
+    })
+}
+
+fn ferroclip_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the ferroclip executable to start runs")
+}
+
+/// Runs `jobs` with the runner; an interrupted sweep exits the way a process
+/// killed by the signal would (143 for SIGTERM), which the array job's script
+/// reads as "checkpointed, requeue me".
+fn run_jobs_or_exit(jobs: Vec<Job>, parallel: usize, max_retries: u32) -> anyhow::Result<runner::RunReport> {
+    launcher::install_signal_handlers();
+    let options = RunOptions {
+        parallel,
+        max_retries,
+        grace: Duration::from_secs(30),
+    };
+    match runner::run_jobs(jobs, &options, &launcher::StopHandle::new()) {
+        Err(e @ launcher::sweep::SweepError::Interrupted { signal }) => {
+            eprintln!("{e}");
+            std::process::exit(128 + signal);
+        }
+        other => Ok(other?),
+    }
+}
+
 fn run_cmd(args: &RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.parallel >= 1, "--parallel must be at least 1");
     let (sweep, runs) = plan(&args.plan)?;
-    let exe = std::env::current_exe().context("cannot find the ferroclip executable to start runs")?;
-    let workers = args.plan.workers;
-    let mut jobs = Vec::with_capacity(runs.len());
-    for run in &runs {
-        let config_path = write_run_config(run)?;
-        let dir = &run.spec.dir;
-        let mut train: Vec<OsString> = vec![exe.clone().into()];
-        if workers == 1 {
-            train.extend(["train".into(), "--config".into(), config_path.into()]);
-        } else {
-            train.extend([
-                "launch".into(),
-                "--nproc".into(),
-                workers.to_string().into(),
-                "--log-dir".into(),
-                dir.join("logs").into(),
-                "--".into(),
-                "--config".into(),
-                config_path.into(),
-            ]);
-        }
-        let mut steps = vec![Step {
-            label: "train".into(),
-            argv: train,
-            resume_args: vec!["--resume".into(), "latest".into()],
-            resume_when: Some(dir.join("checkpoints")),
-            outputs: vec![collect::weights_path(&run.spec)],
-        }];
-        let eval_out = collect::eval_path(&run.spec);
-        if let Some(eval) = eval_args(&sweep, dir, &eval_out)? {
-            steps.push(Step {
-                label: "eval".into(),
-                argv: std::iter::once(exe.clone().into()).chain(eval).collect(),
-                resume_args: Vec::new(),
-                resume_when: None,
-                outputs: vec![eval_out],
-            });
-        }
-        jobs.push(Job {
-            name: run.spec.name.clone(),
-            dir: dir.clone(),
-            steps,
-        });
-    }
-    launcher::install_signal_handlers();
-    let options = RunOptions {
-        parallel: args.parallel,
-        max_retries: args.max_retries,
-        grace: Duration::from_secs(30),
-    };
-    let report = runner::run_jobs(jobs, &options, &launcher::StopHandle::new())?;
+    let exe = ferroclip_exe()?;
+    let jobs = runs
+        .iter()
+        .map(|run| run_job(&sweep, run, &exe, args.plan.workers))
+        .collect::<anyhow::Result<Vec<Job>>>()?;
+    let report = run_jobs_or_exit(jobs, args.parallel, args.max_retries)?;
     println!(
         "sweep {}: {} run(s) finished now, {} were already finished; `ferroclip sweep collect {}` writes results.csv",
         sweep.file.name,
         report.finished.len(),
         report.skipped.len(),
+        args.plan.file.display()
+    );
+    Ok(())
+}
+
+fn run_one_cmd(args: &RunOneArgs) -> anyhow::Result<()> {
+    let (sweep, runs) = plan(&args.plan)?;
+    let Some(run) = runs.get(args.index) else {
+        bail!(
+            "--index {}: sweep {} has {} runs (0 to {})",
+            args.index,
+            args.plan.file.display(),
+            runs.len(),
+            runs.len() - 1
+        );
+    };
+    let job = run_job(&sweep, run, &ferroclip_exe()?, args.plan.workers)?;
+    let report = run_jobs_or_exit(vec![job], 1, args.max_retries)?;
+    let what = if report.skipped.is_empty() {
+        "finished now"
+    } else {
+        "was already finished"
+    };
+    println!(
+        "sweep {}: run {} ({}) {what}",
+        sweep.file.name, args.index, run.spec.name
+    );
+    Ok(())
+}
+
+/// Writes `<out_dir>/<sweep>/sweep.sbatch` listing the unfinished runs and submits it.
+fn submit_array_cmd(args: &RunArgs) -> anyhow::Result<()> {
+    use launcher::slurm::{self, ArraySpec, Slurm};
+    let (sweep, runs) = plan(&args.plan)?;
+    let exe = ferroclip_exe()?;
+    let mut unfinished = Vec::new();
+    for (index, run) in runs.iter().enumerate() {
+        if !run_job(&sweep, run, &exe, args.plan.workers)?.is_done() {
+            unfinished.push(index);
+        }
+    }
+    if unfinished.is_empty() {
+        println!(
+            "sweep {}: all {} runs finished; nothing to submit",
+            sweep.file.name,
+            runs.len()
+        );
+        return Ok(());
+    }
+    let workdir = std::env::current_dir().context("cannot read the current directory")?;
+    let root = sweep.root();
+    let mut run_one_args = Vec::new();
+    if args.plan.workers != 1 {
+        run_one_args.extend(["--workers".to_string(), args.plan.workers.to_string()]);
+    }
+    if args.max_retries != 1 {
+        run_one_args.extend(["--max-retries".to_string(), args.max_retries.to_string()]);
+    }
+    let o = &args.slurm;
+    let spec = ArraySpec {
+        job_name: sweep.file.name.clone(),
+        workdir: workdir.clone(),
+        sweep_file: args.plan.file.clone(),
+        log_dir: root.join("logs"),
+        indices: unfinished.clone(),
+        max_parallel: o.max_parallel,
+        cpus_per_task: o.cpus_per_task,
+        partition: o.partition.clone(),
+        time: o.time.clone(),
+        account: o.account.clone(),
+        signal_lead_s: o.signal_lead_s,
+        ferroclip: exe,
+        run_one_args,
+    };
+    spec.validate()?;
+    // sbatch opens the output files before a task starts: the folder must exist.
+    std::fs::create_dir_all(&spec.log_dir).with_context(|| format!("cannot create {}", spec.log_dir.display()))?;
+    let script_path = root.join(slurm::ARRAY_SCRIPT_FILE);
+    std::fs::write(&script_path, spec.render()).with_context(|| format!("cannot write {}", script_path.display()))?;
+    let listed = format!(
+        "{} of {} runs (array {})",
+        unfinished.len(),
+        runs.len(),
+        spec.array_value()
+    );
+    if o.dry_run {
+        println!(
+            "wrote {} for {listed}; not submitted (--dry-run)",
+            script_path.display()
+        );
+        return Ok(());
+    }
+    let job = Slurm::from_path().submit(&script_path, &workdir)?;
+    println!("submitted array job {job}: {listed}, script {}", script_path.display());
+    eprintln!(
+        "[sweep] task output in {}; `ferroclip sweep collect {}` once they finish",
+        spec.output_pattern()
+            .display()
+            .to_string()
+            .replace("%A", &job.to_string()),
         args.plan.file.display()
     );
     Ok(())

@@ -1,0 +1,383 @@
+//! `ferroclip sweep run --slurm` on a real one-host SLURM cluster (Debian's
+//! slurm-wlm + munge, started by scripts/cluster/slurm-one-host.sh in a temporary
+//! folder): a 2-run sweep of the `nano` model on tiny synthetic shards is submitted
+//! as an array job, each array task trains and evaluates its run through
+//! `ferroclip sweep run-one`, `sweep collect` then gives both rows, and a second
+//! `--slurm` submits nothing. Also the `--dry-run` script (no cluster needed).
+//!
+//! The cluster test needs root and the packages `slurm-wlm munge` (scripts/setup.sh);
+//! without them it fails and says so.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::KillTagged;
+use dataloader::{ShardSample, ShardWriter};
+
+const COLOURS: [(&str, [u8; 3]); 6] = [
+    ("red", [220, 20, 20]),
+    ("green", [20, 200, 20]),
+    ("blue", [20, 20, 220]),
+    ("yellow", [230, 230, 20]),
+    ("black", [0, 0, 0]),
+    ("white", [255, 255, 255]),
+];
+
+/// A `rgb` disc on grey, as PNG.
+fn disc_png(rgb: [u8; 3], size: u32) -> Vec<u8> {
+    let c = size as f32 / 2.0;
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        let (dx, dy) = (x as f32 - c, y as f32 - c);
+        image::Rgb(if dx * dx + dy * dy < (0.35 * size as f32).powi(2) {
+            rgb
+        } else {
+            [128, 128, 128]
+        })
+    });
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .expect("encode png");
+    bytes
+}
+
+/// `n` samples "a <colour> disc" (label = colour index) in shards of `per_shard`.
+fn write_shards(dir: &Path, n: usize, per_shard: u64) {
+    let mut writer = ShardWriter::new(dir, per_shard).expect("shard writer");
+    for i in 0..n {
+        let (name, rgb) = COLOURS[i % COLOURS.len()];
+        writer
+            .write(&ShardSample {
+                key: None,
+                image: disc_png(rgb, 32 + (i % 3) as u32 * 8),
+                image_ext: "png".into(),
+                captions: vec![format!("a {name} disc")],
+                label: Some((i % COLOURS.len()) as i64),
+                json: Default::default(),
+            })
+            .expect("write sample");
+    }
+    writer.finish().expect("finish shards");
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Zero-shot eval shards (one disc per colour, labelled with its line in classes.txt).
+fn write_zeroshot(dir: &Path) {
+    write_shards(&dir.join("zs"), COLOURS.len(), 100);
+    let names: Vec<&str> = COLOURS.iter().map(|(n, _)| *n).collect();
+    std::fs::write(dir.join("classes.txt"), names.join("\n") + "\n").unwrap();
+}
+
+const BASE: &str = r#"name = "base"
+model = "nano"
+seed = 1
+threads = 1
+[data]
+train = "shards"
+batch_size = 8
+workers = 1
+shuffle_buffer = 20
+[optim]
+lr = 2e-3
+weight_decay = 0.0
+[schedule]
+steps = 2
+warmup_steps = 2
+[log]
+every = 1
+"#;
+
+const SWEEP: &str = r#"name = "arr"
+base = "base.toml"
+[[axis]]
+key = "samples_seen"
+values = [16, 32]
+[eval]
+zeroshot = "zs"
+classnames = "classes.txt"
+batch_size = 8
+"#;
+
+/// The shards, eval files, base config and sweep file in `root`.
+fn write_sweep(root: &Path) {
+    write_shards(&root.join("shards"), 48, 24);
+    write_zeroshot(root);
+    std::fs::write(root.join("base.toml"), BASE).unwrap();
+    std::fs::write(root.join("sweep.toml"), SWEEP).unwrap();
+}
+
+fn ferroclip(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroclip"));
+    cmd.current_dir(dir).env("RUST_LOG", "warn");
+    cmd
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running one-host SLURM cluster; on drop the test's job is cancelled, anything
+/// left with the test's tag killed and the cluster stopped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    job: Option<u64>,
+    tag: Option<KillTagged>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let uid = Command::new("id").arg("-u").output().expect("run id -u");
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "the SLURM test starts slurmd and munged, which needs root"
+        );
+        for tool in ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue"] {
+            let found = Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                found,
+                "{tool} not found: run scripts/setup.sh (it installs slurm-wlm and munge)"
+            );
+        }
+        let dir = tempfile::tempdir().expect("temp folder for the cluster");
+        let out = Command::new(repo_root().join("scripts/cluster/slurm-one-host.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .arg("2")
+            .output()
+            .expect("run scripts/cluster/slurm-one-host.sh");
+        let conf = dir.path().join("slurm.conf");
+        let cluster = Cluster {
+            dir,
+            conf,
+            job: None,
+            tag: None,
+        };
+        assert!(out.status.success(), "starting the cluster failed: {}", text(&out));
+        cluster
+    }
+
+    /// The array job's tasks that squeue still lists (pending, running, completing).
+    fn active_tasks(&self, job: u64) -> String {
+        let out = Command::new("squeue")
+            .env("SLURM_CONF", &self.conf)
+            .args(["-h", "-r", "-j", &job.to_string(), "-o", "%i %T"])
+            .output()
+            .expect("run squeue");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The daemons' logs, for failure messages.
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for name in ["slurmctld.log", "slurmd.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            all += &format!("--- {name} (last lines)\n");
+            for l in tail.into_iter().rev() {
+                all += l;
+                all.push('\n');
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(job) = self.job {
+            let _ = Command::new("scancel")
+                .env("SLURM_CONF", &self.conf)
+                .arg(job.to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) && !self.active_tasks(job).is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        drop(self.tag.take());
+        let _ = Command::new(repo_root().join("scripts/cluster/slurm-one-host.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn dry_run_writes_an_array_of_the_unfinished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_sweep(root);
+    let out = ferroclip(root)
+        .args([
+            "sweep",
+            "run",
+            "sweep.toml",
+            "--slurm",
+            "--dry-run",
+            "--max-parallel",
+            "1",
+            "--time",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
+    assert!(script.contains("\n#SBATCH --array=0-1%1\n"), "{script}");
+    assert!(script.contains("\n#SBATCH --time=10\n"), "{script}");
+    assert!(
+        script.contains("sweep run-one sweep.toml --index \"$SLURM_ARRAY_TASK_ID\""),
+        "{script}"
+    );
+    assert!(
+        root.join("runs/arr/logs").is_dir(),
+        "sbatch needs the output folder to exist"
+    );
+
+    // Mark run 0 finished the way the runner does: only run 1 is left to submit.
+    let first = root.join("runs/arr/arr-samples=16");
+    std::fs::create_dir_all(first.join(".sweep")).unwrap();
+    for file in [
+        "model.safetensors",
+        "eval.json",
+        ".sweep/train.done",
+        ".sweep/eval.done",
+    ] {
+        std::fs::write(first.join(file), b"").unwrap();
+    }
+    let out = ferroclip(root)
+        .args(["sweep", "run", "sweep.toml", "--slurm", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
+    assert!(script.contains("\n#SBATCH --array=1\n"), "{script}");
+
+    // --partition without --slurm is refused rather than ignored.
+    let out = ferroclip(root)
+        .args(["sweep", "run", "sweep.toml", "--partition", "gpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn array_job_runs_every_run_of_the_sweep() {
+    let mut cluster = Cluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    write_sweep(root);
+    let tag = format!("cluster-sweep-{}", std::process::id());
+    cluster.tag = Some(KillTagged(format!("FERROCLIP_TEST_TAG={tag}")));
+
+    // The tasks inherit this environment (sbatch --export=ALL): SLURM_CONF and the tag.
+    let submitted = ferroclip(root)
+        .env("SLURM_CONF", &cluster.conf)
+        .env("FERROCLIP_TEST_TAG", &tag)
+        .args(["sweep", "run", "sweep.toml", "--slurm"])
+        .output()
+        .unwrap();
+    assert!(
+        submitted.status.success(),
+        "submit failed: {}\n{}",
+        text(&submitted),
+        cluster.logs()
+    );
+    let stdout = String::from_utf8_lossy(&submitted.stdout);
+    let job: u64 = stdout
+        .trim()
+        .strip_prefix("submitted array job ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no job id in {stdout:?}"));
+    cluster.job = Some(job);
+    assert!(stdout.contains("2 of 2 runs (array 0-1)"), "{stdout}");
+
+    let runs = ["arr-samples=16", "arr-samples=32"].map(|n| root.join("runs/arr").join(n));
+    let context = || {
+        let mut all = String::new();
+        for task in 0..2 {
+            let log = root.join(format!("runs/arr/logs/slurm-{job}_{task}.out"));
+            all += &format!(
+                "--- {}\n{}\n",
+                log.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        for run in &runs {
+            for step in ["train", "eval"] {
+                let log = run.join(format!("logs/sweep-{step}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(10).collect();
+                all += &format!(
+                    "--- {} (last lines)\n{}\n",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        format!("{all}squeue: {}\n{}", cluster.active_tasks(job), cluster.logs())
+    };
+    let start = Instant::now();
+    loop {
+        let done = runs.iter().all(|r| r.join(".sweep/eval.done").exists());
+        if done && cluster.active_tasks(job).is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "the array tasks did not finish in 150 s\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for task in 0..2 {
+        let log =
+            std::fs::read_to_string(root.join(format!("runs/arr/logs/slurm-{job}_{task}.out"))).unwrap_or_default();
+        assert!(
+            log.contains(&format!("task {task} exited with status 0")),
+            "{}",
+            context()
+        );
+    }
+
+    let out = ferroclip(root)
+        .args(["sweep", "collect", "sweep.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "collect failed: {}", text(&out));
+    let csv = std::fs::read_to_string(root.join("runs/arr/results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[1].starts_with("arr-samples=16,16,") && lines[2].starts_with("arr-samples=32,32,"),
+        "{csv}"
+    );
+
+    // Everything finished: a second --slurm submits nothing.
+    let again = ferroclip(root)
+        .env("SLURM_CONF", &cluster.conf)
+        .args(["sweep", "run", "sweep.toml", "--slurm"])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("all 2 runs finished"),
+        "{}",
+        text(&again)
+    );
+}
