@@ -267,6 +267,30 @@ fn dry_run_writes_an_array_of_the_unfinished_runs() {
     let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
     assert!(script.contains("\n#SBATCH --array=1\n"), "{script}");
 
+    // `ferroclip submit --array-from` writes the same array job.
+    std::fs::remove_file(root.join("runs/arr/sweep.sbatch")).unwrap();
+    let out = ferroclip(root)
+        .args(["submit", "--array-from", "sweep.toml", "--dry-run", "--time", "10"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
+    assert!(script.contains("\n#SBATCH --array=1\n"), "{script}");
+    assert!(script.contains("\n#SBATCH --time=10\n"), "{script}");
+    // A sweep and a train config at once is refused.
+    let out = ferroclip(root)
+        .args([
+            "submit",
+            "--array-from",
+            "sweep.toml",
+            "--config",
+            "x.toml",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+
     // --partition without --slurm is refused rather than ignored.
     let out = ferroclip(root)
         .args(["sweep", "run", "sweep.toml", "--partition", "gpu"])

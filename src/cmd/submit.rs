@@ -17,8 +17,12 @@ use trainer::train::config::TrainConfig;
 #[derive(clap::Args)]
 pub struct Args {
     /// Train config (TOML); the run name and folder come from it.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "array_from")]
+    config: Option<PathBuf>,
+    /// Submit a sweep's unfinished runs as one SLURM array job instead (one task per
+    /// run; the same as `ferroclip sweep run SWEEP --slurm`).
+    #[arg(long, value_name = "SWEEP", conflicts_with_all = ["config", "overrides", "train_args", "nodes", "gpus_per_node", "ntasks_per_node", "backend", "ferroclip"])]
+    array_from: Option<PathBuf>,
     /// Override a config value, passed on to `ferroclip train`: `--set schedule.steps=200`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -62,6 +66,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(sweep) = args.array_from {
+        return crate::cmd::sweep::submit_sweep_array(
+            sweep,
+            crate::cmd::sweep::ArrayOptions {
+                partition: args.partition,
+                time: args.time,
+                account: args.account,
+                cpus_per_task: args.cpus_per_task,
+                signal_lead_s: args.signal_lead_s,
+                dry_run: args.dry_run,
+            },
+        );
+    }
+    let config = args.config.context("--config is required (or --array-from SWEEP)")?;
     // The flags that decide the run folder or the resume must be submit's own,
     // or the script's folder and the run's would disagree.
     for arg in &args.train_args {
@@ -72,15 +90,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let cfg = TrainConfig::load(&args.config, &args.overrides)
-        .with_context(|| format!("reading the train config {}", args.config.display()))?;
+    let cfg = TrainConfig::load(&config, &args.overrides)
+        .with_context(|| format!("reading the train config {}", config.display()))?;
     let workdir = std::env::current_dir().context("cannot read the current directory")?;
     let run = RunDir::new(cfg.run_dir());
     let ferroclip = match args.ferroclip {
         Some(path) => path,
         None => std::env::current_exe().context("cannot find the ferroclip executable")?,
     };
-    let mut train_args = vec!["--config".to_string(), path_text("--config", &args.config)?];
+    let mut train_args = vec!["--config".to_string(), path_text("--config", &config)?];
     for set in &args.overrides {
         train_args.extend(["--set".to_string(), set.clone()]);
     }

@@ -480,6 +480,35 @@ fn run_one_cmd(args: &RunOneArgs) -> anyhow::Result<()> {
 }
 
 /// Writes `<out_dir>/<sweep>/sweep.sbatch` listing the unfinished runs and submits it.
+/// SLURM settings for [`submit_sweep_array`].
+pub(crate) struct ArrayOptions {
+    pub partition: Option<String>,
+    pub time: Option<String>,
+    pub account: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    pub signal_lead_s: u32,
+    pub dry_run: bool,
+}
+
+/// `ferroclip submit --array-from SWEEP`: the same as `ferroclip sweep run SWEEP --slurm`.
+pub(crate) fn submit_sweep_array(file: PathBuf, o: ArrayOptions) -> anyhow::Result<()> {
+    submit_array_cmd(&RunArgs {
+        plan: PlanArgs { file, workers: 1 },
+        parallel: 1,
+        max_retries: 1,
+        slurm: SlurmArgs {
+            slurm: true,
+            partition: o.partition,
+            time: o.time,
+            account: o.account,
+            cpus_per_task: o.cpus_per_task,
+            max_parallel: None,
+            signal_lead_s: o.signal_lead_s,
+            dry_run: o.dry_run,
+        },
+    })
+}
+
 fn submit_array_cmd(args: &RunArgs) -> anyhow::Result<()> {
     use launcher::slurm::{self, ArraySpec, Slurm};
     let (sweep, runs) = plan(&args.plan)?;
