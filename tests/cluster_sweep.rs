@@ -14,66 +14,17 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::KillTagged;
-use dataloader::{ShardSample, ShardWriter};
 
-const COLOURS: [(&str, [u8; 3]); 6] = [
-    ("red", [220, 20, 20]),
-    ("green", [20, 200, 20]),
-    ("blue", [20, 20, 220]),
-    ("yellow", [230, 230, 20]),
-    ("black", [0, 0, 0]),
-    ("white", [255, 255, 255]),
-];
-
-/// A `rgb` disc on grey, as PNG.
-fn disc_png(rgb: [u8; 3], size: u32) -> Vec<u8> {
-    let c = size as f32 / 2.0;
-    let img = image::RgbImage::from_fn(size, size, |x, y| {
-        let (dx, dy) = (x as f32 - c, y as f32 - c);
-        image::Rgb(if dx * dx + dy * dy < (0.35 * size as f32).powi(2) {
-            rgb
-        } else {
-            [128, 128, 128]
-        })
-    });
-    let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .expect("encode png");
-    bytes
-}
-
-/// `n` samples "a <colour> disc" (label = colour index) in shards of `per_shard`.
 fn write_shards(dir: &Path, n: usize, per_shard: u64) {
-    let mut writer = ShardWriter::new(dir, per_shard).expect("shard writer");
-    for i in 0..n {
-        let (name, rgb) = COLOURS[i % COLOURS.len()];
-        writer
-            .write(&ShardSample {
-                key: None,
-                image: disc_png(rgb, 32 + (i % 3) as u32 * 8),
-                image_ext: "png".into(),
-                captions: vec![format!("a {name} disc")],
-                label: Some((i % COLOURS.len()) as i64),
-                json: Default::default(),
-            })
-            .expect("write sample");
-    }
-    writer.finish().expect("finish shards");
+    common::write_disc_shards(dir, n, per_shard);
 }
 
 fn text(out: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    common::output_text(out)
 }
 
-/// Zero-shot eval shards (one disc per colour, labelled with its line in classes.txt).
 fn write_zeroshot(dir: &Path) {
-    write_shards(&dir.join("zs"), COLOURS.len(), 100);
-    let names: Vec<&str> = COLOURS.iter().map(|(n, _)| *n).collect();
-    std::fs::write(dir.join("classes.txt"), names.join("\n") + "\n").unwrap();
+    common::write_disc_zeroshot(dir);
 }
 
 const BASE: &str = r#"name = "base"

@@ -24,7 +24,8 @@ pub fn shape_png(rgb: [u8; 3], disc: bool, size: u32) -> Vec<u8> {
     bytes
 }
 
-const COLOURS: [(&str, [u8; 3]); 6] = [
+/// Colour names and values of the synthetic test images.
+pub const COLOURS: [(&str, [u8; 3]); 6] = [
     ("red", [220, 20, 20]),
     ("green", [20, 200, 20]),
     ("blue", [20, 20, 220]),
@@ -116,4 +117,40 @@ pub fn last_logged_step(metrics: &Path) -> u64 {
         .filter_map(|v| v["step"].as_u64())
         .last()
         .unwrap_or(0)
+}
+
+/// `n` samples "a <colour> disc" (label = colour index, sizes vary) in shards of `per_shard`.
+pub fn write_disc_shards(dir: &Path, n: usize, per_shard: u64) {
+    let mut writer = ShardWriter::new(dir, per_shard).expect("shard writer");
+    for i in 0..n {
+        let (name, rgb) = COLOURS[i % COLOURS.len()];
+        writer
+            .write(&ShardSample {
+                key: None,
+                image: shape_png(rgb, true, 32 + (i % 3) as u32 * 8),
+                image_ext: "png".into(),
+                captions: vec![format!("a {name} disc")],
+                label: Some((i % COLOURS.len()) as i64),
+                json: Default::default(),
+            })
+            .expect("write sample");
+    }
+    writer.finish().expect("finish shards");
+}
+
+/// Zero-shot eval shards in `dir/zs` (one disc per colour, labelled with its line in
+/// `dir/classes.txt`).
+pub fn write_disc_zeroshot(dir: &Path) {
+    write_disc_shards(&dir.join("zs"), COLOURS.len(), 100);
+    let names: Vec<&str> = COLOURS.iter().map(|(n, _)| *n).collect();
+    std::fs::write(dir.join("classes.txt"), names.join("\n") + "\n").expect("write classes.txt");
+}
+
+/// A finished process's stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
