@@ -39,6 +39,7 @@ cargo build --release -p trainer "${features[@]}" --example step_time
 
 cp -f "$CARGO_TARGET_DIR/release/ferroclip" "$out/ferroclip"
 cp -f "$CARGO_TARGET_DIR/release/examples/step_time" "$out/step_time"
+strip "$out/ferroclip" "$out/step_time"  # symbols too: the carried folder must stay small
 
 status=0
 for bin in "$out/ferroclip" "$out/step_time"; do
@@ -66,6 +67,22 @@ if [[ -d "$ref_site/open_clip" ]]; then
     find "$out/pydeps" -name '__pycache__' -type d -prune -exec rm -rf {} +
 else
     echo "[gpu_build] no .venv-ref/open_clip: gpu_check.sh will time ferroclip only" >&2
+fi
+
+# The demo's train and zero-shot shards (scripts/demo.sh builds them), for the train-loop check.
+rm -rf "$out/data"
+if [[ -d data/emoji/shards/train ]]; then
+    # The first 4 of the 8 train shards (2,000 of 3,786 samples): all 8 would not fit the carry limit.
+    mkdir -p "$out/data/train"
+    cp data/emoji/shards/train/0000[0-3].tar "$out/data/train/"
+    python3 -c 'import json,sys; print(json.dumps({f"0000{i}.tar": 500 for i in range(4)}, indent=2))' \
+        > "$out/data/train/sizes.json"
+    if [[ -d data/emoji/shards/zeroshot ]]; then
+        cp -r data/emoji/shards/zeroshot "$out/data/zeroshot"
+        cp data/emoji/classnames.txt data/emoji/templates.txt "$out/data/"
+    fi
+else
+    echo "[gpu_build] no data/emoji/shards (run scripts/demo.sh): gpu_check.sh will skip its train loop" >&2
 fi
 
 du -sh "$out" "$out"/* >&2

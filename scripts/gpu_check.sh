@@ -9,10 +9,14 @@
 #      refuses two ranks per device; the outcome is recorded, not required)
 #   4. open_clip's step on the same GPU (scripts/bench/openclip_step.py --device cuda), if
 #      open_clip imports (target/gpu/pydeps + the machine's torchvision and regex)
+#   1 and 4 also run with bf16 autocast (`--precision bf16`, open_clip's amp_bf16)
+#   5. the real train loop: the demo config (tiny, 1000 steps) through `ferroclip launch --nproc 1
+#      --backend nccl`, fp32 and bf16, each then evaluated zero-shot, if the demo's shards were
+#      carried in target/gpu/data
 #
 # For each: step time, samples/s and peak GPU memory (nvidia-smi's used memory sampled every
 # 100 ms during the run, minus the idle level; open_clip also reports torch's allocator peaks).
-# Ends with one summary table. UNVERIFIED: written on a CPU-only machine.
+# Ends with one summary table. First run on an H200 on 2026-11-25 (docs/benchmarks.md, docs/gpu/).
 #
 #   scripts/gpu_check.sh [--batch 128] [--steps 10] [--warmup 3] [--model vit-b-32]
 set -uo pipefail
@@ -106,6 +110,7 @@ EOF
 
 common=(--model "$model" --batch "$batch" --warmup "$warmup" --steps "$steps" --threads 4)
 run ferroclip_1gpu "$bin/step_time" "${common[@]}" --device cuda --collective none
+run ferroclip_1gpu_bf16 "$bin/step_time" "${common[@]}" --device cuda --collective none --precision bf16
 run ferroclip_nccl_w1 "$bin/step_time" "${common[@]}" --device cuda --collective nccl
 run ferroclip_nccl_w2_launch "$bin/ferroclip" launch --nproc 2 --backend nccl --log-dir "$work/launch-logs" \
     --worker-cmd "$bin/step_time" -- "${common[@]}" --device cuda --collective nccl
@@ -114,8 +119,40 @@ if [[ -d "$bin/pydeps" ]]; then
 fi
 if HF_HUB_OFFLINE=1 "$python" -c 'import open_clip' 2> "$work/open_clip_import.log"; then
     HF_HUB_OFFLINE=1 run open_clip_1gpu "$python" scripts/bench/openclip_step.py "${common[@]}" --device cuda
+    HF_HUB_OFFLINE=1 run open_clip_1gpu_bf16 "$python" scripts/bench/openclip_step.py "${common[@]}" --device cuda --precision bf16
 else
     echo "== open_clip unavailable here (its step is not timed):"; tail -n 3 "$work/open_clip_import.log"
+fi
+
+# --- the real train loop on the GPU: the demo's config through `launch --backend nccl` ----------
+# (needs the demo's shards carried in $bin/data: scripts/gpu_build.sh copies them when present)
+train_rows="$work/train.jsonl"
+: > "$train_rows"
+if [[ -d "$bin/data/train" ]]; then
+    for precision in fp32 bf16; do
+        name="gpu-demo-$precision"
+        run "train_$precision" "$bin/ferroclip" launch --nproc 1 --backend nccl --log-dir "$work/runs/$name/logs" -- \
+            --config configs/train/demo.toml --set "data.train=$bin/data/train" --set data.workers=6 \
+            --set "out_dir=$work/runs" --set "name=$name" --set "precision=$precision"
+        eval_args=()
+        [[ -d "$bin/data/zeroshot" ]] && eval_args=(--zeroshot "$bin/data/zeroshot" --classnames "$bin/data/classnames.txt" --templates "$bin/data/templates.txt")
+        "$bin/ferroclip" eval --checkpoint "$work/runs/$name" "${eval_args[@]}" --out "$work/runs/$name/eval.json" 2>&1 | tail -n 5
+        "$python" - "$precision" "$work/runs/$name" >> "$train_rows" <<'EOF'
+import json, os, sys
+precision, run = sys.argv[1:]
+path = lambda *p: os.path.join(run, *p)
+m = [json.loads(l) for l in open(path("metrics.jsonl"))] if os.path.exists(path("metrics.jsonl")) else []
+ev = json.load(open(path("eval.json"))) if os.path.exists(path("eval.json")) else {}
+ckpts = sorted(os.listdir(path("checkpoints"))) if os.path.isdir(path("checkpoints")) else []
+last = m[-1] if m else {}
+print(json.dumps({"precision": precision, "steps": last.get("step"), "final_loss": last.get("loss"),
+                  "samples_per_s_last_window": last.get("samples_per_s"),
+                  "data_wait_frac_last_window": last.get("data_wait_frac"),
+                  "losses_every_log": [r["loss"] for r in m], "checkpoints": ckpts, "eval": ev}))
+EOF
+    done
+else
+    echo "== no $bin/data/train: the GPU train-loop check is skipped"
 fi
 
 # --- summary -------------------------------------------------------------------------------------
@@ -138,4 +175,8 @@ for line in open(sys.argv[1]):
     print(f"| {row['label']} | {row['rc']} | {len(res)} (world {world}) | {step:.4f} | {batch / step:.1f} "
           f"| {row['peak_gpu_mib']:.0f} | {alloc} |")
 EOF
+echo
+echo "== train loop on the GPU (demo config, 1 NCCL worker)"
+cat "$train_rows"
 cp "$results" "${OUT:-$work}/gpu_check_results.jsonl" 2>/dev/null || true
+cp "$train_rows" "${OUT:-$work}/gpu_train_results.jsonl" 2>/dev/null || true

@@ -96,6 +96,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: forward and loss under torch.autocast(bfloat16), as "
+                             "open_clip_train's --precision amp_bf16")
     args = parser.parse_args()
     if args.batch < 1 or args.threads < 1 or args.steps < 1 or args.warmup < 0:
         parser.error("--batch, --threads and --steps must be >= 1, --warmup >= 0")
@@ -118,8 +121,9 @@ def main() -> int:
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        image_features, text_features, logit_scale = model(images, tokens)
-        loss = loss_fn(image_features, text_features, logit_scale)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            image_features, text_features, logit_scale = model(images, tokens)
+            loss = loss_fn(image_features, text_features, logit_scale)
         loss.backward()
         optimizer.step()
         with torch.no_grad():  # open_clip_train keeps the temperature at most 100
@@ -148,6 +152,7 @@ def main() -> int:
         "impl": "open_clip",
         "model": args.model,
         "threads": args.threads,
+        "precision": args.precision,
         "batch": args.batch,
         "median_step_s": round(statistics.median(step_seconds), 6),
         "min_step_s": round(min(step_seconds), 6),

@@ -10,8 +10,9 @@
 //! bucketed gradient all-reduce, in a world of one (no environment needed) or
 //! of `WORLD_SIZE` processes started by `ferroclip launch --backend nccl
 //! --worker-cmd <this example>`. `--collective env` uses `dist::connect` as the
-//! train loop does. The CUDA and NCCL paths are unverified on a GPU so far
-//! (scripts/gpu_check.sh runs them).
+//! train loop does. The CUDA and NCCL paths ran on an H200 through
+//! scripts/gpu_check.sh (docs/benchmarks.md). `--precision bf16` runs the forward pass
+//! under bf16 autocast (open_clip's `--precision amp_bf16`).
 
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ use trainer::dist::{self, Collective, Dist};
 use trainer::loss::clip_loss;
 use trainer::loss_dist::global_clip_loss;
 use trainer::model::Clip;
+use trainer::precision::{with_precision, Precision};
 use trainer::train::ddp;
 use trainer::train::optim::{AdamW, OptimConfig};
 
@@ -110,6 +112,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let dist = Dist::from_env()?;
     let device = pick_device(&arg(&args, "--device", "cpu"), &dist)?;
     let collective_name = arg(&args, "--collective", "none");
+    let precision = match arg(&args, "--precision", "fp32").as_str() {
+        "fp32" => Precision::Fp32,
+        "bf16" => Precision::Bf16,
+        other => return Err(format!("--precision: expected fp32 or bf16, got {other:?}").into()),
+    };
     let coll = pick_collective(&collective_name, &dist, device)?;
     tch::set_num_threads(threads);
     tch::manual_seed(0);
@@ -141,7 +148,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut comm_times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        let (img, txt, scale) = model.forward(&images, &tokens, true);
+        let (img, txt, scale) = with_precision(precision, device, || model.forward(&images, &tokens, true));
         let mut comm = 0.0;
         let mut grads = match coll.as_deref() {
             None => opt.backward(&clip_loss(&img, &txt, &scale)),
@@ -181,6 +188,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "params": cfg.num_params(),
             "device": format!("{device:?}"),
             "collective": collective_name,
+            "precision": format!("{precision:?}").to_lowercase(),
             "rank": coll.as_deref().map_or(0, |c| c.rank()),
             "world_size": world_size,
             "samples_per_s": (batch as f64) * (world_size as f64) / median,

@@ -12,6 +12,7 @@ pub mod loss;
 pub mod loss_dist;
 pub mod macs;
 pub mod model;
+pub mod precision;
 pub mod train;
 pub mod weights;
 pub use config::{ConfigError, ModelConfig, TextConfig, VisionConfig};

@@ -2,8 +2,10 @@
 //! driver libraries loaded at run time (so this compiles, and the binary
 //! starts, on machines without CUDA).
 //!
-//! UNVERIFIED ON A GPU: this backend was written and compiled on a CPU-only
-//! machine; `scripts/gpu_check.sh` is the first thing to run on a GPU machine.
+//! Verified on one H200 (2026-11-25, `scripts/gpu_check.sh`, docs/benchmarks.md):
+//! a world of one runs the global ClipLoss and the train loop through NCCL, and
+//! two ranks on the one GPU are refused by NCCL (as expected). A world of two
+//! GPUs has not been run yet.
 //!
 //! Design choices:
 //! - One communicator per process, on CUDA device `device` (normally the

@@ -7,7 +7,7 @@ pub mod transformer;
 pub mod vision;
 
 use tch::nn::{self, Init, ModuleT};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::config::ModelConfig;
 pub use text::TextTransformer;
@@ -92,8 +92,10 @@ impl Clip {
     /// forward, the scale is not clamped here: the train loop calls
     /// [`Clip::clamp_logit_scale`] after each optimizer step.
     pub fn forward(&self, images: &Tensor, tokens: &Tensor, train: bool) -> (Tensor, Tensor, Tensor) {
-        let image_features = l2_normalize(&self.encode_image(images, train));
-        let text_features = l2_normalize(&self.encode_text(tokens, train));
+        // Under bf16 autocast (crate::precision) the towers end in bf16; the
+        // features, the loss and its all-gather stay fp32.
+        let image_features = l2_normalize(&to_fp32(self.encode_image(images, train)));
+        let text_features = l2_normalize(&to_fp32(self.encode_text(tokens, train)));
         (image_features, text_features, self.logit_scale.exp())
     }
 
@@ -114,6 +116,14 @@ impl Clip {
             let mut scale = self.logit_scale.shallow_clone();
             let _ = scale.clamp_(0.0, MAX_LOGIT_SCALE);
         });
+    }
+}
+
+/// A reduced-precision (autocast) output as fp32; anything else unchanged.
+fn to_fp32(xs: Tensor) -> Tensor {
+    match xs.kind() {
+        Kind::BFloat16 | Kind::Half => xs.to_kind(Kind::Float),
+        _ => xs,
     }
 }
 

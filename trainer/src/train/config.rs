@@ -238,6 +238,10 @@ pub struct TrainConfig {
     /// Seed of every random choice (init, data order, augmentation).
     #[serde(default)]
     pub seed: u64,
+    /// `"fp32"` (default) or `"bf16"`: autocast of the forward pass to bf16
+    /// (open_clip's `--precision amp_bf16`); weights, optimizer and loss stay fp32.
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
     /// libtorch intra-op threads (0 = libtorch's default).
     #[serde(default)]
     pub threads: usize,
@@ -424,6 +428,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("batch_size") || e.contains("many"), "{e}");
+    }
+
+    #[test]
+    fn precision_defaults_to_fp32_and_a_wrong_value_is_named() {
+        use crate::precision::Precision;
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), MINIMAL);
+        assert_eq!(TrainConfig::load(&p, &[]).unwrap().precision, Precision::Fp32);
+        let c = TrainConfig::load(&p, &["precision=bf16".into()]).unwrap();
+        assert_eq!(c.precision, Precision::Bf16);
+        let e = TrainConfig::load(&p, &["precision=fp16".into()]).unwrap_err().to_string();
+        assert!(e.contains("precision") && e.contains("fp16"), "{e}");
     }
 
     #[test]

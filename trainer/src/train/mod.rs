@@ -21,6 +21,7 @@ use crate::checkpoint::Checkpoints;
 use crate::dist::{self, Dist};
 use crate::loss_dist::{global_clip_loss, global_siglip_loss};
 use crate::model::Clip;
+use crate::precision::with_precision;
 use crate::weights;
 use crate::TrainError;
 use config::{LossKind, TrainConfig};
@@ -172,8 +173,9 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
             let batch = loader.next_batch()?;
             data_wait += wait.elapsed().as_secs_f64();
             epoch = batch.epoch;
+            let (images, tokens) = (batch.images.to_device(device), batch.tokens.to_device(device));
             let (image_features, text_features, scale) =
-                model.forward(&batch.images.to_device(device), &batch.tokens.to_device(device), true);
+                with_precision(cfg.precision, device, || model.forward(&images, &tokens, true));
             let loss = match (cfg.loss, model.logit_bias()) {
                 (LossKind::Siglip, Some(bias)) => {
                     global_siglip_loss(&image_features, &text_features, &scale, bias, coll)
