@@ -5,6 +5,9 @@ use std::io::Cursor;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::require_mpirun;
+
 fn ferroclip() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
 }
@@ -55,9 +58,8 @@ fn write_shard(path: &Path, samples: &[(&str, Vec<u8>, String)]) {
     builder.finish().unwrap();
 }
 
-#[test]
-fn align_config_drops_by_rule_and_reports_counts() {
-    let dir = tempfile::tempdir().unwrap();
+/// Two shards exercising every rule; duplicates and near duplicates cross the shards.
+fn write_test_shards(dir: &Path) {
     let first = png(1, 256, 256);
     let mut shard0 = vec![
         ("png", first.clone(), "a picture of the first thing".to_string()),
@@ -90,8 +92,14 @@ fn align_config_drops_by_rule_and_reports_counts() {
         ("png", png(7, 240, 600), "a fine picture number seven".to_string()),
         ("png", png(8, 256, 256), "a fine picture number eight".to_string()),
     ];
-    write_shard(&dir.path().join("00000.tar"), &shard0);
-    write_shard(&dir.path().join("00001.tar"), &shard1);
+    write_shard(&dir.join("00000.tar"), &shard0);
+    write_shard(&dir.join("00001.tar"), &shard1);
+}
+
+#[test]
+fn align_config_drops_by_rule_and_reports_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_test_shards(dir.path());
 
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/curate/align.toml");
     let out = dir.path().join("curated");
@@ -148,4 +156,79 @@ fn align_config_drops_by_rule_and_reports_counts() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert_eq!(names, ["000000.png", "000000.txt"]);
+}
+
+fn output_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar") || p.ends_with("sizes.json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Under `mpirun -np 2` each rank reads one of the two shards; the stage's tables (pairs,
+/// n-grams, duplicate candidates) are merged across ranks, so the cross-shard duplicate and
+/// near duplicate are still found and the output equals one process's byte for byte.
+#[test]
+fn two_mpi_ranks_apply_the_rules_to_the_whole_input() {
+    require_mpirun();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_test_shards(d);
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/curate/align.toml");
+    let args = |out: &str| -> Vec<String> {
+        [
+            "curate",
+            "--threads",
+            "1",
+            "--config",
+            config.to_str().unwrap(),
+            "--input",
+            "{00000..00001}.tar",
+            "--output",
+            out,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let one = ferroclip().args(args("one")).current_dir(d).output().unwrap();
+    assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
+    let two = Command::new("mpirun")
+        .args([
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+            "2",
+        ])
+        .arg(env!("CARGO_BIN_EXE_ferroclip"))
+        .args(args("two"))
+        .current_dir(d)
+        .env("RUST_LOG", "warn")
+        // Stale torchrun-style variables would win over OMPI's in rank discovery.
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .output()
+        .unwrap();
+    assert!(
+        two.status.success(),
+        "mpirun curate failed: {}",
+        String::from_utf8_lossy(&two.stderr)
+    );
+
+    let read = |p: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(d.join(p)).unwrap()).unwrap() };
+    let (a, b) = (read("one/report.json"), read("two/report.json"));
+    assert_eq!(b["ranks"], 2);
+    assert_eq!(a["stages"][0]["dropped"], b["stages"][0]["dropped"]);
+    assert_eq!(b["stages"][0]["dropped"]["duplicate"], 2);
+    assert_eq!(b["stages"][0]["dropped"]["near_duplicate"], 1);
+    assert_eq!(a["stages"][0]["stats"], b["stages"][0]["stats"]);
+    assert_eq!(output_files(&d.join("one")), output_files(&d.join("two")));
 }

@@ -140,6 +140,7 @@ pub fn run_pipeline(
         )?;
         let mut counts = sum_vectors(states.into_iter().map(|(c, _)| c), len);
         reducer.all_reduce_sum(&mut counts)?;
+        stages[s].stage.exchange_observation(reducer)?;
         stages[s].stage.set_observation(counts);
         observe_seconds[s] = pass_started.elapsed().as_secs_f64();
         tracing::info!(stage = %stages[s].name, seconds = observe_seconds[s], "observation pass done");

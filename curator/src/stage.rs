@@ -1,6 +1,9 @@
 //! The stage interface: observe the whole input, then decide per sample.
 use dataloader::RawSample;
 
+use crate::error::CurateError;
+use crate::reduce::CountReducer;
+
 /// What a stage does with one sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -50,6 +53,14 @@ pub trait Stage: Send + Sync {
 
     /// Add this sample's contribution to the global statistics.
     fn observe(&self, _sample: &RawSample, _counts: &mut [u64]) {}
+
+    /// With several processes, merge the statistics this stage keeps outside its count
+    /// vector (tables) with every other rank's, so that each rank decides on the whole
+    /// input's statistics. Called on every rank after its observation pass and before
+    /// [`Stage::set_observation`]; stages whose statistics are all counts need nothing here.
+    fn exchange_observation(&mut self, _reducer: &dyn CountReducer) -> Result<(), CurateError> {
+        Ok(())
+    }
 
     /// Receive the statistics summed over the whole input (all threads and processes).
     fn set_observation(&mut self, _counts: Vec<u64>) {}

@@ -205,6 +205,52 @@ impl CountReducer for CollectiveCounts {
         }
         Ok(())
     }
+
+    fn all_gather_bytes(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, CurateError> {
+        let reduce_err = |e: trainer::dist::DistError| CurateError::Reduce(e.to_string());
+        let world = self.collective.world_size();
+        // Lengths first; then the bytes, padded to the longest, in chunks that keep every
+        // MPI count far below i32::MAX.
+        let len = i64::try_from(local.len()).map_err(|_| CurateError::Reduce("table too large".into()))?;
+        let lengths = self
+            .collective
+            .all_gather(&Tensor::from_slice(&[len]))
+            .map_err(reduce_err)?;
+        let lengths: Vec<usize> = Vec::<i64>::try_from(&lengths)
+            .map_err(|e| CurateError::Reduce(e.to_string()))?
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
+        if lengths.len() != world {
+            return Err(CurateError::Reduce(format!("gathered {} lengths from {world} ranks", lengths.len())));
+        }
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let mut parts: Vec<Vec<u8>> = lengths.iter().map(|&n| Vec::with_capacity(n)).collect();
+        const CHUNK: usize = 256 << 20;
+        let mut offset = 0;
+        while offset < longest {
+            let size = CHUNK.min(longest - offset);
+            let mut chunk = vec![0u8; size];
+            let end = local.len().min(offset + size);
+            if offset < end {
+                chunk[..end - offset].copy_from_slice(&local[offset..end]);
+            }
+            let gathered = self
+                .collective
+                .all_gather(&Tensor::from_slice(&chunk))
+                .map_err(reduce_err)?;
+            let gathered = Vec::<u8>::try_from(&gathered).map_err(|e| CurateError::Reduce(e.to_string()))?;
+            for (rank, part) in parts.iter_mut().enumerate() {
+                let theirs_end = lengths[rank].min(offset + size);
+                if offset < theirs_end {
+                    let base = rank * size;
+                    part.extend_from_slice(&gathered[base..base + theirs_end - offset]);
+                }
+            }
+            offset += size;
+        }
+        Ok(parts)
+    }
 }
 
 /// DFN's pair score from a ferroclip checkpoint: the cosine similarity of the L2-normalised

@@ -156,7 +156,10 @@ mod tests {
         });
         assert_eq!((i16_.kind(), t16.kind()), (Kind::Float, Kind::Float));
         let diff = (&i16_ - &i32_).abs().max().double_value(&[]);
-        assert!(diff > 0.0 && diff < 0.05, "bf16 vs fp32 image features differ by {diff}");
+        assert!(
+            diff > 0.0 && diff < 0.05,
+            "bf16 vs fp32 image features differ by {diff}"
+        );
         let loss = clip_loss(&i16_, &t16, &s16);
         assert!((loss.double_value(&[]) - loss32).abs() < 0.05 * loss32.abs());
         loss.backward();

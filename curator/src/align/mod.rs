@@ -42,8 +42,13 @@
 //! rules its key, a pHash and the n-gram hashes of its (distinct) text; that is fine for
 //! tens of millions of samples per process, beyond which inputs should be split.
 //!
-//! **Processes.** These tables are not count vectors, so they are not reduced across ranks:
-//! with several processes each applies the rules over its own shards.
+//! **Processes.** With several processes (`mpirun -n N ferroclip curate`), each rank observes
+//! its own shards, then every rank gathers all ranks' tables and merges them
+//! ([`exchange`]): pairs and texts by union, n-gram counts by sum, duplicate candidates by
+//! concatenation. Every rank thus decides on the whole input's statistics and the output
+//! equals a one-process run's. Each rank holds the merged tables, so the memory above is
+//! per rank for the whole input.
+mod exchange;
 pub mod mih;
 pub mod phash;
 pub mod text;
@@ -59,6 +64,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::CurateError;
+use crate::reduce::CountReducer;
 use crate::stage::{Decision, Stage};
 
 const DROP_REASONS: &[&str] = &[
@@ -489,6 +495,22 @@ impl Stage for AlignStage {
             image,
             text,
         });
+    }
+
+    fn exchange_observation(&mut self, reducer: &dyn CountReducer) -> Result<(), CurateError> {
+        if reducer.world_size() == 1 {
+            return Ok(());
+        }
+        let observed = self.observed.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let local = exchange::encode(observed);
+        let parts = reducer.all_gather_bytes(&local)?;
+        drop(local);
+        for (rank, part) in parts.iter().enumerate() {
+            if rank != reducer.rank() {
+                exchange::merge(observed, part, rank)?;
+            }
+        }
+        Ok(())
     }
 
     fn set_observation(&mut self, _counts: Vec<u64>) {
