@@ -222,7 +222,10 @@ impl CountReducer for CollectiveCounts {
             .map(|n| n as usize)
             .collect();
         if lengths.len() != world {
-            return Err(CurateError::Reduce(format!("gathered {} lengths from {world} ranks", lengths.len())));
+            return Err(CurateError::Reduce(format!(
+                "gathered {} lengths from {world} ranks",
+                lengths.len()
+            )));
         }
         let longest = lengths.iter().copied().max().unwrap_or(0);
         let mut parts: Vec<Vec<u8>> = lengths.iter().map(|&n| Vec::with_capacity(n)).collect();
