@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dataloader::{ShardSample, ShardWriter};
+use image::ImageEncoder;
 
 mod common;
 use common::{require_mpirun, shape_png, write_shape_shards};
@@ -278,4 +279,99 @@ fn two_mpi_ranks_write_what_one_process_writes() {
             "{name}"
         );
     }
+}
+
+/// The `align` stage with `near_duplicate_checkpoint`: near duplicates are decided by the
+/// filtering model's image embeddings. A copy of an image with the same pixels in other PNG
+/// bytes is a near duplicate (cosine 1, beyond the exact-bytes rule); other shapes and colours
+/// are not.
+#[test]
+fn align_drops_near_duplicates_by_model_embeddings() {
+    let dir = setup();
+    let d = dir.path();
+    let original = shape_png([220, 20, 20], true, 48);
+    let pixels = image::load_from_memory(&original).unwrap().to_rgb8();
+    let mut recoded = Vec::new();
+    image::codecs::png::PngEncoder::new_with_quality(
+        &mut recoded,
+        image::codecs::png::CompressionType::Best,
+        image::codecs::png::FilterType::Paeth,
+    )
+    .write_image(pixels.as_raw(), 48, 48, image::ExtendedColorType::Rgb8)
+    .unwrap();
+    assert_ne!(original, recoded, "the copy must differ in bytes");
+    let images = [
+        original,
+        recoded,
+        shape_png([20, 20, 220], false, 48),
+        shape_png([20, 200, 20], true, 56),
+        shape_png([230, 230, 20], false, 64),
+    ];
+    let mut writer = ShardWriter::new(&d.join("dups"), 100).unwrap();
+    for (i, image) in images.into_iter().enumerate() {
+        writer
+            .write(&ShardSample {
+                key: None,
+                image,
+                image_ext: "png".into(),
+                captions: vec![format!("picture number {i} of a shape")],
+                label: None,
+                json: Default::default(),
+            })
+            .unwrap();
+    }
+    writer.finish().unwrap();
+    std::fs::write(
+        d.join("align.toml"),
+        "[[stage]]\nkind = \"align\"\nshorter_side_above = 16\nnear_duplicate_checkpoint = \"runs/filter\"\n\
+         near_duplicate_min_cosine = 0.9999\nembed_batch_size = 2\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let out = ferroclip(
+        &[
+            "curate",
+            "--config",
+            "align.toml",
+            "--input",
+            "dups/00000.tar",
+            "--output",
+            "dedup",
+            "--threads",
+            "2",
+        ],
+        d,
+    );
+    assert!(out.status.success(), "curate failed: {}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("dedup/report.json")).unwrap()).unwrap();
+    let stage = &report["stages"][0];
+    assert_eq!(stage["stats"]["near_duplicate_method"], "embedding");
+    assert_eq!(stage["dropped"]["near_duplicate"], 1, "{stage}");
+    assert_eq!(stage["dropped"]["duplicate"], 0, "{stage}");
+    assert_eq!(stage["samples_out"], 4, "{stage}");
+
+    // A checkpoint that is not there is named.
+    std::fs::write(
+        d.join("bad.toml"),
+        "[[stage]]\nkind = \"align\"\nnear_duplicate_checkpoint = \"runs/missing\"\n",
+    )
+    .unwrap();
+    let out = ferroclip(
+        &[
+            "curate",
+            "--config",
+            "bad.toml",
+            "--input",
+            "dups/00000.tar",
+            "--output",
+            "bad",
+        ],
+        d,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("near_duplicate_checkpoint") && err.contains("runs/missing"),
+        "{err}"
+    );
 }

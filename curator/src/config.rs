@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::align::{AlignConfig, AlignStage};
+use crate::align::{AlignConfig, AlignStage, ImageEmbedder};
 use crate::dfn::{DfnConfig, DfnStage};
 use crate::error::CurateError;
 use crate::klite::{KliteConfig, KliteStage};
@@ -45,6 +45,11 @@ pub enum StageConfig {
 /// Builds a `dfn` stage from its name and config: the binary wires the scorer (curator links
 /// no model code), see [`crate::dfn::build_stage`].
 pub type DfnBuilder<'a> = dyn FnMut(&str, &DfnConfig) -> Result<DfnStage, CurateError> + 'a;
+
+/// Loads the image embedder of an `align` stage whose near duplicates are decided by a model
+/// (`near_duplicate_checkpoint`, resolved against the config folder): the binary wires it.
+pub type EmbedderBuilder<'a> =
+    dyn FnMut(&str, &AlignConfig, &Path) -> Result<std::sync::Arc<dyn ImageEmbedder>, CurateError> + 'a;
 
 impl StageConfig {
     /// The stage's name: its `name` field, else its kind.
@@ -104,18 +109,26 @@ impl CurateConfig {
 
     /// Build the stages (loading metadata etc.); relative paths resolve against `base_dir`,
     /// normally the config file's folder.
-    /// A `dfn` stage needs a scorer: use [`CurateConfig::build_stages_with`] for it.
+    /// A `dfn` stage, and an `align` stage with `near_duplicate_checkpoint`, need a model: use
+    /// [`CurateConfig::build_stages_with`] for them.
     pub fn build_stages(&self, base_dir: &Path) -> Result<Vec<NamedStage>, CurateError> {
-        self.build_stages_with(base_dir, &mut |name, _| {
-            Err(CurateError::BadField {
-                field: format!("stage {name:?}"),
-                reason: "a dfn stage needs a filtering model; run it through `ferroclip curate`".into(),
-            })
+        let needs_model = |name: &str| CurateError::BadField {
+            field: format!("stage {name:?}"),
+            reason: "this stage needs a model; run it through `ferroclip curate`".into(),
+        };
+        self.build_stages_with(base_dir, &mut |name, _| Err(needs_model(name)), &mut |name, _, _| {
+            Err(needs_model(name))
         })
     }
 
-    /// Like [`CurateConfig::build_stages`], building `dfn` stages with `dfn`.
-    pub fn build_stages_with(&self, base_dir: &Path, dfn: &mut DfnBuilder<'_>) -> Result<Vec<NamedStage>, CurateError> {
+    /// Like [`CurateConfig::build_stages`], building `dfn` stages with `dfn` and the model of
+    /// embedding-based near-duplicate removal in `align` stages with `embedder`.
+    pub fn build_stages_with(
+        &self,
+        base_dir: &Path,
+        dfn: &mut DfnBuilder<'_>,
+        embedder: &mut EmbedderBuilder<'_>,
+    ) -> Result<Vec<NamedStage>, CurateError> {
         self.stages
             .iter()
             .map(|stage| {
@@ -126,7 +139,13 @@ impl CurateConfig {
                         let dictionary = crate::klite::GlossDictionary::load(&base_dir.join(&c.wordnet_dir))?;
                         Box::new(KliteStage::new(dictionary, c))
                     }
-                    StageConfig::Align(c) => Box::new(AlignStage::new(c)),
+                    StageConfig::Align(c) => match (&c.near_duplicate_checkpoint, c.drop_near_duplicates) {
+                        (Some(checkpoint), true) => {
+                            let model = embedder(&stage.name(), c, &base_dir.join(checkpoint))?;
+                            Box::new(AlignStage::with_embedder(c, model))
+                        }
+                        _ => Box::new(AlignStage::new(c)),
+                    },
                     StageConfig::Dfn(c) => Box::new(dfn(&stage.name(), c)?),
                 };
                 Ok(NamedStage {

@@ -32,8 +32,8 @@ pub mod plot;
 pub mod reduce;
 pub mod stage;
 
-pub use align::{AlignConfig, AlignStage};
-pub use config::{CurateConfig, DfnBuilder, StageConfig};
+pub use align::{AlignConfig, AlignStage, ImageEmbedder};
+pub use config::{CurateConfig, DfnBuilder, EmbedderBuilder, StageConfig};
 pub use dfn::{DfnConfig, DfnStage, PairScorer};
 pub use error::CurateError;
 pub use klite::{GlossDictionary, KliteConfig, KliteStage};

@@ -8,16 +8,17 @@
 //! ([`CheckpointScorer`]).
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use curator::dfn::{self, DfnConfig, DfnStage, PairScorer, ScoreError, ScoreSource};
 use curator::metaclip::{Matcher, Metadata, DEFAULT_WORDNET_DIR};
-use curator::{run_pipeline, CountReducer, CurateConfig, CurateError, SingleProcess};
+use curator::{run_pipeline, AlignConfig, CountReducer, CurateConfig, CurateError, ImageEmbedder, SingleProcess};
 use dataloader::loader::IMAGE_EXTENSIONS;
 use dataloader::{decode_rgb, ImageTransform, RawSample, DEFAULT_MAX_PIXELS};
 use trainer::dist::{Collective, Dist};
 use trainer::eval::{self, EvalModel};
-use trainer::tch::{Device, Kind, Tensor};
+use trainer::tch::{Kind, Tensor};
 
 /// Arguments of `ferroclip curate`.
 #[derive(clap::Args)]
@@ -113,7 +114,15 @@ pub fn run(args: Args) -> Result<()> {
         };
         dfn::build_stage(cfg, source, &shards, reducer.as_ref())
     };
-    let stages = config.build_stages_with(base_dir, &mut build_dfn)?;
+    let mut build_embedder =
+        |name: &str, cfg: &AlignConfig, checkpoint: &Path| -> Result<Arc<dyn ImageEmbedder>, CurateError> {
+            let embedder = CheckpointEmbedder::load(checkpoint, cfg).map_err(|e| CurateError::BadField {
+                field: format!("stage {name:?}.near_duplicate_checkpoint"),
+                reason: format!("{}: {e:#}", checkpoint.display()),
+            })?;
+            Ok(Arc::new(embedder))
+        };
+    let stages = config.build_stages_with(base_dir, &mut build_dfn, &mut build_embedder)?;
     let report = run_pipeline(stages, &shards, &output, args.threads, reducer.as_ref())?;
     tracing::info!(
         input = report.input_samples,
@@ -256,6 +265,59 @@ impl CountReducer for CollectiveCounts {
     }
 }
 
+/// Image embeddings of a ferroclip checkpoint for the `align` stage's near-duplicate rule.
+pub struct CheckpointEmbedder {
+    // libtorch modules run one forward at a time here; each batch uses its intra-op threads.
+    model: Mutex<EvalModel>,
+    transform: ImageTransform,
+    max_pixels: u64,
+}
+
+impl CheckpointEmbedder {
+    /// Loads the run or checkpoint folder `checkpoint` on the stage's device.
+    pub fn load(checkpoint: &Path, cfg: &AlignConfig) -> Result<Self> {
+        let device = super::eval::parse_device(cfg.device.as_deref())?;
+        let model = eval::load_checkpoint(checkpoint, device)?;
+        let transform = ImageTransform::eval(model.image_size());
+        Ok(Self {
+            model: Mutex::new(model),
+            transform,
+            max_pixels: cfg.max_pixels,
+        })
+    }
+}
+
+impl ImageEmbedder for CheckpointEmbedder {
+    fn embed(&self, images: &[&[u8]]) -> std::result::Result<Vec<Option<Vec<f32>>>, String> {
+        // Decoded on the calling (observing) thread; the eval transform draws no random numbers.
+        let mut pixels = Vec::new();
+        let mut decoded = Vec::with_capacity(images.len());
+        for bytes in images {
+            let ok = decode_rgb(bytes, self.max_pixels)
+                .map(|rgb| pixels.extend(self.transform.apply(&rgb, &mut rand::rngs::mock::StepRng::new(0, 0))))
+                .is_ok();
+            decoded.push(ok);
+        }
+        let count = decoded.iter().filter(|&&ok| ok).count();
+        let mut rows = Vec::new();
+        if count > 0 {
+            let model = self
+                .model
+                .lock()
+                .map_err(|_| "the model lock is poisoned".to_string())?;
+            let embedded = model.embed_images(&pixels, count).to_kind(Kind::Float).contiguous();
+            let flat = Vec::<f32>::try_from(embedded.view([-1])).map_err(|e| e.to_string())?;
+            let dim = flat.len() / count;
+            rows = flat.chunks_exact(dim).map(<[f32]>::to_vec).collect();
+        }
+        let mut rows = rows.into_iter();
+        Ok(decoded
+            .into_iter()
+            .map(|ok| if ok { rows.next() } else { None })
+            .collect())
+    }
+}
+
 /// DFN's pair score from a ferroclip checkpoint: the cosine similarity of the L2-normalised
 /// image embedding and the embedding of the caption's first line.
 pub struct CheckpointScorer {
@@ -268,15 +330,7 @@ pub struct CheckpointScorer {
 impl CheckpointScorer {
     /// Loads the run or checkpoint folder `checkpoint` on the stage's device.
     pub fn load(checkpoint: &Path, cfg: &DfnConfig, threads: usize) -> Result<Self> {
-        let device = match cfg.device.as_deref() {
-            None => Device::cuda_if_available(),
-            Some("cpu") => Device::Cpu,
-            Some("cuda") => Device::Cuda(0),
-            Some(other) => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
-                Some(index) => Device::Cuda(index),
-                None => anyhow::bail!("device {other:?}: expected cpu, cuda or cuda:N"),
-            },
-        };
+        let device = super::eval::parse_device(cfg.device.as_deref())?;
         let model = eval::load_checkpoint(checkpoint, device)?;
         let transform = ImageTransform::eval(model.image_size());
         let decode_threads = if threads == 0 {

@@ -55,14 +55,15 @@ impl ModelArgs {
     }
 }
 
-fn parse_device(name: Option<&str>) -> anyhow::Result<Device> {
+/// `cpu`, `cuda` or `cuda:N`; none = CUDA when present, else the CPU.
+pub(crate) fn parse_device(name: Option<&str>) -> anyhow::Result<Device> {
     Ok(match name {
         None => Device::cuda_if_available(),
         Some("cpu") => Device::Cpu,
         Some("cuda") => Device::Cuda(0),
         Some(other) => match other.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
             Some(index) => Device::Cuda(index),
-            None => bail!("--device {other}: expected cpu, cuda or cuda:N"),
+            None => bail!("device {other:?}: expected cpu, cuda or cuda:N"),
         },
     })
 }

@@ -2,7 +2,8 @@
 //! observed, every rank gathers all of them and merges them into the table one process
 //! would have built over the whole input. Pairs and n-gram texts are sets (union), n-gram
 //! counts add up, duplicate candidates are concatenated (their order is fixed later by
-//! shard path and key) and shard ids are renumbered by path.
+//! shard path and key), pHashes and embeddings of candidate images are united, and shard
+//! ids are renumbered by path.
 //!
 //! The encoding is private to one run (all ranks run the same binary): little-endian
 //! integers, length-prefixed byte strings, a leading format tag.
@@ -58,6 +59,20 @@ pub(super) fn encode(observed: &Observed) -> Vec<u8> {
             Some(h) => {
                 out.push(1);
                 put_u64(&mut out, h);
+            }
+            None => out.push(0),
+        }
+    }
+    put_len(&mut out, observed.embeddings.len());
+    for (&image, embedding) in &observed.embeddings {
+        put_u128(&mut out, image);
+        match embedding {
+            Some(e) => {
+                out.push(1);
+                put_len(&mut out, e.len());
+                for &x in e.iter() {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
             }
             None => out.push(0),
         }
@@ -127,6 +142,33 @@ pub(super) fn merge(into: &mut Observed, bytes: &[u8], rank: usize) -> Result<()
             }
             Entry::Occupied(mut slot) => {
                 if hash.is_none() {
+                    slot.insert(None);
+                }
+            }
+        }
+    }
+    for _ in 0..r.len()? {
+        let image = r.u128()?;
+        let embedding = match r.take(1)?[0] {
+            0 => None,
+            1 => {
+                let n = r.len()?;
+                let raw = r.take(n.checked_mul(4).ok_or_else(|| r.error("embedding too long"))?)?;
+                let values: Box<[f32]> = raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .collect();
+                Some(values)
+            }
+            _ => return Err(r.error("bad embedding tag")),
+        };
+        // As with the pHash: an image the model could not decode on any rank stays undecodable.
+        match into.embeddings.entry(image) {
+            Entry::Vacant(slot) => {
+                slot.insert(embedding);
+            }
+            Entry::Occupied(mut slot) => {
+                if embedding.is_none() {
                     slot.insert(None);
                 }
             }
@@ -225,6 +267,10 @@ mod tests {
             });
             o.phashes
                 .insert(u128::from(i % 5) << 70, (i % 4 != 0).then_some(i * 31));
+            o.embeddings.insert(
+                u128::from(seed * 10 + i % 3),
+                (i % 3 != 2).then(|| vec![i as f32, 0.5, -1.0].into_boxed_slice()),
+            );
         }
         o
     }
@@ -249,6 +295,9 @@ mod tests {
         let from_b: Vec<_> = merged.candidates[20..].iter().map(|c| c.shard).collect();
         assert!(from_b.iter().all(|&s| s == b_id || s == 1), "{from_b:?}");
         assert_eq!(merged.phashes, a.phashes);
+        assert_eq!(merged.embeddings.len(), 6);
+        assert_eq!(merged.embeddings[&20], b.embeddings[&20]);
+        assert!(merged.embeddings[&12].is_none());
     }
 
     #[test]

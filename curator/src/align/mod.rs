@@ -35,6 +35,9 @@
 //! threshold of its [`phash`]; lookups go through a multi-index ([`mih::NearIndex`]), not
 //! all pairs. Every copy of a near-duplicate image is dropped as `near_duplicate`. The
 //! result depends on neither the thread count nor the order in which shards are read.
+//! With `near_duplicate_checkpoint` (a ferroclip run), near duplicates are decided by the
+//! cosine similarity of the model's image embeddings instead (`near_duplicate_min_cosine`,
+//! [`embed`]); images the model cannot decode count as `undecodable_image`.
 //!
 //! **Memory.** Texts and n-grams are kept as 64-bit hashes (see [`text`] for the collision
 //! trade-off), images as 128-bit content hashes. The observation keeps, per distinct (text,
@@ -48,6 +51,7 @@
 //! concatenation. Every rank thus decides on the whole input's statistics and the output
 //! equals a one-process run's. Each rank holds the merged tables, so the memory above is
 //! per rank for the whole input.
+mod embed;
 mod exchange;
 pub mod mih;
 pub mod phash;
@@ -56,7 +60,7 @@ pub mod text;
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dataloader::loader::IMAGE_EXTENSIONS;
 use dataloader::RawSample;
@@ -66,6 +70,8 @@ use sha2::{Digest, Sha256};
 use crate::error::CurateError;
 use crate::reduce::CountReducer;
 use crate::stage::{Decision, Stage};
+pub use embed::ImageEmbedder;
+use embed::{CosineIndex, EmbedQueue};
 
 const DROP_REASONS: &[&str] = &[
     "missing_image",
@@ -100,6 +106,9 @@ pub const DEFAULT_RARE_TOKEN_TOP_K: u64 = 100_000_000;
 /// pHash bits two images may differ in and still count as near duplicates.
 pub const DEFAULT_NEAR_DUPLICATE_MAX_DISTANCE: u32 = 6;
 
+/// Cosine similarity of image embeddings at which two images are near duplicates.
+pub const DEFAULT_NEAR_DUPLICATE_MIN_COSINE: f32 = 0.95;
+
 /// The `[[stage]] kind = "align"` section of a curate config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -132,6 +141,16 @@ pub struct AlignConfig {
     pub drop_near_duplicates: bool,
     /// Hamming threshold of the near-duplicate rule (0..=32).
     pub near_duplicate_max_distance: u32,
+    /// Decide near duplicates by image embeddings of this model (a ferroclip run or
+    /// checkpoint folder, relative to the config file) instead of the pHash.
+    pub near_duplicate_checkpoint: Option<PathBuf>,
+    /// With a checkpoint: images whose embeddings have at least this cosine similarity are
+    /// near duplicates.
+    pub near_duplicate_min_cosine: f32,
+    /// With a checkpoint: images per forward pass.
+    pub embed_batch_size: usize,
+    /// With a checkpoint: `cpu`, `cuda` or `cuda:N` (default: CUDA when present).
+    pub device: Option<String>,
 }
 
 impl Default for AlignConfig {
@@ -151,6 +170,10 @@ impl Default for AlignConfig {
             drop_duplicates: true,
             drop_near_duplicates: true,
             near_duplicate_max_distance: DEFAULT_NEAR_DUPLICATE_MAX_DISTANCE,
+            near_duplicate_checkpoint: None,
+            near_duplicate_min_cosine: DEFAULT_NEAR_DUPLICATE_MIN_COSINE,
+            embed_batch_size: 64,
+            device: None,
         }
     }
 }
@@ -195,6 +218,12 @@ impl AlignConfig {
                 "must be at most 32 of the 64 bits (unrelated images differ in about 32)",
             ));
         }
+        if !(self.near_duplicate_min_cosine > -1.0 && self.near_duplicate_min_cosine <= 1.0) {
+            return Err(bad("near_duplicate_min_cosine", "must be in (-1, 1]"));
+        }
+        if self.embed_batch_size == 0 {
+            return Err(bad("embed_batch_size", "must be at least 1"));
+        }
         Ok(())
     }
 }
@@ -227,6 +256,11 @@ struct Observed {
     phashes: HashMap<u128, Option<u64>>,
     /// Shard path → id, in first-seen order (ids are only names; order comes from paths).
     shard_ids: HashMap<PathBuf, u32>,
+    /// Embedding per candidate image when a model decides near duplicates; `None` when the
+    /// model could not decode it.
+    embeddings: HashMap<u128, Option<Box<[f32]>>>,
+    /// Candidate images handed to the embedding queue (not exchanged between ranks).
+    queued: HashSet<u128>,
 }
 
 /// The decision tables built from the observation.
@@ -247,6 +281,8 @@ struct Tables {
 pub struct AlignStage {
     cfg: AlignConfig,
     observed: Mutex<Observed>,
+    /// Set when a model decides near duplicates.
+    embed_queue: Option<EmbedQueue>,
     tables: Tables,
 }
 
@@ -256,7 +292,17 @@ impl AlignStage {
         Self {
             cfg: cfg.clone(),
             observed: Mutex::new(Observed::default()),
+            embed_queue: None,
             tables: Tables::default(),
+        }
+    }
+
+    /// A stage deciding near duplicates by `embedder`'s image embeddings (the config's
+    /// `near_duplicate_checkpoint`) instead of the pHash.
+    pub fn with_embedder(cfg: &AlignConfig, embedder: Arc<dyn ImageEmbedder>) -> Self {
+        Self {
+            embed_queue: Some(EmbedQueue::new(embedder, cfg.embed_batch_size)),
+            ..Self::new(cfg)
         }
     }
 
@@ -310,6 +356,8 @@ impl AlignStage {
             mut candidates,
             phashes,
             shard_ids,
+            embeddings,
+            queued: _,
         } = observed;
         let mut texts_per_image: HashMap<u128, u64> = HashMap::new();
         let mut images_per_text: HashMap<u64, u64> = HashMap::new();
@@ -333,6 +381,7 @@ impl AlignStage {
             .iter()
             .filter(|(_, p)| p.is_none())
             .map(|(&image, _)| image)
+            .chain(embeddings.iter().filter(|(_, e)| e.is_none()).map(|(&image, _)| image))
             .collect();
 
         // Deduplicate among the candidates that pass every other rule, in (shard path, key)
@@ -354,11 +403,20 @@ impl AlignStage {
         let mut representatives: HashMap<u128, (u32, String)> = HashMap::new();
         let mut near_duplicates: HashSet<u128> = HashSet::new();
         let mut index = mih::NearIndex::new(self.cfg.near_duplicate_max_distance);
+        let mut by_embedding = CosineIndex::new(self.cfg.near_duplicate_min_cosine);
         for candidate in candidates {
             if representatives.contains_key(&candidate.image) || near_duplicates.contains(&candidate.image) {
                 continue;
             }
-            if self.cfg.drop_near_duplicates {
+            if self.cfg.drop_near_duplicates && self.embed_queue.is_some() {
+                if let Some(Some(embedding)) = embeddings.get(&candidate.image) {
+                    if by_embedding.has_near(embedding) {
+                        near_duplicates.insert(candidate.image);
+                        continue;
+                    }
+                    by_embedding.insert(embedding);
+                }
+            } else if self.cfg.drop_near_duplicates {
                 if let Some(Some(hash)) = phashes.get(&candidate.image) {
                     if index.find_near(*hash).is_some() {
                         near_duplicates.insert(candidate.image);
@@ -383,6 +441,7 @@ impl AlignStage {
             "images_kept": representatives.len(),
             "near_duplicate_images": near_duplicates.len(),
             "undecodable_images": undecodable.len(),
+            "near_duplicate_method": if self.embed_queue.is_some() { "embedding" } else { "phash" },
             "config": {
                 "shorter_side_above": self.cfg.shorter_side_above,
                 "aspect_ratio_below": self.cfg.aspect_ratio_below,
@@ -394,6 +453,8 @@ impl AlignStage {
                 "drop_duplicates": self.cfg.drop_duplicates,
                 "drop_near_duplicates": self.cfg.drop_near_duplicates,
                 "near_duplicate_max_distance": self.cfg.near_duplicate_max_distance,
+                "near_duplicate_min_cosine": self.cfg.near_duplicate_min_cosine,
+                "near_duplicate_checkpoint": self.cfg.near_duplicate_checkpoint,
             },
         });
         Tables {
@@ -464,10 +525,18 @@ impl Stage for AlignStage {
         if candidate {
             counts[1] += 1;
         }
+        if let (Some(queue), true) = (&self.embed_queue, candidate && self.cfg.drop_near_duplicates) {
+            // Each distinct candidate image is embedded once, in batches.
+            if lock(&self.observed).queued.insert(image) {
+                queue.push(image, parsed.image, &self.observed);
+            }
+        }
         // Decode for the pHash outside the lock, once per distinct image where possible
         // (two threads may both decode the same new image; they get the same hash).
-        let needs_phash =
-            candidate && self.cfg.drop_near_duplicates && !lock(&self.observed).phashes.contains_key(&image);
+        let needs_phash = candidate
+            && self.cfg.drop_near_duplicates
+            && self.embed_queue.is_none()
+            && !lock(&self.observed).phashes.contains_key(&image);
         let new_phash = needs_phash.then(|| self.phash_of(parsed.image));
 
         let mut observed = lock(&self.observed);
@@ -498,10 +567,13 @@ impl Stage for AlignStage {
     }
 
     fn exchange_observation(&mut self, reducer: &dyn CountReducer) -> Result<(), CurateError> {
+        let observed = self.observed.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(queue) = &self.embed_queue {
+            queue.finish(observed)?;
+        }
         if reducer.world_size() == 1 {
             return Ok(());
         }
-        let observed = self.observed.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
         let local = exchange::encode(observed);
         let parts = reducer.all_gather_bytes(&local)?;
         drop(local);
