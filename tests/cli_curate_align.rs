@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::require_mpirun;
+use common::{mpirun, output_shard_files, require_mpirun};
 
 fn ferroclip() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
@@ -158,20 +158,6 @@ fn align_config_drops_by_rule_and_reports_counts() {
     assert_eq!(names, ["000000.png", "000000.txt"]);
 }
 
-fn output_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tar") || p.ends_with("sizes.json"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// Under `mpirun -np 2` each rank reads one of the two shards; the stage's tables (pairs,
 /// n-grams, duplicate candidates) are merged across ranks, so the cross-shard duplicate and
 /// near duplicate are still found and the output equals one process's byte for byte.
@@ -199,22 +185,10 @@ fn two_mpi_ranks_apply_the_rules_to_the_whole_input() {
     };
     let one = ferroclip().args(args("one")).current_dir(d).output().unwrap();
     assert!(one.status.success(), "{}", String::from_utf8_lossy(&one.stderr));
-    let two = Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--bind-to",
-            "none",
-            "-np",
-            "2",
-        ])
+    let two = mpirun(2)
         .arg(env!("CARGO_BIN_EXE_ferroclip"))
         .args(args("two"))
         .current_dir(d)
-        .env("RUST_LOG", "warn")
-        // Stale torchrun-style variables would win over OMPI's in rank discovery.
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
         .output()
         .unwrap();
     assert!(
@@ -230,5 +204,5 @@ fn two_mpi_ranks_apply_the_rules_to_the_whole_input() {
     assert_eq!(b["stages"][0]["dropped"]["duplicate"], 2);
     assert_eq!(b["stages"][0]["dropped"]["near_duplicate"], 1);
     assert_eq!(a["stages"][0]["stats"], b["stages"][0]["stats"]);
-    assert_eq!(output_files(&d.join("one")), output_files(&d.join("two")));
+    assert_eq!(output_shard_files(&d.join("one")), output_shard_files(&d.join("two")));
 }

@@ -3,7 +3,6 @@
 //! captions swapped to another colour and shape); it keeps far more correct pairs than
 //! swapped ones; saved scores reproduce the run without the model; and two MPI ranks
 //! (metaclip counts and the DFN threshold all-reduced) write the same shards as one process.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -11,7 +10,7 @@ use dataloader::{ShardSample, ShardWriter};
 use image::ImageEncoder;
 
 mod common;
-use common::{require_mpirun, shape_png, write_shape_shards};
+use common::{mpirun, output_shard_files, require_mpirun, shape_png, write_shape_shards};
 
 const COLOURS: [(&str, [u8; 3]); 6] = [
     ("red", [220, 20, 20]),
@@ -85,25 +84,10 @@ fn write_pool(dir: &Path) {
     writer.finish().expect("finish shards");
 }
 
-/// Every output shard's bytes plus sizes.json, by file name.
-fn output_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "tar") || p.ends_with("sizes.json"))
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// (correct, swapped) pairs among the output shards.
 fn kept_by_kind(dir: &Path) -> (usize, usize) {
     let (mut correct, mut swapped) = (0, 0);
-    for (name, _) in output_files(dir).iter().filter(|(n, _)| n.ends_with(".tar")) {
+    for (name, _) in output_shard_files(dir).iter().filter(|(n, _)| n.ends_with(".tar")) {
         dataloader::tar_reader::for_each_sample(&dir.join(name), |item| {
             let sample = item.expect("readable output");
             let json: serde_json::Value = serde_json::from_slice(&sample.members["json"]).unwrap();
@@ -188,7 +172,7 @@ fn dfn_keeps_correct_pairs_and_saved_scores_reproduce_the_run() {
     std::fs::write(d.join("saved.toml"), no_model).unwrap();
     let out = curate(d, "saved.toml", "again", &["--scores", "out/scores/dfn"]);
     assert!(out.status.success(), "curate --scores failed: {}", stderr(&out));
-    assert_eq!(output_files(&d.join("out")), output_files(&d.join("again")));
+    assert_eq!(output_shard_files(&d.join("out")), output_shard_files(&d.join("again")));
     assert!(!d.join("again/scores").exists(), "nothing was rescored");
 
     std::fs::write(
@@ -225,15 +209,7 @@ fn two_mpi_ranks_write_what_one_process_writes() {
     assert!(out.status.success(), "curate failed: {}", stderr(&out));
 
     let exe: PathBuf = env!("CARGO_BIN_EXE_ferroclip").into();
-    let mpi = Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "--bind-to",
-            "none",
-            "-np",
-            "2",
-        ])
+    let mpi = mpirun(2)
         .arg(&exe)
         .args([
             "curate",
@@ -247,17 +223,13 @@ fn two_mpi_ranks_write_what_one_process_writes() {
             "1",
         ])
         .current_dir(d)
-        .env("RUST_LOG", "warn")
-        // Stale torchrun-style variables would win over OMPI's in rank discovery.
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
         .output()
         .expect("run mpirun");
     assert!(mpi.status.success(), "mpirun curate failed: {}", stderr(&mpi));
 
-    let one = output_files(&d.join("one"));
+    let one = output_shard_files(&d.join("one"));
     assert_eq!(one.len(), 6, "5 shards and sizes.json: {:?}", one.keys());
-    assert_eq!(one, output_files(&d.join("two")));
+    assert_eq!(one, output_shard_files(&d.join("two")));
     let read = |p: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(d.join(p)).unwrap()).unwrap() };
     let (a, b) = (read("one/report.json"), read("two/report.json"));
     assert_eq!(b["ranks"], 2);

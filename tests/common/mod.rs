@@ -55,6 +55,33 @@ pub fn write_shape_shards(dir: &Path, n: usize, per_shard: u64) -> Vec<PathBuf> 
     writer.finish().expect("finish shards").shards
 }
 
+/// Every output shard's bytes plus sizes.json of a curated folder, by file name.
+pub fn output_shard_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar") || p.ends_with("sizes.json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `mpirun` for `np` local ranks (as root, oversubscribed, unbound), quiet logs, and without
+/// stale torchrun-style variables, which would win over OMPI's in rank discovery.
+pub fn mpirun(np: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np"])
+        .arg(np.to_string())
+        .env("RUST_LOG", "warn")
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE");
+    cmd
+}
+
 /// Fails the test early with a hint when mpirun is missing.
 pub fn require_mpirun() {
     let found = Command::new("mpirun")

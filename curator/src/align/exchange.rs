@@ -135,17 +135,7 @@ pub(super) fn merge(into: &mut Observed, bytes: &[u8], rank: usize) -> Result<()
             1 => Some(r.u64()?),
             _ => return Err(r.error("bad pHash tag")),
         };
-        // A failed decode on any rank marks the image undecodable, as it would in one process.
-        match into.phashes.entry(image) {
-            Entry::Vacant(slot) => {
-                slot.insert(hash);
-            }
-            Entry::Occupied(mut slot) => {
-                if hash.is_none() {
-                    slot.insert(None);
-                }
-            }
-        }
+        unite(&mut into.phashes, image, hash);
     }
     for _ in 0..r.len()? {
         let image = r.u128()?;
@@ -162,22 +152,28 @@ pub(super) fn merge(into: &mut Observed, bytes: &[u8], rank: usize) -> Result<()
             }
             _ => return Err(r.error("bad embedding tag")),
         };
-        // As with the pHash: an image the model could not decode on any rank stays undecodable.
-        match into.embeddings.entry(image) {
-            Entry::Vacant(slot) => {
-                slot.insert(embedding);
-            }
-            Entry::Occupied(mut slot) => {
-                if embedding.is_none() {
-                    slot.insert(None);
-                }
-            }
-        }
+        unite(&mut into.embeddings, image, embedding);
     }
     if r.at != bytes.len() {
         return Err(r.error("trailing bytes"));
     }
     Ok(())
+}
+
+/// Files `value` (a pHash or an embedding; `None` = the image did not decode) for `image`. The
+/// value is a function of the image bytes, so ranks agree, except that a failed decode on any
+/// rank marks the image undecodable, as it would in one process.
+fn unite<T>(map: &mut std::collections::HashMap<u128, Option<T>>, image: u128, value: Option<T>) {
+    match map.entry(image) {
+        Entry::Vacant(slot) => {
+            slot.insert(value);
+        }
+        Entry::Occupied(mut slot) => {
+            if value.is_none() {
+                slot.insert(None);
+            }
+        }
+    }
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
