@@ -11,10 +11,11 @@
 //! the cluster test fails and says so.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::slurm::OneHostSlurm;
 use common::{last_logged_step, write_shape_shards, KillTagged};
 
 const STEPS: u64 = 48;
@@ -58,127 +59,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A running one-host SLURM cluster; stopped (and its folder removed) on drop,
-/// after cancelling the test's job and killing anything left with the test's tag.
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    job: Option<u64>,
-    tag: Option<KillTagged>,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let uid = Command::new("id").arg("-u").output().expect("run id -u");
-        assert_eq!(
-            String::from_utf8_lossy(&uid.stdout).trim(),
-            "0",
-            "the SLURM test starts slurmd and munged, which needs root"
-        );
-        for tool in [
-            "munged",
-            "mungekey",
-            "slurmctld",
-            "slurmd",
-            "sbatch",
-            "srun",
-            "scontrol",
-            "squeue",
-        ] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                found,
-                "{tool} not found: run scripts/setup.sh (it installs slurm-wlm and munge)"
-            );
-        }
-        let dir = tempfile::tempdir().expect("temp folder for the cluster");
-        let out = Command::new(repo_root().join("scripts/cluster/slurm-one-host.sh"))
-            .arg("start")
-            .arg(dir.path())
-            .arg("2")
-            .output()
-            .expect("run scripts/cluster/slurm-one-host.sh");
-        let conf = dir.path().join("slurm.conf");
-        let cluster = Cluster {
-            dir,
-            conf,
-            job: None,
-            tag: None,
-        };
-        assert!(out.status.success(), "starting the cluster failed: {}", text(&out));
-        cluster
-    }
-
-    /// A command that talks to this cluster.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env("SLURM_CONF", &self.conf);
-        cmd
-    }
-
-    fn scontrol(&self, args: &[&str]) -> Output {
-        self.command("scontrol").args(args).output().expect("run scontrol")
-    }
-
-    /// `PENDING`, `RUNNING`, `COMPLETED`, ... or "" when squeue does not list the job.
-    fn state(&self, job: u64) -> String {
-        let out = self
-            .command("squeue")
-            .args(["-h", "-t", "all", "-j", &job.to_string(), "-o", "%T"])
-            .output()
-            .expect("run squeue");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// The PMIx socket of the job's first srun step, present while that step's
-    /// slurmstepd runs.
-    fn step_socket(&self, job: u64) -> PathBuf {
-        self.dir.path().join(format!("spool/stepd.slurm.pmix.{job}.0"))
-    }
-
-    /// The daemons' logs, for failure messages.
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for name in ["slurmctld.log", "slurmd.log"] {
-            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            all += &format!("--- {name} (last lines)\n");
-            for l in tail.into_iter().rev() {
-                all += l;
-                all.push('\n');
-            }
-        }
-        all
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(job) = self.job {
-            let _ = self.command("scancel").arg(job.to_string()).status();
-            // Give the workers KillWait to go; anything left is killed by its tag below.
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5)
-                && matches!(self.state(job).as_str(), "RUNNING" | "COMPLETING")
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        drop(self.tag.take());
-        let _ = Command::new(repo_root().join("scripts/cluster/slurm-one-host.sh"))
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 /// The `start_step` the trainer logged in the given attempt of the job's output
 /// (0 for a fresh start or when the attempt has not started training yet).
@@ -210,7 +90,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool, conte
 
 #[test]
 fn requeued_job_resumes_from_its_checkpoint_and_finishes() {
-    let mut cluster = Cluster::start();
+    let mut cluster = OneHostSlurm::start();
     let work = tempfile::tempdir().unwrap();
     write_shape_shards(&work.path().join("shards"), 64, 16);
     std::fs::write(work.path().join("t.toml"), train_config("slurm")).unwrap();

@@ -9,10 +9,11 @@
 //! without them it fails and says so.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::slurm::OneHostSlurm;
 use common::KillTagged;
 
 fn write_shards(dir: &Path, n: usize, per_shard: u64) {
@@ -71,101 +72,6 @@ fn ferroclip(dir: &Path) -> Command {
     cmd
 }
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A running one-host SLURM cluster; on drop the test's job is cancelled, anything
-/// left with the test's tag killed and the cluster stopped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    conf: PathBuf,
-    job: Option<u64>,
-    tag: Option<KillTagged>,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let uid = Command::new("id").arg("-u").output().expect("run id -u");
-        assert_eq!(
-            String::from_utf8_lossy(&uid.stdout).trim(),
-            "0",
-            "the SLURM test starts slurmd and munged, which needs root"
-        );
-        for tool in ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue"] {
-            let found = Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                found,
-                "{tool} not found: run scripts/setup.sh (it installs slurm-wlm and munge)"
-            );
-        }
-        let dir = tempfile::tempdir().expect("temp folder for the cluster");
-        let out = Command::new(repo_root().join("scripts/cluster/slurm-one-host.sh"))
-            .arg("start")
-            .arg(dir.path())
-            .arg("2")
-            .output()
-            .expect("run scripts/cluster/slurm-one-host.sh");
-        let conf = dir.path().join("slurm.conf");
-        let cluster = Cluster {
-            dir,
-            conf,
-            job: None,
-            tag: None,
-        };
-        assert!(out.status.success(), "starting the cluster failed: {}", text(&out));
-        cluster
-    }
-
-    /// The array job's tasks that squeue still lists (pending, running, completing).
-    fn active_tasks(&self, job: u64) -> String {
-        let out = Command::new("squeue")
-            .env("SLURM_CONF", &self.conf)
-            .args(["-h", "-r", "-j", &job.to_string(), "-o", "%i %T"])
-            .output()
-            .expect("run squeue");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// The daemons' logs, for failure messages.
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for name in ["slurmctld.log", "slurmd.log"] {
-            let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            all += &format!("--- {name} (last lines)\n");
-            for l in tail.into_iter().rev() {
-                all += l;
-                all.push('\n');
-            }
-        }
-        all
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(job) = self.job {
-            let _ = Command::new("scancel")
-                .env("SLURM_CONF", &self.conf)
-                .arg(job.to_string())
-                .status();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(5) && !self.active_tasks(job).is_empty() {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        drop(self.tag.take());
-        let _ = Command::new(repo_root().join("scripts/cluster/slurm-one-host.sh"))
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 #[test]
 fn dry_run_writes_an_array_of_the_unfinished_runs() {
@@ -252,7 +158,7 @@ fn dry_run_writes_an_array_of_the_unfinished_runs() {
 
 #[test]
 fn array_job_runs_every_run_of_the_sweep() {
-    let mut cluster = Cluster::start();
+    let mut cluster = OneHostSlurm::start();
     let work = tempfile::tempdir().unwrap();
     let root = work.path();
     write_sweep(root);

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 
 use dataloader::{ShardSample, ShardWriter};
 
+pub mod slurm;
+
 /// A `rgb` disc or square of side `size` on grey, as PNG.
 pub fn shape_png(rgb: [u8; 3], disc: bool, size: u32) -> Vec<u8> {
     let c = size as f32 / 2.0;
