@@ -3,29 +3,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+mod common;
+use common::write_caption_shard;
+
 fn ferroclip() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-}
-
-/// A shard of `captions.len()` samples: `key.png` (stand-in bytes) and `key.txt`.
-fn write_shard(path: &Path, first: usize, captions: &[&str]) {
-    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
-    for (i, caption) in captions.iter().enumerate() {
-        let key = format!("{:09}", first + i);
-        for (ext, data) in [
-            ("png", format!("png of {key}").into_bytes()),
-            ("txt", caption.as_bytes().to_vec()),
-        ] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, format!("{key}.{ext}"), data.as_slice())
-                .unwrap();
-        }
-    }
-    builder.finish().unwrap();
 }
 
 #[test]
@@ -40,7 +22,7 @@ fn curate_writes_shards_and_reports_whose_counts_add_up() {
     ];
     for s in 0..3 {
         let many: Vec<&str> = (0..30).map(|i| captions[(i + s) % captions.len()]).collect();
-        write_shard(&dir.path().join(format!("{s:05}.tar")), s * 100, &many);
+        write_caption_shard(&dir.path().join(format!("{s:05}.tar")), s * 100, &many);
     }
     std::fs::write(dir.path().join("entries.txt"), "face\nred heart\ncat\ngrinning face\n").unwrap();
     let config = dir.path().join("curate.toml");

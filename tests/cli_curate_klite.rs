@@ -5,29 +5,11 @@ use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::write_caption_shard;
+
 fn ferroclip() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-}
-
-/// A shard of `key.png` (stand-in bytes) + `key.txt` samples.
-fn write_shard(path: &Path, first: usize, captions: &[&str]) {
-    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
-    for (i, caption) in captions.iter().enumerate() {
-        let key = format!("{:09}", first + i);
-        for (ext, data) in [
-            ("png", format!("png of {key}").into_bytes()),
-            ("txt", caption.as_bytes().to_vec()),
-        ] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder
-                .append_data(&mut header, format!("{key}.{ext}"), data.as_slice())
-                .unwrap();
-        }
-    }
-    builder.finish().unwrap();
 }
 
 /// Members of a tar by name.
@@ -93,12 +75,12 @@ fn klite_rewrites_captions_with_the_rarest_terms_gloss() {
         ],
     );
     // Corpus frequencies: dog 4, park 3, goose 2, ice cream 1.
-    write_shard(
+    write_caption_shard(
         &dir.path().join("00000.tar"),
         0,
         &["a dog in the park", "dogs with ice cream", "", "geese in a park"],
     );
-    write_shard(
+    write_caption_shard(
         &dir.path().join("00001.tar"),
         100,
         &["a dog", "a goose and a dog in a park\n", "nothing known here"],
@@ -165,7 +147,7 @@ fn klite_rewrites_captions_with_the_rarest_terms_gloss() {
 #[test]
 fn klite_config_errors_name_the_field_and_a_missing_wordnet() {
     let dir = tempfile::tempdir().unwrap();
-    write_shard(&dir.path().join("00000.tar"), 0, &["a dog"]);
+    write_caption_shard(&dir.path().join("00000.tar"), 0, &["a dog"]);
     let input = dir.path().join("00000.tar").display().to_string();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[[stage]]\nkind = \"klite\"\nprobability = 2\n").unwrap();
@@ -201,7 +183,7 @@ fn shipped_klite_config_with_real_wordnet() {
         })
         .collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    write_shard(&dir.path().join("00000.tar"), 0, &refs);
+    write_caption_shard(&dir.path().join("00000.tar"), 0, &refs);
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/curate/klite.toml");
     let out = dir.path().join("out");
     let output = curate(&config, &dir.path().join("00000.tar").display().to_string(), &out);

@@ -8,21 +8,15 @@ use std::process::{Command, Output};
 use dataloader::tar_reader::for_each_sample_at;
 use dataloader::{ShardSample, ShardWriter};
 
+mod common;
+use common::assert_ok;
+
 fn ferroclip_data(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
         .arg("data")
         .args(args)
         .output()
         .expect("run ferroclip")
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn png(width: u32, height: u32) -> Vec<u8> {

@@ -10,21 +10,15 @@ use std::sync::Arc;
 use dataloader::tar_reader::for_each_sample;
 use dataloader::{decode_rgb, RawSample, DEFAULT_MAX_PIXELS};
 
+mod common;
+use common::assert_ok;
+
 fn ferroclip_shard(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
         .arg("shard")
         .args(args)
         .output()
         .expect("run ferroclip")
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn stderr(output: &Output) -> String {

@@ -8,10 +8,6 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-fn write_shards(dir: &Path, n: usize, per_shard: u64) {
-    common::write_disc_shards(dir, n, per_shard);
-}
-
 fn ferroclip(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferroclip"))
         .args(args)
@@ -20,33 +16,6 @@ fn ferroclip(args: &[&str], cwd: &Path) -> Output {
         .output()
         .expect("run ferroclip")
 }
-
-fn text(out: &Output) -> String {
-    common::output_text(out)
-}
-
-fn write_zeroshot(dir: &Path) {
-    common::write_disc_zeroshot(dir);
-}
-
-const BASE: &str = r#"name = "base"
-model = "nano"
-seed = 1
-threads = 1
-[data]
-train = "shards"
-batch_size = 8
-workers = 1
-shuffle_buffer = 20
-[optim]
-lr = 2e-3
-weight_decay = 0.0
-[schedule]
-steps = 2
-warmup_steps = 2
-[log]
-every = 1
-"#;
 
 /// 16 samples (2 steps of 8) for the first run; the second is long enough to be
 /// stopped while it trains.
@@ -65,13 +34,13 @@ batch_size = 8
 fn stopped_sweep_resumes_without_recomputing_finished_runs() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    write_shards(&root.join("shards"), 48, 24);
-    write_zeroshot(root);
-    std::fs::write(root.join("base.toml"), BASE).unwrap();
+    common::write_disc_shards(&root.join("shards"), 48, 24);
+    common::write_disc_zeroshot(root);
+    std::fs::write(root.join("base.toml"), common::SWEEP_BASE_TOML).unwrap();
     std::fs::write(root.join("sweep.toml"), SWEEP).unwrap();
 
     let out = ferroclip(&["sweep", "plan", "sweep.toml"], root);
-    assert!(out.status.success(), "plan failed: {}", text(&out));
+    assert!(out.status.success(), "plan failed: {}", common::output_text(&out));
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(
         plan.contains("t-samples=16") && plan.contains("t-samples=4000"),
@@ -130,13 +99,13 @@ fn stopped_sweep_resumes_without_recomputing_finished_runs() {
     assert!(
         out.status.success(),
         "re-run failed: {}\nsecond run's log:\n{}",
-        text(&out),
+        common::output_text(&out),
         std::fs::read_to_string(second.join("logs/sweep-train.log")).unwrap_or_default()
     );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("1 run(s) finished now, 1 were already finished"),
         "{}",
-        text(&out)
+        common::output_text(&out)
     );
     assert_eq!(mtime(&weights), first_weights_time, "the finished run was retrained");
     assert_eq!(
@@ -154,7 +123,7 @@ fn stopped_sweep_resumes_without_recomputing_finished_runs() {
     assert_eq!(last["step"], 500, "4000 samples / batch 8");
 
     let out = ferroclip(&["sweep", "collect", "sweep.toml"], root);
-    assert!(out.status.success(), "collect failed: {}", text(&out));
+    assert!(out.status.success(), "collect failed: {}", common::output_text(&out));
     let csv = std::fs::read_to_string(root.join("runs/t/results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
@@ -172,7 +141,7 @@ fn stopped_sweep_resumes_without_recomputing_finished_runs() {
 fn a_bad_key_in_a_sweep_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    std::fs::write(root.join("base.toml"), BASE).unwrap();
+    std::fs::write(root.join("base.toml"), common::SWEEP_BASE_TOML).unwrap();
     std::fs::write(
         root.join("sweep.toml"),
         "name = \"b\"\nbase = \"base.toml\"\n[[axis]]\nkey = \"optim.learning_rate\"\nvalues = [0.1]\n",

@@ -10,42 +10,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::slurm::OneHostSlurm;
 use common::KillTagged;
-
-fn write_shards(dir: &Path, n: usize, per_shard: u64) {
-    common::write_disc_shards(dir, n, per_shard);
-}
-
-fn text(out: &Output) -> String {
-    common::output_text(out)
-}
-
-fn write_zeroshot(dir: &Path) {
-    common::write_disc_zeroshot(dir);
-}
-
-const BASE: &str = r#"name = "base"
-model = "nano"
-seed = 1
-threads = 1
-[data]
-train = "shards"
-batch_size = 8
-workers = 1
-shuffle_buffer = 20
-[optim]
-lr = 2e-3
-weight_decay = 0.0
-[schedule]
-steps = 2
-warmup_steps = 2
-[log]
-every = 1
-"#;
 
 const SWEEP: &str = r#"name = "arr"
 base = "base.toml"
@@ -60,9 +29,9 @@ batch_size = 8
 
 /// The shards, eval files, base config and sweep file in `root`.
 fn write_sweep(root: &Path) {
-    write_shards(&root.join("shards"), 48, 24);
-    write_zeroshot(root);
-    std::fs::write(root.join("base.toml"), BASE).unwrap();
+    common::write_disc_shards(&root.join("shards"), 48, 24);
+    common::write_disc_zeroshot(root);
+    std::fs::write(root.join("base.toml"), common::SWEEP_BASE_TOML).unwrap();
     std::fs::write(root.join("sweep.toml"), SWEEP).unwrap();
 }
 
@@ -71,7 +40,6 @@ fn ferroclip(dir: &Path) -> Command {
     cmd.current_dir(dir).env("RUST_LOG", "warn");
     cmd
 }
-
 
 #[test]
 fn dry_run_writes_an_array_of_the_unfinished_runs() {
@@ -92,7 +60,7 @@ fn dry_run_writes_an_array_of_the_unfinished_runs() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::output_text(&out));
     let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
     assert!(script.contains("\n#SBATCH --array=0-1%1\n"), "{script}");
     assert!(script.contains("\n#SBATCH --time=10\n"), "{script}");
@@ -120,7 +88,7 @@ fn dry_run_writes_an_array_of_the_unfinished_runs() {
         .args(["sweep", "run", "sweep.toml", "--slurm", "--dry-run"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::output_text(&out));
     let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
     assert!(script.contains("\n#SBATCH --array=1\n"), "{script}");
 
@@ -130,7 +98,7 @@ fn dry_run_writes_an_array_of_the_unfinished_runs() {
         .args(["submit", "--array-from", "sweep.toml", "--dry-run", "--time", "10"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", common::output_text(&out));
     let script = std::fs::read_to_string(root.join("runs/arr/sweep.sbatch")).unwrap();
     assert!(script.contains("\n#SBATCH --array=1\n"), "{script}");
     assert!(script.contains("\n#SBATCH --time=10\n"), "{script}");
@@ -146,14 +114,14 @@ fn dry_run_writes_an_array_of_the_unfinished_runs() {
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", common::output_text(&out));
 
     // --partition without --slurm is refused rather than ignored.
     let out = ferroclip(root)
         .args(["sweep", "run", "sweep.toml", "--partition", "gpu"])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", common::output_text(&out));
 }
 
 #[test]
@@ -175,7 +143,7 @@ fn array_job_runs_every_run_of_the_sweep() {
     assert!(
         submitted.status.success(),
         "submit failed: {}\n{}",
-        text(&submitted),
+        common::output_text(&submitted),
         cluster.logs()
     );
     let stdout = String::from_utf8_lossy(&submitted.stdout);
@@ -240,7 +208,7 @@ fn array_job_runs_every_run_of_the_sweep() {
         .args(["sweep", "collect", "sweep.toml"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "collect failed: {}", text(&out));
+    assert!(out.status.success(), "collect failed: {}", common::output_text(&out));
     let csv = std::fs::read_to_string(root.join("runs/arr/results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
@@ -255,10 +223,10 @@ fn array_job_runs_every_run_of_the_sweep() {
         .args(["sweep", "run", "sweep.toml", "--slurm"])
         .output()
         .unwrap();
-    assert!(again.status.success(), "{}", text(&again));
+    assert!(again.status.success(), "{}", common::output_text(&again));
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("all 2 runs finished"),
         "{}",
-        text(&again)
+        common::output_text(&again)
     );
 }

@@ -183,3 +183,51 @@ pub fn output_text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The base train config of the sweep tests: `nano` on `shards/` (see [`write_disc_shards`]),
+/// 2 steps of 8 samples, 1 thread.
+pub const SWEEP_BASE_TOML: &str = r#"name = "base"
+model = "nano"
+seed = 1
+threads = 1
+[data]
+train = "shards"
+batch_size = 8
+workers = 1
+shuffle_buffer = 20
+[optim]
+lr = 2e-3
+weight_decay = 0.0
+[schedule]
+steps = 2
+warmup_steps = 2
+[log]
+every = 1
+"#;
+
+/// Fails the test with the command's output unless it succeeded.
+pub fn assert_ok(output: &std::process::Output) {
+    assert!(output.status.success(), "{}", output_text(output));
+}
+
+/// A shard of `captions.len()` samples keyed from `first` (9 digits): `key.png` (stand-in
+/// bytes, not an image) and `key.txt`, for stages that look at captions only.
+pub fn write_caption_shard(path: &Path, first: usize, captions: &[&str]) {
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (i, caption) in captions.iter().enumerate() {
+        let key = format!("{:09}", first + i);
+        for (ext, data) in [
+            ("png", format!("png of {key}").into_bytes()),
+            ("txt", caption.as_bytes().to_vec()),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, format!("{key}.{ext}"), data.as_slice())
+                .unwrap();
+        }
+    }
+    builder.finish().unwrap();
+}
