@@ -219,6 +219,17 @@ impl Dist {
     }
 }
 
+/// The error every backend gives for a broadcast root outside the world.
+pub(crate) fn check_root(op: &'static str, root: usize, world_size: usize) -> Result<(), DistError> {
+    if root >= world_size {
+        return Err(DistError::Tensor {
+            op,
+            reason: format!("root {root} is not below the world size {world_size}"),
+        });
+    }
+    Ok(())
+}
+
 fn env_error(var: &str, value: &str, reason: &str) -> DistError {
     DistError::Env {
         var: var.to_string(),

@@ -310,12 +310,7 @@ impl Collective for Mpi {
 
     fn broadcast_(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         const OP: &str = "broadcast_";
-        if root >= self.world_size {
-            return Err(tensor_error(
-                OP,
-                format!("root {root} is not below the world size {}", self.world_size),
-            ));
-        }
+        super::check_root(OP, root, self.world_size)?;
         let root = root as c_int;
         self.in_place_chunks(OP, t, |comm, chunk, _offset, n, dtype| {
             // SAFETY: `chunk` points at `n` elements of `dtype` (see `in_place_chunks`).

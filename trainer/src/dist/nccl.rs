@@ -399,12 +399,7 @@ impl Collective for Nccl {
 
     fn broadcast_(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         const OP: &str = "broadcast_";
-        if root >= self.world_size {
-            return Err(tensor_error(
-                OP,
-                format!("root {root} is not below the world size {}", self.world_size),
-            ));
-        }
+        super::check_root(OP, root, self.world_size)?;
         let root = root as i32;
         self.in_place(OP, t, |comm, ptr, n, dtype| {
             // SAFETY: `ptr` points at `n` contiguous elements of `dtype` on this device.
