@@ -8,6 +8,10 @@
 //!               decode where it applies) + tokenize, per sample
 //!   raw         one thread: full-size JPEG decode to RGB of every image, libjpeg-turbo
 //!               (`decode_rgb`) and the image crate (zune-jpeg)
+//!   draft       one thread: decode + RandomResizedCrop 224 + normalise per sample (no
+//!               tokenizer) with each `JpegDraft` (full-size decode, 1/2-1/4-1/8), alternating,
+//!               twice; then the pixel difference of the reduced decode vs full; then raw
+//!               libjpeg-turbo decode rates at each scale M/8, M = 8..4
 //!   resize      one thread: crop+bicubic resize to 224 of decoded images, fast_image_resize
 //!               (ours) vs the image crate's resize (what imaging.rs used before)
 //! ```
@@ -15,6 +19,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use dataloader::imaging::JpegDraft;
 use dataloader::imaging::{decode_rgb_with_image_crate, RandomResizedCrop};
 use dataloader::{decode_rgb, ImageTransform, Loader, LoaderConfig, Tokenizer, DEFAULT_MAX_PIXELS};
 use rand::SeedableRng;
@@ -26,7 +31,7 @@ const CONTEXT_LENGTH: usize = 77;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loader_bench (loader N | fused | raw | resize) SHARD...";
+    let usage = "usage: loader_bench (loader N | fused | raw | draft | resize) SHARD...";
     let Some(mode) = args.first() else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -49,6 +54,7 @@ fn main() {
         "loader" => bench_loader(shards, threads),
         "fused" => bench_fused(&read_samples(&shards)),
         "raw" => bench_raw(&read_samples(&shards)),
+        "draft" => bench_draft(&read_samples(&shards)),
         "resize" => bench_resize(&read_samples(&shards)),
         _ => {
             eprintln!("{usage}");
@@ -176,6 +182,100 @@ fn bench_fused(samples: &[(Vec<u8>, String)]) {
         cpu_seconds() - cpu_start,
     );
     eprintln!("(token checksum {tokens})");
+}
+
+fn bench_draft(samples: &[(Vec<u8>, String)]) {
+    let drafts = [JpegDraft::Full, JpegDraft::PowerOfTwo];
+    let transform_of = |jpeg_draft| ImageTransform {
+        jpeg_draft,
+        ..ImageTransform::train(IMAGE_SIZE)
+    };
+    let mut out = vec![0.0f32; 3 * IMAGE_SIZE as usize * IMAGE_SIZE as usize];
+    for _round in 0..2 {
+        for draft in drafts {
+            let transform = transform_of(draft);
+            let (start, cpu_start) = (Instant::now(), cpu_seconds());
+            let mut decoded = 0;
+            for (index, (jpg, _)) in samples.iter().enumerate() {
+                let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
+                decoded += usize::from(
+                    transform
+                        .decode_and_apply_into(jpg, DEFAULT_MAX_PIXELS, &mut rng, &mut out)
+                        .is_ok(),
+                );
+            }
+            report(
+                &format!("decode_crop_normalize_draft_{draft:?}"),
+                1,
+                decoded,
+                start.elapsed().as_secs_f64(),
+                cpu_seconds() - cpu_start,
+            );
+        }
+    }
+    // Pixel difference of the reduced decodes against the full one, normalised units (one
+    // 8-bit level is about 0.015), over every 10th sample.
+    let mut full = vec![0.0f32; out.len()];
+    for draft in [JpegDraft::PowerOfTwo] {
+        let (mut max, mut sum, mut count, mut reduced_samples) = (0.0f32, 0.0f64, 0usize, 0usize);
+        for (index, (jpg, _)) in samples.iter().enumerate().step_by(10) {
+            let seed = || ChaCha8Rng::seed_from_u64(index as u64);
+            let ok = transform_of(JpegDraft::Full)
+                .decode_and_apply_into(jpg, DEFAULT_MAX_PIXELS, &mut seed(), &mut full)
+                .is_ok()
+                && transform_of(draft)
+                    .decode_and_apply_into(jpg, DEFAULT_MAX_PIXELS, &mut seed(), &mut out)
+                    .is_ok();
+            if !ok {
+                continue;
+            }
+            reduced_samples += usize::from(out != full);
+            for (a, b) in out.iter().zip(&full) {
+                max = max.max((a - b).abs());
+                sum += f64::from((a - b).abs());
+            }
+            count += out.len();
+        }
+        println!(
+            "{{\"name\": \"draft_{draft:?}_vs_full\", \"samples_differing\": {reduced_samples}, \"max_abs_diff\": {max:.4}, \"mean_abs_diff\": {:.5}}}",
+            sum / count as f64
+        );
+    }
+    #[cfg(feature = "turbojpeg")]
+    decode_rates_by_scale(samples);
+}
+
+/// Raw libjpeg-turbo decode rate at each DCT scale M/8 (M = 8, 7, 6, 5, 4), alternating, twice:
+/// whether scales other than 1/2 would pay (on x86-64 only 1/2, 1/4 and 1/8 have SIMD IDCTs).
+#[cfg(feature = "turbojpeg")]
+fn decode_rates_by_scale(samples: &[(Vec<u8>, String)]) {
+    let Ok(mut decoder) = dataloader::turbojpeg::TurboDecoder::new() else {
+        return;
+    };
+    let mut pixels = Vec::new();
+    for _round in 0..2 {
+        for eighths in [8u32, 7, 6, 5, 4] {
+            let (start, cpu_start) = (Instant::now(), cpu_seconds());
+            let mut decoded = 0;
+            for (jpg, _) in samples {
+                let Ok(dimensions) = decoder.dimensions(jpg) else {
+                    continue;
+                };
+                decoded += usize::from(
+                    decoder
+                        .decode_scaled_into(jpg, dimensions, eighths, &mut pixels)
+                        .is_ok(),
+                );
+            }
+            report(
+                &format!("raw_decode_libjpeg_turbo_scale_{eighths}_8"),
+                1,
+                decoded,
+                start.elapsed().as_secs_f64(),
+                cpu_seconds() - cpu_start,
+            );
+        }
+    }
 }
 
 fn bench_raw(samples: &[(Vec<u8>, String)]) {

@@ -10,7 +10,7 @@
 //! decoder, so full-size pixels are PIL's), and [`ImageTransform::decode_and_apply`] decodes
 //! them at a reduced DCT scale (1/2, 1/4, 1/8) when the region the transform keeps is at
 //! least twice the output size; the largest reduction whose output still covers the output
-//! size is taken. Resampling is `fast_image_resize`'s SIMD convolution with the bicubic
+//! size is taken ([`JpegDraft`]). Resampling is `fast_image_resize`'s SIMD convolution with the bicubic
 //! (Catmull-Rom, a = −0.5) kernel, Pillow's algorithm, 8-bit between passes like Pillow.
 //! Decode and resize buffers are reused per thread.
 use std::cell::RefCell;
@@ -33,9 +33,6 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Default pixel limit for decoding (about 89 megapixels, PIL's decompression-bomb limit).
 pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
-/// Reduced-scale JPEG decodes that are tried, largest reduction first.
-#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
-const JPEG_DENOMINATORS: [u32; 3] = [8, 4, 2];
 /// A thread's decode buffer is freed after an image bigger than this (bytes), so one huge
 /// image does not pin its memory for the rest of the run.
 const MAX_KEPT_DECODE_BUFFER: usize = 64 << 20;
@@ -234,6 +231,45 @@ pub struct ImageTransform {
     pub size: u32,
     /// `Some` for the train transform: the RandomResizedCrop parameters.
     pub random_crop: Option<RandomResizedCrop>,
+    /// How far below full size a JPEG may be decoded before the resize.
+    pub jpeg_draft: JpegDraft,
+}
+
+/// How far below full size [`ImageTransform::decode_and_apply_into`] may decode a JPEG, like
+/// PIL's `Image.draft`: libjpeg-turbo's IDCT can output a fraction of the pixels directly,
+/// which costs less than decoding everything and then resampling. The reduction chosen is
+/// always the largest that leaves the region the transform keeps at least `size` pixels on
+/// both sides, so the bicubic resize after it still only shrinks (or keeps) the image.
+///
+/// Only 1/2, 1/4 and 1/8 are offered. libjpeg-turbo also scales by 7/8, 3/4, 5/8, 3/8, but
+/// measured on the loader benchmark's 256-512 px JPEGs (libjpeg-turbo 2.1.5, x86-64) those
+/// decode 30-50% *slower* than full size (their IDCTs have no SIMD code), and differ more
+/// from the full decode (up to 25 8-bit levels); see docs/benchmarks.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegDraft {
+    /// Always decode at full size: exactly [`decode_rgb`] then [`ImageTransform::apply_into`].
+    Full,
+    /// 1/2, 1/4 or 1/8 (PIL's draft scales) where the kept region allows; the default.
+    #[default]
+    PowerOfTwo,
+}
+
+impl JpegDraft {
+    /// The JPEG scale, in eighths (8 = full size), at which `region` of the full image still
+    /// has at least `size` pixels on both sides.
+    #[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+    fn eighths_for(self, region: SourceRegion, size: u32) -> u32 {
+        let size = f64::from(size);
+        let covers = |eighths: u32| {
+            let scale = f64::from(eighths) / 8.0;
+            region.width * scale >= size && region.height * scale >= size
+        };
+        let allowed: &[u32] = match self {
+            JpegDraft::Full => &[],
+            JpegDraft::PowerOfTwo => &[1, 2, 4],
+        };
+        allowed.iter().copied().find(|&eighths| covers(eighths)).unwrap_or(8)
+    }
 }
 
 /// `RandomResizedCrop` parameters (torchvision semantics).
@@ -279,28 +315,21 @@ struct SourceRegion {
 }
 
 impl SourceRegion {
-    /// The same region in an image decoded at 1/`denominator` scale.
+    /// The same region in an image decoded at `eighths`/8 scale, clamped into the decoded
+    /// `width`×`height` (its size is the full one scaled and rounded up, so the scaled region
+    /// can only stick out by rounding).
     #[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
-    fn scaled_down(self, denominator: u32) -> Self {
-        let d = f64::from(denominator);
+    fn scaled(self, eighths: u32, width: u32, height: u32) -> Self {
+        let scale = f64::from(eighths) / 8.0;
+        let left = (self.left * scale).min(f64::from(width));
+        let top = (self.top * scale).min(f64::from(height));
         Self {
-            left: self.left / d,
-            top: self.top / d,
-            width: self.width / d,
-            height: self.height / d,
+            left,
+            top,
+            width: (self.width * scale).min(f64::from(width) - left),
+            height: (self.height * scale).min(f64::from(height) - top),
         }
     }
-}
-
-/// The largest JPEG scale reduction (8, 4, 2, else 1) after which `region` still has at least
-/// `size` pixels on both sides, so the bicubic resize still only shrinks.
-#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
-fn jpeg_denominator_for(region: SourceRegion, size: u32) -> u32 {
-    let size = f64::from(size);
-    JPEG_DENOMINATORS
-        .into_iter()
-        .find(|&d| region.width / f64::from(d) >= size && region.height / f64::from(d) >= size)
-        .unwrap_or(1)
 }
 
 impl ImageTransform {
@@ -309,6 +338,7 @@ impl ImageTransform {
         Self {
             size,
             random_crop: Some(RandomResizedCrop::default()),
+            jpeg_draft: JpegDraft::default(),
         }
     }
 
@@ -317,6 +347,7 @@ impl ImageTransform {
         Self {
             size,
             random_crop: None,
+            jpeg_draft: JpegDraft::default(),
         }
     }
 
@@ -353,8 +384,8 @@ impl ImageTransform {
     /// Decode image bytes and transform them into `out` (length [`Self::output_len`]).
     ///
     /// The same result as [`decode_rgb`] then [`Self::apply_into`] (same crop, same RNG
-    /// draws), except that a JPEG whose kept region is at least twice `size` on both sides
-    /// is decoded at 1/2, 1/4 or 1/8 scale first; the crop is mapped onto the smaller image.
+    /// draws), except that a JPEG may be decoded below full size first, as
+    /// [`Self::jpeg_draft`] allows; the crop is then mapped onto the smaller image.
     pub fn decode_and_apply_into<R: Rng + ?Sized>(
         &self,
         bytes: &[u8],
@@ -437,8 +468,9 @@ impl ImageTransform {
             return TurboOutcome::Rejected(e);
         }
         let region = self.source_region(width, height, rng);
-        let denominator = jpeg_denominator_for(region, self.size);
-        let Ok((decoded_width, decoded_height)) = decoder.decode_into(bytes, denominator, &mut workspace.decoded)
+        let eighths = self.jpeg_draft.eighths_for(region, self.size);
+        let Ok((decoded_width, decoded_height)) =
+            decoder.decode_scaled_into(bytes, (width, height), eighths, &mut workspace.decoded)
         else {
             return TurboOutcome::Failed((region, width, height));
         };
@@ -446,7 +478,7 @@ impl ImageTransform {
             &workspace.decoded,
             decoded_width,
             decoded_height,
-            region.scaled_down(denominator),
+            region.scaled(eighths, decoded_width, decoded_height),
             self.size,
             &mut workspace.resizer,
             &mut workspace.resized,
@@ -529,7 +561,7 @@ fn resample_region(
     resizer: &mut fir::Resizer,
     dst: &mut Vec<u8>,
 ) {
-    dst.clear();
+    // No clear(): the resize overwrites every byte, so only a grown tail needs zeroing.
     dst.resize(3 * size as usize * size as usize, 0);
     // Callers pass buffers of 3·width·height bytes and regions inside the image (crops are
     // drawn inside it, eval regions lie within it, scaled regions inside the rounded-up
@@ -564,13 +596,15 @@ fn normalization_table() -> &'static [[f32; 256]; 3] {
 fn normalize_hwc_into(rgb: &[u8], out: &mut [f32]) {
     let plane = rgb.len() / 3;
     assert_eq!(out.len(), 3 * plane, "output buffer length");
-    let table = normalization_table();
+    let [red_table, green_table, blue_table] = normalization_table();
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
-    for (i, pixel) in rgb.chunks_exact(3).enumerate() {
-        red[i] = table[0][usize::from(pixel[0])];
-        green[i] = table[1][usize::from(pixel[1])];
-        blue[i] = table[2][usize::from(pixel[2])];
+    // Zipped iterators rather than indexing: no bounds checks in the loop, which runs once
+    // per output pixel (≈ 10% of the loader's time when indexed).
+    for (((pixel, r), g), b) in rgb.chunks_exact(3).zip(red).zip(green).zip(blue) {
+        *r = red_table[usize::from(pixel[0])];
+        *g = green_table[usize::from(pixel[1])];
+        *b = blue_table[usize::from(pixel[2])];
     }
 }
 
@@ -831,19 +865,40 @@ mod tests {
     }
 
     #[test]
-    fn denominator_is_the_largest_that_still_covers_the_output() {
+    fn draft_scale_is_the_largest_reduction_that_still_covers_the_output() {
         let region = |width: f64, height: f64| SourceRegion {
             left: 0.0,
             top: 0.0,
             width,
             height,
         };
-        assert_eq!(jpeg_denominator_for(region(256.0, 192.0), 224), 1);
-        assert_eq!(jpeg_denominator_for(region(448.0, 500.0), 224), 2);
-        assert_eq!(jpeg_denominator_for(region(447.9, 2000.0), 224), 1);
-        assert_eq!(jpeg_denominator_for(region(1000.0, 900.0), 224), 4);
-        assert_eq!(jpeg_denominator_for(region(4000.0, 3000.0), 224), 8);
-        assert_eq!(jpeg_denominator_for(region(192.0, 192.0), 64), 2);
+        let eighths = |width, height, size| JpegDraft::PowerOfTwo.eighths_for(region(width, height), size);
+        assert_eq!(eighths(256.0, 192.0, 224), 8);
+        assert_eq!(eighths(448.0, 500.0, 224), 4);
+        assert_eq!(eighths(447.9, 2000.0, 224), 8);
+        assert_eq!(eighths(1000.0, 900.0, 224), 2);
+        assert_eq!(eighths(4000.0, 3000.0, 224), 1);
+        assert_eq!(eighths(192.0, 192.0, 64), 4);
+        assert_eq!(JpegDraft::Full.eighths_for(region(4000.0, 3000.0), 224), 8);
+    }
+
+    #[test]
+    fn scaled_region_stays_inside_the_decoded_image() {
+        let region = SourceRegion {
+            left: 3.0,
+            top: 1.0,
+            width: 37.0,
+            height: 20.0,
+        };
+        // 40×21 at 1/2 decodes to 20×11 (rounded up); the region maps to 1.5 + 18.5, 0.5 + 10.
+        let half = region.scaled(4, 20, 11);
+        assert_eq!((half.left, half.top, half.width, half.height), (1.5, 0.5, 18.5, 10.0));
+        // Clamped where rounding would put it past the edge.
+        let clamped = region.scaled(4, 19, 10);
+        assert_eq!(
+            (clamped.left + clamped.width, clamped.top + clamped.height),
+            (19.0, 10.0)
+        );
     }
 
     #[test]
@@ -862,6 +917,23 @@ mod tests {
                 assert_eq!(fused, separate, "{transform:?}");
                 assert_eq!(after_fused, rng.gen::<u64>(), "same RNG draws");
             }
+        }
+    }
+
+    #[test]
+    fn full_draft_is_decode_then_apply_even_where_a_reduction_fits() {
+        // eval(64) of the 256×192 fixture would decode at 1/2 by default.
+        let jpeg = fixture("jpeg_input.jpg");
+        let full = decode_rgb(&jpeg, DEFAULT_MAX_PIXELS).unwrap();
+        for transform in [ImageTransform::eval(64), ImageTransform::train(40)] {
+            let transform = ImageTransform {
+                jpeg_draft: JpegDraft::Full,
+                ..transform
+            };
+            let mut rng = ChaCha8Rng::seed_from_u64(3);
+            let fused = transform.decode_and_apply(&jpeg, DEFAULT_MAX_PIXELS, &mut rng).unwrap();
+            let separate = transform.apply(&full, &mut ChaCha8Rng::seed_from_u64(3));
+            assert_eq!(fused, separate, "{transform:?}");
         }
     }
 

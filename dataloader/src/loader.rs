@@ -207,11 +207,13 @@ impl LoaderConfig {
     }
 }
 
-/// One batch: plain buffers, ready for `Tensor::from_slice(..).view(..)`.
+/// One batch: plain buffers, ready for `Tensor::from_slice(..).view(..)` (or for wrapping
+/// without a copy: [`BatchImages`] is one contiguous allocation that stays put).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    /// `B × 3 × image_size × image_size`, contiguous CHW per image, CLIP-normalised.
-    pub images: Vec<f32>,
+    /// `B × 3 × image_size × image_size`, contiguous CHW per image, CLIP-normalised. Derefs
+    /// to `[f32]`; its allocation goes back to the loader for a later batch when dropped.
+    pub images: BatchImages,
     /// `B × context_length` token ids (empty when `context_length` is 0). Each row is the
     /// tokenized caption text: all captions joined by newlines, which the tokenizer's
     /// whitespace cleaning turns into spaces — open_clip's treatment of a `.txt`.
@@ -239,6 +241,123 @@ impl Batch {
     /// True when the batch holds no samples (never returned by the loader).
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+/// The image values of a [`Batch`]: a `Vec<f32>` that, when dropped, goes back to the
+/// [`Loader`] it came from for a later batch, so a running loader allocates (and the OS
+/// zero-fills) its batch buffers once instead of once per batch. Derefs to `[f32]`;
+/// [`BatchImages::into_vec`] takes the plain vector out (it is then not recycled).
+pub struct BatchImages {
+    values: Vec<f32>,
+    pool: Option<Arc<BufferPool>>,
+}
+
+impl BatchImages {
+    /// The values as a plain vector, no longer recycled.
+    pub fn into_vec(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.values)
+    }
+}
+
+impl From<Vec<f32>> for BatchImages {
+    /// Values that belong to no loader (dropped normally).
+    fn from(values: Vec<f32>) -> Self {
+        Self { values, pool: None }
+    }
+}
+
+impl std::ops::Deref for BatchImages {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.values
+    }
+}
+
+impl std::ops::DerefMut for BatchImages {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.values
+    }
+}
+
+impl AsRef<[f32]> for BatchImages {
+    fn as_ref(&self) -> &[f32] {
+        &self.values
+    }
+}
+
+impl Clone for BatchImages {
+    /// A copy that belongs to no loader.
+    fn clone(&self) -> Self {
+        Self::from(self.values.clone())
+    }
+}
+
+impl PartialEq for BatchImages {
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values
+    }
+}
+
+impl std::fmt::Debug for BatchImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.values.fmt(f)
+    }
+}
+
+impl Drop for BatchImages {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.give_back(std::mem::take(&mut self.values));
+        }
+    }
+}
+
+/// Batch image buffers handed back by dropped [`BatchImages`], for the workers to fill again.
+struct BufferPool {
+    free: Mutex<Vec<Vec<f32>>>,
+    /// Buffers allocated so far (not recycled).
+    allocated: AtomicU64,
+    /// At most this many are kept: as many as can be alive at once (queued, being built,
+    /// held by the consumer), so recycling never holds more memory than the loader at its
+    /// peak did.
+    capacity: usize,
+}
+
+impl BufferPool {
+    fn new(threads: usize) -> Self {
+        Self {
+            free: Mutex::new(Vec::new()),
+            allocated: AtomicU64::new(0),
+            capacity: 3 * threads + 2,
+        }
+    }
+
+    fn give_back(&self, buffer: Vec<f32>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < self.capacity {
+                free.push(buffer);
+            }
+        }
+    }
+
+    /// A buffer of `len` values: a recycled one (its old values left in place, to be
+    /// overwritten) or a new zeroed one.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let recycled = self.free.lock().ok().and_then(|mut free| free.pop());
+        match recycled {
+            Some(mut buffer) => {
+                buffer.resize(len, 0.0);
+                buffer
+            }
+            None => {
+                self.allocated.fetch_add(1, Ordering::Relaxed);
+                vec![0.0; len]
+            }
+        }
     }
 }
 
@@ -312,6 +431,27 @@ pub fn decode_sample<R: Rng + ?Sized>(
     max_pixels: u64,
     rng: &mut R,
 ) -> Result<Sample, SkipReason> {
+    let mut image = vec![0.0; transform.output_len()];
+    let (captions, label) = decode_sample_into(raw, caption, transform, max_pixels, rng, &mut image)?;
+    Ok(Sample {
+        key: raw.key.clone(),
+        image,
+        captions,
+        label,
+    })
+}
+
+/// [`decode_sample`] writing the image into `image` (length
+/// [`ImageTransform::output_len`]) and returning the captions and label; on a skip, `image`
+/// holds unspecified values.
+pub fn decode_sample_into<R: Rng + ?Sized>(
+    raw: &RawSample,
+    caption: &CaptionSource,
+    transform: &ImageTransform,
+    max_pixels: u64,
+    rng: &mut R,
+    image: &mut [f32],
+) -> Result<(Vec<String>, Option<i64>), SkipReason> {
     let captions = captions_of(raw, caption)?;
     let label = label_of(raw)?;
     let bytes = IMAGE_EXTENSIONS
@@ -319,15 +459,10 @@ pub fn decode_sample<R: Rng + ?Sized>(
         .find_map(|ext| raw.members.get(*ext))
         .ok_or(SkipReason::MissingImage)?;
     // Decode straight at the reduced JPEG scale the crop allows (same random draws).
-    let image = transform
-        .decode_and_apply(bytes, max_pixels, rng)
+    transform
+        .decode_and_apply_into(bytes, max_pixels, rng, image)
         .map_err(|e| e.reason)?;
-    Ok(Sample {
-        key: raw.key.clone(),
-        image,
-        captions,
-        label,
-    })
+    Ok((captions, label))
 }
 
 /// A 64-bit seed from several parts (splitmix64 over the parts), so nearby inputs give
@@ -483,6 +618,8 @@ pub struct Loader {
     config: ConfigFingerprint,
     /// Samples the workers tried to decode.
     decode_attempts: Arc<AtomicU64>,
+    /// Batch image buffers, recycled.
+    pool: Arc<BufferPool>,
 }
 
 impl Loader {
@@ -550,6 +687,12 @@ impl Loader {
         let stop = Arc::new(AtomicBool::new(false));
         let warned = Arc::new(Mutex::new(HashSet::new()));
         let decode_attempts = Arc::new(AtomicU64::new(0));
+        let pool = Arc::new(BufferPool::new(threads));
+        let transform = if cfg.train {
+            ImageTransform::train(cfg.image_size)
+        } else {
+            ImageTransform::eval(cfg.image_size)
+        };
         let mut receivers = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
         for (thread, position) in positions.iter().enumerate() {
@@ -569,6 +712,8 @@ impl Loader {
                 stop: Arc::clone(&stop),
                 warned_shards: Arc::clone(&warned),
                 decode_attempts: Arc::clone(&decode_attempts),
+                transform: transform.clone(),
+                pool: Arc::clone(&pool),
             };
             let cursor = cursor.clone();
             let handle = std::thread::Builder::new()
@@ -589,6 +734,7 @@ impl Loader {
             positions,
             config,
             decode_attempts,
+            pool,
         })
     }
 
@@ -629,6 +775,11 @@ impl Loader {
     /// ones, and those already in batches queued or being built (workers run ahead).
     pub fn decode_attempts(&self) -> u64 {
         self.decode_attempts.load(Ordering::Relaxed)
+    }
+
+    /// Batch image buffers allocated so far; the rest of the batches reused them.
+    pub fn batch_buffers_allocated(&self) -> u64 {
+        self.pool.allocated.load(Ordering::Relaxed)
     }
 
     fn finish_thread(&mut self, thread: usize) {
@@ -690,6 +841,32 @@ struct Worker {
     stop: Arc<AtomicBool>,
     warned_shards: Arc<Mutex<HashSet<PathBuf>>>,
     decode_attempts: Arc<AtomicU64>,
+    /// The image transform of the loader's mode.
+    transform: ImageTransform,
+    /// Where batch image buffers come from and go back to.
+    pool: Arc<BufferPool>,
+}
+
+/// The batch a worker is filling: each sample is decoded straight into its slot of the
+/// batch's image buffer, so no per-sample image is allocated or copied.
+#[derive(Default)]
+struct PendingBatch {
+    /// `batch_size` image slots once the first sample is placed (empty before).
+    images: Vec<f32>,
+    tokens: Vec<i64>,
+    captions: Vec<Vec<String>>,
+    labels: Vec<Option<i64>>,
+    keys: Vec<String>,
+}
+
+impl PendingBatch {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
 }
 
 /// Why a worker stopped reading an epoch early.
@@ -708,7 +885,7 @@ struct EpochState {
     shuffle_rng: ChaCha8Rng,
     /// Raw samples waiting to be picked, with where to read them again.
     buffer: Vec<(SampleRef, RawSample)>,
-    pending: Vec<Sample>,
+    pending: PendingBatch,
     skips: SkipCounts,
     samples: u64,
     /// Position of the shard being read in the epoch's read order (the list's length once
@@ -796,7 +973,7 @@ impl Worker {
             epoch: cursor.epoch,
             shuffle_rng,
             buffer: Vec::with_capacity(cursor.buffer.len()),
-            pending: Vec::new(),
+            pending: PendingBatch::default(),
             skips,
             samples: cursor.samples,
             shard: cursor.shard,
@@ -909,7 +1086,9 @@ impl Worker {
         if !state.pending.is_empty() && !self.cfg.drop_last {
             self.send_batch(state)?;
         }
-        state.pending.clear();
+        // A dropped partial batch: its samples go, its buffer is kept for the next epoch.
+        let dropped = std::mem::take(&mut state.pending);
+        self.pool.give_back(dropped.images);
         ControlFlow::Continue(())
     }
 
@@ -940,14 +1119,9 @@ impl Worker {
         }
     }
 
-    /// Decode one raw sample into the pending batch; send the batch when full.
+    /// Decode one raw sample into its slot of the pending batch; send the batch when full.
     fn process(&self, raw: RawSample, state: &mut EpochState) -> ControlFlow<Halt> {
         self.decode_attempts.fetch_add(1, Ordering::Relaxed);
-        let transform = if self.cfg.train {
-            ImageTransform::train(self.cfg.image_size)
-        } else {
-            ImageTransform::eval(self.cfg.image_size)
-        };
         // One generator per sample, seeded by its place in the thread's epoch output, so a
         // resumed loader draws the same crops without replaying earlier samples.
         let mut augment_rng = ChaCha8Rng::seed_from_u64(derive_seed(&[
@@ -957,18 +1131,35 @@ impl Worker {
             self.thread as u64,
             state.samples,
         ]));
-        match decode_sample(
+        let image_len = self.transform.output_len();
+        let pending = &mut state.pending;
+        if pending.images.is_empty() {
+            pending.images = self.pool.take(self.cfg.batch_size * image_len);
+        }
+        // The slot after the samples placed so far; a skipped sample's partial output there
+        // is overwritten by the next one.
+        let slot_start = pending.len() * image_len;
+        let slot = &mut pending.images[slot_start..slot_start + image_len];
+        match decode_sample_into(
             &raw,
             &self.cfg.caption,
-            &transform,
+            &self.transform,
             self.cfg.max_pixels,
             &mut augment_rng,
+            slot,
         ) {
-            Ok(sample) => {
+            Ok((captions, label)) => {
                 state.samples += 1;
                 state.sample_in_shard = true;
-                state.pending.push(sample);
-                if state.pending.len() == self.cfg.batch_size {
+                if let Some(tokenizer) = &self.tokenizer {
+                    pending
+                        .tokens
+                        .extend(tokenizer.tokenize(&captions.join("\n"), self.cfg.context_length));
+                }
+                pending.captions.push(captions);
+                pending.labels.push(label);
+                pending.keys.push(raw.key);
+                if pending.len() == self.cfg.batch_size {
                     return self.send_batch(state);
                 }
             }
@@ -983,34 +1174,27 @@ impl Worker {
     /// Send the pending samples as a batch with the position after it; `Break(EpochFull)` once
     /// a virtual epoch has all its batches (the position sent is then the next epoch's start).
     fn send_batch(&self, state: &mut EpochState) -> ControlFlow<Halt> {
-        let samples = std::mem::take(&mut state.pending);
+        let pending = std::mem::take(&mut state.pending);
         let context_length = if self.tokenizer.is_some() {
             self.cfg.context_length
         } else {
             0
         };
-        let image_len = 3 * self.cfg.image_size as usize * self.cfg.image_size as usize;
-        let mut batch = Batch {
-            images: Vec::with_capacity(samples.len() * image_len),
-            tokens: Vec::with_capacity(samples.len() * context_length),
-            captions: Vec::with_capacity(samples.len()),
-            labels: Vec::with_capacity(samples.len()),
-            keys: Vec::with_capacity(samples.len()),
+        let mut images = pending.images;
+        images.truncate(pending.keys.len() * self.transform.output_len());
+        let batch = Batch {
+            images: BatchImages {
+                values: images,
+                pool: Some(Arc::clone(&self.pool)),
+            },
+            tokens: pending.tokens,
+            captions: pending.captions,
+            labels: pending.labels,
+            keys: pending.keys,
             epoch: state.epoch,
             image_size: self.cfg.image_size,
             context_length,
         };
-        for sample in samples {
-            batch.images.extend_from_slice(&sample.image);
-            if let Some(tokenizer) = &self.tokenizer {
-                batch
-                    .tokens
-                    .extend(tokenizer.tokenize(&sample.captions.join("\n"), context_length));
-            }
-            batch.captions.push(sample.captions);
-            batch.labels.push(sample.label);
-            batch.keys.push(sample.key);
-        }
         let skips = std::mem::take(&mut state.skips);
         // Only whole batches are sent in resampled mode (it never drains a partial one), so
         // the samples so far are a whole number of batches.
@@ -1263,6 +1447,42 @@ mod tests {
         // Shuffled across shards: keys of one batch come from more than one shard somewhere.
         assert!(batches.iter().any(|b| b.keys.iter().any(|k| k[..2] != b.keys[0][..2])));
         assert_resume_at_every_cut(&cfg, &batches, &states);
+    }
+
+    #[test]
+    fn recycled_batch_buffers_give_the_same_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), true);
+        cfg.batch_size = 3;
+        cfg.threads = 2;
+        cfg.image_size = 8;
+        cfg.context_length = 16;
+        cfg.seed = 4;
+        cfg.shuffle_buffer = 5;
+        let n = 40;
+        // Every batch kept alive: no buffer can come back, each batch has its own.
+        let mut holding = Loader::new(cfg.clone()).unwrap();
+        let kept: Vec<Batch> = holding.by_ref().take(n).collect();
+        assert!(holding.batch_buffers_allocated() >= n as u64);
+        // Each batch dropped once read (a copy kept): the buffers go round, holding stale
+        // values of earlier batches (and of skipped samples) that must all be overwritten.
+        let mut recycling = Loader::new(cfg.clone()).unwrap();
+        let copies: Vec<Batch> = (0..n).map(|_| recycling.next_batch().unwrap().clone()).collect();
+        assert!(copies == kept, "recycled buffers changed the batches");
+        let allocated = recycling.batch_buffers_allocated();
+        assert!(allocated <= 3 * 2 + 2, "{allocated} buffers for {n} batches");
+        // Eval mode ends each thread with a partial batch: shorter, then reused at full size.
+        cfg.train = false;
+        cfg.drop_last = false;
+        let kept: Vec<Batch> = Loader::new(cfg.clone()).unwrap().collect();
+        let mut recycling = Loader::new(cfg).unwrap();
+        let mut copies = Vec::new();
+        while let Some(batch) = recycling.next_batch() {
+            // The copy belongs to no loader; `batch` goes back when this iteration ends.
+            copies.push(batch.clone());
+        }
+        assert!(copies == kept);
+        assert!(kept.iter().any(|b| b.len() < 3));
     }
 
     #[test]

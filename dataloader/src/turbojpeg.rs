@@ -118,14 +118,36 @@ impl TurboDecoder {
         if !matches!(denominator, 1 | 2 | 4 | 8) {
             return Err(format!("unsupported scale 1/{denominator}"));
         }
-        let (width, height) = self.dimensions(jpeg)?;
-        let (scaled_width, scaled_height) = (width.div_ceil(denominator), height.div_ceil(denominator));
+        let dimensions = self.dimensions(jpeg)?;
+        self.decode_scaled_into(jpeg, dimensions, 8 / denominator, pixels)
+    }
+
+    /// Decode to packed RGB at `eighths`/8 scale (1 to 8; libjpeg-turbo's DCT scaling factors
+    /// M/8) into `pixels`, for a JPEG whose header said `(width, height)` (from
+    /// [`Self::dimensions`]). `pixels` is resized to fit and its allocation reused; every
+    /// byte is overwritten on success. Returns the decoded size, the full one times
+    /// `eighths`/8 rounded up (TurboJPEG's `TJSCALED`). Library warnings are errors.
+    pub fn decode_scaled_into(
+        &mut self,
+        jpeg: &[u8],
+        (width, height): (u32, u32),
+        eighths: u32,
+        pixels: &mut Vec<u8>,
+    ) -> Result<(u32, u32), String> {
+        if !(1..=8).contains(&eighths) {
+            return Err(format!("unsupported scale {eighths}/8"));
+        }
+        let scaled = |full: u32| ((u64::from(full) * u64::from(eighths)).div_ceil(8)) as u32;
+        let (scaled_width, scaled_height) = (scaled(width), scaled(height));
         let len = 3 * scaled_width as usize * scaled_height as usize;
-        pixels.clear();
+        // No clear(): bytes already there are overwritten by the decode, so only a grown
+        // tail is zeroed (a full memset per image cost several percent of the loader's time).
         pixels.resize(len, 0);
         // SAFETY: `pixels` holds exactly 3·w·h bytes for the scaled size; TurboJPEG picks the
-        // scaling factor whose output fits the requested width/height, which is exactly
-        // 1/denominator since those sizes are its TJSCALED values; pitch 0 means packed rows.
+        // largest scaling factor whose output fits the requested width/height, which is
+        // exactly eighths/8 since those sizes are its TJSCALED values and every factor M/8
+        // is offered (the header is read again from these same bytes); pitch 0 means packed
+        // rows.
         let status = unsafe {
             tjDecompress2(
                 self.handle,

@@ -174,7 +174,7 @@ fn shard_round_trip_keeps_bytes_captions_labels_keys() {
     // against a full decode).
     let transform = ImageTransform::eval(8);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let images: Vec<f32> = batches.iter().flat_map(|b| b.images.clone()).collect();
+    let images: Vec<f32> = batches.iter().flat_map(|b| b.images.iter().copied()).collect();
     for (i, original) in originals.iter().enumerate() {
         let expected = transform
             .decode_and_apply(original, DEFAULT_MAX_PIXELS, &mut rng)

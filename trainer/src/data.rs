@@ -131,7 +131,9 @@ pub fn caption_source(spec: &str) -> CaptionSource {
 }
 
 impl TrainLoader {
-    /// The next batch as tensors. Errors when the shards yield no usable sample at all.
+    /// The next batch as tensors, the images wrapping the loader's buffer without a copy (see
+    /// [`TensorBatch`] for how long tensors sharing it may live). Errors when the shards yield
+    /// no usable sample at all.
     pub fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
         let batch = self.loader.next_batch().ok_or_else(|| {
             TrainError::Data(format!(
@@ -139,10 +141,11 @@ impl TrainLoader {
                 self.loader.skip_counts().to_json()
             ))
         })?;
-        Ok(TensorBatch::from_flat(
-            &batch.images,
+        let size = batch.len();
+        Ok(TensorBatch::from_loader(
+            batch.images,
             &batch.tokens,
-            batch.len(),
+            size,
             self.image_size,
             batch.epoch,
         ))
@@ -217,6 +220,32 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn loader_batches_become_tensors_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shards(dir.path(), 8, 8);
+        let cfg = data_config(&dir.path().display().to_string());
+        let mut loader = train_loader(&cfg, &nano(), 1, 0, 1, None).unwrap();
+        let size = nano().vision.image_size as i64;
+        for _ in 0..6 {
+            let batch = loader.next_batch().unwrap();
+            assert!(batch.wraps_loader_buffer());
+            assert_eq!(batch.images.size(), [2, 3, size, size]);
+            // A copy outlives the batch (whose buffer goes back to the loader for reuse).
+            let kept = batch.images.copy();
+            let values = Vec::<f32>::try_from(batch.images.flatten(0, -1)).unwrap();
+            drop(batch);
+            assert_eq!(Vec::<f32>::try_from(kept.flatten(0, -1)).unwrap(), values);
+        }
+        // The same values as the copying constructor gives.
+        let values: Vec<f32> = (0..2 * 3 * 4 * 4).map(|i| i as f32 * 0.5).collect();
+        let wrapped = TensorBatch::from_loader(values.clone().into(), &[1, 2, 3, 4], 2, 4, 0);
+        let copied = TensorBatch::from_flat(&values, &[1, 2, 3, 4], 2, 4, 0);
+        assert!(wrapped.images.equal(&copied.images));
+        assert!(wrapped.tokens.equal(&copied.tokens));
+        assert!(!copied.wraps_loader_buffer());
     }
 
     #[test]

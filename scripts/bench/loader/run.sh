@@ -22,6 +22,8 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc
 echo "## raw decode, one core"
 $bench raw "${shards[@]}" 2>/dev/null
 $py scripts/bench/loader/python_peer.py raw "${shards[@]}"
+echo "## reduced-scale JPEG decode (JpegDraft), one core: decode+crop+normalize per draft mode, pixel difference, raw decode at M/8"
+$bench draft "${shards[@]}" 2>/dev/null
 echo "## resize only, one core"
 $bench resize "${shards[@]}" 2>/dev/null
 echo "## full pipeline (decode + RandomResizedCrop 224 + normalize + tokenize + batch 256)"

@@ -339,6 +339,11 @@ fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs:
 }
 
 /// A batch as tensors (images `(B,3,H,W)` f32, tokens `(B,L)` i64).
+///
+/// From the loader ([`TensorBatch::from_loader`]) `images` wraps the loader's buffer, which
+/// this struct owns, without a copy: `images` and every tensor that shares its memory (a
+/// view, or `to_device` onto the CPU, which returns the same storage) must be dropped before
+/// the batch. Copy it (`images.copy()`) to keep it longer. Moving it to a GPU copies.
 pub struct TensorBatch {
     /// Normalised images.
     pub images: Tensor,
@@ -348,10 +353,13 @@ pub struct TensorBatch {
     pub size: usize,
     /// Data epoch the batch came from.
     pub epoch: u64,
+    /// The loader buffer `images` points into, when it does; declared after `images` so that
+    /// it is dropped (and handed back to the loader for reuse) after the tensor.
+    images_storage: Option<dataloader::BatchImages>,
 }
 
 impl TensorBatch {
-    /// Wraps the loader's flat buffers (one copy into libtorch-owned memory).
+    /// Copies flat buffers into libtorch-owned tensors.
     pub fn from_flat(images: &[f32], tokens: &[i64], size: usize, image_size: usize, epoch: u64) -> Self {
         let images = Tensor::from_slice(images).view([size as i64, 3, image_size as i64, image_size as i64]);
         let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
@@ -360,6 +368,54 @@ impl TensorBatch {
             tokens,
             size,
             epoch,
+            images_storage: None,
         }
+    }
+
+    /// Wraps a loader batch: the images without a copy (the buffer moves into the returned
+    /// value, see the type's note), the token ids copied (a few hundred KB at most).
+    ///
+    /// Panics if the buffer does not hold `size × 3 × image_size²` values, which the loader
+    /// guarantees (wrapping a shorter buffer would read past its end).
+    pub fn from_loader(
+        mut images: dataloader::BatchImages,
+        tokens: &[i64],
+        size: usize,
+        image_size: usize,
+        epoch: u64,
+    ) -> Self {
+        let dims = [size as i64, 3, image_size as i64, image_size as i64];
+        assert_eq!(
+            images.len(),
+            size * 3 * image_size * image_size,
+            "loader batch of {size} images of {image_size} px"
+        );
+        // SAFETY: the pointer covers exactly the tensor's contiguous f32 elements (checked
+        // above). The allocation does not move when `images` moves into the struct below, and
+        // it outlives the tensor: the struct owns both and drops `images_storage` last;
+        // tensors sharing the storage must not outlive the struct (the type's documented
+        // contract). Nothing else reads or writes the buffer meanwhile.
+        let images_tensor = unsafe {
+            Tensor::from_blob(
+                images.as_mut_ptr() as *const u8,
+                &dims,
+                &[],
+                Kind::Float,
+                tch::Device::Cpu,
+            )
+        };
+        let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
+        Self {
+            images: images_tensor,
+            tokens,
+            size,
+            epoch,
+            images_storage: Some(images),
+        }
+    }
+
+    /// Whether `images` wraps the loader's buffer (no copy was made).
+    pub fn wraps_loader_buffer(&self) -> bool {
+        self.images_storage.is_some()
     }
 }
