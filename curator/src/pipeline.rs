@@ -237,7 +237,9 @@ pub fn run_pipeline(
             .zip(&tallies)
             .filter_map(|(s, t)| s.stage.plot(t))
             .collect();
+        let plot_started = Instant::now();
         crate::plot::write_report_png(&output.join(REPORT_PNG), &funnel, &panels)?;
+        tracing::info!(seconds = plot_started.elapsed().as_secs_f64(), "{REPORT_PNG} written");
     }
     Ok(report)
 }

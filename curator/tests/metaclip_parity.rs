@@ -1,8 +1,9 @@
 //! Parity of the Aho–Corasick matcher with MetaCLIP's substring rule:
 //! (1) against the sets computed by the Python oracle in
 //!     scripts/reference/make_metaclip_matching_fixture.py (committed fixture);
-//! (2) against a plain Rust restatement of the rule on 10,000 generated captions.
-use curator::metaclip::{spaced_text, Matcher, Metadata};
+//! (2) against a plain Rust restatement of the rule, and against the Aho–Corasick
+//!     formulation, on 10,000 generated captions.
+use curator::metaclip::{spaced_text, AhoCorasickMatcher, AutomatonKind, Matcher, Metadata};
 use curator::SampleRng;
 
 #[derive(serde::Deserialize)]
@@ -49,6 +50,8 @@ fn matches_plain_oracle_on_10000_generated_captions() {
     let fx = fixture();
     let matcher = matcher(&fx);
     let padded: Vec<String> = fx.entries.iter().map(|e| format!(" {e} ")).collect();
+    let metadata = Metadata::from_entries(fx.entries.iter().cloned());
+    let aho_corasick = AhoCorasickMatcher::new(&metadata, AutomatonKind::Auto).unwrap();
     let mut with_matches = 0;
     for i in 0..10_000u64 {
         let rng = SampleRng::new(99, &i.to_string());
@@ -65,6 +68,7 @@ fn matches_plain_oracle_on_10000_generated_captions() {
             .collect();
         let got = matcher.matched(&text);
         assert_eq!(got, oracle, "text {text:?}");
+        assert_eq!(aho_corasick.matched(&text), oracle, "Aho–Corasick, text {text:?}");
         with_matches += usize::from(!got.is_empty());
     }
     assert!(with_matches > 5_000, "{with_matches}");

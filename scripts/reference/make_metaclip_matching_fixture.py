@@ -10,7 +10,7 @@ fixed seed, each with the entries MetaCLIP's substring rule matches. The oracle 
 restates that rule plainly: pad the text with spaces, put spaces around , . ; : ? ! and the
 backtick, turn tab/newline/carriage return into spaces, and an entry matches when
 " entry " is a substring (case-sensitive). curator/src/metaclip/matcher.rs must give the
-same sets through its Aho-Corasick automaton.
+same sets (its token trie, and the Aho-Corasick matcher kept beside it for comparison).
 """
 import json
 import random

@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::error::CurateError;
 use crate::stage::{Decision, SampleRng, Stage, StagePlot};
-pub use matcher::{spaced_text, MatchScratch, Matcher};
+pub use matcher::{spaced_text, AhoCorasickMatcher, AutomatonKind, MatchScratch, Matcher};
 pub use metadata::{Metadata, DEFAULT_WORDNET_DIR};
 
 /// MetaCLIP's default balancing threshold (pairs per entry).
