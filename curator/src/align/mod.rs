@@ -185,12 +185,7 @@ impl AlignConfig {
             field: format!("{at}.{field}"),
             reason: reason.into(),
         };
-        if self.caption_member.is_empty() || self.caption_member.contains('.') {
-            return Err(bad("caption_member", "must be a member extension such as \"txt\""));
-        }
-        if self.max_caption_bytes == 0 {
-            return Err(bad("max_caption_bytes", "must be at least 1"));
-        }
+        crate::config::validate_caption_fields(at, &self.caption_member, self.max_caption_bytes)?;
         if self.max_pixels == 0 {
             return Err(bad("max_pixels", "must be at least 1"));
         }

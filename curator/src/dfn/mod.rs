@@ -56,7 +56,7 @@ pub struct DfnConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Extension of the member holding the caption that is scored (its first line).
-    #[serde(default = "default_caption_member")]
+    #[serde(default = "crate::config::default_caption_member")]
     pub caption_member: String,
     /// Device of the filtering model: `cpu`, `cuda`, `cuda:N` (default: cuda if available).
     #[serde(default)]
@@ -65,10 +65,6 @@ pub struct DfnConfig {
 
 fn default_batch_size() -> usize {
     256
-}
-
-fn default_caption_member() -> String {
-    "txt".into()
 }
 
 impl Default for DfnConfig {
@@ -80,7 +76,7 @@ impl Default for DfnConfig {
             checkpoint: None,
             scores: None,
             batch_size: default_batch_size(),
-            caption_member: default_caption_member(),
+            caption_member: crate::config::default_caption_member(),
             device: None,
         }
     }

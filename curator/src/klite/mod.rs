@@ -20,7 +20,7 @@ use dataloader::RawSample;
 use serde::Deserialize;
 
 use crate::error::CurateError;
-use crate::metaclip::{DEFAULT_MAX_CAPTION_BYTES, DEFAULT_WORDNET_DIR};
+use crate::metaclip::DEFAULT_MAX_CAPTION_BYTES;
 use crate::stage::{Decision, SampleRng, Stage, StagePlot};
 pub use gloss::{words, GlossDictionary};
 
@@ -60,27 +60,18 @@ pub struct KliteConfig {
     #[serde(default)]
     pub seed: u64,
     /// Folder of the WordNet database (`index.noun`, `data.noun`, `noun.exc`).
-    #[serde(default = "default_wordnet_dir")]
+    #[serde(default = "crate::config::default_wordnet_dir")]
     pub wordnet_dir: PathBuf,
     /// Extension of the member holding the text (rewritten in place).
-    #[serde(default = "default_caption_member")]
+    #[serde(default = "crate::config::default_caption_member")]
     pub caption_member: String,
     /// Longer texts are dropped (`caption_too_long`).
-    #[serde(default = "default_max_caption_bytes")]
+    #[serde(default = "crate::config::default_max_caption_bytes")]
     pub max_caption_bytes: usize,
 }
 
 fn default_probability() -> f64 {
     DEFAULT_PROBABILITY
-}
-fn default_wordnet_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_WORDNET_DIR)
-}
-fn default_caption_member() -> String {
-    "txt".into()
-}
-fn default_max_caption_bytes() -> usize {
-    DEFAULT_MAX_CAPTION_BYTES
 }
 
 impl Default for KliteConfig {
@@ -89,8 +80,8 @@ impl Default for KliteConfig {
             name: None,
             probability: DEFAULT_PROBABILITY,
             seed: 0,
-            wordnet_dir: default_wordnet_dir(),
-            caption_member: default_caption_member(),
+            wordnet_dir: crate::config::default_wordnet_dir(),
+            caption_member: crate::config::default_caption_member(),
             max_caption_bytes: DEFAULT_MAX_CAPTION_BYTES,
         }
     }
@@ -106,12 +97,7 @@ impl KliteConfig {
         if !(0.0..=1.0).contains(&self.probability) {
             return Err(bad("probability", "must be between 0 and 1"));
         }
-        if self.caption_member.is_empty() || self.caption_member.contains('.') {
-            return Err(bad("caption_member", "must be a member extension such as \"txt\""));
-        }
-        if self.max_caption_bytes == 0 {
-            return Err(bad("max_caption_bytes", "must be at least 1"));
-        }
+        crate::config::validate_caption_fields(at, &self.caption_member, self.max_caption_bytes)?;
         Ok(())
     }
 }
@@ -472,7 +458,7 @@ mod tests {
     fn config_defaults_and_validation() {
         let cfg: KliteConfig = toml::from_str("seed = 3").unwrap();
         assert_eq!(cfg.probability, DEFAULT_PROBABILITY);
-        assert_eq!(cfg.wordnet_dir, PathBuf::from(DEFAULT_WORDNET_DIR));
+        assert_eq!(cfg.wordnet_dir, PathBuf::from(crate::metaclip::DEFAULT_WORDNET_DIR));
         let err = toml::from_str::<KliteConfig>("prob = 1").unwrap_err().to_string();
         assert!(err.contains("prob"), "{err}");
         let too_big = KliteConfig {

@@ -62,7 +62,7 @@ pub struct MetaclipConfig {
     #[serde(default = "default_true")]
     pub wordnet: bool,
     /// Folder of the WordNet database (`data.noun`, ...).
-    #[serde(default = "default_wordnet_dir")]
+    #[serde(default = "crate::config::default_wordnet_dir")]
     pub wordnet_dir: PathBuf,
     /// Include the entries `0`..`99`, as MetaCLIP's metadata does.
     #[serde(default = "default_true")]
@@ -72,10 +72,10 @@ pub struct MetaclipConfig {
     #[serde(default)]
     pub entry_files: Vec<PathBuf>,
     /// Extension of the member holding the text.
-    #[serde(default = "default_caption_member")]
+    #[serde(default = "crate::config::default_caption_member")]
     pub caption_member: String,
     /// Longer texts are dropped (`caption_too_long`).
-    #[serde(default = "default_max_caption_bytes")]
+    #[serde(default = "crate::config::default_max_caption_bytes")]
     pub max_caption_bytes: usize,
 }
 
@@ -85,15 +85,6 @@ fn default_t() -> u64 {
 fn default_true() -> bool {
     true
 }
-fn default_wordnet_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_WORDNET_DIR)
-}
-fn default_caption_member() -> String {
-    "txt".into()
-}
-fn default_max_caption_bytes() -> usize {
-    DEFAULT_MAX_CAPTION_BYTES
-}
 
 impl Default for MetaclipConfig {
     fn default() -> Self {
@@ -102,10 +93,10 @@ impl Default for MetaclipConfig {
             t: DEFAULT_T,
             seed: 0,
             wordnet: true,
-            wordnet_dir: default_wordnet_dir(),
+            wordnet_dir: crate::config::default_wordnet_dir(),
             numbers: true,
             entry_files: Vec::new(),
-            caption_member: default_caption_member(),
+            caption_member: crate::config::default_caption_member(),
             max_caption_bytes: DEFAULT_MAX_CAPTION_BYTES,
         }
     }
@@ -121,12 +112,7 @@ impl MetaclipConfig {
         if self.t == 0 {
             return Err(bad("t", "must be at least 1"));
         }
-        if self.caption_member.is_empty() || self.caption_member.contains('.') {
-            return Err(bad("caption_member", "must be a member extension such as \"txt\""));
-        }
-        if self.max_caption_bytes == 0 {
-            return Err(bad("max_caption_bytes", "must be at least 1"));
-        }
+        crate::config::validate_caption_fields(at, &self.caption_member, self.max_caption_bytes)?;
         if !self.wordnet && !self.numbers && self.entry_files.is_empty() {
             return Err(bad(
                 "entry_files",
