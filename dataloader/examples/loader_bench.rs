@@ -4,6 +4,8 @@
 //! cargo run --release -p dataloader --example loader_bench -- MODE SHARD...
 //!   loader N    the Loader, N decode threads, train transform (RandomResizedCrop 224),
 //!               normalise, tokenize (context 77), batches of 256, one pass over the samples
+//!   loader_u8 N the same with `PixelOutput::RawU8`: u8 CHW batches, no normalisation (it
+//!               moves to the device, see scripts/bench/loader/device_normalize_cost.py)
 //!   fused       one thread, no Loader: ImageTransform::decode_and_apply (reduced-scale JPEG
 //!               decode where it applies) + tokenize, per sample
 //!   raw         one thread: full-size JPEG decode to RGB of every image, libjpeg-turbo
@@ -21,7 +23,7 @@ use std::time::Instant;
 
 use dataloader::imaging::JpegDraft;
 use dataloader::imaging::{decode_rgb_with_image_crate, RandomResizedCrop};
-use dataloader::{decode_rgb, ImageTransform, Loader, LoaderConfig, Tokenizer, DEFAULT_MAX_PIXELS};
+use dataloader::{decode_rgb, ImageTransform, Loader, LoaderConfig, PixelOutput, Tokenizer, DEFAULT_MAX_PIXELS};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -31,12 +33,12 @@ const CONTEXT_LENGTH: usize = 77;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loader_bench (loader N | fused | raw | draft | resize) SHARD...";
+    let usage = "usage: loader_bench (loader N | loader_u8 N | fused | raw | draft | resize) SHARD...";
     let Some(mode) = args.first() else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
-    let (threads, shard_args) = if mode == "loader" {
+    let (threads, shard_args) = if mode == "loader" || mode == "loader_u8" {
         let threads = args.get(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| {
             eprintln!("{usage}");
             std::process::exit(2)
@@ -51,7 +53,8 @@ fn main() {
         std::process::exit(2);
     }
     match mode.as_str() {
-        "loader" => bench_loader(shards, threads),
+        "loader" => bench_loader(shards, threads, PixelOutput::NormalizedF32),
+        "loader_u8" => bench_loader(shards, threads, PixelOutput::RawU8),
         "fused" => bench_fused(&read_samples(&shards)),
         "raw" => bench_raw(&read_samples(&shards)),
         "draft" => bench_draft(&read_samples(&shards)),
@@ -125,8 +128,9 @@ fn report(name: &str, threads: usize, images: usize, seconds: f64, cpu_s: f64) {
     );
 }
 
-fn bench_loader(shards: Vec<PathBuf>, threads: usize) {
+fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput) {
     let mut cfg = LoaderConfig::new(shards.clone(), true);
+    cfg.pixel_output = pixel_output;
     cfg.threads = threads;
     cfg.batch_size = BATCH_SIZE;
     cfg.image_size = IMAGE_SIZE;
@@ -146,10 +150,17 @@ fn bench_loader(shards: Vec<PathBuf>, threads: usize) {
     let mut checksum = 0.0f64;
     for batch in loader.by_ref().take(batches) {
         images += batch.len();
-        checksum += f64::from(batch.images[0]) + batch.tokens[1] as f64;
+        let first_value = match pixel_output {
+            PixelOutput::NormalizedF32 => f64::from(batch.images[0]),
+            PixelOutput::RawU8 => f64::from(batch.images_u8[0]),
+        };
+        checksum += first_value + batch.tokens[1] as f64;
     }
     report(
-        "ferroclip_loader",
+        match pixel_output {
+            PixelOutput::NormalizedF32 => "ferroclip_loader",
+            PixelOutput::RawU8 => "ferroclip_loader_u8_no_normalize",
+        },
         threads,
         images,
         start.elapsed().as_secs_f64(),

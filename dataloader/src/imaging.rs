@@ -2,7 +2,7 @@
 //!
 //! Train: `RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(3/4, 4/3), bicubic)`, to float,
 //! CLIP normalisation. Eval: bicubic resize of the shorter side to `size`, center crop, the
-//! same normalisation. Output is f32 CHW. The crop parameters follow torchvision's
+//! same normalisation. Output is f32 CHW, or u8 CHW before normalisation ([`OutputPixel`]). The crop parameters follow torchvision's
 //! `RandomResizedCrop.get_params` and `CenterCrop` rounding; random draws come from the
 //! caller's RNG, so they differ from torch's but are reproducible.
 //!
@@ -224,7 +224,8 @@ pub fn to_rgb_over_white(image: DynamicImage) -> RgbImage {
     rgb
 }
 
-/// open_clip's image transform for one mode, producing f32 CHW tensors of `size`×`size`.
+/// open_clip's image transform for one mode, producing CHW images of `size`×`size`: f32
+/// normalised, or the u8 levels before normalisation ([`OutputPixel`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageTransform {
     /// Output side length.
@@ -351,14 +352,17 @@ impl ImageTransform {
         }
     }
 
-    /// Number of f32 values one output image has (3·size·size).
+    /// Number of values (f32 or u8) one output image has (3·size·size).
     pub fn output_len(&self) -> usize {
         3 * self.size as usize * self.size as usize
     }
 
     /// Transform `image` and write the normalised CHW result into `out`
     /// (length [`Self::output_len`]). The RNG is only used by the train transform.
-    pub fn apply_into<R: Rng + ?Sized>(&self, image: &RgbImage, rng: &mut R, out: &mut [f32]) {
+    ///
+    /// `out` is f32 (CLIP-normalised) or u8 (the resized 8-bit levels, planar), see
+    /// [`OutputPixel`].
+    pub fn apply_into<R: Rng + ?Sized, P: OutputPixel>(&self, image: &RgbImage, rng: &mut R, out: &mut [P]) {
         let region = self.source_region(image.width(), image.height(), rng);
         with_workspace(|workspace| {
             resample_region(
@@ -370,7 +374,7 @@ impl ImageTransform {
                 &mut workspace.resizer,
                 &mut workspace.resized,
             );
-            normalize_hwc_into(&workspace.resized, out);
+            P::write_chw(&workspace.resized, out);
         });
     }
 
@@ -385,13 +389,14 @@ impl ImageTransform {
     ///
     /// The same result as [`decode_rgb`] then [`Self::apply_into`] (same crop, same RNG
     /// draws), except that a JPEG may be decoded below full size first, as
-    /// [`Self::jpeg_draft`] allows; the crop is then mapped onto the smaller image.
-    pub fn decode_and_apply_into<R: Rng + ?Sized>(
+    /// [`Self::jpeg_draft`] allows; the crop is then mapped onto the smaller image. `out` is
+    /// f32 (CLIP-normalised) or u8 (the 8-bit levels before normalisation), see [`OutputPixel`].
+    pub fn decode_and_apply_into<R: Rng + ?Sized, P: OutputPixel>(
         &self,
         bytes: &[u8],
         max_pixels: u64,
         rng: &mut R,
-        out: &mut [f32],
+        out: &mut [P],
     ) -> Result<(), DecodeError> {
         if bytes.is_empty() {
             return Err(DecodeError::empty());
@@ -426,7 +431,7 @@ impl ImageTransform {
                             &mut workspace.resizer,
                             &mut workspace.resized,
                         );
-                        normalize_hwc_into(&workspace.resized, out);
+                        P::write_chw(&workspace.resized, out);
                     });
                     return Ok(());
                 }
@@ -450,13 +455,13 @@ impl ImageTransform {
     }
 
     #[cfg(feature = "turbojpeg")]
-    fn turbo_decode_and_apply<R: Rng + ?Sized>(
+    fn turbo_decode_and_apply<R: Rng + ?Sized, P: OutputPixel>(
         &self,
         workspace: &mut Workspace,
         bytes: &[u8],
         max_pixels: u64,
         rng: &mut R,
-        out: &mut [f32],
+        out: &mut [P],
     ) -> TurboOutcome {
         let Some(decoder) = turbo_decoder(&mut workspace.turbo) else {
             return TurboOutcome::NotHandled;
@@ -483,7 +488,7 @@ impl ImageTransform {
             &mut workspace.resizer,
             &mut workspace.resized,
         );
-        normalize_hwc_into(&workspace.resized, out);
+        P::write_chw(&workspace.resized, out);
         TurboOutcome::Done
     }
 
@@ -590,6 +595,36 @@ fn normalization_table() -> &'static [[f32; 256]; 3] {
         }
         table
     })
+}
+
+/// The pixel type a transform writes: `f32` for CLIP-normalised values, or `u8` for the
+/// resized 8-bit levels, left for the consumer to normalise (e.g. on the GPU, after a
+/// transfer of a quarter of the bytes). Both are planar CHW, 3 × size × size values.
+pub trait OutputPixel: Copy + Default + Send + Sync + 'static {
+    /// Packed 8-bit RGB (HWC) → CHW planes of this type into `out` (3 × pixels long).
+    fn write_chw(rgb: &[u8], out: &mut [Self]);
+}
+
+impl OutputPixel for f32 {
+    /// `(v / 255 − mean) / std` per channel (CLIP mean/std), computed in f32.
+    fn write_chw(rgb: &[u8], out: &mut [f32]) {
+        normalize_hwc_into(rgb, out);
+    }
+}
+
+impl OutputPixel for u8 {
+    /// The levels as they are, only reordered from HWC to CHW.
+    fn write_chw(rgb: &[u8], out: &mut [u8]) {
+        let plane = rgb.len() / 3;
+        assert_eq!(out.len(), 3 * plane, "output buffer length");
+        let (red, rest) = out.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        for (((pixel, r), g), b) in rgb.chunks_exact(3).zip(red).zip(green).zip(blue) {
+            *r = pixel[0];
+            *g = pixel[1];
+            *b = pixel[2];
+        }
+    }
 }
 
 /// Packed 8-bit RGB (HWC) → normalised f32 CHW into `out` (3 × pixels long).
@@ -723,6 +758,40 @@ mod tests {
         assert_eq!(rgb.dimensions(), (16, 8));
         let p = rgb.get_pixel(5, 5).0;
         assert!((i32::from(p[0]) - 200).abs() <= 3, "{p:?}");
+    }
+
+    #[test]
+    fn u8_output_is_the_f32_output_before_normalisation() {
+        // A JPEG (the libjpeg-turbo reduced-scale path) and a PNG (the generic path), train and
+        // eval transforms: the same crop, the u8 levels normalise to the f32 values exactly.
+        let image = RgbImage::from_fn(96, 64, |x, y| Rgb([(x * 5) as u8, (y * 3 + x) as u8, (x ^ y) as u8]));
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(image.clone())
+            .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
+        let png = encode_png(DynamicImage::ImageRgb8(image));
+        for transform in [ImageTransform::train(16), ImageTransform::eval(16)] {
+            for bytes in [&jpeg, &png] {
+                let mut as_f32 = vec![0f32; transform.output_len()];
+                let mut as_u8 = vec![0u8; transform.output_len()];
+                let mut rng = ChaCha8Rng::seed_from_u64(9);
+                transform
+                    .decode_and_apply_into(bytes, DEFAULT_MAX_PIXELS, &mut rng, &mut as_f32)
+                    .unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(9);
+                transform
+                    .decode_and_apply_into(bytes, DEFAULT_MAX_PIXELS, &mut rng, &mut as_u8)
+                    .unwrap();
+                let plane = 16 * 16;
+                let normalised: Vec<f32> = as_u8
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (f32::from(v) / 255.0 - CLIP_MEAN[i / plane]) / CLIP_STD[i / plane])
+                    .collect();
+                assert_eq!(normalised, as_f32);
+                assert!(as_u8.iter().any(|&v| v != as_u8[0]), "a flat image tests nothing");
+            }
+        }
     }
 
     #[test]

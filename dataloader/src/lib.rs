@@ -4,7 +4,8 @@
 //! - [`Loader`] (from a [`LoaderConfig`]): background threads read webdataset tars
 //!   ([`tar_reader`]), decode and transform images ([`imaging`]), tokenize captions
 //!   ([`Tokenizer`]) and yield [`Batch`]es of flat buffers (each image decoded straight into
-//!   its slot of the batch; [`BatchImages`] go back to the loader for reuse when dropped); it
+//!   its slot of the batch; [`BatchImages`] go back to the loader for reuse when dropped;
+//!   [`PixelOutput::RawU8`] gives u8 levels for normalisation on the device); it
 //!   is an `Iterator<Item = Batch>`,
 //!   and [`Loader::skip_counts`] tells what bad data was skipped, by [`SkipReason`].
 //!   [`Loader::state`] gives its exact position ([`LoaderState`], serde) after any batch;
@@ -65,8 +66,10 @@ pub mod writer;
 
 pub use error::{DataError, SkipCounts, SkipReason};
 pub use image_rewrite::{ImageRewrite, ReencodeSpec, RewrittenImage};
-pub use imaging::{decode_rgb, ImageTransform, JpegDraft, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
-pub use loader::{virtual_epoch_batches, Batch, BatchImages, CaptionSource, Loader, LoaderConfig, Sampling};
+pub use imaging::{decode_rgb, ImageTransform, JpegDraft, OutputPixel, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
+pub use loader::{
+    virtual_epoch_batches, Batch, BatchImages, CaptionSource, Loader, LoaderConfig, PixelOutput, Sampling,
+};
 pub use manifest::{read_manifest, read_manifest_with, row_count_hint, ManifestColumns, ManifestRow, RowSkip};
 pub use position::LoaderState;
 pub use shard_source::{open_shard, ShardKind, ShardOpenError, ShardStream};

@@ -27,7 +27,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{DataError, SkipCounts, SkipReason};
-use crate::imaging::{ImageTransform, DEFAULT_MAX_PIXELS};
+use crate::imaging::{ImageTransform, OutputPixel, DEFAULT_MAX_PIXELS};
 use crate::position::{skips_by_name, ConfigFingerprint, LoaderState, SampleRef, ThreadCursor, ThreadPosition};
 use crate::shard_spec::ShardSource;
 use crate::tar_reader::{for_each_sample_at, read_samples_at, RawSample, TarSkip};
@@ -76,6 +76,18 @@ pub fn virtual_epoch_batches(epoch_samples: u64, batch_size: usize, world_size: 
     epoch_samples.div_ceil(global_batch).max(1)
 }
 
+/// What a batch's image values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PixelOutput {
+    /// f32 CHW, CLIP-normalised, in [`Batch::images`] (the default).
+    #[default]
+    NormalizedF32,
+    /// u8 CHW, the resized 8-bit levels before normalisation, in [`Batch::images_u8`]; the
+    /// consumer normalises (`(v / 255 − mean) / std`, e.g. on the GPU after a transfer of a
+    /// quarter of the bytes). The same samples, crops and order as `NormalizedF32`.
+    RawU8,
+}
+
 /// What the loader reads and how it batches. Build with [`LoaderConfig::new`] (or
 /// [`LoaderConfig::resampled`]) and adjust fields.
 #[derive(Debug, Clone)]
@@ -105,6 +117,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Images with more pixels are skipped as `image_too_large`.
     pub max_pixels: u64,
+    /// f32 normalised images (default) or u8 levels; does not change which samples come, so
+    /// a loader may resume with the other setting.
+    pub pixel_output: PixelOutput,
 }
 
 impl LoaderConfig {
@@ -125,6 +140,7 @@ impl LoaderConfig {
             shuffle_buffer: if train { 1000 } else { 0 },
             drop_last: train,
             max_pixels: DEFAULT_MAX_PIXELS,
+            pixel_output: PixelOutput::NormalizedF32,
         }
     }
 
@@ -213,7 +229,11 @@ impl LoaderConfig {
 pub struct Batch {
     /// `B × 3 × image_size × image_size`, contiguous CHW per image, CLIP-normalised. Derefs
     /// to `[f32]`; its allocation goes back to the loader for a later batch when dropped.
+    /// Empty under [`PixelOutput::RawU8`].
     pub images: BatchImages,
+    /// The same layout as `images`, the 8-bit levels before normalisation, under
+    /// [`PixelOutput::RawU8`] (recycled the same way); empty otherwise.
+    pub images_u8: BatchImages<u8>,
     /// `B × context_length` token ids (empty when `context_length` is 0). Each row is the
     /// tokenized caption text: all captions joined by newlines, which the tokenizer's
     /// whitespace cleaning turns into spaces — open_clip's treatment of a `.txt`.
@@ -244,68 +264,76 @@ impl Batch {
     }
 }
 
-/// The image values of a [`Batch`]: a `Vec<f32>` that, when dropped, goes back to the
-/// [`Loader`] it came from for a later batch, so a running loader allocates (and the OS
-/// zero-fills) its batch buffers once instead of once per batch. Derefs to `[f32]`;
-/// [`BatchImages::into_vec`] takes the plain vector out (it is then not recycled).
-pub struct BatchImages {
-    values: Vec<f32>,
-    pool: Option<Arc<BufferPool>>,
+/// The image values of a [`Batch`]: a `Vec<T>` (`f32` normalised, or `u8` levels) that,
+/// when dropped, goes back to the [`Loader`] it came from for a later batch, so a running
+/// loader allocates (and the OS zero-fills) its batch buffers once instead of once per batch.
+/// Derefs to `[T]`; [`BatchImages::into_vec`] takes the plain vector out (it is then not
+/// recycled).
+pub struct BatchImages<T: OutputPixel = f32> {
+    values: Vec<T>,
+    pool: Option<Arc<BufferPool<T>>>,
 }
 
-impl BatchImages {
+impl<T: OutputPixel> BatchImages<T> {
     /// The values as a plain vector, no longer recycled.
-    pub fn into_vec(mut self) -> Vec<f32> {
+    pub fn into_vec(mut self) -> Vec<T> {
         std::mem::take(&mut self.values)
     }
 }
 
-impl From<Vec<f32>> for BatchImages {
+impl<T: OutputPixel> From<Vec<T>> for BatchImages<T> {
     /// Values that belong to no loader (dropped normally).
-    fn from(values: Vec<f32>) -> Self {
+    fn from(values: Vec<T>) -> Self {
         Self { values, pool: None }
     }
 }
 
-impl std::ops::Deref for BatchImages {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T: OutputPixel> Default for BatchImages<T> {
+    /// No values.
+    fn default() -> Self {
+        Self::from(Vec::new())
+    }
+}
+
+impl<T: OutputPixel> std::ops::Deref for BatchImages<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         &self.values
     }
 }
 
-impl std::ops::DerefMut for BatchImages {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: OutputPixel> std::ops::DerefMut for BatchImages<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         &mut self.values
     }
 }
 
-impl AsRef<[f32]> for BatchImages {
-    fn as_ref(&self) -> &[f32] {
+impl<T: OutputPixel> AsRef<[T]> for BatchImages<T> {
+    fn as_ref(&self) -> &[T] {
         &self.values
     }
 }
 
-impl Clone for BatchImages {
+impl<T: OutputPixel> Clone for BatchImages<T> {
     /// A copy that belongs to no loader.
     fn clone(&self) -> Self {
         Self::from(self.values.clone())
     }
 }
 
-impl PartialEq for BatchImages {
+impl<T: OutputPixel + PartialEq> PartialEq for BatchImages<T> {
     fn eq(&self, other: &Self) -> bool {
         self.values == other.values
     }
 }
 
-impl std::fmt::Debug for BatchImages {
+impl<T: OutputPixel + std::fmt::Debug> std::fmt::Debug for BatchImages<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.values.fmt(f)
     }
 }
 
-impl Drop for BatchImages {
+impl<T: OutputPixel> Drop for BatchImages<T> {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
             pool.give_back(std::mem::take(&mut self.values));
@@ -314,8 +342,8 @@ impl Drop for BatchImages {
 }
 
 /// Batch image buffers handed back by dropped [`BatchImages`], for the workers to fill again.
-struct BufferPool {
-    free: Mutex<Vec<Vec<f32>>>,
+struct BufferPool<T> {
+    free: Mutex<Vec<Vec<T>>>,
     /// Buffers allocated so far (not recycled).
     allocated: AtomicU64,
     /// At most this many are kept: as many as can be alive at once (queued, being built,
@@ -324,7 +352,7 @@ struct BufferPool {
     capacity: usize,
 }
 
-impl BufferPool {
+impl<T: OutputPixel> BufferPool<T> {
     fn new(threads: usize) -> Self {
         Self {
             free: Mutex::new(Vec::new()),
@@ -333,7 +361,7 @@ impl BufferPool {
         }
     }
 
-    fn give_back(&self, buffer: Vec<f32>) {
+    fn give_back(&self, buffer: Vec<T>) {
         if buffer.capacity() == 0 {
             return;
         }
@@ -346,16 +374,16 @@ impl BufferPool {
 
     /// A buffer of `len` values: a recycled one (its old values left in place, to be
     /// overwritten) or a new zeroed one.
-    fn take(&self, len: usize) -> Vec<f32> {
+    fn take(&self, len: usize) -> Vec<T> {
         let recycled = self.free.lock().ok().and_then(|mut free| free.pop());
         match recycled {
             Some(mut buffer) => {
-                buffer.resize(len, 0.0);
+                buffer.resize(len, T::default());
                 buffer
             }
             None => {
                 self.allocated.fetch_add(1, Ordering::Relaxed);
-                vec![0.0; len]
+                vec![T::default(); len]
             }
         }
     }
@@ -442,15 +470,15 @@ pub fn decode_sample<R: Rng + ?Sized>(
 }
 
 /// [`decode_sample`] writing the image into `image` (length
-/// [`ImageTransform::output_len`]) and returning the captions and label; on a skip, `image`
-/// holds unspecified values.
-pub fn decode_sample_into<R: Rng + ?Sized>(
+/// [`ImageTransform::output_len`]; f32 normalised or u8 levels, see [`OutputPixel`]) and
+/// returning the captions and label; on a skip, `image` holds unspecified values.
+pub fn decode_sample_into<R: Rng + ?Sized, P: OutputPixel>(
     raw: &RawSample,
     caption: &CaptionSource,
     transform: &ImageTransform,
     max_pixels: u64,
     rng: &mut R,
-    image: &mut [f32],
+    image: &mut [P],
 ) -> Result<(Vec<String>, Option<i64>), SkipReason> {
     let captions = captions_of(raw, caption)?;
     let label = label_of(raw)?;
@@ -619,7 +647,9 @@ pub struct Loader {
     /// Samples the workers tried to decode.
     decode_attempts: Arc<AtomicU64>,
     /// Batch image buffers, recycled.
-    pool: Arc<BufferPool>,
+    pool: Arc<BufferPool<f32>>,
+    /// The same for u8 batches ([`PixelOutput::RawU8`]).
+    pool_u8: Arc<BufferPool<u8>>,
 }
 
 impl Loader {
@@ -688,6 +718,7 @@ impl Loader {
         let warned = Arc::new(Mutex::new(HashSet::new()));
         let decode_attempts = Arc::new(AtomicU64::new(0));
         let pool = Arc::new(BufferPool::new(threads));
+        let pool_u8 = Arc::new(BufferPool::new(threads));
         let transform = if cfg.train {
             ImageTransform::train(cfg.image_size)
         } else {
@@ -714,6 +745,7 @@ impl Loader {
                 decode_attempts: Arc::clone(&decode_attempts),
                 transform: transform.clone(),
                 pool: Arc::clone(&pool),
+                pool_u8: Arc::clone(&pool_u8),
             };
             let cursor = cursor.clone();
             let handle = std::thread::Builder::new()
@@ -735,6 +767,7 @@ impl Loader {
             config,
             decode_attempts,
             pool,
+            pool_u8,
         })
     }
 
@@ -779,7 +812,7 @@ impl Loader {
 
     /// Batch image buffers allocated so far; the rest of the batches reused them.
     pub fn batch_buffers_allocated(&self) -> u64 {
-        self.pool.allocated.load(Ordering::Relaxed)
+        self.pool.allocated.load(Ordering::Relaxed) + self.pool_u8.allocated.load(Ordering::Relaxed)
     }
 
     fn finish_thread(&mut self, thread: usize) {
@@ -844,15 +877,19 @@ struct Worker {
     /// The image transform of the loader's mode.
     transform: ImageTransform,
     /// Where batch image buffers come from and go back to.
-    pool: Arc<BufferPool>,
+    pool: Arc<BufferPool<f32>>,
+    /// The same for u8 batches.
+    pool_u8: Arc<BufferPool<u8>>,
 }
 
 /// The batch a worker is filling: each sample is decoded straight into its slot of the
 /// batch's image buffer, so no per-sample image is allocated or copied.
 #[derive(Default)]
 struct PendingBatch {
-    /// `batch_size` image slots once the first sample is placed (empty before).
+    /// `batch_size` image slots once the first sample is placed (empty before), f32 mode.
     images: Vec<f32>,
+    /// The same in u8 mode ([`PixelOutput::RawU8`]).
+    images_u8: Vec<u8>,
     tokens: Vec<i64>,
     captions: Vec<Vec<String>>,
     labels: Vec<Option<i64>>,
@@ -1133,21 +1170,24 @@ impl Worker {
         ]));
         let image_len = self.transform.output_len();
         let pending = &mut state.pending;
-        if pending.images.is_empty() {
-            pending.images = self.pool.take(self.cfg.batch_size * image_len);
-        }
         // The slot after the samples placed so far; a skipped sample's partial output there
         // is overwritten by the next one.
-        let slot_start = pending.len() * image_len;
-        let slot = &mut pending.images[slot_start..slot_start + image_len];
-        match decode_sample_into(
-            &raw,
-            &self.cfg.caption,
-            &self.transform,
-            self.cfg.max_pixels,
-            &mut augment_rng,
-            slot,
-        ) {
+        let slot_range = pending.len() * image_len..(pending.len() + 1) * image_len;
+        let decoded = match self.cfg.pixel_output {
+            PixelOutput::NormalizedF32 => {
+                if pending.images.is_empty() {
+                    pending.images = self.pool.take(self.cfg.batch_size * image_len);
+                }
+                self.decode_into(&raw, &mut augment_rng, &mut pending.images[slot_range])
+            }
+            PixelOutput::RawU8 => {
+                if pending.images_u8.is_empty() {
+                    pending.images_u8 = self.pool_u8.take(self.cfg.batch_size * image_len);
+                }
+                self.decode_into(&raw, &mut augment_rng, &mut pending.images_u8[slot_range])
+            }
+        };
+        match decoded {
             Ok((captions, label)) => {
                 state.samples += 1;
                 state.sample_in_shard = true;
@@ -1171,6 +1211,16 @@ impl Worker {
         ControlFlow::Continue(())
     }
 
+    /// Decode `raw` into `slot` with the loader's transform.
+    fn decode_into<P: OutputPixel>(
+        &self,
+        raw: &RawSample,
+        rng: &mut ChaCha8Rng,
+        slot: &mut [P],
+    ) -> Result<(Vec<String>, Option<i64>), SkipReason> {
+        decode_sample_into(raw, &self.cfg.caption, &self.transform, self.cfg.max_pixels, rng, slot)
+    }
+
     /// Send the pending samples as a batch with the position after it; `Break(EpochFull)` once
     /// a virtual epoch has all its batches (the position sent is then the next epoch's start).
     fn send_batch(&self, state: &mut EpochState) -> ControlFlow<Halt> {
@@ -1180,12 +1230,19 @@ impl Worker {
         } else {
             0
         };
+        let len = pending.keys.len() * self.transform.output_len();
         let mut images = pending.images;
-        images.truncate(pending.keys.len() * self.transform.output_len());
+        images.truncate(len);
+        let mut images_u8 = pending.images_u8;
+        images_u8.truncate(len);
         let batch = Batch {
             images: BatchImages {
                 values: images,
                 pool: Some(Arc::clone(&self.pool)),
+            },
+            images_u8: BatchImages {
+                values: images_u8,
+                pool: Some(Arc::clone(&self.pool_u8)),
             },
             tokens: pending.tokens,
             captions: pending.captions,
@@ -1447,6 +1504,60 @@ mod tests {
         // Shuffled across shards: keys of one batch come from more than one shard somewhere.
         assert!(batches.iter().any(|b| b.keys.iter().any(|k| k[..2] != b.keys[0][..2])));
         assert_resume_at_every_cut(&cfg, &batches, &states);
+    }
+
+    /// `(v / 255 − mean) / std` per channel of u8 CHW images, as the f32 mode computes it.
+    fn normalised(images_u8: &[u8], image_size: u32) -> Vec<f32> {
+        let plane = image_size as usize * image_size as usize;
+        images_u8
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = i / plane % 3;
+                (f32::from(v) / 255.0 - crate::CLIP_MEAN[c]) / crate::CLIP_STD[c]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn raw_u8_batches_are_the_f32_batches_before_normalisation() {
+        let dir = tempfile::tempdir().unwrap();
+        for train in [true, false] {
+            let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), train);
+            cfg.batch_size = 3;
+            cfg.threads = 2;
+            cfg.image_size = 8;
+            cfg.context_length = 16;
+            cfg.seed = 4;
+            cfg.shuffle_buffer = 5;
+            let n = 14;
+            let (expected, states) = run_recording(Loader::new(cfg.clone()).unwrap(), n);
+            let mut raw_cfg = cfg.clone();
+            raw_cfg.pixel_output = PixelOutput::RawU8;
+            // Batches dropped as read, so the u8 buffers are recycled with stale values.
+            let mut raw_loader = Loader::new(raw_cfg.clone()).unwrap();
+            let mut compared = 0;
+            for want in &expected {
+                let got = raw_loader.next_batch().unwrap();
+                assert_eq!(got.keys, want.keys);
+                assert_eq!(got.tokens, want.tokens);
+                assert_eq!(got.epoch, want.epoch);
+                assert!(got.images.is_empty() && want.images_u8.is_empty());
+                assert_eq!(got.images_u8.len(), want.images.len());
+                // Computed as the f32 mode's table is: equal to the bit.
+                assert!(normalised(&got.images_u8, cfg.image_size) == *want.images);
+                compared += 1;
+            }
+            assert!(raw_loader.next_batch().is_none() || train);
+            assert!(compared >= 10, "train {train}: {compared} batches");
+            assert!(raw_loader.batch_buffers_allocated() <= 3 * 2 + 2);
+            // The pixel type does not move the position: an f32 state resumes in u8 mode.
+            let cut = compared / 2;
+            let mut resumed = Loader::resume(raw_cfg, &states[cut]).unwrap();
+            let batch = resumed.next_batch().unwrap();
+            assert_eq!(batch.keys, expected[cut].keys);
+            assert!(normalised(&batch.images_u8, cfg.image_size) == *expected[cut].images);
+        }
     }
 
     #[test]

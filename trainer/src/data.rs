@@ -4,11 +4,12 @@
 use dataloader::shard_spec::WEIGHTS_FIELD;
 use dataloader::{
     dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, Loader, LoaderConfig,
-    LoaderState, SkipCounts,
+    LoaderState, PixelOutput, SkipCounts, CLIP_MEAN, CLIP_STD,
 };
+use tch::{Kind, Tensor};
 
 use crate::config::ModelConfig;
-use crate::train::config::DataConfig;
+use crate::train::config::{DataConfig, NormalizeOn};
 use crate::train::TensorBatch;
 use crate::TrainError;
 
@@ -16,6 +17,63 @@ use crate::TrainError;
 pub struct TrainLoader {
     loader: Loader,
     image_size: usize,
+    /// Set with `data.normalize = "device"`: the loader yields u8 levels, normalised by this.
+    device_normalization: Option<PixelNormalization>,
+}
+
+/// CLIP normalisation of u8 images as one per-channel affine map, `v · 1/(255·std) +
+/// (−mean/std)`, for images normalised on the training device (`data.normalize =
+/// "device"`). Made once (on the CPU); moving its two 3-value tensors to the device is
+/// nothing beside the images.
+pub struct PixelNormalization {
+    /// `(1,3,1,1)` f32: 1/(255·std).
+    scale: Tensor,
+    /// `(1,3,1,1)` f32: −mean/std.
+    shift: Tensor,
+}
+
+impl PixelNormalization {
+    /// CLIP (OpenAI) mean and std, as the loader's f32 output uses.
+    pub fn clip() -> Self {
+        // In f64, rounded once: the loader computes (v/255 − mean)/std in f32, so the two
+        // paths differ only by f32 rounding (a few 1e-7).
+        let scale: Vec<f32> = (0..3)
+            .map(|c| (1.0 / (255.0 * f64::from(CLIP_STD[c]))) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..3)
+            .map(|c| (-f64::from(CLIP_MEAN[c]) / f64::from(CLIP_STD[c])) as f32)
+            .collect();
+        Self {
+            scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]),
+            shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]),
+        }
+    }
+
+    /// The same map, sharing the tensors.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            scale: self.scale.shallow_clone(),
+            shift: self.shift.shallow_clone(),
+        }
+    }
+
+    /// `(B,3,H,W)` u8 images → normalised f32 on their device.
+    pub fn apply(&self, images_u8: &Tensor) -> Tensor {
+        let device = images_u8.device();
+        let mut images = images_u8.to_kind(Kind::Float);
+        // In place: one f32 batch allocated, not three.
+        let _ = images.g_mul_(&self.scale.to_device(device));
+        let _ = images.g_add_(&self.shift.to_device(device));
+        images
+    }
+}
+
+/// Where `data.normalize` puts normalisation, as the loader's pixel type.
+fn pixel_output(normalize: NormalizeOn) -> PixelOutput {
+    match normalize {
+        NormalizeOn::Loader => PixelOutput::NormalizedF32,
+        NormalizeOn::Device => PixelOutput::RawU8,
+    }
 }
 
 /// Builds rank `rank`'s training loader for `model` from the `[data]` section, with the
@@ -47,6 +105,7 @@ pub fn train_loader(
     lc.drop_last = true;
     lc.max_pixels = cfg.max_pixels;
     lc.caption = caption_source(&cfg.caption);
+    lc.pixel_output = pixel_output(cfg.normalize);
     let loader = match position {
         None => Loader::new(lc),
         Some(position) => {
@@ -59,6 +118,7 @@ pub fn train_loader(
     Ok(TrainLoader {
         loader,
         image_size: model.vision.image_size as usize,
+        device_normalization: (cfg.normalize == NormalizeOn::Device).then(PixelNormalization::clip),
     })
 }
 
@@ -142,13 +202,17 @@ impl TrainLoader {
             ))
         })?;
         let size = batch.len();
-        Ok(TensorBatch::from_loader(
-            batch.images,
-            &batch.tokens,
-            size,
-            self.image_size,
-            batch.epoch,
-        ))
+        Ok(match &self.device_normalization {
+            None => TensorBatch::from_loader(batch.images, &batch.tokens, size, self.image_size, batch.epoch),
+            Some(normalization) => TensorBatch::from_loader_u8(
+                batch.images_u8,
+                normalization,
+                &batch.tokens,
+                size,
+                self.image_size,
+                batch.epoch,
+            ),
+        })
     }
 
     /// The loader's position after the batches returned so far (opaque JSON
@@ -175,6 +239,8 @@ mod tests {
     use dataloader::{ShardSample, ShardWriter};
 
     use super::*;
+    use crate::train::config::TrainConfig;
+    use tch::Device;
 
     /// `samples` small PNG samples in shards of `per_shard` under `dir`, with sizes.json.
     fn write_shards(dir: &Path, samples: usize, per_shard: u64) -> Vec<PathBuf> {
@@ -246,6 +312,74 @@ mod tests {
         assert!(wrapped.images.equal(&copied.images));
         assert!(wrapped.tokens.equal(&copied.tokens));
         assert!(!copied.wraps_loader_buffer());
+    }
+
+    #[test]
+    fn device_normalization_of_u8_batches_matches_the_loader_f32_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        write_shards(dir.path(), 8, 4);
+        let mut cfg = data_config(&dir.path().display().to_string());
+        let mut on_loader = train_loader(&cfg, &nano(), 5, 0, 1, None).unwrap();
+        cfg.normalize = NormalizeOn::Device;
+        let mut on_device = train_loader(&cfg, &nano(), 5, 0, 1, None).unwrap();
+        let size = nano().vision.image_size as i64;
+        for _ in 0..6 {
+            let want = on_loader.next_batch().unwrap();
+            let got = on_device.next_batch().unwrap();
+            assert!(got.wraps_loader_buffer());
+            assert_eq!(got.images.kind(), Kind::Uint8);
+            assert_eq!(got.images.size(), [2, 3, size, size]);
+            assert!(got.tokens.equal(&want.tokens));
+            // f32 batches pass through unchanged.
+            assert!(want.images_normalized(Device::Cpu).equal(&want.images));
+            let normalized = got.images_normalized(Device::Cpu);
+            assert_eq!(normalized.kind(), Kind::Float);
+            let max_diff = (normalized - &want.images).abs().max().double_value(&[]);
+            assert!(max_diff < 1e-6, "max difference {max_diff}");
+        }
+    }
+
+    /// Runs `steps` steps of the nano model on `train` with `data.normalize = normalize`.
+    fn first_loss(dir: &Path, train: &Path, normalize: &str) -> f64 {
+        let text = format!(
+            "name = \"norm_{normalize}\"\nmodel = \"nano\"\nseed = 3\nthreads = 1\nout_dir = {out:?}\n\
+             [data]\ntrain = {train:?}\nbatch_size = 4\nworkers = 1\nshuffle_buffer = 4\nnormalize = \"{normalize}\"\n\
+             [schedule]\nsteps = 1\nwarmup_steps = 0\n[checkpoint]\nevery = 0\n",
+            out = dir.display().to_string(),
+            train = train.display().to_string(),
+        );
+        let path = dir.join(format!("{normalize}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let cfg = TrainConfig::load(&path, &[]).unwrap();
+        assert_eq!(cfg.data.normalize == NormalizeOn::Device, normalize == "device");
+        crate::train::train(&cfg, &Default::default()).unwrap().first_loss
+    }
+
+    #[test]
+    fn data_normalize_on_device_gives_the_same_first_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("shards");
+        std::fs::create_dir(&shards).unwrap();
+        write_shards(&shards, 8, 8);
+        let on_loader = first_loss(dir.path(), &shards, "loader");
+        let on_device = first_loss(dir.path(), &shards, "device");
+        assert!(on_loader.is_finite());
+        eprintln!("first loss {on_loader} (loader), {on_device} (device)");
+        assert!(
+            (on_loader - on_device).abs() < 1e-5,
+            "first loss {on_loader} (loader) vs {on_device} (device)"
+        );
+        // A misspelt value is refused, naming the field and the value.
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "name = \"x\"\nmodel = \"nano\"\n[data]\ntrain = \"a.tar\"\nnormalize = \"gpu\"\n",
+        )
+        .unwrap();
+        let err = TrainConfig::load(&dir.path().join("bad.toml"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data.normalize") && err.contains("gpu"), "{err}");
+        assert_eq!(DataConfig::default().normalize, NormalizeOn::Loader);
     }
 
     #[test]

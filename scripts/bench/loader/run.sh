@@ -30,8 +30,11 @@ echo "## full pipeline (decode + RandomResizedCrop 224 + normalize + tokenize + 
 $bench fused "${shards[@]}" 2>/dev/null
 for threads in 1 2; do
   $bench loader "$threads" "${shards[@]}" 2>/dev/null
+  $bench loader_u8 "$threads" "${shards[@]}" 2>/dev/null
   $py scripts/bench/loader/python_peer.py pipeline "$threads" "${shards[@]}" 2>/dev/null
 done
+echo "## what loader_u8 leaves to the device: u8 -> f32 normalise of one 256x3x224x224 batch, libtorch CPU"
+$py scripts/bench/loader/device_normalize_cost.py
 
 if [ -n "${RSS_GB:-}" ]; then
   # ~1 GB of shards as symlinks to the bench shards (no extra disk), read by 2 threads.

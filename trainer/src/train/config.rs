@@ -97,6 +97,22 @@ pub struct DataConfig {
     /// `*_stats.json` next to the shards.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch_samples: Option<u64>,
+    /// Where images are CLIP-normalised: `"loader"` (default; the loader writes f32) or
+    /// `"device"` (the loader writes u8 levels, a quarter of the bytes to build and
+    /// transfer, and the train step normalises them after moving them to the device). The
+    /// same samples and crops either way; the values agree to f32 rounding.
+    pub normalize: NormalizeOn,
+}
+
+/// Where training images are normalised (`data.normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalizeOn {
+    /// In the loader threads, f32 batches.
+    #[default]
+    Loader,
+    /// On the training device, from u8 batches.
+    Device,
 }
 
 impl Default for DataConfig {
@@ -112,6 +128,7 @@ impl Default for DataConfig {
             resampled: false,
             train_weights: None,
             epoch_samples: None,
+            normalize: NormalizeOn::Loader,
         }
     }
 }
@@ -438,7 +455,9 @@ mod tests {
         assert_eq!(TrainConfig::load(&p, &[]).unwrap().precision, Precision::Fp32);
         let c = TrainConfig::load(&p, &["precision=bf16".into()]).unwrap();
         assert_eq!(c.precision, Precision::Bf16);
-        let e = TrainConfig::load(&p, &["precision=fp16".into()]).unwrap_err().to_string();
+        let e = TrainConfig::load(&p, &["precision=fp16".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("precision") && e.contains("fp16"), "{e}");
     }
 

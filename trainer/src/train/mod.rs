@@ -173,7 +173,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
             let batch = loader.next_batch()?;
             data_wait += wait.elapsed().as_secs_f64();
             epoch = batch.epoch;
-            let (images, tokens) = (batch.images.to_device(device), batch.tokens.to_device(device));
+            let (images, tokens) = (batch.images_normalized(device), batch.tokens.to_device(device));
             let (image_features, text_features, scale) =
                 with_precision(cfg.precision, device, || model.forward(&images, &tokens, true));
             let loss = match (cfg.loss, model.logit_bias()) {
@@ -338,14 +338,17 @@ fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs:
     }
 }
 
-/// A batch as tensors (images `(B,3,H,W)` f32, tokens `(B,L)` i64).
+/// A batch as tensors (images `(B,3,H,W)` f32 normalised, or u8 levels with
+/// `data.normalize = "device"`; tokens `(B,L)` i64). [`TensorBatch::images_normalized`] gives
+/// the model's input on a device either way.
 ///
-/// From the loader ([`TensorBatch::from_loader`]) `images` wraps the loader's buffer, which
+/// From the loader ([`TensorBatch::from_loader`], [`TensorBatch::from_loader_u8`]) `images`
+/// wraps the loader's buffer, which
 /// this struct owns, without a copy: `images` and every tensor that shares its memory (a
 /// view, or `to_device` onto the CPU, which returns the same storage) must be dropped before
 /// the batch. Copy it (`images.copy()`) to keep it longer. Moving it to a GPU copies.
 pub struct TensorBatch {
-    /// Normalised images.
+    /// Normalised f32 images, or u8 levels (then `normalization` is set).
     pub images: Tensor,
     /// Token ids, padded.
     pub tokens: Tensor,
@@ -353,9 +356,19 @@ pub struct TensorBatch {
     pub size: usize,
     /// Data epoch the batch came from.
     pub epoch: u64,
+    /// How u8 `images` become normalised f32; `None` for f32 images.
+    normalization: Option<crate::data::PixelNormalization>,
     /// The loader buffer `images` points into, when it does; declared after `images` so that
     /// it is dropped (and handed back to the loader for reuse) after the tensor.
-    images_storage: Option<dataloader::BatchImages>,
+    images_storage: Option<LoaderImages>,
+}
+
+/// A loader buffer a [`TensorBatch`] wraps.
+enum LoaderImages {
+    /// Normalised values.
+    F32(#[allow(dead_code)] dataloader::BatchImages),
+    /// 8-bit levels.
+    U8(#[allow(dead_code)] dataloader::BatchImages<u8>),
 }
 
 impl TensorBatch {
@@ -368,6 +381,7 @@ impl TensorBatch {
             tokens,
             size,
             epoch,
+            normalization: None,
             images_storage: None,
         }
     }
@@ -410,7 +424,53 @@ impl TensorBatch {
             tokens,
             size,
             epoch,
-            images_storage: Some(images),
+            normalization: None,
+            images_storage: Some(LoaderImages::F32(images)),
+        }
+    }
+
+    /// Wraps a u8 loader batch ([`dataloader::PixelOutput::RawU8`]) without a copy, as
+    /// [`TensorBatch::from_loader`] does; `images` is then u8 and
+    /// [`TensorBatch::images_normalized`] applies `normalization` on the device.
+    ///
+    /// Panics if the buffer does not hold `size × 3 × image_size²` values, which the loader
+    /// guarantees.
+    pub fn from_loader_u8(
+        mut images: dataloader::BatchImages<u8>,
+        normalization: &crate::data::PixelNormalization,
+        tokens: &[i64],
+        size: usize,
+        image_size: usize,
+        epoch: u64,
+    ) -> Self {
+        let dims = [size as i64, 3, image_size as i64, image_size as i64];
+        assert_eq!(
+            images.len(),
+            size * 3 * image_size * image_size,
+            "loader batch of {size} u8 images of {image_size} px"
+        );
+        // SAFETY: as in `from_loader`: the pointer covers exactly the tensor's contiguous u8
+        // elements (checked above), and the allocation, owned by the struct and dropped after
+        // the tensor, neither moves nor is touched by anything else meanwhile.
+        let images_tensor =
+            unsafe { Tensor::from_blob(images.as_mut_ptr(), &dims, &[], Kind::Uint8, tch::Device::Cpu) };
+        let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
+        Self {
+            images: images_tensor,
+            tokens,
+            size,
+            epoch,
+            normalization: Some(normalization.shallow_clone()),
+            images_storage: Some(LoaderImages::U8(images)),
+        }
+    }
+
+    /// The model's input on `device`: f32 images moved there, or u8 images moved there (a
+    /// quarter of the bytes) and then normalised there.
+    pub fn images_normalized(&self, device: tch::Device) -> Tensor {
+        match &self.normalization {
+            None => self.images.to_device(device),
+            Some(normalization) => normalization.apply(&self.images.to_device(device)),
         }
     }
 
