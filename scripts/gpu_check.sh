@@ -19,6 +19,7 @@
 # Ends with one summary table. First run on an H200 on 2026-11-25 (docs/benchmarks.md, docs/gpu/).
 #
 #   scripts/gpu_check.sh [--batch 128] [--steps 10] [--warmup 3] [--model vit-b-32]
+#                        [--train-only] [--variants "fp32 bf16 fp32+device"]
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -27,12 +28,18 @@ batch=128
 steps=10
 warmup=3
 model=vit-b-32
+train_only=0
+# Train-loop variants: a precision, optionally "+device" for u8 batches normalised on the GPU
+# (data.normalize = "device").
+variants="fp32 bf16"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --batch) batch="$2"; shift ;;
         --steps) steps="$2"; shift ;;
         --warmup) warmup="$2"; shift ;;
         --model) model="$2"; shift ;;
+        --train-only) train_only=1 ;;
+        --variants) variants="$2"; shift ;;
         *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -109,6 +116,7 @@ EOF
 }
 
 common=(--model "$model" --batch "$batch" --warmup "$warmup" --steps "$steps" --threads 4)
+if (( ! train_only )); then
 run ferroclip_1gpu "$bin/step_time" "${common[@]}" --device cuda --collective none
 run ferroclip_1gpu_bf16 "$bin/step_time" "${common[@]}" --device cuda --collective none --precision bf16
 run ferroclip_nccl_w1 "$bin/step_time" "${common[@]}" --device cuda --collective nccl
@@ -123,21 +131,25 @@ if HF_HUB_OFFLINE=1 "$python" -c 'import open_clip' 2> "$work/open_clip_import.l
 else
     echo "== open_clip unavailable here (its step is not timed):"; tail -n 3 "$work/open_clip_import.log"
 fi
+fi  # train_only
 
 # --- the real train loop on the GPU: the demo's config through `launch --backend nccl` ----------
 # (needs the demo's shards carried in $bin/data: scripts/gpu_build.sh copies them when present)
 train_rows="$work/train.jsonl"
 : > "$train_rows"
 if [[ -d "$bin/data/train" ]]; then
-    for precision in fp32 bf16; do
-        name="gpu-demo-$precision"
-        run "train_$precision" "$bin/ferroclip" launch --nproc 1 --backend nccl --log-dir "$work/runs/$name/logs" -- \
+    for variant in $variants; do
+        precision="${variant%%+*}"
+        normalize=loader
+        [[ "$variant" == *+device ]] && normalize=device
+        name="gpu-demo-$precision-$normalize"
+        run "train_${precision}_$normalize" "$bin/ferroclip" launch --nproc 1 --backend nccl --log-dir "$work/runs/$name/logs" -- \
             --config configs/train/demo.toml --set "data.train=$bin/data/train" --set data.workers=6 \
-            --set "out_dir=$work/runs" --set "name=$name" --set "precision=$precision"
+            --set "out_dir=$work/runs" --set "name=$name" --set "precision=$precision" --set "data.normalize=$normalize"
         eval_args=()
         [[ -d "$bin/data/zeroshot" ]] && eval_args=(--zeroshot "$bin/data/zeroshot" --classnames "$bin/data/classnames.txt" --templates "$bin/data/templates.txt")
         "$bin/ferroclip" eval --checkpoint "$work/runs/$name" "${eval_args[@]}" --out "$work/runs/$name/eval.json" 2>&1 | tail -n 5
-        "$python" - "$precision" "$work/runs/$name" >> "$train_rows" <<'EOF'
+        "$python" - "$variant" "$work/runs/$name" >> "$train_rows" <<'EOF'
 import json, os, sys
 precision, run = sys.argv[1:]
 path = lambda *p: os.path.join(run, *p)
