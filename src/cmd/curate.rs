@@ -362,24 +362,9 @@ fn prepare_pair(sample: &RawSample, caption_member: &str, transform: &ImageTrans
 impl PairScorer for CheckpointScorer {
     fn score(&self, batch: &[RawSample]) -> Result<Vec<Option<f32>>, ScoreError> {
         // Decoding is the CPU-heavy part besides the model: spread it over threads.
-        let chunk = batch.len().div_ceil(self.decode_threads.max(1)).max(1);
         let (member, transform) = (self.caption_member.as_str(), &self.transform);
-        let prepared: Vec<Option<(String, Vec<f32>)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = batch
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|s| prepare_pair(s, member, transform))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect()
-        });
+        let prepared: Vec<Option<(String, Vec<f32>)>> =
+            eval::map_in_threads(batch, self.decode_threads, |s| prepare_pair(s, member, transform));
         let mut captions = Vec::new();
         let mut pixels = Vec::new();
         for (caption, image) in prepared.iter().flatten() {

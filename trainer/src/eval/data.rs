@@ -129,28 +129,30 @@ enum Decoded {
     MissingLabel,
 }
 
-fn decode_batch(raws: Vec<RawSample>, transform: &ImageTransform, needs: Needs, skips: &mut EvalSkips) -> EvalBatch {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(raws.len())
-        .max(1);
-    let chunk = raws.len().div_ceil(threads).max(1);
-    let decoded: Vec<Decoded> = std::thread::scope(|scope| {
-        let handles: Vec<_> = raws
+/// `f` of every item, in order, with the items split into `threads` contiguous chunks that
+/// run on scoped threads (decoding is the CPU-heavy part of preparing a batch). A panic in
+/// `f` is re-raised here.
+pub fn map_in_threads<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(1);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|raw| decode_one(raw, transform, needs))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
             .collect()
-    });
+    })
+}
+
+fn decode_batch(raws: Vec<RawSample>, transform: &ImageTransform, needs: Needs, skips: &mut EvalSkips) -> EvalBatch {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(raws.len())
+        .max(1);
+    let decoded: Vec<Decoded> = map_in_threads(&raws, threads, |raw| decode_one(raw, transform, needs));
     let mut batch = EvalBatch {
         keys: Vec::new(),
         images: Vec::with_capacity(raws.len() * transform.output_len()),

@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod tasks;
 
-pub use data::{load_image_file, read_eval_set, EvalBatch, EvalSkips, Needs};
+pub use data::{load_image_file, map_in_threads, read_eval_set, EvalBatch, EvalSkips, Needs};
 pub use model::{load_checkpoint, load_model_config, EvalModel};
 pub use tasks::{evaluate_retrieval, evaluate_zeroshot, RetrievalReport, ZeroShotReport};
 

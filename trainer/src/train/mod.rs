@@ -338,6 +338,28 @@ fn summarise(run_dir: PathBuf, losses: &[f64], skipped: u64, samples: u64, secs:
     }
 }
 
+/// A `(size, 3, image_size, image_size)` CPU tensor over the loader buffer at `ptr` holding
+/// `len` elements of `kind`, without a copy.
+///
+/// Panics if `len` is not `size × 3 × image_size²`, which the loader guarantees (wrapping a
+/// shorter buffer would read past its end).
+///
+/// # Safety
+/// The buffer must stay allocated, unmoved and untouched by anything else for as long as the
+/// tensor or any tensor sharing its storage lives ([`TensorBatch`] owns both and drops the
+/// buffer last).
+unsafe fn loader_buffer_tensor(ptr: *const u8, len: usize, kind: Kind, size: usize, image_size: usize) -> Tensor {
+    assert_eq!(
+        len,
+        size * 3 * image_size * image_size,
+        "loader batch of {size} images of {image_size} px"
+    );
+    let dims = [size as i64, 3, image_size as i64, image_size as i64];
+    // SAFETY: `ptr` covers exactly the tensor's contiguous elements (checked above); the
+    // caller keeps the allocation alive and unmoved (this function's contract).
+    unsafe { Tensor::from_blob(ptr, &dims, &[], kind, tch::Device::Cpu) }
+}
+
 /// A batch as tensors (images `(B,3,H,W)` f32 normalised, or u8 levels with
 /// `data.normalize = "device"`; tokens `(B,L)` i64). [`TensorBatch::images_normalized`] gives
 /// the model's input on a device either way.
@@ -398,24 +420,14 @@ impl TensorBatch {
         image_size: usize,
         epoch: u64,
     ) -> Self {
-        let dims = [size as i64, 3, image_size as i64, image_size as i64];
-        assert_eq!(
-            images.len(),
-            size * 3 * image_size * image_size,
-            "loader batch of {size} images of {image_size} px"
-        );
-        // SAFETY: the pointer covers exactly the tensor's contiguous f32 elements (checked
-        // above). The allocation does not move when `images` moves into the struct below, and
-        // it outlives the tensor: the struct owns both and drops `images_storage` last;
-        // tensors sharing the storage must not outlive the struct (the type's documented
-        // contract). Nothing else reads or writes the buffer meanwhile.
+        // SAFETY: `images` moves into the returned struct, which drops it after the tensor.
         let images_tensor = unsafe {
-            Tensor::from_blob(
+            loader_buffer_tensor(
                 images.as_mut_ptr() as *const u8,
-                &dims,
-                &[],
+                images.len(),
                 Kind::Float,
-                tch::Device::Cpu,
+                size,
+                image_size,
             )
         };
         let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
@@ -443,17 +455,9 @@ impl TensorBatch {
         image_size: usize,
         epoch: u64,
     ) -> Self {
-        let dims = [size as i64, 3, image_size as i64, image_size as i64];
-        assert_eq!(
-            images.len(),
-            size * 3 * image_size * image_size,
-            "loader batch of {size} u8 images of {image_size} px"
-        );
-        // SAFETY: as in `from_loader`: the pointer covers exactly the tensor's contiguous u8
-        // elements (checked above), and the allocation, owned by the struct and dropped after
-        // the tensor, neither moves nor is touched by anything else meanwhile.
+        // SAFETY: `images` moves into the returned struct, which drops it after the tensor.
         let images_tensor =
-            unsafe { Tensor::from_blob(images.as_mut_ptr(), &dims, &[], Kind::Uint8, tch::Device::Cpu) };
+            unsafe { loader_buffer_tensor(images.as_mut_ptr(), images.len(), Kind::Uint8, size, image_size) };
         let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
         Self {
             images: images_tensor,
