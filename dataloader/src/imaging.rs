@@ -15,12 +15,12 @@
 //! Decode and resize buffers are reused per thread.
 use std::cell::RefCell;
 use std::io::Cursor;
-use std::sync::OnceLock;
 
 use fast_image_resize as fir;
 use image::{DynamicImage, ImageReader, Limits, RgbImage};
 use rand::Rng;
 
+use crate::chw;
 use crate::error::SkipReason;
 #[cfg(feature = "turbojpeg")]
 use crate::turbojpeg::TurboDecoder;
@@ -583,20 +583,6 @@ fn resample_region(
         .expect("same pixel types, crop inside the source");
 }
 
-/// Per channel, the normalised value of each 8-bit level: `(v / 255 − mean) / std`.
-fn normalization_table() -> &'static [[f32; 256]; 3] {
-    static TABLE: OnceLock<[[f32; 256]; 3]> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut table = [[0.0; 256]; 3];
-        for (c, channel) in table.iter_mut().enumerate() {
-            for (v, value) in channel.iter_mut().enumerate() {
-                *value = (v as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-            }
-        }
-        table
-    })
-}
-
 /// The pixel type a transform writes: `f32` for CLIP-normalised values, or `u8` for the
 /// resized 8-bit levels, left for the consumer to normalise (e.g. on the GPU, after a
 /// transfer of a quarter of the bytes). Both are planar CHW, 3 × size × size values.
@@ -606,40 +592,17 @@ pub trait OutputPixel: Copy + Default + Send + Sync + 'static {
 }
 
 impl OutputPixel for f32 {
-    /// `(v / 255 − mean) / std` per channel (CLIP mean/std), computed in f32.
+    /// CLIP-normalised per channel, `level · 1/(255·std) − mean/std` in f32
+    /// ([`crate::chw::normalized_level`]).
     fn write_chw(rgb: &[u8], out: &mut [f32]) {
-        normalize_hwc_into(rgb, out);
+        chw::rgb_to_planes_normalized(rgb, out);
     }
 }
 
 impl OutputPixel for u8 {
     /// The levels as they are, only reordered from HWC to CHW.
     fn write_chw(rgb: &[u8], out: &mut [u8]) {
-        let plane = rgb.len() / 3;
-        assert_eq!(out.len(), 3 * plane, "output buffer length");
-        let (red, rest) = out.split_at_mut(plane);
-        let (green, blue) = rest.split_at_mut(plane);
-        for (((pixel, r), g), b) in rgb.chunks_exact(3).zip(red).zip(green).zip(blue) {
-            *r = pixel[0];
-            *g = pixel[1];
-            *b = pixel[2];
-        }
-    }
-}
-
-/// Packed 8-bit RGB (HWC) → normalised f32 CHW into `out` (3 × pixels long).
-fn normalize_hwc_into(rgb: &[u8], out: &mut [f32]) {
-    let plane = rgb.len() / 3;
-    assert_eq!(out.len(), 3 * plane, "output buffer length");
-    let [red_table, green_table, blue_table] = normalization_table();
-    let (red, rest) = out.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    // Zipped iterators rather than indexing: no bounds checks in the loop, which runs once
-    // per output pixel (≈ 10% of the loader's time when indexed).
-    for (((pixel, r), g), b) in rgb.chunks_exact(3).zip(red).zip(green).zip(blue) {
-        *r = red_table[usize::from(pixel[0])];
-        *g = green_table[usize::from(pixel[1])];
-        *b = blue_table[usize::from(pixel[2])];
+        chw::rgb_to_planes_u8(rgb, out);
     }
 }
 
@@ -713,9 +676,9 @@ pub fn center_crop_box(width: u32, height: u32, size: u32) -> CropBox {
     }
 }
 
-/// 8-bit RGB (HWC) → normalised f32 CHW: `(v / 255 − mean) / std` per channel.
+/// 8-bit RGB (HWC) → CLIP-normalised f32 CHW ([`crate::chw::normalized_level`]).
 pub fn normalize_chw(image: &RgbImage, out: &mut [f32]) {
-    normalize_hwc_into(image.as_raw(), out);
+    chw::rgb_to_planes_normalized(image.as_raw(), out);
 }
 
 #[cfg(test)]
@@ -786,7 +749,7 @@ mod tests {
                 let normalised: Vec<f32> = as_u8
                     .iter()
                     .enumerate()
-                    .map(|(i, &v)| (f32::from(v) / 255.0 - CLIP_MEAN[i / plane]) / CLIP_STD[i / plane])
+                    .map(|(i, &v)| chw::normalized_level(i / plane, v))
                     .collect();
                 assert_eq!(normalised, as_f32);
                 assert!(as_u8.iter().any(|&v| v != as_u8[0]), "a flat image tests nothing");

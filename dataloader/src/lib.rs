@@ -49,6 +49,7 @@
 pub mod tokenizer;
 pub use tokenizer::{Tokenizer, TokenizerError};
 
+pub mod chw;
 pub mod error;
 pub mod fuzz_harness;
 pub mod image_rewrite;
@@ -64,6 +65,7 @@ pub mod tar_reader;
 pub mod turbojpeg;
 pub mod writer;
 
+pub use chw::{normalized_level, CLIP_PIXEL_SCALE, CLIP_PIXEL_SHIFT};
 pub use error::{DataError, SkipCounts, SkipReason};
 pub use image_rewrite::{ImageRewrite, ReencodeSpec, RewrittenImage};
 pub use imaging::{decode_rgb, ImageTransform, JpegDraft, OutputPixel, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};

@@ -157,7 +157,7 @@ impl LoaderConfig {
         let mut shard_weights = Vec::new();
         for source in sources {
             shards.extend(source.shards.iter().cloned());
-            shard_weights.extend(std::iter::repeat(source.weight).take(source.shards.len()));
+            shard_weights.extend(std::iter::repeat_n(source.weight, source.shards.len()));
         }
         let mut cfg = Self::new(shards, true);
         cfg.sampling = Sampling::Resampled {
@@ -1506,16 +1506,13 @@ mod tests {
         assert_resume_at_every_cut(&cfg, &batches, &states);
     }
 
-    /// `(v / 255 − mean) / std` per channel of u8 CHW images, as the f32 mode computes it.
+    /// The normalised value of every level of u8 CHW images, as the f32 mode computes it.
     fn normalised(images_u8: &[u8], image_size: u32) -> Vec<f32> {
         let plane = image_size as usize * image_size as usize;
         images_u8
             .iter()
             .enumerate()
-            .map(|(i, &v)| {
-                let c = i / plane % 3;
-                (f32::from(v) / 255.0 - crate::CLIP_MEAN[c]) / crate::CLIP_STD[c]
-            })
+            .map(|(i, &v)| crate::chw::normalized_level(i / plane % 3, v))
             .collect()
     }
 

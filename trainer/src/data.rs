@@ -4,7 +4,7 @@
 use dataloader::shard_spec::WEIGHTS_FIELD;
 use dataloader::{
     dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, Loader, LoaderConfig,
-    LoaderState, PixelOutput, SkipCounts, CLIP_MEAN, CLIP_STD,
+    LoaderState, PixelOutput, SkipCounts,
 };
 use tch::{Kind, Tensor};
 
@@ -35,14 +35,10 @@ pub struct PixelNormalization {
 impl PixelNormalization {
     /// CLIP (OpenAI) mean and std, as the loader's f32 output uses.
     pub fn clip() -> Self {
-        // In f64, rounded once: the loader computes (v/255 − mean)/std in f32, so the two
-        // paths differ only by f32 rounding (a few 1e-7).
-        let scale: Vec<f32> = (0..3)
-            .map(|c| (1.0 / (255.0 * f64::from(CLIP_STD[c]))) as f32)
-            .collect();
-        let shift: Vec<f32> = (0..3)
-            .map(|c| (-f64::from(CLIP_MEAN[c]) / f64::from(CLIP_STD[c])) as f32)
-            .collect();
+        // The loader's own constants: it computes level·scale + shift in f32 too (a multiply,
+        // then an add), so on a CPU both `data.normalize` modes give the same bits.
+        let scale = dataloader::CLIP_PIXEL_SCALE;
+        let shift = dataloader::CLIP_PIXEL_SHIFT;
         Self {
             scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]),
             shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]),
@@ -334,8 +330,8 @@ mod tests {
             assert!(want.images_normalized(Device::Cpu).equal(&want.images));
             let normalized = got.images_normalized(Device::Cpu);
             assert_eq!(normalized.kind(), Kind::Float);
-            let max_diff = (normalized - &want.images).abs().max().double_value(&[]);
-            assert!(max_diff < 1e-6, "max difference {max_diff}");
+            // Bit for bit: the loader and the device both compute level·scale + shift.
+            assert!(normalized.equal(&want.images));
         }
     }
 
@@ -365,10 +361,8 @@ mod tests {
         let on_device = first_loss(dir.path(), &shards, "device");
         assert!(on_loader.is_finite());
         eprintln!("first loss {on_loader} (loader), {on_device} (device)");
-        assert!(
-            (on_loader - on_device).abs() < 1e-5,
-            "first loss {on_loader} (loader) vs {on_device} (device)"
-        );
+        // The same input bits, so the same loss.
+        assert_eq!(on_loader, on_device, "first loss, loader vs device normalisation");
         // A misspelt value is refused, naming the field and the value.
         std::fs::write(
             dir.path().join("bad.toml"),
