@@ -147,7 +147,11 @@ fn launch_in_a(hosts: &TwoHosts, dir: &Path, run: &str, extra: &[&str]) -> Comma
         // Open MPI 4.1's orted shares the hwloc topology through shared memory mapped at a
         // guessed "VM hole"; once in CI a restarted remote orted segfaulted there
         // (hwloc_shmem_topology_write). Each daemon discovering its own topology avoids it.
-        .args(["--mpirun-arg=--mca", "--mpirun-arg=rtc_hwloc_vmhole", "--mpirun-arg=none"])
+        .args([
+            "--mpirun-arg=--mca",
+            "--mpirun-arg=rtc_hwloc_vmhole",
+            "--mpirun-arg=none",
+        ])
         .args(["--log-dir", &format!("runs/{run}/logs")])
         .args(extra)
         .args(["--", "--config", "t.toml", "--set", &format!("name={run}")])

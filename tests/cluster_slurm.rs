@@ -59,7 +59,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-
 /// The `start_step` the trainer logged in the given attempt of the job's output
 /// (0 for a fresh start or when the attempt has not started training yet).
 fn first_step_of_attempt(output: &str, attempt: u32) -> u64 {
