@@ -3,17 +3,19 @@
 //! (`tests/fuzz_tar_reader.rs`, run in CI), so both exercise exactly the same code.
 //!
 //! [`tar_reader_harness`] reads arbitrary bytes as a webdataset shard and pushes every sample
-//! through the loader's decode path. Bad data must come out as skips, never as a panic, and
-//! the reader's resume promise must hold: reading again from a sample's start offset yields
-//! that same sample first.
+//! through the loader's decode path. Bad data must come out as skips, never as a panic, the
+//! reader's resume promise must hold (reading again from a sample's start offset yields that
+//! same sample first), and the two pixel outputs must agree: a sample decoded as u8 levels
+//! and as f32 gives the same outcome, and the levels normalise to exactly the f32 values.
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::chw::normalized_level;
 use crate::imaging::ImageTransform;
-use crate::loader::{decode_sample, label_of, CaptionSource};
+use crate::loader::{decode_sample, decode_sample_into, label_of, CaptionSource};
 use crate::tar_reader::{for_each_sample_in_at, RawSample, SampleSpan, TarSkip};
 
 /// Size of a tar block: sample spans start on block boundaries.
@@ -80,6 +82,7 @@ pub fn tar_reader_harness(bytes: &[u8]) -> HarnessReport {
                 report.decoded += 1;
             }
         }
+        check_pixel_outputs_agree(sample, index as u64);
         if resume_checks < RESUME_CHECKS {
             resume_checks += 1;
             let rest = bytes.get(span.start as usize..);
@@ -94,6 +97,32 @@ pub fn tar_reader_harness(bytes: &[u8]) -> HarnessReport {
         }
     }
     report
+}
+
+/// Decode `sample` with the train transform (random crop) into u8 levels and into f32, with
+/// the same random draws: both succeed or fail alike, and the levels normalise to the floats
+/// bit for bit.
+fn check_pixel_outputs_agree(sample: &RawSample, seed: u64) {
+    let transform = ImageTransform::train(8);
+    let caption = CaptionSource::Txt;
+    let mut levels = vec![0u8; transform.output_len()];
+    let mut values = vec![0f32; transform.output_len()];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let as_u8 = decode_sample_into(sample, &caption, &transform, FUZZ_MAX_PIXELS, &mut rng, &mut levels);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let as_f32 = decode_sample_into(sample, &caption, &transform, FUZZ_MAX_PIXELS, &mut rng, &mut values);
+    assert_eq!(as_u8, as_f32, "u8 and f32 decodes of sample {:?} disagree", sample.key);
+    if as_u8.is_ok() {
+        let plane = levels.len() / 3;
+        for (i, (&level, &value)) in levels.iter().zip(&values).enumerate() {
+            assert_eq!(
+                normalized_level(i / plane, level).to_bits(),
+                value.to_bits(),
+                "value {i} of sample {:?}",
+                sample.key
+            );
+        }
+    }
 }
 
 /// Every item the reader gives for `bytes` (which start `offset` bytes into the shard).
