@@ -15,7 +15,9 @@
 //!               twice; then the pixel difference of the reduced decode vs full; then raw
 //!               libjpeg-turbo decode rates at each scale M/8, M = 8..4
 //!   resize      one thread: crop+bicubic resize to 224 of decoded images, fast_image_resize
-//!               (ours) vs the image crate's resize (what imaging.rs used before)
+//!               (ours) vs the image crate's resize (what imaging.rs used before); then
+//!               fast_image_resize's two passes alone: the horizontal one (crop → 224 wide,
+//!               all crop rows) and the vertical one (crop → 224 high, crop width kept)
 //! ```
 //! Prints one JSON line per measurement (`images_per_s`, `threads`, peak RSS in MiB).
 use std::path::PathBuf;
@@ -359,5 +361,43 @@ fn bench_resize(samples: &[(Vec<u8>, String)]) {
         start.elapsed().as_secs_f64(),
         cpu_seconds() - cpu_start,
     );
+    sum += bench_resize_passes(&images);
     eprintln!("(sum {sum})");
+}
+
+/// fast_image_resize's horizontal and vertical convolution passes timed apart: resizing the
+/// crop to 224 × crop height runs only the first, to crop width × 224 only the second.
+fn bench_resize_passes(images: &[image::RgbImage]) -> u64 {
+    use fast_image_resize as fir;
+    let mut resizer = fir::Resizer::new();
+    let mut out = Vec::new();
+    let mut sum = 0u64;
+    for (name, horizontal) in [("resize_horizontal_pass_only", true), ("resize_vertical_pass_only", false)] {
+        let (start, cpu_start) = (Instant::now(), cpu_seconds());
+        for (index, image) in images.iter().enumerate() {
+            let crop = RandomResizedCrop::default().sample(
+                image.width(),
+                image.height(),
+                &mut ChaCha8Rng::seed_from_u64(index as u64),
+            );
+            let (width, height) = if horizontal { (IMAGE_SIZE, crop.height) } else { (crop.width, IMAGE_SIZE) };
+            out.resize(3 * width as usize * height as usize, 0);
+            let src = fir::images::ImageRef::new(image.width(), image.height(), image.as_raw(), fir::PixelType::U8x3)
+                .expect("decoded image");
+            let mut dst =
+                fir::images::Image::from_slice_u8(width, height, &mut out, fir::PixelType::U8x3).expect("output buffer");
+            let options = fir::ResizeOptions::new()
+                .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
+                .crop(
+                    f64::from(crop.left),
+                    f64::from(crop.top),
+                    f64::from(crop.width),
+                    f64::from(crop.height),
+                );
+            resizer.resize(&src, &mut dst, &options).expect("crop inside the image");
+            sum += u64::from(out[0]);
+        }
+        report(name, 1, images.len(), start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
+    }
+    sum
 }

@@ -3,8 +3,10 @@
 #   scripts/bench/loader/run.sh            # images/s for each side, 1 and 2 cores
 #   RSS_GB=1 scripts/bench/loader/run.sh   # also the Loader's peak RSS over ~1 GB of shards
 # Needs scripts/setup.sh (libtorch, emoji packs, libturbojpeg0-dev) and .venv-ref. Makes the
-# shards under data/bench/loader once (scripts/bench/loader/make_shards.py, ~6,000 JPEGs of
-# 256-512 px). Prints JSON lines; docs/benchmarks.md records a run.
+# shards under data/bench/loader once (scripts/bench/loader/make_shards.py, 6,000 JPEGs of
+# 256-512 px from the emoji packs), and a second set from photographs under
+# data/bench/loader_photos (the two sample photos in scikit-learn's wheel, .venv-ref).
+# Prints JSON lines; docs/benchmarks.md records a run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$root"
@@ -13,7 +15,10 @@ export HF_HUB_OFFLINE=1
 py=.venv-ref/bin/python
 data=data/bench/loader
 
+photos=data/bench/loader_photos
 [ -f "$data/00005.tar" ] && [ -s "$data/00005.tar" ] || $py scripts/bench/loader/make_shards.py --out "$data"
+[ -f "$photos/00005.tar" ] && [ -s "$photos/00005.tar" ] ||
+  $py scripts/bench/loader/make_shards.py --source photos --out "$photos"
 cargo build --release -q -p dataloader --example loader_bench
 bench=target/release/examples/loader_bench
 shards=("$data"/0*.tar)
@@ -33,6 +38,15 @@ for threads in 1 2; do
   $bench loader_u8 "$threads" "${shards[@]}" 2>/dev/null
   $py scripts/bench/loader/python_peer.py pipeline "$threads" "${shards[@]}" 2>/dev/null
 done
+echo "## the same on photographs: raw decode, resize, fused, Loader (f32, u8), Python; one core"
+photo_shards=("$photos"/0*.tar)
+$bench raw "${photo_shards[@]}" 2>/dev/null
+$py scripts/bench/loader/python_peer.py raw "${photo_shards[@]}"
+$bench resize "${photo_shards[@]}" 2>/dev/null
+$bench fused "${photo_shards[@]}" 2>/dev/null
+$bench loader 1 "${photo_shards[@]}" 2>/dev/null
+$bench loader_u8 1 "${photo_shards[@]}" 2>/dev/null
+$py scripts/bench/loader/python_peer.py pipeline 1 "${photo_shards[@]}" 2>/dev/null
 echo "## what loader_u8 leaves to the device: u8 -> f32 normalise of one 256x3x224x224 batch, libtorch CPU"
 $py scripts/bench/loader/device_normalize_cost.py
 
