@@ -120,6 +120,32 @@ fn cpu_seconds() -> f64 {
 
 /// One JSON line. `cpu_s` is the CPU time spent during the measurement: on a machine shared
 /// with other work, images per CPU-second is the steadier per-core figure.
+/// Wall and CPU time since [`Stopwatch::start`].
+struct Stopwatch {
+    start: Instant,
+    cpu_start: f64,
+}
+
+impl Stopwatch {
+    fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            cpu_start: cpu_seconds(),
+        }
+    }
+
+    /// Print the measurement of `images` done since the start.
+    fn report(&self, name: &str, threads: usize, images: usize) {
+        report(
+            name,
+            threads,
+            images,
+            self.start.elapsed().as_secs_f64(),
+            cpu_seconds() - self.cpu_start,
+        );
+    }
+}
+
 fn report(name: &str, threads: usize, images: usize, seconds: f64, cpu_s: f64) {
     println!(
         "{{\"name\": \"{name}\", \"threads\": {threads}, \"images\": {images}, \"seconds\": {seconds:.3}, \
@@ -140,7 +166,7 @@ fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput)
     // One pass: the sample count of the shards, less each thread's dropped partial batch.
     let total: u64 = dataloader::count_samples(&shards).unwrap_or(0);
     let batches = (total as usize / BATCH_SIZE).saturating_sub(threads).max(1);
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let clock = Stopwatch::start();
     let mut loader = match Loader::new(cfg) {
         Ok(loader) => loader,
         Err(e) => {
@@ -158,15 +184,13 @@ fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput)
         };
         checksum += first_value + batch.tokens[1] as f64;
     }
-    report(
+    clock.report(
         match pixel_output {
             PixelOutput::NormalizedF32 => "ferroclip_loader",
             PixelOutput::RawU8 => "ferroclip_loader_u8_no_normalize",
         },
         threads,
         images,
-        start.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_start,
     );
     eprintln!("(checksum {checksum}, skipped {:?})", loader.skip_counts());
 }
@@ -176,7 +200,7 @@ fn bench_fused(samples: &[(Vec<u8>, String)]) {
     let transform = ImageTransform::train(IMAGE_SIZE);
     let mut out = vec![0.0f32; transform.output_len()];
     let mut tokens = 0i64;
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let clock = Stopwatch::start();
     for (index, (jpg, caption)) in samples.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
         if transform
@@ -187,13 +211,7 @@ fn bench_fused(samples: &[(Vec<u8>, String)]) {
         }
         tokens += tokenizer.tokenize(caption, CONTEXT_LENGTH)[1];
     }
-    report(
-        "ferroclip_fused",
-        1,
-        samples.len(),
-        start.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_start,
-    );
+    clock.report("ferroclip_fused", 1, samples.len());
     eprintln!("(token checksum {tokens})");
 }
 
@@ -207,7 +225,7 @@ fn bench_draft(samples: &[(Vec<u8>, String)]) {
     for _round in 0..2 {
         for draft in drafts {
             let transform = transform_of(draft);
-            let (start, cpu_start) = (Instant::now(), cpu_seconds());
+            let clock = Stopwatch::start();
             let mut decoded = 0;
             for (index, (jpg, _)) in samples.iter().enumerate() {
                 let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
@@ -217,13 +235,7 @@ fn bench_draft(samples: &[(Vec<u8>, String)]) {
                         .is_ok(),
                 );
             }
-            report(
-                &format!("decode_crop_normalize_draft_{draft:?}"),
-                1,
-                decoded,
-                start.elapsed().as_secs_f64(),
-                cpu_seconds() - cpu_start,
-            );
+            clock.report(&format!("decode_crop_normalize_draft_{draft:?}"), 1, decoded);
         }
     }
     // Pixel difference of the reduced decodes against the full one, normalised units (one
@@ -268,7 +280,7 @@ fn decode_rates_by_scale(samples: &[(Vec<u8>, String)]) {
     let mut pixels = Vec::new();
     for _round in 0..2 {
         for eighths in [8u32, 7, 6, 5, 4] {
-            let (start, cpu_start) = (Instant::now(), cpu_seconds());
+            let clock = Stopwatch::start();
             let mut decoded = 0;
             for (jpg, _) in samples {
                 let Ok(dimensions) = decoder.dimensions(jpg) else {
@@ -280,41 +292,23 @@ fn decode_rates_by_scale(samples: &[(Vec<u8>, String)]) {
                         .is_ok(),
                 );
             }
-            report(
-                &format!("raw_decode_libjpeg_turbo_scale_{eighths}_8"),
-                1,
-                decoded,
-                start.elapsed().as_secs_f64(),
-                cpu_seconds() - cpu_start,
-            );
+            clock.report(&format!("raw_decode_libjpeg_turbo_scale_{eighths}_8"), 1, decoded);
         }
     }
 }
 
 fn bench_raw(samples: &[(Vec<u8>, String)]) {
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let clock = Stopwatch::start();
     let mut pixels = 0usize;
     for (jpg, _) in samples {
         pixels += decode_rgb(jpg, DEFAULT_MAX_PIXELS).map_or(0, |image| image.len());
     }
-    report(
-        "raw_decode_libjpeg_turbo",
-        1,
-        samples.len(),
-        start.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_start,
-    );
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    clock.report("raw_decode_libjpeg_turbo", 1, samples.len());
+    let clock = Stopwatch::start();
     for (jpg, _) in samples {
         pixels += decode_rgb_with_image_crate(jpg, DEFAULT_MAX_PIXELS).map_or(0, |image| image.len());
     }
-    report(
-        "raw_decode_image_crate",
-        1,
-        samples.len(),
-        start.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_start,
-    );
+    clock.report("raw_decode_image_crate", 1, samples.len());
     eprintln!("(pixels {pixels})");
 }
 
@@ -325,26 +319,16 @@ fn bench_resize(samples: &[(Vec<u8>, String)]) {
         .filter_map(|(jpg, _)| decode_rgb(jpg, DEFAULT_MAX_PIXELS).ok())
         .collect();
     let transform = ImageTransform::train(IMAGE_SIZE);
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    let clock = Stopwatch::start();
     let mut sum = 0u64;
     for (index, image) in images.iter().enumerate() {
         let out = transform.resize_and_crop(image, &mut ChaCha8Rng::seed_from_u64(index as u64));
         sum += u64::from(out.as_raw()[0]);
     }
-    report(
-        "resize_fast_image_resize",
-        1,
-        images.len(),
-        start.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_start,
-    );
-    let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    clock.report("resize_fast_image_resize", 1, images.len());
+    let clock = Stopwatch::start();
     for (index, image) in images.iter().enumerate() {
-        let crop = RandomResizedCrop::default().sample(
-            image.width(),
-            image.height(),
-            &mut ChaCha8Rng::seed_from_u64(index as u64),
-        );
+        let crop = bench_crop(image, index);
         let cropped = image::imageops::crop_imm(image, crop.left, crop.top, crop.width, crop.height).to_image();
         let out = image::imageops::resize(
             &cropped,
@@ -354,15 +338,18 @@ fn bench_resize(samples: &[(Vec<u8>, String)]) {
         );
         sum += u64::from(out.as_raw()[0]);
     }
-    report(
-        "resize_image_crate",
-        1,
-        images.len(),
-        start.elapsed().as_secs_f64(),
-        cpu_seconds() - cpu_start,
-    );
+    clock.report("resize_image_crate", 1, images.len());
     sum += bench_resize_passes(&images);
     eprintln!("(sum {sum})");
+}
+
+/// The train crop of the `index`-th image, as `resize_and_crop` draws it with that seed.
+fn bench_crop(image: &image::RgbImage, index: usize) -> dataloader::imaging::CropBox {
+    RandomResizedCrop::default().sample(
+        image.width(),
+        image.height(),
+        &mut ChaCha8Rng::seed_from_u64(index as u64),
+    )
 }
 
 /// fast_image_resize's horizontal and vertical convolution passes timed apart: resizing the
@@ -372,20 +359,23 @@ fn bench_resize_passes(images: &[image::RgbImage]) -> u64 {
     let mut resizer = fir::Resizer::new();
     let mut out = Vec::new();
     let mut sum = 0u64;
-    for (name, horizontal) in [("resize_horizontal_pass_only", true), ("resize_vertical_pass_only", false)] {
-        let (start, cpu_start) = (Instant::now(), cpu_seconds());
+    for (name, horizontal) in [
+        ("resize_horizontal_pass_only", true),
+        ("resize_vertical_pass_only", false),
+    ] {
+        let clock = Stopwatch::start();
         for (index, image) in images.iter().enumerate() {
-            let crop = RandomResizedCrop::default().sample(
-                image.width(),
-                image.height(),
-                &mut ChaCha8Rng::seed_from_u64(index as u64),
-            );
-            let (width, height) = if horizontal { (IMAGE_SIZE, crop.height) } else { (crop.width, IMAGE_SIZE) };
+            let crop = bench_crop(image, index);
+            let (width, height) = if horizontal {
+                (IMAGE_SIZE, crop.height)
+            } else {
+                (crop.width, IMAGE_SIZE)
+            };
             out.resize(3 * width as usize * height as usize, 0);
             let src = fir::images::ImageRef::new(image.width(), image.height(), image.as_raw(), fir::PixelType::U8x3)
                 .expect("decoded image");
-            let mut dst =
-                fir::images::Image::from_slice_u8(width, height, &mut out, fir::PixelType::U8x3).expect("output buffer");
+            let mut dst = fir::images::Image::from_slice_u8(width, height, &mut out, fir::PixelType::U8x3)
+                .expect("output buffer");
             let options = fir::ResizeOptions::new()
                 .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
                 .crop(
@@ -397,7 +387,7 @@ fn bench_resize_passes(images: &[image::RgbImage]) -> u64 {
             resizer.resize(&src, &mut dst, &options).expect("crop inside the image");
             sum += u64::from(out[0]);
         }
-        report(name, 1, images.len(), start.elapsed().as_secs_f64(), cpu_seconds() - cpu_start);
+        clock.report(name, 1, images.len());
     }
     sum
 }

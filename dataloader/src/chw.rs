@@ -37,13 +37,10 @@ pub fn normalized_level(channel: usize, level: u8) -> f32 {
 
 /// `rgb` (packed, 3 bytes per pixel) → three u8 planes in `out` (R, G, B; `rgb.len()` bytes).
 pub fn rgb_to_planes_u8(rgb: &[u8], out: &mut [u8]) {
-    assert_eq!(out.len(), rgb.len(), "output buffer length");
-    assert_eq!(rgb.len() % 3, 0, "packed RGB length");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 (and with it SSSE3) is present; lengths checked above.
-        unsafe { avx2::planes_u8(rgb, out) };
-        return;
+    if use_avx2(rgb, out.len()) {
+        // SAFETY: AVX2 (and with it SSSE3) is present; `use_avx2` checked the lengths.
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { avx2::planes_u8(rgb, out) };
     }
     planes_u8_scalar(rgb, out, 0);
 }
@@ -51,37 +48,40 @@ pub fn rgb_to_planes_u8(rgb: &[u8], out: &mut [u8]) {
 /// `rgb` (packed, 3 bytes per pixel) → three CLIP-normalised f32 planes in `out` (R, G, B;
 /// `rgb.len()` values).
 pub fn rgb_to_planes_normalized(rgb: &[u8], out: &mut [f32]) {
-    assert_eq!(out.len(), rgb.len(), "output buffer length");
-    assert_eq!(rgb.len() % 3, 0, "packed RGB length");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 (and with it SSSE3) is present; lengths checked above.
-        unsafe { avx2::planes_normalized(rgb, out) };
-        return;
+    if use_avx2(rgb, out.len()) {
+        // SAFETY: AVX2 (and with it SSSE3) is present; `use_avx2` checked the lengths.
+        #[cfg(target_arch = "x86_64")]
+        return unsafe { avx2::planes_normalized(rgb, out) };
     }
     planes_normalized_scalar(rgb, out, 0);
 }
 
-/// The planes of pixels `from..` (the SIMD code does the ones before).
+/// Whether the AVX2 code can run, after checking (for either code) that `rgb` is whole pixels
+/// and the output has as many values.
+fn use_avx2(rgb: &[u8], out_len: usize) -> bool {
+    assert_eq!(out_len, rgb.len(), "output buffer length");
+    assert_eq!(rgb.len() % 3, 0, "packed RGB length");
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The u8 planes of pixels `from..` (the SIMD code does the ones before).
 fn planes_u8_scalar(rgb: &[u8], out: &mut [u8], from: usize) {
-    let plane = rgb.len() / 3;
-    let (red, rest) = out.split_at_mut(plane);
-    let (green, blue) = rest.split_at_mut(plane);
-    let pixels = rgb[3 * from..].chunks_exact(3);
-    for (((pixel, r), g), b) in pixels
-        .zip(&mut red[from..])
-        .zip(&mut green[from..])
-        .zip(&mut blue[from..])
-    {
-        *r = pixel[0];
-        *g = pixel[1];
-        *b = pixel[2];
-    }
+    planes_scalar(rgb, out, from, |_, level| level);
 }
 
 /// The normalised planes of pixels `from..`.
 fn planes_normalized_scalar(rgb: &[u8], out: &mut [f32], from: usize) {
-    let [red_table, green_table, blue_table] = normalization_table();
+    let tables = normalization_table();
+    planes_scalar(rgb, out, from, |channel, level| tables[channel][usize::from(level)]);
+}
+
+/// Pixels `from..` of `rgb` into the three planes of `out`, each byte mapped by
+/// `value(channel, level)`.
+#[inline(always)]
+fn planes_scalar<T>(rgb: &[u8], out: &mut [T], from: usize, value: impl Fn(usize, u8) -> T) {
     let plane = rgb.len() / 3;
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
@@ -92,9 +92,9 @@ fn planes_normalized_scalar(rgb: &[u8], out: &mut [f32], from: usize) {
         .zip(&mut green[from..])
         .zip(&mut blue[from..])
     {
-        *r = red_table[usize::from(pixel[0])];
-        *g = green_table[usize::from(pixel[1])];
-        *b = blue_table[usize::from(pixel[2])];
+        *r = value(0, pixel[0]);
+        *g = value(1, pixel[1]);
+        *b = value(2, pixel[2]);
     }
 }
 
