@@ -364,6 +364,11 @@ impl ImageTransform {
     /// [`OutputPixel`].
     pub fn apply_into<R: Rng + ?Sized, P: OutputPixel>(&self, image: &RgbImage, rng: &mut R, out: &mut [P]) {
         let region = self.source_region(image.width(), image.height(), rng);
+        self.resample_into(image, region, out);
+    }
+
+    /// Resample `region` of `image` onto the `size`×`size` output and write it into `out`.
+    fn resample_into<P: OutputPixel>(&self, image: &RgbImage, region: SourceRegion, out: &mut [P]) {
         with_workspace(|workspace| {
             resample_region(
                 image.as_raw(),
@@ -421,18 +426,7 @@ impl ImageTransform {
                             image.height()
                         )));
                     }
-                    with_workspace(|workspace| {
-                        resample_region(
-                            image.as_raw(),
-                            image.width(),
-                            image.height(),
-                            region.0,
-                            self.size,
-                            &mut workspace.resizer,
-                            &mut workspace.resized,
-                        );
-                        P::write_chw(&workspace.resized, out);
-                    });
+                    self.resample_into(&image, region.0, out);
                     return Ok(());
                 }
             }

@@ -1437,6 +1437,19 @@ mod tests {
             .collect()
     }
 
+    /// Two threads, batches of 3 of 8-pixel images, 16-token captions, a shuffle buffer of 5,
+    /// over [`flawed_shards`] in `dir`.
+    fn small_flawed_config(dir: &Path, train: bool, seed: u64) -> LoaderConfig {
+        let mut cfg = LoaderConfig::new(flawed_shards(dir), train);
+        cfg.batch_size = 3;
+        cfg.threads = 2;
+        cfg.image_size = 8;
+        cfg.context_length = 16;
+        cfg.seed = seed;
+        cfg.shuffle_buffer = 5;
+        cfg
+    }
+
     fn flawed_shards(dir: &Path) -> Vec<PathBuf> {
         write_shards(
             dir,
@@ -1485,13 +1498,7 @@ mod tests {
     #[test]
     fn train_resume_at_every_cut_gives_the_same_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), true);
-        cfg.batch_size = 3;
-        cfg.threads = 2;
-        cfg.image_size = 8;
-        cfg.context_length = 16;
-        cfg.seed = 11;
-        cfg.shuffle_buffer = 5;
+        let cfg = small_flawed_config(dir.path(), true, 11);
         let n = 16;
         let (batches, states) = run_recording(Loader::new(cfg.clone()).unwrap(), n);
         assert_eq!(batches.len(), n);
@@ -1520,13 +1527,7 @@ mod tests {
     fn raw_u8_batches_are_the_f32_batches_before_normalisation() {
         let dir = tempfile::tempdir().unwrap();
         for train in [true, false] {
-            let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), train);
-            cfg.batch_size = 3;
-            cfg.threads = 2;
-            cfg.image_size = 8;
-            cfg.context_length = 16;
-            cfg.seed = 4;
-            cfg.shuffle_buffer = 5;
+            let cfg = small_flawed_config(dir.path(), train, 4);
             let n = 14;
             let (expected, states) = run_recording(Loader::new(cfg.clone()).unwrap(), n);
             let mut raw_cfg = cfg.clone();
@@ -1560,13 +1561,7 @@ mod tests {
     #[test]
     fn recycled_batch_buffers_give_the_same_batches() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = LoaderConfig::new(flawed_shards(dir.path()), true);
-        cfg.batch_size = 3;
-        cfg.threads = 2;
-        cfg.image_size = 8;
-        cfg.context_length = 16;
-        cfg.seed = 4;
-        cfg.shuffle_buffer = 5;
+        let mut cfg = small_flawed_config(dir.path(), true, 4);
         let n = 40;
         // Every batch kept alive: no buffer can come back, each batch has its own.
         let mut holding = Loader::new(cfg.clone()).unwrap();
