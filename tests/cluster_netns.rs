@@ -119,13 +119,20 @@ impl Drop for TwoHosts {
 }
 
 /// The rsh agent: "logs in" to a host by entering the namespace of that name.
+///
+/// Each host also gets its own temporary folder (`TMPDIR`), as separate machines have. The
+/// namespaces share one hostname and one /tmp, and Open MPI names its session directories
+/// after the hostname and job family, so without this mpirun and the daemons it starts race
+/// to create the same directory: once in CI a restarted daemon failed with "mkdir
+/// /tmp/ompi.vm.0/jf.9711: File exists" (session_dir.c).
 fn write_agent(dir: &Path) -> PathBuf {
     let path = dir.join("nsagent.sh");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\nhost=\"$1\"; shift\nexec ip netns exec \"$host\" sh -c \"$*\"\n",
-    )
-    .unwrap();
+    let script = format!(
+        "#!/bin/sh\nhost=\"$1\"; shift\ntmp='{tmp}'/\"$host\"\nmkdir -p \"$tmp\"\n\
+         exec ip netns exec \"$host\" env TMPDIR=\"$tmp\" sh -c \"$*\"\n",
+        tmp = dir.join("tmp").display()
+    );
+    std::fs::write(&path, script).unwrap();
     let mut perms = std::fs::metadata(&path).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&path, perms).unwrap();
@@ -135,6 +142,9 @@ fn write_agent(dir: &Path) -> PathBuf {
 /// `ip netns exec A ferroclip launch --backend mpi --hosts A:1,B:1 …` for run `run`.
 fn launch_in_a(hosts: &TwoHosts, dir: &Path, run: &str, extra: &[&str]) -> Command {
     let agent = write_agent(dir);
+    // Short paths: Open MPI puts Unix sockets (at most 108 bytes) under TMPDIR.
+    let launcher_tmp = dir.join("tmp/launcher");
+    std::fs::create_dir_all(&launcher_tmp).unwrap();
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &hosts.a])
         .arg(env!("CARGO_BIN_EXE_ferroclip"))
@@ -156,6 +166,8 @@ fn launch_in_a(hosts: &TwoHosts, dir: &Path, run: &str, extra: &[&str]) -> Comma
         .args(extra)
         .args(["--", "--config", "t.toml", "--set", &format!("name={run}")])
         .current_dir(dir)
+        // mpirun's own session directory, apart from those of the daemons (see write_agent).
+        .env("TMPDIR", launcher_tmp)
         .env("FERROCLIP_TEST_TAG", hosts.tag.split_once('=').map_or("", |(_, v)| v))
         .env("RUST_LOG", "info");
     cmd
