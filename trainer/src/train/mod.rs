@@ -397,14 +397,27 @@ impl TensorBatch {
     /// Copies flat buffers into libtorch-owned tensors.
     pub fn from_flat(images: &[f32], tokens: &[i64], size: usize, image_size: usize, epoch: u64) -> Self {
         let images = Tensor::from_slice(images).view([size as i64, 3, image_size as i64, image_size as i64]);
+        Self::assemble(images, None, None, tokens, size, epoch)
+    }
+
+    /// The batch of `images` (with the loader buffer they wrap, if any, and the normalisation
+    /// still to apply, if any) and the token ids, copied into an `(size, L)` i64 tensor.
+    fn assemble(
+        images: Tensor,
+        images_storage: Option<LoaderImages>,
+        normalization: Option<crate::data::PixelNormalization>,
+        tokens: &[i64],
+        size: usize,
+        epoch: u64,
+    ) -> Self {
         let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
         Self {
             images,
             tokens,
             size,
             epoch,
-            normalization: None,
-            images_storage: None,
+            normalization,
+            images_storage,
         }
     }
 
@@ -430,15 +443,14 @@ impl TensorBatch {
                 image_size,
             )
         };
-        let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
-        Self {
-            images: images_tensor,
+        Self::assemble(
+            images_tensor,
+            Some(LoaderImages::F32(images)),
+            None,
             tokens,
             size,
             epoch,
-            normalization: None,
-            images_storage: Some(LoaderImages::F32(images)),
-        }
+        )
     }
 
     /// Wraps a u8 loader batch ([`dataloader::PixelOutput::RawU8`]) without a copy, as
@@ -458,15 +470,15 @@ impl TensorBatch {
         // SAFETY: `images` moves into the returned struct, which drops it after the tensor.
         let images_tensor =
             unsafe { loader_buffer_tensor(images.as_mut_ptr(), images.len(), Kind::Uint8, size, image_size) };
-        let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
-        Self {
-            images: images_tensor,
+        let normalization = Some(normalization.shallow_clone());
+        Self::assemble(
+            images_tensor,
+            Some(LoaderImages::U8(images)),
+            normalization,
             tokens,
             size,
             epoch,
-            normalization: Some(normalization.shallow_clone()),
-            images_storage: Some(LoaderImages::U8(images)),
-        }
+        )
     }
 
     /// The model's input on `device`: f32 images moved there, or u8 images moved there (a
