@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dataloader::{ShardSample, ShardWriter};
+use trainer::model::weights;
 use trainer::tch::nn::VarStore;
 use trainer::tch::Device;
-use trainer::{weights, Clip, ModelConfig};
+use trainer::{Clip, ModelConfig};
 
 const CLASSES: [&str; 6] = [
     "red square",

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+use trainer::model::weights;
 use trainer::tch::nn::VarStore;
 use trainer::tch::{Device, Kind, Tensor};
-use trainer::{weights, Clip, ModelConfig};
+use trainer::{Clip, ModelConfig};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use trainer::interop;
+use trainer::checkpoint;
 
 /// Arguments of `ferroclip export`.
 #[derive(clap::Args, Debug)]
@@ -19,7 +19,7 @@ pub struct Args {
 
 /// Writes the export and prints where it came from and how to load it in open_clip.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let export = interop::export_open_clip(&args.checkpoint, &args.out)
+    let export = checkpoint::export_open_clip(&args.checkpoint, &args.out)
         .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
     let dir = args.out.canonicalize().unwrap_or_else(|_| args.out.clone());
     let dir = dir.display();

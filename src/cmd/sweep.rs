@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use launcher::sweep::collect::{self, RunCost};
 use launcher::sweep::grid::{RunSpec, Sweep};
 use launcher::sweep::runner::{self, Job, RunOptions, Step};
-use trainer::macs::{forward_macs, MacCount};
+use trainer::model::macs::{forward_macs, MacCount};
 use trainer::train::config::TrainConfig;
 
 /// Plan, run or collect a sweep.

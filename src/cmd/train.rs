@@ -2,7 +2,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use trainer::train::{self, config::TrainConfig, snapshot::ResumeFrom, RunOptions};
+use trainer::checkpoint::ResumeFrom;
+use trainer::train::{self, config::TrainConfig, RunOptions};
 use trainer::TrainError;
 
 /// Train one worker.

@@ -9,11 +9,11 @@
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
-use trainer::checkpoint::{CheckpointState, Checkpoints};
-use trainer::config::ModelConfig;
+use trainer::checkpoint::{CheckpointConfig, CheckpointState, Checkpoints};
 use trainer::loss::clip_loss;
 use trainer::model::Clip;
-use trainer::train::optim::{AdamW, OptimConfig};
+use trainer::model::ModelConfig;
+use trainer::optim::{AdamW, OptimConfig};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -58,7 +58,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let step_s = step_times[step_times.len() / 2];
 
     let _ = std::fs::remove_dir_all(&dir);
-    let checkpoints = Checkpoints::new(&dir, 2, 0);
+    let checkpoints = Checkpoints::new(
+        &dir,
+        &CheckpointConfig {
+            keep_last: 2,
+            ..CheckpointConfig::default()
+        },
+    );
     let loader = vec![serde_json::json!({ "bench": true })];
     let mut saves = Vec::new();
     for step in 1..=2u64 {

@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
-use trainer::config::ModelConfig;
 use trainer::dist::{self, Collective, Dist, DistError};
-use trainer::loss_dist::global_clip_loss;
+use trainer::loss::global_clip_loss;
 use trainer::model::Clip;
+use trainer::model::ModelConfig;
+use trainer::optim::{AdamW, OptimConfig};
 use trainer::train::ddp::{broadcast_parameters, GradSync};
-use trainer::train::optim::{AdamW, OptimConfig};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()

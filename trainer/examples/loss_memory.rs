@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use trainer::dist::{Collective, DistError};
 use trainer::loss::clip_loss;
-use trainer::loss_dist::global_clip_loss;
+use trainer::loss::global_clip_loss;
 use trainer::model::l2_normalize;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {

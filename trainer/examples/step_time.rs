@@ -17,14 +17,14 @@
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
-use trainer::config::ModelConfig;
 use trainer::dist::{self, Collective, Dist};
 use trainer::loss::clip_loss;
-use trainer::loss_dist::global_clip_loss;
+use trainer::loss::global_clip_loss;
 use trainer::model::Clip;
+use trainer::model::ModelConfig;
+use trainer::optim::{AdamW, OptimConfig};
 use trainer::precision::{with_precision, Precision};
 use trainer::train::ddp;
-use trainer::train::optim::{AdamW, OptimConfig};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()

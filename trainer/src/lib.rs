@@ -1,22 +1,31 @@
 //! The CLIP model and its training on libtorch.
+//!
+//! - [`model`]: the model, its config, weights and open_clip interop;
+//! - [`loss`]: the contrastive losses, per process and over the global batch;
+//! - [`data`]: the `[data]` section, the training loader, batches as tensors;
+//! - [`optim`]: AdamW and the learning-rate schedule;
+//! - [`dist`]: ranks and collectives (solo, in-process, MPI, NCCL);
+//! - [`checkpoint`]: checkpoint folders, the train loop's snapshots, export;
+//! - [`train`]: one worker's run, top to bottom;
+//! - [`eval`]: zero-shot classification and retrieval;
+//! - [`precision`]: bf16 autocast.
+//!
+//! docs/architecture.md tells how they fit together.
 #![deny(missing_docs)]
 pub use tch;
 pub mod checkpoint;
-pub mod config;
 pub mod data;
 pub mod dist;
-mod error;
+pub mod error;
 pub mod eval;
-pub mod interop;
+pub mod field;
 pub mod loss;
-pub mod loss_dist;
-pub mod macs;
 pub mod model;
+pub mod optim;
 pub mod precision;
 pub mod train;
-pub mod weights;
-pub use config::{ConfigError, ModelConfig, TextConfig, VisionConfig};
 pub use error::TrainError;
+pub use field::FieldError;
 pub use loss::clip_loss;
-pub use model::Clip;
-pub use weights::{load_safetensors, save_safetensors, LoadReport, WeightsError};
+pub use model::weights::{load_safetensors, save_safetensors, LoadReport, WeightsError};
+pub use model::{Clip, ConfigError, ModelConfig, TextConfig, VisionConfig};

@@ -119,7 +119,8 @@ pub fn with_precision<T>(precision: Precision, device: Device, f: impl FnOnce() 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clip_loss, Clip, ModelConfig};
+    use crate::loss::clip_loss;
+    use crate::model::{Clip, ModelConfig};
     use tch::{nn, Tensor};
 
     #[test]

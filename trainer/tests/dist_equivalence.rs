@@ -14,11 +14,11 @@ use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 use trainer::dist::local::{LocalGroup, LocalMember};
 use trainer::dist::{Collective, DistError};
-use trainer::loss_dist::{
+use trainer::loss::{
     clip_share_grads, global_clip_loss, global_siglip_loss, siglip_loss, siglip_share_grads, FeatureGrads,
 };
+use trainer::optim::{AdamW, OptimConfig};
 use trainer::train::ddp::{broadcast_parameters, verify_parameters_equal, GradSync};
-use trainer::train::optim::{AdamW, OptimConfig};
 use trainer::{clip_loss, Clip, ModelConfig};
 
 const WORLD: usize = 2;

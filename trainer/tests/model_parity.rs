@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
-use trainer::weights::is_buffer_key;
+use trainer::model::weights::is_buffer_key;
 use trainer::{clip_loss, load_safetensors, save_safetensors, Clip, ModelConfig};
 
 const TOLERANCE: f64 = 1e-4;

@@ -90,7 +90,7 @@ pub enum EvalError {
     Config(String),
     /// The weights do not load into the model.
     #[error(transparent)]
-    Weights(#[from] crate::weights::WeightsError),
+    Weights(#[from] crate::model::weights::WeightsError),
     /// libtorch failed (conversion or device transfer).
     #[error("tensor operation failed: {0}")]
     Tensor(String),

@@ -9,10 +9,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::metrics::l2_normalize;
 use super::EvalError;
-use crate::config::ModelConfig;
+use crate::model::weights;
 use crate::model::Clip;
-use crate::train::config::ModelSpec;
-use crate::weights;
+use crate::model::ModelConfig;
+use crate::model::ModelSpec;
 
 /// Weights file name inside a run or checkpoint folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";

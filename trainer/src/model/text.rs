@@ -5,8 +5,8 @@
 use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
+use super::config::ModelConfig;
 use super::transformer::{layer_norm, BlockInit, Transformer};
-use crate::config::ModelConfig;
 
 /// The text tower; variables `token_embedding.weight`, `positional_embedding`,
 /// `transformer.*`, `ln_final.*`, `text_projection` under the path it is given.

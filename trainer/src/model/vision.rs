@@ -5,8 +5,8 @@
 use tch::nn::{self, Init, ModuleT};
 use tch::Tensor;
 
+use super::config::{ModelConfig, VisionConfig};
 use super::transformer::{layer_norm, torch_default_uniform, BlockInit, Transformer};
-use crate::config::{ModelConfig, VisionConfig};
 
 /// The image tower; its variables live under `visual.`.
 #[derive(Debug)]

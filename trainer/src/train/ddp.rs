@@ -12,7 +12,7 @@ use std::time::Instant;
 use tch::{nn, Device, Tensor};
 
 use crate::dist::{Collective, DistError};
-use crate::train::optim::Gradients;
+use crate::optim::Gradients;
 
 /// PyTorch DDP's default bucket size: large enough that per-message latency is
 /// amortised, small enough that the flat copy stays cheap.
@@ -314,7 +314,7 @@ impl Fnv64 {
 mod tests {
     use super::*;
     use crate::dist::local::LocalGroup;
-    use crate::train::optim::{AdamW, OptimConfig};
+    use crate::optim::{AdamW, OptimConfig};
     use tch::nn::Init;
     use tch::Kind;
 

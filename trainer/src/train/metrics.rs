@@ -1,11 +1,220 @@
-//! `metrics.jsonl`: one JSON object per log step, flushed as written so a
-//! crashed run keeps everything it logged.
+//! What a run reports: every `log.every` steps a line on the console and in
+//! `metrics.jsonl` (rank 0; flushed as written so a crashed run keeps everything it
+//! logged), and at the end a [`TrainSummary`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::step::StepOutcome;
+use crate::checkpoint::Progress;
+use crate::data::TrainLoader;
+use crate::field::FieldError;
+use crate::model::Clip;
 use crate::TrainError;
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log (and append to metrics.jsonl) every this many steps.
+    pub every: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { every: 10 }
+    }
+}
+
+impl LogConfig {
+    /// Checks the section; errors name the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.every == 0 {
+            return Err(FieldError::new("log.every", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Optimizer steps taken by this process (after a resume: since the resume).
+    pub steps: u64,
+    /// Loss of the first and of the last step.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Mean loss over the first and last 10% of steps (less noisy than single steps).
+    pub early_mean_loss: f64,
+    /// See `early_mean_loss`.
+    pub late_mean_loss: f64,
+    /// Steps skipped because the loss or gradient was not finite (whole run).
+    pub skipped_steps: u64,
+    /// Training throughput over this process's steps.
+    pub samples_per_s: f64,
+    /// The checkpoint the run resumed from, if any.
+    pub resumed_from: Option<PathBuf>,
+    /// Whether this process is rank 0 (the one that reports).
+    pub is_main: bool,
+}
+
+/// The run's reporting: the log decision every step, the window the next log line
+/// averages over, and the losses the summary is made of.
+pub struct Metrics {
+    /// `metrics.jsonl`, on rank 0 only.
+    writer: Option<MetricsWriter>,
+    every: u64,
+    last_step: u64,
+    /// Samples of the global batch (one step's worth, over all ranks).
+    global_batch: u64,
+    window: Window,
+    run_start: Instant,
+    start_samples: u64,
+    /// Losses of the steps taken (not skipped) by this process.
+    losses: Vec<f64>,
+}
+
+/// Time, samples, data wait and communication since the last log line.
+struct Window {
+    start: Instant,
+    samples: u64,
+    data_wait_s: f64,
+    comm_s: f64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            samples: 0,
+            data_wait_s: 0.0,
+            comm_s: 0.0,
+        }
+    }
+}
+
+impl Metrics {
+    /// Reporting of a run in `run_dir` that starts at `progress` and ends at `last_step`,
+    /// each step `global_batch` samples; `is_main` writes `metrics.jsonl` (continued
+    /// after a resume, see [`MetricsWriter::resume`]).
+    pub fn open(
+        run_dir: &Path,
+        cfg: &LogConfig,
+        is_main: bool,
+        progress: &Progress,
+        last_step: u64,
+        global_batch: u64,
+    ) -> Result<Self, TrainError> {
+        let writer = is_main
+            .then(|| MetricsWriter::resume(&run_dir.join("metrics.jsonl"), progress.step))
+            .transpose()?;
+        Ok(Self {
+            writer,
+            every: cfg.every,
+            last_step,
+            global_batch,
+            window: Window::new(),
+            run_start: Instant::now(),
+            start_samples: progress.samples_seen,
+            losses: Vec::with_capacity(last_step.saturating_sub(progress.step) as usize),
+        })
+    }
+
+    /// Takes in the step that brought the run to `progress`, and on a log step (rank 0)
+    /// writes the console line and the metrics record.
+    pub fn record(
+        &mut self,
+        outcome: &StepOutcome,
+        progress: &Progress,
+        lr: f64,
+        model: &Clip,
+        loader: &TrainLoader,
+    ) -> Result<(), TrainError> {
+        if outcome.stepped {
+            self.losses.push(outcome.loss);
+        }
+        self.window.samples += self.global_batch;
+        self.window.data_wait_s += outcome.data_wait_s;
+        self.window.comm_s += outcome.comm_s;
+        let step = progress.step;
+        let Some(writer) = self
+            .writer
+            .as_mut()
+            .filter(|_| step % self.every == 0 || step == self.last_step)
+        else {
+            return Ok(());
+        };
+        let window = &self.window;
+        let secs = window.start.elapsed().as_secs_f64();
+        let samples_per_s = window.samples as f64 / secs;
+        let logit_scale = model.logit_scale().exp().double_value(&[]);
+        let record = serde_json::json!({
+            "step": step,
+            "epoch": outcome.epoch,
+            "samples_seen": progress.samples_seen,
+            "loss": outcome.loss,
+            "lr": lr,
+            "logit_scale": logit_scale,
+            "grad_norm": outcome.grad_norm,
+            "samples_per_s": samples_per_s,
+            "data_wait_frac": window.data_wait_s / secs,
+            "comm_frac": window.comm_s / secs,
+            "skipped_steps": progress.skipped_steps,
+            "skipped_samples": loader.skip_counts(),
+        });
+        info!(
+            "step {step:>6}/{}  loss {:.4}  lr {lr:.2e}  scale {logit_scale:.2}  {samples_per_s:.1} samples/s  data wait {:.0}%  comm {:.0}%",
+            self.last_step,
+            outcome.loss,
+            100.0 * window.data_wait_s / secs,
+            100.0 * window.comm_s / secs
+        );
+        writer.write(&record)?;
+        self.window = Window::new();
+        Ok(())
+    }
+
+    /// The summary of this process's part of the run, which ended at `progress`.
+    pub fn summary(
+        &self,
+        run_dir: PathBuf,
+        progress: &Progress,
+        resumed_from: Option<PathBuf>,
+        is_main: bool,
+    ) -> TrainSummary {
+        let losses = &self.losses;
+        let n = losses.len();
+        let k = (n / 10).max(1).min(n.max(1));
+        let mean = |xs: &[f64]| {
+            if xs.is_empty() {
+                f64::NAN
+            } else {
+                xs.iter().sum::<f64>() / xs.len() as f64
+            }
+        };
+        let samples = progress.samples_seen - self.start_samples;
+        TrainSummary {
+            run_dir,
+            steps: n as u64 + progress.skipped_steps,
+            first_loss: losses.first().copied().unwrap_or(f64::NAN),
+            last_loss: losses.last().copied().unwrap_or(f64::NAN),
+            early_mean_loss: mean(&losses[..k.min(n)]),
+            late_mean_loss: mean(&losses[n.saturating_sub(k)..]),
+            skipped_steps: progress.skipped_steps,
+            samples_per_s: samples as f64 / self.run_start.elapsed().as_secs_f64(),
+            resumed_from,
+            is_main,
+        }
+    }
+}
 
 /// Appends JSON lines to a run's metrics file.
 pub struct MetricsWriter {
@@ -21,10 +230,7 @@ impl MetricsWriter {
             .write(true)
             .truncate(true)
             .open(path)
-            .map_err(|e| TrainError::Io {
-                path: path.to_owned(),
-                source: e,
-            })?;
+            .map_err(TrainError::io(path))?;
         Ok(Self {
             path: path.to_owned(),
             out: BufWriter::new(file),
@@ -38,9 +244,9 @@ impl MetricsWriter {
         if step == 0 || !path.exists() {
             return Self::create(path);
         }
-        let io = |e| TrainError::Io {
+        let io = |source| TrainError::Io {
             path: path.to_owned(),
-            source: e,
+            source,
         };
         let text = std::fs::read_to_string(path).map_err(io)?;
         let kept: String = text

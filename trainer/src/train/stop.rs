@@ -1,14 +1,22 @@
-//! Graceful preemption: SIGTERM (what SLURM and the launcher send before
-//! killing) or SIGINT asks the run to finish its step, save a checkpoint and
-//! stop. The request is agreed on by all ranks each step, so every worker saves
-//! at the same step even when only one of them got the signal.
+//! Why a run stops before its last step, each time with a checkpoint to resume from.
+//!
+//! - Graceful preemption: SIGTERM (what SLURM and the launcher send before killing) or
+//!   SIGINT asks the run to finish its step, save a checkpoint and stop. The request is
+//!   agreed on by all ranks each step, so every worker saves at the same step even when
+//!   only one of them got the signal.
+//! - Divergence: more than `max_nonfinite_steps` skipped steps in a row; the checkpoint
+//!   holds the last good weights.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
+use tracing::warn;
 
+use super::step::StepOutcome;
+use crate::checkpoint::{Checkpointer, Progress, TrainState};
 use crate::dist::{Collective, DistError};
+use crate::TrainError;
 
 /// Which signal asked the run to stop, set from the signal handlers.
 #[derive(Clone)]
@@ -44,6 +52,35 @@ impl StopRequest {
         }
     }
 
+    /// Handlers installed when `handle_signals` (the CLI), else [`StopRequest::never`].
+    pub fn for_run(handle_signals: bool) -> Result<Self, TrainError> {
+        match handle_signals {
+            true => Self::install().map_err(TrainError::Signals),
+            false => Ok(Self::never()),
+        }
+    }
+
+    /// After the step that reached `progress`: when any rank got a signal, saves a
+    /// checkpoint and ends the run with [`TrainError::Interrupted`]. Collective.
+    pub fn unless_signalled(
+        &self,
+        progress: Progress,
+        checkpointer: &Checkpointer,
+        state: &TrainState,
+        coll: &dyn Collective,
+        device: Device,
+    ) -> Result<(), TrainError> {
+        let Some(signal) = self.agreed(coll, device)? else {
+            return Ok(());
+        };
+        let saved = checkpointer.save(progress, state)?;
+        Err(TrainError::Interrupted {
+            signal,
+            step: progress.step,
+            checkpoint: checkpointer.resume_point(saved),
+        })
+    }
+
     fn local(&self) -> u8 {
         if self.term.load(Ordering::SeqCst) {
             1
@@ -69,6 +106,39 @@ impl StopRequest {
             _ => None,
         })
     }
+}
+
+/// After the step `outcome` that reached `progress`: a skipped step is logged, and past
+/// `max_nonfinite_steps` skips in a row the run saves a checkpoint (of the last good
+/// weights: skipped steps change nothing) and ends with [`TrainError::Diverged`].
+/// Every rank decides alike (the loss and gradient norm are global). Collective.
+pub fn unless_finite(
+    outcome: &StepOutcome,
+    progress: Progress,
+    max_nonfinite_steps: u64,
+    checkpointer: &Checkpointer,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    if outcome.stepped {
+        return Ok(());
+    }
+    let step = progress.step - 1;
+    warn!(
+        step,
+        loss = outcome.loss,
+        grad_norm = outcome.grad_norm,
+        "non-finite loss or gradient: step skipped"
+    );
+    if progress.nonfinite_in_a_row <= max_nonfinite_steps {
+        return Ok(());
+    }
+    if let Some(dir) = checkpointer.save(progress, state)? {
+        warn!(checkpoint = %dir.display(), "stopping: too many non-finite steps; checkpoint holds the last good weights");
+    }
+    Err(TrainError::Diverged {
+        step,
+        in_a_row: progress.nonfinite_in_a_row,
+    })
 }
 
 /// The exit code a shell would report for a process killed by `signal`.

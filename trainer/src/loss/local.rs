@@ -1,5 +1,6 @@
-//! The CLIP contrastive loss (open_clip's `ClipLoss` in a world of one process;
-//! the distributed version with global-batch columns builds on it).
+//! The contrastive losses of one process's batch: CLIP's (open_clip's `ClipLoss` in a
+//! world of one process) and SigLIP's. They are the definitions the global-batch
+//! versions in [`super::global`] distribute, and the references their tests compare to.
 
 use tch::{Kind, Tensor};
 
@@ -13,6 +14,42 @@ pub fn clip_loss(image_features: &Tensor, text_features: &Tensor, logit_scale: &
     let logits_per_image = image_features.matmul(&text_features.tr()) * logit_scale; // (B, B)
     let logits_per_text = text_features.matmul(&image_features.tr()) * logit_scale; // (B, B)
     (logits_per_image.cross_entropy_for_logits(&labels) + logits_per_text.cross_entropy_for_logits(&labels)) / 2.0
+}
+
+/// The sigmoid loss of one process's whole batch (the world-of-one definition
+/// that [`global_siglip_loss`] distributes): −Σ log σ(z·(s·I·Tᵀ + b)) / B.
+pub fn siglip_loss(
+    image_features: &Tensor,
+    text_features: &Tensor,
+    logit_scale: &Tensor,
+    logit_bias: &Tensor,
+) -> Tensor {
+    let batch = image_features.size()[0];
+    let logits = image_features.matmul(&text_features.tr()) * logit_scale + logit_bias; // (B, B)
+    let signs = pair_signs(batch, batch, 0, &logits);
+    -(&logits * signs).log_sigmoid().sum(accumulation_kind(&logits)) / batch as f64
+}
+
+/// Sums run in f64 for f64 inputs and in f32 otherwise (also for bf16/f16 features).
+pub(super) fn accumulation_kind(t: &Tensor) -> Kind {
+    if t.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
+}
+
+/// (B, N) with +1 where column = r·B + row (the matching pair), −1 elsewhere; kind of `like`.
+pub(super) fn pair_signs(rows: i64, columns: i64, rank: usize, like: &Tensor) -> Tensor {
+    let device = like.device();
+    let own = own_columns(rows, rank, device).unsqueeze(1); // (B, 1)
+    let all = Tensor::arange(columns, (Kind::Int64, device)).unsqueeze(0); // (1, N)
+    own.eq_tensor(&all).to_kind(like.kind()) * 2.0 - 1.0
+}
+
+/// Column index of each of this rank's rows in the gathered batch: r·B + arange(B).
+pub(super) fn own_columns(rows: i64, rank: usize, device: tch::Device) -> Tensor {
+    Tensor::arange(rows, (Kind::Int64, device)) + rank as i64 * rows
 }
 
 #[cfg(test)]

@@ -192,8 +192,8 @@ pub fn copy_named_tensors(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
     use crate::model::Clip;
+    use crate::model::ModelConfig;
     use tch::Kind;
 
     fn nano_vs(seed: i64) -> VarStore {

@@ -13,17 +13,22 @@ use serde_json::Value;
 
 /// The presets built into the binary, from `configs/models/*.toml`.
 const PRESETS: &[(&str, &str)] = &[
-    ("nano", include_str!("../../configs/models/nano.toml")),
-    ("tiny", include_str!("../../configs/models/tiny.toml")),
-    ("vit-b-32", include_str!("../../configs/models/vit-b-32.toml")),
+    ("nano", include_str!("../../../configs/models/nano.toml")),
+    ("tiny", include_str!("../../../configs/models/tiny.toml")),
+    ("vit-b-32", include_str!("../../../configs/models/vit-b-32.toml")),
 ];
 
 /// Errors from reading or checking a model config; each names the file or field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A field has a value the model cannot be built with.
-    #[error("invalid model config: {0}")]
-    Invalid(String),
+    #[error("invalid model config: {field} {reason}")]
+    Invalid {
+        /// The field, e.g. `model.vision.width`.
+        field: &'static str,
+        /// What is wrong with its value, e.g. `(100) must be divisible by ...`.
+        reason: String,
+    },
     /// The config file could not be read.
     #[error("cannot read model config {path}: {source}")]
     Io {
@@ -180,11 +185,15 @@ fn mlp_width(width: i64, mlp_ratio: f64) -> i64 {
     (width as f64 * mlp_ratio) as i64
 }
 
-fn positive(field: &str, value: i64) -> Result<(), ConfigError> {
+fn positive(field: &'static str, value: i64) -> Result<(), ConfigError> {
     if value <= 0 {
-        return Err(ConfigError::Invalid(format!("{field} ({value}) must be positive")));
+        return Err(invalid(field, format!("({value}) must be positive")));
     }
     Ok(())
+}
+
+fn invalid(field: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { field, reason }
 }
 
 impl ModelConfig {
@@ -199,22 +208,28 @@ impl ModelConfig {
         positive("model.vision.layers", v.layers)?;
         positive("model.vision.head_width", v.head_width)?;
         if v.image_size % v.patch_size != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "model.vision.image_size ({}) must be divisible by model.vision.patch_size ({})",
-                v.image_size, v.patch_size
-            )));
+            return Err(invalid(
+                "model.vision.image_size",
+                format!(
+                    "({}) must be divisible by model.vision.patch_size ({})",
+                    v.image_size, v.patch_size
+                ),
+            ));
         }
         if v.width % v.head_width != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "model.vision.width ({}) must be divisible by model.vision.head_width ({})",
-                v.width, v.head_width
-            )));
+            return Err(invalid(
+                "model.vision.width",
+                format!(
+                    "({}) must be divisible by model.vision.head_width ({})",
+                    v.width, v.head_width
+                ),
+            ));
         }
         if !(v.mlp_ratio.is_finite() && v.mlp_width() >= 1) {
-            return Err(ConfigError::Invalid(format!(
-                "model.vision.mlp_ratio ({}) must give an MLP width of at least 1",
-                v.mlp_ratio
-            )));
+            return Err(invalid(
+                "model.vision.mlp_ratio",
+                format!("({}) must give an MLP width of at least 1", v.mlp_ratio),
+            ));
         }
         let t = &self.text;
         positive("model.text.context_length", t.context_length)?;
@@ -223,28 +238,28 @@ impl ModelConfig {
         positive("model.text.heads", t.heads)?;
         positive("model.text.layers", t.layers)?;
         if t.width % t.heads != 0 {
-            return Err(ConfigError::Invalid(format!(
-                "model.text.width ({}) must be divisible by model.text.heads ({})",
-                t.width, t.heads
-            )));
+            return Err(invalid(
+                "model.text.width",
+                format!("({}) must be divisible by model.text.heads ({})", t.width, t.heads),
+            ));
         }
         if !(t.mlp_ratio.is_finite() && t.mlp_width() >= 1) {
-            return Err(ConfigError::Invalid(format!(
-                "model.text.mlp_ratio ({}) must give an MLP width of at least 1",
-                t.mlp_ratio
-            )));
+            return Err(invalid(
+                "model.text.mlp_ratio",
+                format!("({}) must give an MLP width of at least 1", t.mlp_ratio),
+            ));
         }
         if self.init_logit_bias.is_some_and(|b| !b.is_finite()) {
-            return Err(ConfigError::Invalid(format!(
-                "model.init_logit_bias ({:?}) must be finite",
-                self.init_logit_bias
-            )));
+            return Err(invalid(
+                "model.init_logit_bias",
+                format!("({:?}) must be finite", self.init_logit_bias),
+            ));
         }
         if !self.init_logit_scale.is_finite() {
-            return Err(ConfigError::Invalid(format!(
-                "model.init_logit_scale ({}) must be finite",
-                self.init_logit_scale
-            )));
+            return Err(invalid(
+                "model.init_logit_scale",
+                format!("({}) must be finite", self.init_logit_scale),
+            ));
         }
         Ok(())
     }
@@ -338,12 +353,70 @@ impl ModelConfig {
             + t.width * self.embed_dim; // text_projection
         vision + text + 1 // logit_scale
     }
+}
 
-    /// Multiply-accumulates of one forward pass over one image and one full-length
-    /// text (`context_length` tokens): matmuls and the patch conv only, the count
-    /// scaling-law fits use (C = MACs per sample x samples seen).
-    pub fn macs_per_sample(&self) -> i64 {
-        crate::macs::forward_macs(self).total() as i64
+/// Which model a run trains: a preset name (`tiny`), a path to a model TOML/open_clip
+/// JSON, or an inline `[model]` table (what a resolved run config holds).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    /// Preset name or file path, resolved by [`ModelConfig::load`].
+    Named(String),
+    /// The model config written out in full.
+    Inline(ModelConfig),
+}
+
+/// A `model = ...` entry that does not give a usable model; names the entry.
+#[derive(Debug, thiserror::Error)]
+#[error("{entry}")]
+pub struct ModelSpecError {
+    /// `model = "<name>"` or `[model]`.
+    pub entry: String,
+    /// Why it does not resolve.
+    #[source]
+    pub source: ConfigError,
+}
+
+impl ModelSpec {
+    /// The concrete model config.
+    pub fn resolve(&self) -> Result<ModelConfig, ModelSpecError> {
+        match self {
+            ModelSpec::Named(name) => ModelConfig::load(name).map_err(|source| ModelSpecError {
+                entry: format!("model = {name:?}"),
+                source,
+            }),
+            ModelSpec::Inline(cfg) => {
+                cfg.validate().map_err(|source| ModelSpecError {
+                    entry: "[model]".into(),
+                    source,
+                })?;
+                Ok(cfg.clone())
+            }
+        }
+    }
+}
+
+impl Serialize for ModelSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ModelSpec::Named(n) => s.serialize_str(n),
+            ModelSpec::Inline(c) => c.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(ModelSpec::Named(s)),
+            v @ toml::Value::Table(_) => ModelConfig::deserialize(v)
+                .map(ModelSpec::Inline)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "expected a preset name, a file path or a [model] table, got {}",
+                other.type_str()
+            ))),
+        }
     }
 }
 
@@ -540,188 +613,4 @@ impl OpenClipJson<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-    }
-
-    fn write_temp(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).expect("write temp config");
-        path
-    }
-
-    #[test]
-    fn presets_parse_and_validate() {
-        for name in ModelConfig::preset_names() {
-            let cfg = ModelConfig::preset(name).expect(name);
-            cfg.validate().expect(name);
-        }
-        let tiny = ModelConfig::preset("tiny").expect("tiny");
-        assert_eq!(tiny.embed_dim, 128);
-        assert_eq!(
-            (tiny.vision.image_size, tiny.vision.patch_size, tiny.vision.layers),
-            (64, 8, 4)
-        );
-        assert_eq!((tiny.vision.width, tiny.vision.heads()), (128, 2));
-        assert_eq!(
-            (
-                tiny.text.context_length,
-                tiny.text.layers,
-                tiny.text.width,
-                tiny.text.heads
-            ),
-            (32, 4, 128, 2)
-        );
-    }
-
-    #[test]
-    fn unknown_preset_lists_known_ones() {
-        let err = ModelConfig::load("vit-h-14").expect_err("no such preset").to_string();
-        assert!(
-            err.contains("vit-h-14") && err.contains("nano, tiny, vit-b-32"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let mut cfg = ModelConfig::preset("nano").expect("nano");
-        cfg.vision.width = 100;
-        cfg.vision.head_width = 64;
-        let err = cfg.validate().expect_err("100 % 64 != 0").to_string();
-        assert!(
-            err.contains("model.vision.width (100)") && err.contains("model.vision.head_width (64)"),
-            "{err}"
-        );
-
-        let mut cfg = ModelConfig::preset("nano").expect("nano");
-        cfg.text.heads = 3;
-        let err = cfg.validate().expect_err("64 % 3 != 0").to_string();
-        assert!(
-            err.contains("model.text.width (64)") && err.contains("model.text.heads (3)"),
-            "{err}"
-        );
-
-        let mut cfg = ModelConfig::preset("nano").expect("nano");
-        cfg.vision.patch_size = 5;
-        let err = cfg.validate().expect_err("32 % 5 != 0").to_string();
-        assert!(err.contains("model.vision.patch_size (5)"), "{err}");
-
-        let mut cfg = ModelConfig::preset("nano").expect("nano");
-        cfg.text.layers = 0;
-        let err = cfg.validate().expect_err("no layers").to_string();
-        assert!(err.contains("model.text.layers (0)"), "{err}");
-    }
-
-    #[test]
-    fn unknown_toml_field_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = include_str!("../../configs/models/nano.toml").replace("head_width = 32", "head_widht = 32");
-        let path = write_temp(&dir, "typo.toml", &text);
-        let err = ModelConfig::load(path.to_str().expect("utf-8 path"))
-            .expect_err("typo")
-            .to_string();
-        assert!(err.contains("head_widht") && err.contains("typo.toml"), "{err}");
-    }
-
-    #[test]
-    fn toml_file_defaults_match_open_clip() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = write_temp(
-            &dir,
-            "m.toml",
-            "embed_dim = 8\n[vision]\nimage_size = 16\npatch_size = 8\nwidth = 64\nlayers = 1\n\
-             [text]\nwidth = 16\nheads = 2\nlayers = 1\n",
-        );
-        let cfg = ModelConfig::from_toml_file(&path).expect("valid");
-        assert_eq!((cfg.vision.head_width, cfg.vision.mlp_ratio), (64, 4.0));
-        assert_eq!((cfg.text.context_length, cfg.text.vocab_size), (77, 49408));
-        assert!((cfg.init_logit_scale - 2.659_260_036_932_778).abs() < 1e-12);
-    }
-
-    #[test]
-    fn open_clip_vit_b_32_json_equals_preset() {
-        let from_json = ModelConfig::from_open_clip_json(fixture("open_clip_ViT-B-32.json")).expect("parses");
-        assert_eq!(from_json, ModelConfig::preset("vit-b-32").expect("preset"));
-        let via_load = ModelConfig::load(fixture("open_clip_ViT-B-32.json").to_str().expect("utf-8")).expect("load");
-        assert_eq!(via_load, from_json);
-    }
-
-    #[test]
-    fn open_clip_json_rejects_unsupported_keys_by_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cases = [
-            (r#""quick_gelu": true,"#, "", "quick_gelu"),
-            (r#""custom_text": true,"#, "", "custom_text"),
-            (
-                "",
-                r#""timm_model_name": "vit_base_patch16_224","#,
-                "vision_cfg.timm_model_name",
-            ),
-            ("", r#""attentional_pool": true,"#, "vision_cfg.attentional_pool"),
-            ("", r#""ls_init_value": 1e-5,"#, "vision_cfg.ls_init_value"),
-        ];
-        for (top, vision, key) in cases {
-            let text = format!(
-                r#"{{ {top} "embed_dim": 32,
-                   "vision_cfg": {{ {vision} "image_size": 32, "layers": 1, "width": 64, "patch_size": 8 }},
-                   "text_cfg": {{ "context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1 }} }}"#
-            );
-            let path = write_temp(&dir, "m.json", &text);
-            let err = ModelConfig::from_open_clip_json(&path).expect_err(key).to_string();
-            assert!(
-                err.contains(&format!("`{key}`")) && err.contains("m.json"),
-                "{key}: {err}"
-            );
-        }
-        let hf = r#"{ "embed_dim": 32, "vision_cfg": { "image_size": 32, "layers": 1, "width": 64, "patch_size": 8 },
-                      "text_cfg": { "hf_model_name": "roberta-base", "width": 32, "heads": 2, "layers": 1 } }"#;
-        let err = ModelConfig::from_open_clip_json(write_temp(&dir, "hf.json", hf))
-            .expect_err("hf")
-            .to_string();
-        assert!(err.contains("text_cfg.hf_model_name"), "{err}");
-        let resnet = r#"{ "embed_dim": 32, "vision_cfg": { "image_size": 32, "layers": [3, 4, 6, 3], "width": 64 },
-                          "text_cfg": { "width": 32, "heads": 2, "layers": 1 } }"#;
-        let err = ModelConfig::from_open_clip_json(write_temp(&dir, "rn.json", resnet))
-            .expect_err("rn")
-            .to_string();
-        assert!(
-            err.contains("vision_cfg.layers") && err.contains("ModifiedResNet"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn open_clip_json_accepts_explicit_defaults() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let text = r#"{ "embed_dim": 32, "quick_gelu": false,
-            "vision_cfg": { "image_size": 32, "layers": 1, "width": 64, "patch_size": 8, "patch_dropout": 0.0, "ls_init_value": null },
-            "text_cfg": { "context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1, "pool_type": "argmax", "proj_bias": false } }"#;
-        let cfg = ModelConfig::from_open_clip_json(write_temp(&dir, "ok.json", text)).expect("defaults are fine");
-        assert_eq!(cfg.vision.heads(), 1);
-        assert_eq!(cfg.text.context_length, 8);
-    }
-
-    #[test]
-    fn num_params_match_open_clip() {
-        // Counted by open_clip 3.3.0 (scripts/reference/make_model_fixtures.py).
-        assert_eq!(
-            ModelConfig::preset("vit-b-32").expect("preset").num_params(),
-            151_277_313
-        );
-        assert_eq!(ModelConfig::preset("tiny").expect("preset").num_params(), 7_981_057);
-        assert_eq!(ModelConfig::preset("nano").expect("preset").num_params(), 3_382_017);
-    }
-
-    #[test]
-    fn macs_grow_with_the_model() {
-        let nano = ModelConfig::preset("nano").expect("preset").macs_per_sample();
-        let b32 = ModelConfig::preset("vit-b-32").expect("preset").macs_per_sample();
-        // ViT-B-32 is ~4.4 GMACs image + ~2.9 GMACs text per open_clip's profile table.
-        assert!(b32 > 7_000_000_000 && b32 < 7_600_000_000, "{b32}");
-        assert!(nano < b32 / 1000, "{nano}");
-    }
-}
+mod tests;

@@ -1,16 +1,16 @@
-//! The bridge from the `[data]` config section to the dataloader crate, and
-//! from its flat batches to tensors.
+//! The trainer's data side: the `[data]` section ([`config`]), the training loader built
+//! from it ([`TrainLoader`]), and batches as tensors ([`batch`]). The dataloader crate
+//! does the reading and decoding; this module adds what needs the model and libtorch.
 
-use dataloader::shard_spec::WEIGHTS_FIELD;
-use dataloader::{
-    dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, Loader, LoaderConfig,
-    LoaderState, PixelOutput, SkipCounts,
-};
-use tch::{Kind, Tensor};
+pub mod batch;
+pub mod config;
 
-use crate::config::ModelConfig;
-use crate::train::config::{DataConfig, NormalizeOn};
-use crate::train::TensorBatch;
+use dataloader::{Loader, LoaderState, SkipCounts};
+
+pub use batch::{PixelNormalization, TensorBatch};
+pub use config::{DataConfig, NormalizeOn};
+
+use crate::model::ModelConfig;
 use crate::TrainError;
 
 /// The training loader: endless, shuffled, train transform.
@@ -21,181 +21,44 @@ pub struct TrainLoader {
     device_normalization: Option<PixelNormalization>,
 }
 
-/// CLIP normalisation of u8 images as one per-channel affine map, `v · 1/(255·std) +
-/// (−mean/std)`, for images normalised on the training device (`data.normalize =
-/// "device"`). Made once (on the CPU); moving its two 3-value tensors to the device is
-/// nothing beside the images.
-pub struct PixelNormalization {
-    /// `(1,3,1,1)` f32: 1/(255·std).
-    scale: Tensor,
-    /// `(1,3,1,1)` f32: −mean/std.
-    shift: Tensor,
-}
-
-impl PixelNormalization {
-    /// CLIP (OpenAI) mean and std, as the loader's f32 output uses.
-    pub fn clip() -> Self {
-        // The loader's own constants: it computes level·scale + shift in f32 too (a multiply,
-        // then an add), so on a CPU both `data.normalize` modes give the same bits.
-        let scale = dataloader::CLIP_PIXEL_SCALE;
-        let shift = dataloader::CLIP_PIXEL_SHIFT;
-        Self {
-            scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]),
-            shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]),
-        }
-    }
-
-    /// The same map, sharing the tensors.
-    pub fn shallow_clone(&self) -> Self {
-        Self {
-            scale: self.scale.shallow_clone(),
-            shift: self.shift.shallow_clone(),
-        }
-    }
-
-    /// `(B,3,H,W)` u8 images → normalised f32 on their device.
-    pub fn apply(&self, images_u8: &Tensor) -> Tensor {
-        let device = images_u8.device();
-        let mut images = images_u8.to_kind(Kind::Float);
-        // In place: one f32 batch allocated, not three.
-        let _ = images.g_mul_(&self.scale.to_device(device));
-        let _ = images.g_add_(&self.shift.to_device(device));
-        images
-    }
-}
-
-/// Where `data.normalize` puts normalisation, as the loader's pixel type.
-fn pixel_output(normalize: NormalizeOn) -> PixelOutput {
-    match normalize {
-        NormalizeOn::Loader => PixelOutput::NormalizedF32,
-        NormalizeOn::Device => PixelOutput::RawU8,
-    }
-}
-
-/// Builds rank `rank`'s training loader for `model` from the `[data]` section, with the
-/// rank mixed into the seed. Every sample once per epoch: shards are dealt to ranks
-/// round-robin (each rank needs one). `data.resampled`: every rank draws weighted shards
-/// with replacement from all of them, and an epoch is `data.epoch_samples` samples over all
-/// ranks. With `position` (from [`TrainLoader::state`] in a checkpoint) it continues at
-/// exactly the next sample the saved run would have read.
-pub fn train_loader(
-    cfg: &DataConfig,
-    model: &ModelConfig,
-    seed: u64,
-    rank: usize,
-    world_size: usize,
-    position: Option<&serde_json::Value>,
-) -> Result<TrainLoader, TrainError> {
-    let mut lc = if cfg.resampled {
-        resampled_config(cfg, rank, world_size)?
-    } else {
-        every_shard_config(cfg, rank, world_size)?
-    };
-    lc.batch_size = cfg.batch_size;
-    lc.image_size = model.vision.image_size as u32;
-    lc.context_length = model.text.context_length as usize;
-    lc.threads = cfg.workers;
-    // Rank in the seed: in resampled mode this is what gives every rank its own draws.
-    lc.seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    lc.shuffle_buffer = cfg.shuffle_buffer;
-    lc.drop_last = true;
-    lc.max_pixels = cfg.max_pixels;
-    lc.caption = caption_source(&cfg.caption);
-    lc.pixel_output = pixel_output(cfg.normalize);
-    let loader = match position {
-        None => Loader::new(lc),
-        Some(position) => {
-            let state: LoaderState = serde_json::from_value(position.clone())
-                .map_err(|e| TrainError::Checkpoint(format!("loader state of rank {rank}: {e}")))?;
-            Loader::resume(lc, &state)
-        }
-    }
-    .map_err(|e| TrainError::Data(e.to_string()))?;
-    Ok(TrainLoader {
-        loader,
-        image_size: model.vision.image_size as usize,
-        device_normalization: (cfg.normalize == NormalizeOn::Device).then(PixelNormalization::clip),
-    })
-}
-
-/// Every sample once per epoch: this rank's round-robin share of the shards.
-fn every_shard_config(cfg: &DataConfig, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
-    if let Some(weights) = &cfg.train_weights {
-        return Err(TrainError::Data(format!(
-            "data.train_weights: weights {weights:?} need resampled mode (set data.resampled = true)"
-        )));
-    }
-    let all = expand_shards(&cfg.train).map_err(|e| TrainError::Data(format!("data.train: {e}")))?;
-    if all.len() < world_size {
-        return Err(TrainError::Data(format!(
-            "data.train: {} shard(s) for {world_size} ranks; every rank needs at least one shard \
-             (or set data.resampled = true to draw shards with replacement)",
-            all.len()
-        )));
-    }
-    let shards = all.into_iter().skip(rank).step_by(world_size).collect();
-    Ok(LoaderConfig::new(shards, true))
-}
-
-/// Resampled: all shards with their source weights, and this rank's batches per virtual epoch.
-fn resampled_config(cfg: &DataConfig, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
-    let sources = expand_sources(&cfg.train, cfg.train_weights.as_deref()).map_err(|e| match e {
-        DataError::BadConfig { field, reason } if field == WEIGHTS_FIELD => {
-            TrainError::Data(format!("data.train_weights: {reason}"))
-        }
-        other => TrainError::Data(format!("data.train: {other}")),
-    })?;
-    let epoch_samples = match cfg.epoch_samples {
-        Some(n) => n,
-        None => {
-            let shards: Vec<_> = sources.iter().flat_map(|s| s.shards.iter().cloned()).collect();
-            let size = dataset_size(&shards).map_err(|e| {
-                TrainError::Data(format!(
-                    "data.epoch_samples: not set, and the dataset size is unknown, so a virtual epoch has \
-                     no length; set data.epoch_samples ({e})"
-                ))
-            })?;
-            if size == 0 {
-                return Err(TrainError::Data(
-                    "data.epoch_samples: not set, and the size files next to data.train's shards count 0 samples"
-                        .into(),
-                ));
-            }
-            if rank == 0 {
-                tracing::info!(
-                    epoch_samples = size,
-                    shards = shards.len(),
-                    "data.epoch_samples not set: a virtual epoch is the dataset size, {size} samples, \
-                     from sizes.json / *_stats.json next to data.train's shards"
-                );
-            }
-            size
-        }
-    };
-    Ok(LoaderConfig::resampled(
-        &sources,
-        virtual_epoch_batches(epoch_samples, cfg.batch_size, world_size),
-    ))
-}
-
-/// `"txt"` or `"json:<field>"` (validated by [`DataConfig::validate`]).
-pub fn caption_source(spec: &str) -> CaptionSource {
-    match spec.strip_prefix("json:") {
-        Some(field) => CaptionSource::Json(field.to_string()),
-        None => CaptionSource::Txt,
-    }
-}
-
 impl TrainLoader {
+    /// Rank `rank`'s training loader for `model` (see [`DataConfig::loader_config`]). With
+    /// `position` (from [`TrainLoader::state`] in a checkpoint) it continues at exactly the
+    /// next sample the saved run would have read.
+    pub fn new(
+        cfg: &DataConfig,
+        model: &ModelConfig,
+        seed: u64,
+        rank: usize,
+        world_size: usize,
+        position: Option<&serde_json::Value>,
+    ) -> Result<TrainLoader, TrainError> {
+        let lc = cfg.loader_config(model, seed, rank, world_size)?;
+        let loader = match position {
+            None => Loader::new(lc),
+            Some(position) => {
+                let state: LoaderState =
+                    serde_json::from_value(position.clone()).map_err(|source| TrainError::TrainState {
+                        what: format!("loader state of rank {rank}"),
+                        source,
+                    })?;
+                Loader::resume(lc, &state)
+            }
+        }
+        .map_err(TrainError::Loader)?;
+        Ok(TrainLoader {
+            loader,
+            image_size: model.vision.image_size as usize,
+            device_normalization: (cfg.normalize == NormalizeOn::Device).then(PixelNormalization::clip),
+        })
+    }
+
     /// The next batch as tensors, the images wrapping the loader's buffer without a copy (see
     /// [`TensorBatch`] for how long tensors sharing it may live). Errors when the shards yield
     /// no usable sample at all.
     pub fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
-        let batch = self.loader.next_batch().ok_or_else(|| {
-            TrainError::Data(format!(
-                "the training shards produced no usable batch (skipped: {})",
-                self.loader.skip_counts().to_json()
-            ))
+        let batch = self.loader.next_batch().ok_or_else(|| TrainError::NoUsableBatch {
+            skipped: self.loader.skip_counts().to_json().to_string(),
         })?;
         let size = batch.len();
         Ok(match &self.device_normalization {
@@ -236,7 +99,7 @@ mod tests {
 
     use super::*;
     use crate::train::config::TrainConfig;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     /// `samples` small PNG samples in shards of `per_shard` under `dir`, with sizes.json.
     fn write_shards(dir: &Path, samples: usize, per_shard: u64) -> Vec<PathBuf> {
@@ -280,7 +143,7 @@ mod tests {
     fn error_of(result: Result<TrainLoader, TrainError>) -> String {
         match result {
             Ok(_) => panic!("expected an error"),
-            Err(e) => e.to_string(),
+            Err(e) => crate::error::error_chain(&e),
         }
     }
 
@@ -289,7 +152,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_shards(dir.path(), 8, 8);
         let cfg = data_config(&dir.path().display().to_string());
-        let mut loader = train_loader(&cfg, &nano(), 1, 0, 1, None).unwrap();
+        let mut loader = TrainLoader::new(&cfg, &nano(), 1, 0, 1, None).unwrap();
         let size = nano().vision.image_size as i64;
         for _ in 0..6 {
             let batch = loader.next_batch().unwrap();
@@ -315,9 +178,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_shards(dir.path(), 8, 4);
         let mut cfg = data_config(&dir.path().display().to_string());
-        let mut on_loader = train_loader(&cfg, &nano(), 5, 0, 1, None).unwrap();
+        let mut on_loader = TrainLoader::new(&cfg, &nano(), 5, 0, 1, None).unwrap();
         cfg.normalize = NormalizeOn::Device;
-        let mut on_device = train_loader(&cfg, &nano(), 5, 0, 1, None).unwrap();
+        let mut on_device = TrainLoader::new(&cfg, &nano(), 5, 0, 1, None).unwrap();
         let size = nano().vision.image_size as i64;
         for _ in 0..6 {
             let want = on_loader.next_batch().unwrap();
@@ -382,14 +245,14 @@ mod tests {
         write_shards(dir.path(), 8, 8);
         let mut cfg = data_config(&dir.path().display().to_string());
         // One shard for three ranks: refused when every sample is read once per epoch ...
-        let err = error_of(train_loader(&cfg, &nano(), 7, 1, 3, None));
+        let err = error_of(TrainLoader::new(&cfg, &nano(), 7, 1, 3, None));
         assert!(err.contains("data.resampled"), "{err}");
         // ... fine when shards are drawn with replacement, each rank its own stream.
         cfg.resampled = true;
         cfg.epoch_samples = Some(12);
         let first_batches: Vec<Vec<f32>> = (0..3)
             .map(|rank| {
-                let mut loader = train_loader(&cfg, &nano(), 7, rank, 3, None).unwrap();
+                let mut loader = TrainLoader::new(&cfg, &nano(), 7, rank, 3, None).unwrap();
                 let batch = loader.next_batch().unwrap();
                 Vec::<f32>::try_from(batch.images.flatten(0, -1)).unwrap()
             })
@@ -397,7 +260,7 @@ mod tests {
         assert_ne!(first_batches[0], first_batches[1]);
         assert_ne!(first_batches[1], first_batches[2]);
         // The same rank again: the same batch.
-        let mut again = train_loader(&cfg, &nano(), 7, 2, 3, None).unwrap();
+        let mut again = TrainLoader::new(&cfg, &nano(), 7, 2, 3, None).unwrap();
         let batch = Vec::<f32>::try_from(again.next_batch().unwrap().images.flatten(0, -1)).unwrap();
         assert_eq!(batch, first_batches[2]);
     }
@@ -409,18 +272,18 @@ mod tests {
         let mut cfg = data_config(&dir.path().display().to_string());
         cfg.resampled = true;
         // sizes.json says 6 samples: 3 batches of 2 per virtual epoch on one rank.
-        let mut loader = train_loader(&cfg, &nano(), 0, 0, 1, None).unwrap();
+        let mut loader = TrainLoader::new(&cfg, &nano(), 0, 0, 1, None).unwrap();
         let epochs: Vec<u64> = (0..7).map(|_| loader.next_batch().unwrap().epoch).collect();
         assert_eq!(epochs, [0, 0, 0, 1, 1, 1, 2]);
         // Given explicitly, it wins: 8 samples over 2 ranks of 2 = 2 batches per rank.
         cfg.epoch_samples = Some(8);
-        let mut loader = train_loader(&cfg, &nano(), 0, 1, 2, None).unwrap();
+        let mut loader = TrainLoader::new(&cfg, &nano(), 0, 1, 2, None).unwrap();
         let epochs: Vec<u64> = (0..3).map(|_| loader.next_batch().unwrap().epoch).collect();
         assert_eq!(epochs, [0, 0, 1]);
         // Neither given nor known: the error says which field to set.
         cfg.epoch_samples = None;
         std::fs::remove_file(dir.path().join("sizes.json")).unwrap();
-        let err = error_of(train_loader(&cfg, &nano(), 0, 0, 1, None));
+        let err = error_of(TrainLoader::new(&cfg, &nano(), 0, 0, 1, None));
         assert!(err.contains("data.epoch_samples"), "{err}");
     }
 
@@ -436,12 +299,12 @@ mod tests {
             err.contains("data.train_weights") && err.contains("data.resampled"),
             "{err}"
         );
-        let err = error_of(train_loader(&cfg, &nano(), 0, 0, 1, None));
+        let err = error_of(TrainLoader::new(&cfg, &nano(), 0, 0, 1, None));
         assert!(err.contains("data.train_weights"), "{err}");
 
         cfg.resampled = true;
         cfg.validate().unwrap();
-        let mut loader = train_loader(&cfg, &nano(), 0, 0, 1, None).unwrap();
+        let mut loader = TrainLoader::new(&cfg, &nano(), 0, 0, 1, None).unwrap();
         loader.next_batch().unwrap();
 
         for bad in ["1", "1::x", "1::-2", "1::2::3"] {
@@ -451,7 +314,7 @@ mod tests {
         }
         // All zero passes the syntax check; the loader refuses it, naming the field.
         cfg.train_weights = Some("0::0".into());
-        let err = error_of(train_loader(&cfg, &nano(), 0, 0, 1, None));
+        let err = error_of(TrainLoader::new(&cfg, &nano(), 0, 0, 1, None));
         assert!(err.contains("data.train_weights"), "{err}");
     }
 
@@ -478,7 +341,7 @@ mod tests {
         cfg.train_weights = Some("2::1".into());
         cfg.epoch_samples = Some(6);
         cfg.workers = 2;
-        let mut loader = train_loader(&cfg, &nano(), 3, 0, 1, None).unwrap();
+        let mut loader = TrainLoader::new(&cfg, &nano(), 3, 0, 1, None).unwrap();
         for _ in 0..4 {
             loader.next_batch().unwrap();
         }
@@ -486,14 +349,14 @@ mod tests {
         let expected: Vec<Vec<f32>> = (0..5)
             .map(|_| Vec::<f32>::try_from(loader.next_batch().unwrap().images.flatten(0, -1)).unwrap())
             .collect();
-        let mut resumed = train_loader(&cfg, &nano(), 3, 0, 1, Some(&state)).unwrap();
+        let mut resumed = TrainLoader::new(&cfg, &nano(), 3, 0, 1, Some(&state)).unwrap();
         let got: Vec<Vec<f32>> = (0..5)
             .map(|_| Vec::<f32>::try_from(resumed.next_batch().unwrap().images.flatten(0, -1)).unwrap())
             .collect();
         assert_eq!(got, expected);
         // Another epoch length does not fit the saved position.
         cfg.epoch_samples = Some(8);
-        let err = error_of(train_loader(&cfg, &nano(), 3, 0, 1, Some(&state)));
+        let err = error_of(TrainLoader::new(&cfg, &nano(), 3, 0, 1, Some(&state)));
         assert!(err.contains("epoch_batches"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
 //! Contrastive losses over the global batch of a data-parallel job, with the
-//! exact gradient at O(B·N) memory (DESIGN.md §3).
+//! exact gradient at O(B·N) memory (docs/architecture.md §3).
 //!
 //! Rank r holds B pairs of features; the global batch is N = W·B. Rank r computes
 //! its *share* ℓ_r of the global loss L: the terms whose row is one of its own
@@ -28,7 +28,39 @@
 
 use tch::{Kind, Tensor};
 
+use super::local::{accumulation_kind, own_columns, pair_signs};
 use crate::dist::{Collective, DistError};
+
+/// Which contrastive loss a run trains with (the train config's `loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Softmax cross-entropy both ways (CLIP).
+    #[default]
+    Clip,
+    /// Pairwise sigmoid loss (SigLIP); needs a model with `init_logit_bias`.
+    Siglip,
+}
+
+impl LossKind {
+    /// This rank's part of the loss over the global batch: [`global_siglip_loss`] for
+    /// `Siglip` with a bias, else [`global_clip_loss`]. Every rank must call it.
+    pub fn global_loss(
+        self,
+        image_features: &Tensor,
+        text_features: &Tensor,
+        logit_scale: &Tensor,
+        logit_bias: Option<&Tensor>,
+        coll: &dyn Collective,
+    ) -> Result<RankLoss, DistError> {
+        match (self, logit_bias) {
+            (LossKind::Siglip, Some(bias)) => {
+                global_siglip_loss(image_features, text_features, logit_scale, bias, coll)
+            }
+            _ => global_clip_loss(image_features, text_features, logit_scale, coll),
+        }
+    }
+}
 
 /// What a rank gets from a global-batch loss.
 #[derive(Debug)]
@@ -81,7 +113,7 @@ pub struct FeatureGrads {
 
 impl ShareGrads {
     /// Reduce-scatters the column gradients and adds them to the row gradients
-    /// (steps 5–6 of DESIGN.md §3). Every rank must call it.
+    /// (step 3 of the list above). Every rank must call it.
     pub fn exchange_columns(self, coll: &dyn Collective) -> Result<FeatureGrads, DistError> {
         let image = rows_plus_columns(self.image_rows, self.image_columns, coll)?;
         let text = rows_plus_columns(self.text_rows, self.text_columns, coll)?;
@@ -152,7 +184,7 @@ pub fn global_siglip_loss(
     )
 }
 
-/// Steps 1–4 of DESIGN.md §3 for the CLIP loss: this rank's rows against all
+/// Steps 1–2 of the list above for the CLIP loss: this rank's rows against all
 /// columns, in both directions, divided by 2N.
 pub fn clip_share_grads(
     image_features: &Tensor,
@@ -198,7 +230,7 @@ pub fn clip_share_grads(
     })
 }
 
-/// Steps 1–4 for the sigmoid loss: this rank's image rows against the text
+/// Steps 1–2 for the sigmoid loss: this rank's image rows against the text
 /// columns of every rank, summed and divided by N. Only text is gathered: every
 /// pair (i, j) is counted once, on the rank that owns image i.
 pub fn siglip_share_grads(
@@ -233,20 +265,6 @@ pub fn siglip_share_grads(
         logit_scale: next().unwrap_or_else(|| logit_scale.zeros_like()),
         logit_bias: Some(next().unwrap_or_else(|| logit_bias.zeros_like())),
     })
-}
-
-/// The sigmoid loss of one process's whole batch (the world-of-one definition
-/// that [`global_siglip_loss`] distributes): −Σ log σ(z·(s·I·Tᵀ + b)) / B.
-pub fn siglip_loss(
-    image_features: &Tensor,
-    text_features: &Tensor,
-    logit_scale: &Tensor,
-    logit_bias: &Tensor,
-) -> Tensor {
-    let batch = image_features.size()[0];
-    let logits = image_features.matmul(&text_features.tr()) * logit_scale + logit_bias; // (B, B)
-    let signs = pair_signs(batch, batch, 0, &logits);
-    -(&logits * signs).log_sigmoid().sum(accumulation_kind(&logits)) / batch as f64
 }
 
 fn finish(
@@ -291,34 +309,12 @@ fn leaf(t: &Tensor) -> Tensor {
     t.detach().set_requires_grad(true)
 }
 
-/// Column index of each of this rank's rows in the gathered batch: r·B + arange(B).
-fn own_columns(rows: i64, rank: usize, device: tch::Device) -> Tensor {
-    Tensor::arange(rows, (Kind::Int64, device)) + rank as i64 * rows
-}
-
 /// −Σ_rows log softmax(logits)[row, target[row]].
 fn summed_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     -logits
         .log_softmax(-1, None::<Kind>)
         .gather(1, &targets.unsqueeze(1), false)
         .sum(accumulation_kind(logits))
-}
-
-/// Sums run in f64 for f64 inputs and in f32 otherwise (also for bf16/f16 features).
-fn accumulation_kind(t: &Tensor) -> Kind {
-    if t.kind() == Kind::Double {
-        Kind::Double
-    } else {
-        Kind::Float
-    }
-}
-
-/// (B, N) with +1 where column = r·B + row (the matching pair), −1 elsewhere; kind of `like`.
-fn pair_signs(rows: i64, columns: i64, rank: usize, like: &Tensor) -> Tensor {
-    let device = like.device();
-    let own = own_columns(rows, rank, device).unsqueeze(1); // (B, 1)
-    let all = Tensor::arange(columns, (Kind::Int64, device)).unsqueeze(0); // (1, N)
-    own.eq_tensor(&all).to_kind(like.kind()) * 2.0 - 1.0
 }
 
 /// rows + reduce_scatter(columns), whichever exist.
@@ -343,7 +339,7 @@ mod tests {
     use super::*;
     use crate::dist::local::LocalGroup;
     use crate::dist::Solo;
-    use crate::loss::clip_loss;
+    use crate::loss::{clip_loss, siglip_loss};
     use crate::model::l2_normalize;
     use tch::Device;
 

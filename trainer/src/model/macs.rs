@@ -16,7 +16,7 @@
 //! # Ok::<(), trainer::ConfigError>(())
 //! ```
 
-use crate::config::ModelConfig;
+use super::config::ModelConfig;
 
 /// Forward MACs of one sample, split by tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +63,19 @@ pub fn forward_macs(cfg: &ModelConfig) -> MacCount {
     MacCount { image, text }
 }
 
+impl ModelConfig {
+    /// Multiply-accumulates of one forward pass over one image and one full-length
+    /// text (`context_length` tokens): matmuls and the patch conv only, the count
+    /// scaling-law fits use (C = MACs per sample x samples seen).
+    pub fn macs_per_sample(&self) -> i64 {
+        forward_macs(self).total() as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Clip;
+    use crate::model::Clip;
     use tch::nn::VarStore;
     use tch::Device;
 

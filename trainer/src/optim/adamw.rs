@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::TrainError;
+use crate::field::FieldError;
 
 /// The `[optim]` section of a train config. Defaults are open_clip's for ViTs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,8 +47,8 @@ impl Default for OptimConfig {
 
 impl OptimConfig {
     /// Checks ranges; errors name the field.
-    pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |field: &str, why: String| Err(TrainError::Config(format!("optim.{field}: {why}")));
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field: &str, why: String| Err(FieldError::new(format!("optim.{field}"), why));
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("lr", format!("must be > 0, got {}", self.lr));
         }
@@ -84,6 +84,14 @@ pub fn decays(name: &str, param: &Tensor, cfg: &OptimConfig) -> bool {
         && !leaf.contains("bias")
         && leaf != "logit_scale"
         && (cfg.decay_embeddings || !is_embedding)
+}
+
+/// Saved optimizer tensors that do not fit this optimizer; nothing was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("optimizer state does not match: {}", problems.join("; "))]
+pub struct OptimStateMismatch {
+    /// One entry per offending tensor: `visual.proj.exp_avg: missing`.
+    pub problems: Vec<String>,
 }
 
 struct ParamState {
@@ -257,7 +265,7 @@ impl AdamW {
     /// this optimizer's state; otherwise nothing is changed and the error names
     /// the offending tensors. Tensors may come from another device (e.g. a CPU
     /// checkpoint into CUDA state): they are copied into the existing storage.
-    pub fn load_state_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<(), TrainError> {
+    pub fn load_state_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<(), OptimStateMismatch> {
         let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut problems = Vec::new();
         for (name, tensor) in named {
@@ -313,10 +321,7 @@ impl AdamW {
                 .map(|name| format!("{name}: not a state of this optimizer")),
         );
         let Some(step) = step.filter(|_| problems.is_empty()) else {
-            return Err(TrainError::Model(format!(
-                "optimizer state does not match: {}",
-                problems.join("; ")
-            )));
+            return Err(OptimStateMismatch { problems });
         };
         tch::no_grad(|| {
             for (mut dst, src) in copies {

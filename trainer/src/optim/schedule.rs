@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::TrainError;
+use crate::field::FieldError;
 
 /// The `[schedule]` section of a train config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,21 +28,21 @@ impl Default for ScheduleConfig {
 
 impl ScheduleConfig {
     /// Checks ranges; errors name the field.
-    pub fn validate(&self) -> Result<(), TrainError> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.steps == 0 {
-            return Err(TrainError::Config("schedule.steps: must be > 0".into()));
+            return Err(FieldError::new("schedule.steps", "must be > 0"));
         }
         if self.warmup_steps > self.steps {
-            return Err(TrainError::Config(format!(
-                "schedule.warmup_steps ({}) must not exceed schedule.steps ({})",
-                self.warmup_steps, self.steps
-            )));
+            return Err(FieldError::new(
+                "schedule.warmup_steps",
+                format!("{} must not exceed schedule.steps ({})", self.warmup_steps, self.steps),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(TrainError::Config(format!(
-                "schedule.min_lr_ratio: must be in [0, 1], got {}",
-                self.min_lr_ratio
-            )));
+            return Err(FieldError::new(
+                "schedule.min_lr_ratio",
+                format!("must be in [0, 1], got {}", self.min_lr_ratio),
+            ));
         }
         Ok(())
     }

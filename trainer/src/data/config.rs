@@ -1,0 +1,261 @@
+//! The `[data]` section of a train config, and the one place it becomes the loader's
+//! config ([`DataConfig::loader_config`]): which shards this rank reads, how they are
+//! sampled, and the batch and image settings the model implies.
+
+use dataloader::shard_spec::WEIGHTS_FIELD;
+use dataloader::{
+    dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, LoaderConfig,
+    PixelOutput,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::field::FieldError;
+use crate::model::ModelConfig;
+use crate::TrainError;
+
+/// The `[data]` section: which shards, how they are sampled and batched, and where
+/// images are normalised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Shard spec: brace ranges, several specs joined by `::`, or a folder of `.tar`.
+    pub train: String,
+    /// Samples per micro-batch and worker: a step sees
+    /// `batch_size × accum_steps × workers` samples.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; their gradients are summed locally and
+    /// exchanged between workers once per step.
+    pub accum_steps: usize,
+    /// Background decode threads.
+    pub workers: usize,
+    /// Caption source: `"txt"` for the `.txt` member, or `"json:<field>"`.
+    pub caption: String,
+    /// Shuffle buffer size in samples (0 = no shuffling).
+    pub shuffle_buffer: usize,
+    /// Images with more pixels than this are skipped (decompression-bomb guard).
+    pub max_pixels: u64,
+    /// Draw shards with replacement (OpenCLIP's `--dataset-resampled`): every rank draws its
+    /// own stream from all shards, and an epoch is `epoch_samples` samples. Off: every sample
+    /// once per epoch, shards split across ranks.
+    pub resampled: bool,
+    /// Sampling weight of each `::`-joined source of `train`, `::`-joined (`"1::0.5"`,
+    /// OpenCLIP's `--train-data-upsampling-factors`); every shard of a source gets its
+    /// weight. Needs `resampled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_weights: Option<String>,
+    /// Samples per virtual epoch over all ranks (OpenCLIP's `--train-num-samples`);
+    /// resampled mode only. Unset: the dataset size from `sizes.json` / img2dataset
+    /// `*_stats.json` next to the shards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch_samples: Option<u64>,
+    /// Where images are CLIP-normalised: `"loader"` (default; the loader writes f32) or
+    /// `"device"` (the loader writes u8 levels, a quarter of the bytes to build and
+    /// transfer, and the train step normalises them after moving them to the device). The
+    /// same samples and crops either way; the values agree to f32 rounding.
+    pub normalize: NormalizeOn,
+}
+
+/// Where training images are normalised (`data.normalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalizeOn {
+    /// In the loader threads, f32 batches.
+    #[default]
+    Loader,
+    /// On the training device, from u8 batches.
+    Device,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: String::new(),
+            batch_size: 64,
+            accum_steps: 1,
+            workers: 2,
+            caption: "txt".into(),
+            shuffle_buffer: 1000,
+            max_pixels: 64 * 1024 * 1024,
+            resampled: false,
+            train_weights: None,
+            epoch_samples: None,
+            normalize: NormalizeOn::Loader,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks the section; errors name the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.train.trim().is_empty() {
+            return Err(FieldError::new(
+                "data.train",
+                "no shards given (e.g. \"data/{00000..00009}.tar\")",
+            ));
+        }
+        if self.batch_size == 0 {
+            return Err(FieldError::new("data.batch_size", "must be > 0"));
+        }
+        if self.accum_steps == 0 {
+            return Err(FieldError::new("data.accum_steps", "must be > 0"));
+        }
+        if self.workers == 0 {
+            return Err(FieldError::new("data.workers", "must be > 0"));
+        }
+        if self.caption != "txt" && !self.caption.starts_with("json:") {
+            return Err(FieldError::new(
+                "data.caption",
+                format!("expected \"txt\" or \"json:<field>\", got {:?}", self.caption),
+            ));
+        }
+        if let Some(weights) = &self.train_weights {
+            if !self.resampled {
+                return Err(FieldError::new(
+                    "data.train_weights",
+                    format!(
+                        "weights {weights:?} need resampled mode (set data.resampled = true); without it every \
+                         sample is read once per epoch (OpenCLIP likewise needs --dataset-resampled)"
+                    ),
+                ));
+            }
+            let sources = self.train.split("::").count();
+            let given = weights.split("::").count();
+            if given != sources {
+                return Err(FieldError::new(
+                    "data.train_weights",
+                    format!("{given} weight(s) in {weights:?} for {sources} `::`-joined source(s) in data.train"),
+                ));
+            }
+            for weight in weights.split("::") {
+                let weight = weight.trim();
+                if !weight.parse::<f64>().is_ok_and(|w| w.is_finite() && w >= 0.0) {
+                    return Err(FieldError::new(
+                        "data.train_weights",
+                        format!("weight {weight:?} must be a finite number >= 0"),
+                    ));
+                }
+            }
+        }
+        match self.epoch_samples {
+            Some(0) => return Err(FieldError::new("data.epoch_samples", "must be > 0")),
+            Some(n) if !self.resampled => {
+                return Err(FieldError::new(
+                    "data.epoch_samples",
+                    format!("{n} is only used with data.resampled = true; without it an epoch reads every sample once"),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The loader config of rank `rank` of `world_size` for `model`, with the rank mixed
+    /// into the seed: the one place `[data]` becomes a [`LoaderConfig`] (which the
+    /// loader checks again as a whole when it starts).
+    ///
+    /// Every sample once per epoch: shards are dealt to ranks round-robin (each rank
+    /// needs one). `data.resampled`: every rank draws weighted shards with replacement
+    /// from all of them, and an epoch is `data.epoch_samples` samples over all ranks.
+    pub fn loader_config(
+        &self,
+        model: &ModelConfig,
+        seed: u64,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<LoaderConfig, TrainError> {
+        self.validate().map_err(TrainError::Config)?;
+        let mut lc = if self.resampled {
+            self.resampled_shards(rank, world_size)?
+        } else {
+            self.every_shard_once(rank, world_size)?
+        };
+        lc.batch_size = self.batch_size;
+        lc.image_size = model.vision.image_size as u32;
+        lc.context_length = model.text.context_length as usize;
+        lc.threads = self.workers;
+        // Rank in the seed: in resampled mode this is what gives every rank its own draws.
+        lc.seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        lc.shuffle_buffer = self.shuffle_buffer;
+        lc.drop_last = true;
+        lc.max_pixels = self.max_pixels;
+        lc.caption = caption_source(&self.caption);
+        lc.pixel_output = match self.normalize {
+            NormalizeOn::Loader => PixelOutput::NormalizedF32,
+            NormalizeOn::Device => PixelOutput::RawU8,
+        };
+        Ok(lc)
+    }
+
+    /// Every sample once per epoch: this rank's round-robin share of the shards.
+    fn every_shard_once(&self, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
+        let all = expand_shards(&self.train).map_err(|source| TrainError::Data {
+            context: "data.train".into(),
+            source,
+        })?;
+        if all.len() < world_size {
+            return Err(TrainError::DataConfig(FieldError::new(
+                "data.train",
+                format!(
+                    "{} shard(s) for {world_size} ranks; every rank needs at least one shard (or set \
+                     data.resampled = true to draw shards with replacement)",
+                    all.len()
+                ),
+            )));
+        }
+        let shards = all.into_iter().skip(rank).step_by(world_size).collect();
+        Ok(LoaderConfig::new(shards, true))
+    }
+
+    /// Resampled: all shards with their source weights, and this rank's batches per
+    /// virtual epoch.
+    fn resampled_shards(&self, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
+        let sources = expand_sources(&self.train, self.train_weights.as_deref()).map_err(|e| match e {
+            DataError::BadConfig { field, reason } if field == WEIGHTS_FIELD => {
+                TrainError::DataConfig(FieldError::new("data.train_weights", reason))
+            }
+            source => TrainError::Data {
+                context: "data.train".into(),
+                source,
+            },
+        })?;
+        let epoch_samples = match self.epoch_samples {
+            Some(n) => n,
+            None => {
+                let shards: Vec<_> = sources.iter().flat_map(|s| s.shards.iter().cloned()).collect();
+                let size = dataset_size(&shards).map_err(|source| TrainError::Data {
+                    context: "data.epoch_samples: not set, and the dataset size is unknown, so a virtual epoch \
+                              has no length; set data.epoch_samples"
+                        .into(),
+                    source,
+                })?;
+                if size == 0 {
+                    return Err(TrainError::DataConfig(FieldError::new(
+                        "data.epoch_samples",
+                        "not set, and the size files next to data.train's shards count 0 samples",
+                    )));
+                }
+                if rank == 0 {
+                    tracing::info!(
+                        epoch_samples = size,
+                        shards = shards.len(),
+                        "data.epoch_samples not set: a virtual epoch is the dataset size, {size} samples, \
+                         from sizes.json / *_stats.json next to data.train's shards"
+                    );
+                }
+                size
+            }
+        };
+        Ok(LoaderConfig::resampled(
+            &sources,
+            virtual_epoch_batches(epoch_samples, self.batch_size, world_size),
+        ))
+    }
+}
+
+/// `"txt"` or `"json:<field>"` (validated by [`DataConfig::validate`]).
+pub fn caption_source(spec: &str) -> CaptionSource {
+    match spec.strip_prefix("json:") {
+        Some(field) => CaptionSource::Json(field.to_string()),
+        None => CaptionSource::Txt,
+    }
+}
