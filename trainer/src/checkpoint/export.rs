@@ -39,9 +39,9 @@ pub fn locate_checkpoint(path: &Path) -> Result<CheckpointFiles, InteropError> {
     }
     let dir = if path.join(CHECKPOINT_WEIGHTS_FILE).is_file() {
         path.to_path_buf()
-    } else if path.join(LATEST_FILE).is_file() {
+    } else if path.join(LATEST_FILE).exists() {
         follow_latest(path)?
-    } else if path.join("checkpoints").join(LATEST_FILE).is_file() {
+    } else if path.join("checkpoints").join(LATEST_FILE).exists() {
         follow_latest(&path.join("checkpoints"))?
     } else {
         return Err(InteropError::Missing {
@@ -65,9 +65,13 @@ pub fn locate_checkpoint(path: &Path) -> Result<CheckpointFiles, InteropError> {
     })
 }
 
-/// `checkpoints/latest` holds the name of (or path to) the newest step folder.
+/// `checkpoints/latest` holds the name of (or path to) the newest step folder, or is a
+/// symlink to it.
 fn follow_latest(checkpoints: &Path) -> Result<PathBuf, InteropError> {
     let latest = checkpoints.join(LATEST_FILE);
+    if latest.is_dir() && latest.join(CHECKPOINT_WEIGHTS_FILE).is_file() {
+        return Ok(latest);
+    }
     let text = std::fs::read_to_string(&latest).map_err(|source| InteropError::Io {
         path: latest.clone(),
         source,
@@ -92,20 +96,35 @@ fn follow_latest(checkpoints: &Path) -> Result<PathBuf, InteropError> {
 /// The model config of a run's `config.toml`: its `model` entry, an inline
 /// table (what a resolved config holds) or a preset name / model file path.
 pub fn model_config_from_run_config(path: &Path) -> Result<ModelConfig, InteropError> {
+    model_config_from_run_table(&read_run_config(path)?, path)
+}
+
+/// A run's `config.toml` at `path` as a TOML table.
+pub fn read_run_config(path: &Path) -> Result<toml::Table, InteropError> {
     let text = std::fs::read_to_string(path).map_err(|source| InteropError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    toml::from_str(&text).map_err(|source| InteropError::RunConfig {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The `model` entry of the run config `table` (read from `path`, which errors name).
+pub fn model_config_from_run_table(table: &toml::Table, path: &Path) -> Result<ModelConfig, InteropError> {
     let config_error = |message: String| InteropError::Config {
         path: path.to_path_buf(),
         message,
     };
-    let table: toml::Table = toml::from_str(&text).map_err(|e| config_error(e.to_string()))?;
     let model = table
         .get("model")
         .ok_or_else(|| config_error("no `model` entry".to_string()))?;
     let spec = ModelSpec::deserialize(model.clone()).map_err(|e| config_error(format!("model: {e}")))?;
-    spec.resolve().map_err(|e| config_error(e.to_string()))
+    spec.resolve().map_err(|source| InteropError::ModelEntry {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// What [`export_open_clip`] wrote.

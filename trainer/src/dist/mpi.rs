@@ -291,7 +291,7 @@ impl Collective for Mpi {
         const OP: &str = "reduce_scatter_sum";
         require_cpu(OP, t)?;
         let dtype = datatype(OP, t.kind())?;
-        let shape = super::scatter_block_shape(OP, &t.size(), self.world_size)?;
+        let shape = super::collective::scatter_block_shape(OP, &t.size(), self.world_size)?;
         let send = t.detach().contiguous();
         let block = Tensor::empty(shape.as_slice(), (send.kind(), Device::Cpu));
         let per_rank = count(OP, block.numel())?;
@@ -310,7 +310,7 @@ impl Collective for Mpi {
 
     fn broadcast_(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         const OP: &str = "broadcast_";
-        super::check_root(OP, root, self.world_size)?;
+        super::collective::check_root(OP, root, self.world_size)?;
         let root = root as c_int;
         self.in_place_chunks(OP, t, |comm, chunk, _offset, n, dtype| {
             // SAFETY: `chunk` points at `n` elements of `dtype` (see `in_place_chunks`).

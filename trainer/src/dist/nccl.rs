@@ -374,7 +374,7 @@ impl Collective for Nccl {
     fn reduce_scatter_sum(&self, t: &Tensor) -> Result<Tensor, DistError> {
         const OP: &str = "reduce_scatter_sum";
         let dtype = self.check(OP, t)?;
-        let shape = super::scatter_block_shape(OP, &t.size(), self.world_size)?;
+        let shape = super::collective::scatter_block_shape(OP, &t.size(), self.world_size)?;
         let send = t.detach().contiguous();
         let block = Tensor::empty(shape.as_slice(), (send.kind(), send.device()));
         let per_rank = block.numel();
@@ -399,7 +399,7 @@ impl Collective for Nccl {
 
     fn broadcast_(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
         const OP: &str = "broadcast_";
-        super::check_root(OP, root, self.world_size)?;
+        super::collective::check_root(OP, root, self.world_size)?;
         let root = root as i32;
         self.in_place(OP, t, |comm, ptr, n, dtype| {
             // SAFETY: `ptr` points at `n` contiguous elements of `dtype` on this device.

@@ -14,7 +14,7 @@ use dataloader::tar_reader::{for_each_sample, RawSample};
 use dataloader::{decode_rgb, ImageTransform, SkipCounts, SkipReason, DEFAULT_MAX_PIXELS};
 use serde::Serialize;
 
-use super::EvalError;
+use super::error::EvalError;
 
 /// What a sample must have to be part of the set (an image always).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,13 +207,13 @@ fn decode_one(raw: &RawSample, transform: &ImageTransform, needs: Needs) -> Deco
 /// One image file decoded and eval-transformed (3 × size × size, CLIP-normalised), for
 /// embedding single files; the error names the file.
 pub fn load_image_file(path: &std::path::Path, image_size: u32) -> Result<Vec<f32>, EvalError> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::Io {
+    let bytes = std::fs::read(path).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })?;
-    let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).map_err(|e| EvalError::Io {
+    let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).map_err(|e| EvalError::Image {
         path: path.to_path_buf(),
-        message: format!("{}: {}", e.reason, e.detail),
+        reason: format!("{}: {}", e.reason, e.detail),
     })?;
     Ok(ImageTransform::eval(image_size).apply(&rgb, &mut rand::rngs::mock::StepRng::new(0, 0)))
 }

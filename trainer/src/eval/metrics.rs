@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use super::EvalError;
+use super::error::EvalError;
 
 /// Rows scored per matrix product in retrieval, so memory stays O(chunk × candidates)
 /// instead of O(texts × images).
@@ -377,7 +377,7 @@ fn to_i64_vec(tensor: &Tensor) -> Result<Vec<i64>, EvalError> {
         .to_kind(Kind::Int64)
         .flatten(0, -1)
         .contiguous();
-    Vec::<i64>::try_from(&flat).map_err(|e| EvalError::Tensor(e.to_string()))
+    Ok(Vec::<i64>::try_from(&flat)?)
 }
 
 #[cfg(test)]

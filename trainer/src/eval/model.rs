@@ -1,23 +1,18 @@
 //! A CLIP model loaded for evaluation, and the normalised embeddings it gives.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use dataloader::Tokenizer;
-use serde::Deserialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::error::EvalError;
 use super::metrics::l2_normalize;
-use super::EvalError;
+use crate::checkpoint::export::{locate_checkpoint, model_config_from_run_table, read_run_config};
+use crate::checkpoint::model_config_from_run_config;
 use crate::model::weights;
 use crate::model::Clip;
 use crate::model::ModelConfig;
-use crate::model::ModelSpec;
-
-/// Weights file name inside a run or checkpoint folder.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// Config file name inside a run folder.
-pub const CONFIG_FILE: &str = "config.toml";
 
 /// A model ready to embed: weights loaded, on `device`, with its tokenizer.
 pub struct EvalModel {
@@ -94,97 +89,28 @@ impl EvalModel {
     }
 }
 
-/// Loads a model from a run or checkpoint folder: `DIR/model.safetensors`, or the folder
-/// `DIR/checkpoints/latest` points at; the architecture from the `model` entry of the
-/// nearest `config.toml` (in the weights' folder or up to two folders above it, so
+/// Loads a model from a run or checkpoint folder (see
+/// [`crate::checkpoint::locate_checkpoint`]): `DIR/model.safetensors`, or the folder
+/// `checkpoints/latest` names; the architecture from the `model` entry of the nearest
+/// `config.toml` (in the weights' folder or up to two folders above it, so
 /// `runs/x/checkpoints/step_100/` finds `runs/x/config.toml`).
 pub fn load_checkpoint(dir: &Path, device: Device) -> Result<EvalModel, EvalError> {
-    if !dir.is_dir() {
-        return Err(EvalError::Missing {
-            what: "checkpoint folder",
-            path: dir.to_path_buf(),
-        });
-    }
-    let weights_dir = if dir.join(WEIGHTS_FILE).is_file() {
-        dir.to_path_buf()
-    } else {
-        latest_checkpoint(dir)?
-    };
-    let config_path = weights_dir
-        .ancestors()
-        .take(3)
-        .map(|d| d.join(CONFIG_FILE))
-        .find(|p| p.is_file())
-        .ok_or_else(|| EvalError::Missing {
-            what: "run config (config.toml)",
-            path: weights_dir.join(CONFIG_FILE),
-        })?;
-    let config = model_config_from_run_config(&config_path)?;
-    EvalModel::load(config, &weights_dir.join(WEIGHTS_FILE), device)
-}
-
-/// `DIR/checkpoints/latest`: a symlink to, or a file naming, a folder holding the weights.
-fn latest_checkpoint(dir: &Path) -> Result<PathBuf, EvalError> {
-    let latest = dir.join("checkpoints").join("latest");
-    let target = if latest.is_dir() {
-        Some(latest.clone())
-    } else if latest.is_file() {
-        std::fs::read_to_string(&latest).ok().map(|name| {
-            let name = PathBuf::from(name.trim());
-            if name.is_absolute() {
-                name
-            } else {
-                dir.join("checkpoints").join(name)
-            }
-        })
-    } else {
-        None
-    };
-    match target {
-        Some(t) if t.join(WEIGHTS_FILE).is_file() => Ok(t),
-        _ => Err(EvalError::Missing {
-            what: "weights file",
-            path: dir.join(WEIGHTS_FILE),
-        }),
-    }
+    let files = locate_checkpoint(dir)?;
+    let config = model_config_from_run_config(&files.config)?;
+    EvalModel::load(config, &files.weights, device)
 }
 
 /// A model config from `--model-config`: a run's `config.toml` (its `model` entry), a model
 /// TOML (`configs/models/*.toml`), an open_clip JSON, or a preset name.
 pub fn load_model_config(path_or_preset: &str) -> Result<ModelConfig, EvalError> {
     let path = Path::new(path_or_preset);
-    let is_toml = path.extension().is_some_and(|e| e == "toml");
-    if is_toml {
-        let table = read_toml_table(path)?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        let table = read_run_config(path)?;
         if table.contains_key("model") {
-            return model_config_from_run_table(&table, path);
+            return Ok(model_config_from_run_table(&table, path)?);
         }
     }
-    ModelConfig::load(path_or_preset).map_err(|e| EvalError::Config(e.to_string()))
-}
-
-fn model_config_from_run_config(path: &Path) -> Result<ModelConfig, EvalError> {
-    model_config_from_run_table(&read_toml_table(path)?, path)
-}
-
-fn read_toml_table(path: &Path) -> Result<toml::Table, EvalError> {
-    let text = std::fs::read_to_string(path).map_err(|e| EvalError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    toml::from_str(&text).map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
-}
-
-/// The run config's `model`: a preset name / model file path, or an inline table
-/// (the same [`ModelSpec`] the train config uses).
-fn model_config_from_run_table(table: &toml::Table, path: &Path) -> Result<ModelConfig, EvalError> {
-    let value = table
-        .get("model")
-        .ok_or_else(|| EvalError::Config(format!("{}: no `model` entry", path.display())))?;
-    let spec = ModelSpec::deserialize(value.clone())
-        .map_err(|e| EvalError::Config(format!("{}: model: {e}", path.display())))?;
-    spec.resolve()
-        .map_err(|e| EvalError::Config(format!("{}: {e}", path.display())))
+    Ok(ModelConfig::load(path_or_preset)?)
 }
 
 #[cfg(test)]

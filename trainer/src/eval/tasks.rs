@@ -7,11 +7,11 @@ use serde::Serialize;
 use tch::Tensor;
 
 use super::data::{read_eval_set, EvalSkips, Needs};
+use super::error::EvalError;
 use super::metrics::{
     build_zeroshot_classifier, fill_template, retrieval_metrics, zeroshot_metrics, RetrievalMetrics, ZeroShotMetrics,
 };
 use super::model::EvalModel;
-use super::EvalError;
 
 /// Zero-shot classification of a labelled eval set.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! let nano = trainer::ModelConfig::preset("nano")?;
-//! let macs = trainer::macs::forward_macs(&nano);
+//! let macs = trainer::model::macs::forward_macs(&nano);
 //! assert_eq!(macs.total(), macs.image + macs.text);
 //! # Ok::<(), trainer::ConfigError>(())
 //! ```

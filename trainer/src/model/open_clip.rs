@@ -51,7 +51,7 @@ pub enum InteropError {
         path: PathBuf,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -66,6 +66,22 @@ pub enum InteropError {
     Pickle {
         /// The file.
         path: PathBuf,
+    },
+    /// The run config does not parse.
+    #[error("model config in {}", path.display())]
+    RunConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// The run config's `model` entry does not give a usable model.
+    #[error("model config in {}", path.display())]
+    ModelEntry {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: super::config::ModelSpecError,
     },
     /// The run config has no usable model section.
     #[error("model config in {path}: {message}")]
