@@ -6,6 +6,10 @@ cd "$root"
 scripts/setup.sh
 source scripts/env.sh
 export RUST_BACKTRACE=1
+# The shape of the code (docs/architecture.md §2): file sizes, module cycles, the train loop's
+# length; the checker first proves on planted violations that it catches each of them.
+python3 scripts/check_layout.py --self-test
+python3 scripts/check_layout.py
 cargo build --workspace --all-targets
 # The GPU backend (feature nccl: cudarc, libraries dlopened at run time) must keep compiling here;
 # it is only type-checked (a linked binary needs the CUDA libraries at run time; see gpu_build.sh).

@@ -5,7 +5,7 @@
 //! checkpoint and finishes.
 //!
 //! Needs root (it creates namespaces) and Open MPI. Safety (see
-//! ../shared/notes/cluster-testing.md): nothing here addresses the namespaces'
+//! docs/architecture.md §9, "Testing across hosts"): nothing here addresses the namespaces'
 //! addresses from the root namespace (that traffic would leave the machine):
 //! mpirun, its daemons and the workers all run inside the namespaces. A guard
 //! kills every process the test started and deletes the namespaces (and with

@@ -1,4 +1,4 @@
-//! Acceptance test of data-parallel training (issue 4, DESIGN.md §3): 2 workers ×
+//! Acceptance test of data-parallel training (issue 4, docs/architecture.md §3): 2 workers ×
 //! batch B train to the same parameters as 1 worker × batch 2B on the same data,
 //! for the CLIP loss and for SigLIP; and leaving out the exchange of column
 //! gradients breaks that, so the check can fail.
@@ -50,7 +50,7 @@ enum Loss {
 /// How the workers combine column gradients.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Columns {
-    /// DESIGN.md §3: reduce-scatter, every rank gets the sum over ranks.
+    /// docs/architecture.md §3: reduce-scatter, every rank gets the sum over ranks.
     Exchanged,
     /// Deliberately incomplete: each rank keeps only the column terms of its own loss.
     OwnOnly,

@@ -31,7 +31,7 @@ use crate::model::weights::{load_safetensors, save_safetensors, WeightsError};
 
 /// Version of the folder layout and `state.json` written by this code.
 pub const FORMAT: u32 = 1;
-/// Model weights, open_clip names (see [`crate::weights`]).
+/// Model weights, open_clip names (see [`crate::model::weights`]).
 pub const MODEL_FILE: &str = "model.safetensors";
 /// Optimizer state tensors, by name.
 pub const OPTIM_FILE: &str = "optim.safetensors";

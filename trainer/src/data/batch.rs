@@ -2,7 +2,7 @@
 //! a copy, and [`PixelNormalization`] turns u8 batches into the model's f32 input on the
 //! training device (`data.normalize = "device"`).
 //!
-//! The one `unsafe` of the data side is here, in [`loader_buffer_tensor`]: a tensor made
+//! The one `unsafe` of the data side is here, in `loader_buffer_tensor`: a tensor made
 //! over memory libtorch does not own. Its rule, kept by [`TensorBatch`]: the buffer
 //! lives as long as the batch, and the batch is dropped after every tensor that shares
 //! its memory (the train step drops them within the micro-batch).
@@ -78,7 +78,8 @@ unsafe fn loader_buffer_tensor(ptr: *const u8, len: usize, kind: Kind, size: usi
 /// `data.normalize = "device"`; tokens `(B,L)` i64). [`TensorBatch::images_normalized`] gives
 /// the model's input on a device either way.
 ///
-/// From the loader ([`TensorBatch::from_loader`], [`TensorBatch::from_loader_u8`]) `images`
+/// From the loader (`TensorBatch::from_loader`, `TensorBatch::from_loader_u8`, made only by
+/// [`super::TrainLoader`]) `images`
 /// wraps the loader's buffer, which
 /// this struct owns, without a copy: `images` and every tensor that shares its memory (a
 /// view, or `to_device` onto the CPU, which returns the same storage) must be dropped before

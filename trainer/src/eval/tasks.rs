@@ -44,7 +44,7 @@ pub fn evaluate_zeroshot(
     evaluate_zeroshot_with_knowledge(model, shards, classnames, templates, &HashMap::new(), batch_size)
 }
 
-/// K-LITE knowledge for one filled prompt: `"{prompt} ; {classname} , {gloss}"` (DESIGN.md §7).
+/// K-LITE knowledge for one filled prompt: `"{prompt} ; {classname} , {gloss}"` (docs/architecture.md §7).
 pub fn knowledge_prompt(prompt: &str, classname: &str, gloss: &str) -> String {
     format!("{prompt} ; {classname} , {gloss}")
 }

@@ -17,7 +17,7 @@ pub fn clip_loss(image_features: &Tensor, text_features: &Tensor, logit_scale: &
 }
 
 /// The sigmoid loss of one process's whole batch (the world-of-one definition
-/// that [`global_siglip_loss`] distributes): −Σ log σ(z·(s·I·Tᵀ + b)) / B.
+/// that [`super::global::global_siglip_loss`] distributes): −Σ log σ(z·(s·I·Tᵀ + b)) / B.
 pub fn siglip_loss(
     image_features: &Tensor,
     text_features: &Tensor,

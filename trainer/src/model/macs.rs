@@ -1,5 +1,5 @@
 //! Forward multiply-accumulates (MACs) per sample, per tower: the compute measure of
-//! scaling-law sweeps (DESIGN.md §8: C = MACs per sample × samples seen).
+//! scaling-law sweeps (docs/architecture.md §8: C = MACs per sample × samples seen).
 //!
 //! Convention (the one of OpenCLIP's scaling-law study and of torch's
 //! `FlopCounterMode` halved): one forward pass over one image and one text of

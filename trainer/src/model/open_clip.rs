@@ -110,7 +110,7 @@ pub struct OpenClipLoadReport {
 }
 
 /// Loads an open_clip state_dict saved as safetensors into `vs` (the variables of
-/// a [`Clip`] built from the matching config). Every key must be a variable and
+/// a [`super::Clip`] built from the matching config). Every key must be a variable and
 /// every variable a key, with equal shapes; the error names each missing,
 /// unexpected and mis-shaped key, and nothing is copied unless all match.
 /// Accepted as open_clip accepts them: DDP's `module.` prefix on every key, a

@@ -2,7 +2,7 @@
 //! start ([`broadcast_parameters`], [`verify_parameters_equal`]) and the same
 //! gradients after every backward ([`GradSync`]).
 //!
-//! Scale convention (see [`crate::loss_dist`]): each rank's loss is its share of
+//! Scale convention (see [`crate::loss::global`]): each rank's loss is its share of
 //! the global-batch loss, already divided by the global batch size, so the
 //! gradient of the global loss is the plain SUM of the ranks' gradients. With
 //! k accumulated micro-batches, pass `scale = 1/k`.
