@@ -21,16 +21,11 @@ use image::{DynamicImage, ImageReader, Limits, RgbImage};
 use rand::Rng;
 
 use crate::chw;
+pub use crate::chw::{CLIP_MEAN, CLIP_STD};
 use crate::error::SkipReason;
 #[cfg(feature = "turbojpeg")]
 use crate::turbojpeg::TurboDecoder;
 
-/// CLIP (OpenAI) per-channel mean, RGB.
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// CLIP (OpenAI) per-channel standard deviation, RGB.
-// Digits as open_clip's constants.py writes them, beyond f32 precision on purpose.
-#[allow(clippy::excessive_precision)]
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Default pixel limit for decoding (about 89 megapixels, PIL's decompression-bomb limit).
 pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
 /// A thread's decode buffer is freed after an image bigger than this (bytes), so one huge
