@@ -17,10 +17,14 @@ pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "png", "jpeg", "webp"];
 pub struct Batch {
     /// `B × 3 × image_size × image_size`, contiguous CHW per image, CLIP-normalised. Derefs
     /// to `[f32]`; its allocation goes back to the loader for a later batch when dropped.
-    /// Empty under [`PixelOutput::RawU8`](crate::loader::PixelOutput::RawU8).
+    /// Empty under [`PixelOutput::RawU8`].
+    ///
+    /// [`PixelOutput::RawU8`]: crate::PixelOutput::RawU8
     pub images: BatchImages,
     /// The same layout as `images`, the 8-bit levels before normalisation, under
-    /// [`PixelOutput::RawU8`](crate::loader::PixelOutput::RawU8) (recycled the same way); empty otherwise.
+    /// [`PixelOutput::RawU8`] (recycled the same way); empty otherwise.
+    ///
+    /// [`PixelOutput::RawU8`]: crate::PixelOutput::RawU8
     pub images_u8: BatchImages<u8>,
     /// `B × context_length` token ids (empty when `context_length` is 0). Each row is the
     /// tokenized caption text: all captions joined by newlines, which the tokenizer's

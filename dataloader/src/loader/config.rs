@@ -51,11 +51,15 @@ pub fn virtual_epoch_batches(epoch_samples: u64, batch_size: usize, world_size: 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PixelOutput {
     /// f32 CHW, CLIP-normalised, in [`Batch::images`] (the default).
+    ///
+    /// [`Batch::images`]: crate::Batch::images
     #[default]
     NormalizedF32,
     /// u8 CHW, the resized 8-bit levels before normalisation, in [`Batch::images_u8`]; the
     /// consumer normalises (`(v / 255 − mean) / std`, e.g. on the GPU after a transfer of a
     /// quarter of the bytes). The same samples, crops and order as `NormalizedF32`.
+    ///
+    /// [`Batch::images_u8`]: crate::Batch::images_u8
     RawU8,
 }
 

@@ -10,6 +10,9 @@ use crate::imaging::OutputPixel;
 /// loader allocates (and the OS zero-fills) its batch buffers once instead of once per batch.
 /// Derefs to `[T]`; [`BatchImages::into_vec`] takes the plain vector out (it is then not
 /// recycled).
+///
+/// [`Batch`]: crate::Batch
+/// [`Loader`]: crate::Loader
 pub struct BatchImages<T: OutputPixel = f32> {
     pub(super) values: Vec<T>,
     pub(super) pool: Option<Arc<BufferPool<T>>>,

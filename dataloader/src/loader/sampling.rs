@@ -35,6 +35,8 @@ const DOMAIN_RESAMPLE: u64 = 4;
 /// (seed, epoch, thread). Each draw uses exactly that one word, so the generator's position
 /// after `n` draws is the draw count itself: a [`ThreadCursor`] stores it as its shard index,
 /// and any draw can be recomputed without replaying the earlier ones.
+///
+/// [`ThreadCursor`]: crate::position::ThreadCursor
 pub(super) struct ShardDraws {
     seed: u64,
     /// Running sums of the shard weights; the last is the total.
