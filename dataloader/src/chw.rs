@@ -12,7 +12,12 @@
 //! multiply-add). That is also what the trainer does on the device for u8 batches, so the two
 //! `data.normalize` modes give bit-identical images.
 
-use crate::imaging::{CLIP_MEAN, CLIP_STD};
+/// CLIP (OpenAI) per-channel mean, RGB.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP (OpenAI) per-channel standard deviation, RGB.
+// Digits as open_clip's constants.py writes them, beyond f32 precision on purpose.
+#[allow(clippy::excessive_precision)]
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Per channel, 1/(255·std): the factor of an 8-bit level in CLIP normalisation (computed in
 /// f64, rounded once).

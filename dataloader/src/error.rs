@@ -30,13 +30,40 @@ pub enum DataError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A JSON file (sizes.json, manifest) that does not parse as expected.
+    /// A file whose content is not what was expected (a manifest without the needed columns,
+    /// img2dataset stats without `successes`, an input of unknown kind).
     #[error("{}: {reason}", path.display())]
     BadFile {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A JSON file (sizes.json, img2dataset stats) that does not parse as expected.
+    #[error("{}: {what}: {source}", path.display())]
+    BadJson {
+        /// The file.
+        path: PathBuf,
+        /// What was expected of it.
+        what: &'static str,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// A CSV/TSV manifest that cannot be opened or whose header row cannot be read.
+    #[error("{}: {source}", path.display())]
+    BadCsv {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        source: csv::Error,
+    },
+    /// A manifest that is not a readable parquet file.
+    #[error("{}: not a readable parquet file: {source}", path.display())]
+    BadParquet {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        source: parquet::errors::ParquetError,
     },
     /// A loader or writer setting that cannot work.
     #[error("bad config: {field}: {reason}")]
@@ -198,5 +225,35 @@ mod tests {
         assert_eq!(a.total(), 3);
         assert_eq!(a.to_string(), "empty_image=1, missing_caption=2");
         assert_eq!(a.to_json()["missing_caption"], 2);
+    }
+
+    #[test]
+    fn unparsable_files_keep_the_parser_error_as_source() {
+        use std::error::Error;
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = dir.path().join(crate::sizes::SIZES_FILE);
+        std::fs::write(&sizes, "[1, 2]").unwrap();
+        let err = crate::sizes::read_sizes(dir.path()).unwrap_err();
+        let parser = serde_json::from_str::<BTreeMap<String, u64>>("[1, 2]").unwrap_err();
+        let want = format!("{}: expected {{\"shard.tar\": count, ...}}: {parser}", sizes.display());
+        assert_eq!(err.to_string(), want);
+        assert_eq!(err.source().map(|s| s.to_string()), Some(parser.to_string()));
+
+        let table = dir.path().join("rows.parquet");
+        std::fs::write(&table, "not parquet").unwrap();
+        let err = crate::manifest::read_manifest(&table).err().unwrap();
+        let message = err.to_string();
+        let prefix = format!("{}: not a readable parquet file: ", table.display());
+        assert!(message.starts_with(&prefix), "{message}");
+        assert_eq!(
+            err.source().map(|s| s.to_string()).as_deref(),
+            Some(&message[prefix.len()..])
+        );
+
+        let csv = dir.path().join("missing.csv");
+        let err = crate::manifest::read_manifest(&csv).err().unwrap();
+        let message = err.to_string();
+        assert!(message.starts_with(&format!("{}: ", csv.display())), "{message}");
+        assert!(err.source().is_some(), "{message}");
     }
 }

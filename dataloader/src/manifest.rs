@@ -178,13 +178,13 @@ pub fn read_manifest_with(input: &Path, columns: &ManifestColumns) -> Result<Row
                 .delimiter(delimiter)
                 .flexible(false)
                 .from_path(input)
-                .map_err(|e| DataError::BadFile {
+                .map_err(|source| DataError::BadCsv {
                     path: input.to_path_buf(),
-                    reason: e.to_string(),
+                    source,
                 })?;
-            let headers = reader.headers().map_err(|e| DataError::BadFile {
+            let headers = reader.headers().map_err(|source| DataError::BadCsv {
                 path: input.to_path_buf(),
-                reason: e.to_string(),
+                source,
             })?;
             let headers: Vec<String> = headers.iter().map(|h| h.trim().to_string()).collect();
             columns.check_header(input, &headers)?;
@@ -231,12 +231,11 @@ pub fn row_count_hint(input: &Path) -> Option<u64> {
 /// Rows of a parquet table; a read error is reported once, at the row it happened, and ends
 /// the table (the row reader cannot resynchronise after it).
 fn parquet_rows(input: &Path, base: PathBuf, columns: ManifestColumns) -> Result<Rows, DataError> {
-    let bad = |reason: String| DataError::BadFile {
-        path: input.to_path_buf(),
-        reason,
-    };
     let file = std::fs::File::open(input).map_err(|e| DataError::io(input, e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
+    let reader = SerializedFileReader::new(file).map_err(|source| DataError::BadParquet {
+        path: input.to_path_buf(),
+        source,
+    })?;
     let schema = reader.metadata().file_metadata().schema_descr_ptr();
     let names: Vec<String> = schema
         .root_schema()

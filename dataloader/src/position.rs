@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, SkipCounts, SkipReason};
-use crate::loader::{CaptionSource, LoaderConfig, Sampling};
+use crate::loader::config::{CaptionSource, LoaderConfig, Sampling};
 
 /// A sample waiting in a shuffle buffer, by where to read it again.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -212,9 +212,10 @@ fn shard_size(shard: &Path, sizes_by_folder: &mut FolderSizes) -> Result<u64, Da
         }
         Err(e) => return Err(DataError::io(stats_path, e)),
     };
-    let stats: serde_json::Value = serde_json::from_str(&text).map_err(|e| DataError::BadFile {
+    let stats: serde_json::Value = serde_json::from_str(&text).map_err(|source| DataError::BadJson {
         path: stats_path.clone(),
-        reason: format!("not JSON: {e}"),
+        what: "not JSON",
+        source,
     })?;
     stats
         .get("successes")

@@ -17,10 +17,13 @@ pub fn read_sizes(folder: &Path) -> Result<Option<BTreeMap<String, u64>>, DataEr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(DataError::io(path, e)),
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| DataError::BadFile {
-        path,
-        reason: format!("expected {{\"shard.tar\": count, ...}}: {e}"),
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| DataError::BadJson {
+            path,
+            what: "expected {\"shard.tar\": count, ...}",
+            source,
+        })
 }
 
 /// Total number of samples in `shards`: from `sizes.json` in each shard's folder when it lists

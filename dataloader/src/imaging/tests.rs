@@ -1,0 +1,337 @@
+//! Tests of image decoding and the train/eval transforms.
+use super::*;
+use image::{Rgb, Rgba, RgbaImage};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn encode_png(image: DynamicImage) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    bytes
+}
+
+#[test]
+fn alpha_is_composited_onto_white() {
+    let mut rgba = RgbaImage::new(3, 1);
+    rgba.put_pixel(0, 0, Rgba([0, 0, 0, 0])); // fully transparent black → white
+    rgba.put_pixel(1, 0, Rgba([10, 20, 30, 255])); // opaque → unchanged
+    rgba.put_pixel(2, 0, Rgba([0, 0, 0, 128])); // half black over white → ~127
+    let bytes = encode_png(DynamicImage::ImageRgba8(rgba));
+    let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+    assert_eq!(rgb.get_pixel(0, 0), &Rgb([255, 255, 255]));
+    assert_eq!(rgb.get_pixel(1, 0), &Rgb([10, 20, 30]));
+    assert_eq!(rgb.get_pixel(2, 0), &Rgb([127, 127, 127]));
+}
+
+#[test]
+fn jpeg_decodes() {
+    let image = RgbImage::from_pixel(16, 8, Rgb([200, 100, 50]));
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .unwrap();
+    assert_eq!(sniff_extension(&bytes), Some("jpg"));
+    let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+    assert_eq!(rgb.dimensions(), (16, 8));
+    let p = rgb.get_pixel(5, 5).0;
+    assert!((i32::from(p[0]) - 200).abs() <= 3, "{p:?}");
+}
+
+#[test]
+fn u8_output_is_the_f32_output_before_normalisation() {
+    // A JPEG (the libjpeg-turbo reduced-scale path) and a PNG (the generic path), train and
+    // eval transforms: the same crop, the u8 levels normalise to the f32 values exactly.
+    let image = RgbImage::from_fn(96, 64, |x, y| Rgb([(x * 5) as u8, (y * 3 + x) as u8, (x ^ y) as u8]));
+    let mut jpeg = Vec::new();
+    DynamicImage::ImageRgb8(image.clone())
+        .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let png = encode_png(DynamicImage::ImageRgb8(image));
+    for transform in [ImageTransform::train(16), ImageTransform::eval(16)] {
+        for bytes in [&jpeg, &png] {
+            let mut as_f32 = vec![0f32; transform.output_len()];
+            let mut as_u8 = vec![0u8; transform.output_len()];
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            transform
+                .decode_and_apply_into(bytes, DEFAULT_MAX_PIXELS, &mut rng, &mut as_f32)
+                .unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            transform
+                .decode_and_apply_into(bytes, DEFAULT_MAX_PIXELS, &mut rng, &mut as_u8)
+                .unwrap();
+            let plane = 16 * 16;
+            let normalised: Vec<f32> = as_u8
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| chw::normalized_level(i / plane, v))
+                .collect();
+            assert_eq!(normalised, as_f32);
+            assert!(as_u8.iter().any(|&v| v != as_u8[0]), "a flat image tests nothing");
+        }
+    }
+}
+
+#[test]
+fn bad_bytes_get_typed_reasons() {
+    assert_eq!(decode_rgb(&[], 100).unwrap_err().reason, SkipReason::EmptyImage);
+    assert_eq!(
+        decode_rgb(b"not an image at all", 100).unwrap_err().reason,
+        SkipReason::UndecodableImage
+    );
+    let png = encode_png(DynamicImage::ImageRgb8(RgbImage::new(20, 10)));
+    assert_eq!(decode_rgb(&png, 199).unwrap_err().reason, SkipReason::ImageTooLarge);
+    assert!(decode_rgb(&png, 200).is_ok());
+    // A PNG cut in the middle of its pixel data.
+    let cut = &png[..png.len() - 20];
+    assert_eq!(decode_rgb(cut, 200).unwrap_err().reason, SkipReason::UndecodableImage);
+}
+
+#[test]
+fn eval_geometry_matches_torchvision() {
+    assert_eq!(shorter_side_resized(640, 480, 224), (298, 224));
+    assert_eq!(shorter_side_resized(100, 333, 224), (224, 745));
+    assert_eq!(shorter_side_resized(50, 50, 224), (224, 224));
+    // (298 - 224) / 2 = 37; (225 - 224) / 2 = 0.5 rounds to even 0; 1.5 → 2.
+    assert_eq!(center_crop_box(298, 224, 224).left, 37);
+    assert_eq!(center_crop_box(225, 224, 224).left, 0);
+    assert_eq!(center_crop_box(227, 224, 224).left, 2);
+}
+
+#[test]
+fn eval_of_uniform_image_is_normalised_constant() {
+    let image = RgbImage::from_pixel(40, 30, Rgb([255, 128, 0]));
+    let out = ImageTransform::eval(16).apply(&image, &mut ChaCha8Rng::seed_from_u64(0));
+    assert_eq!(out.len(), 3 * 16 * 16);
+    let expected = [
+        (1.0 - CLIP_MEAN[0]) / CLIP_STD[0],
+        (128.0 / 255.0 - CLIP_MEAN[1]) / CLIP_STD[1],
+        (0.0 - CLIP_MEAN[2]) / CLIP_STD[2],
+    ];
+    for c in 0..3 {
+        for &v in &out[c * 256..(c + 1) * 256] {
+            assert!((v - expected[c]).abs() < 1e-5, "channel {c}: {v}");
+        }
+    }
+}
+
+#[test]
+fn eval_center_crop_keeps_the_middle() {
+    // 24 wide × 8 high: left third red, middle green, right blue. Resizing to 8 keeps it
+    // as is; the center crop is exactly the green middle.
+    let image = RgbImage::from_fn(24, 8, |x, _| match x / 8 {
+        0 => Rgb([255, 0, 0]),
+        1 => Rgb([0, 255, 0]),
+        _ => Rgb([0, 0, 255]),
+    });
+    let out = ImageTransform::eval(8).resize_and_crop(&image, &mut ChaCha8Rng::seed_from_u64(0));
+    assert_eq!(out.dimensions(), (8, 8));
+    assert!(out.pixels().all(|p| p.0 == [0, 255, 0]));
+}
+
+#[test]
+fn train_crop_is_seeded_and_in_range() {
+    let image = RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8 * 3, y as u8 * 5, 7]));
+    let transform = ImageTransform::train(32);
+    let a = transform.apply(&image, &mut ChaCha8Rng::seed_from_u64(42));
+    let b = transform.apply(&image, &mut ChaCha8Rng::seed_from_u64(42));
+    assert_eq!(a, b);
+    let crops: Vec<CropBox> = (0..200)
+        .map(|s| RandomResizedCrop::default().sample(64, 48, &mut ChaCha8Rng::seed_from_u64(s)))
+        .collect();
+    for crop in &crops {
+        let area = f64::from(crop.width * crop.height) / (64.0 * 48.0);
+        assert!(crop.left + crop.width <= 64 && crop.top + crop.height <= 48);
+        assert!((0.85..=1.0).contains(&area), "{crop:?}");
+    }
+    assert!(crops.iter().any(|c| *c != crops[0]), "crops vary with the seed");
+}
+
+#[test]
+fn train_crop_falls_back_to_center_for_extreme_aspect() {
+    // 100×10 cannot hold 90% of its area at ratio ≤ 4/3: center crop 13×10.
+    let crop = RandomResizedCrop::default().sample(100, 10, &mut ChaCha8Rng::seed_from_u64(1));
+    assert_eq!(
+        crop,
+        CropBox {
+            top: 0,
+            left: 43,
+            height: 10,
+            width: 13
+        }
+    );
+}
+/// Tolerances of a reduced-scale decode against the full decode, in normalised units
+/// (one 8-bit level ≈ 0.015): at most 10 levels at any value (measured on the fixture:
+/// 7.5, at the emoji's sharp outline) and under one level on average (measured 0.6–0.7).
+const REDUCED_SCALE_MAX_DIFF: f32 = 0.15;
+const REDUCED_SCALE_MEAN_DIFF: f32 = 0.015;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn png_pixels(name: &str) -> RgbImage {
+    image::load_from_memory(&fixture(name)).unwrap().to_rgb8()
+}
+
+/// Max and mean absolute difference of two normalised outputs.
+fn diff_stats(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let diffs: Vec<f32> = a.iter().zip(b).map(|(x, y)| (x - y).abs()).collect();
+    let max = diffs.iter().cloned().fold(0.0, f32::max);
+    (max, diffs.iter().sum::<f32>() / diffs.len() as f32)
+}
+
+// Fixtures from scripts/reference/make_jpeg_fixture.py (PIL 12 with libjpeg-turbo).
+#[cfg(feature = "turbojpeg")]
+#[test]
+fn jpeg_decode_is_pils_pixel_for_pixel() {
+    let decoded = decode_rgb(&fixture("jpeg_input.jpg"), DEFAULT_MAX_PIXELS).unwrap();
+    assert_eq!(decoded, png_pixels("jpeg_pil_full.png"));
+}
+
+#[cfg(feature = "turbojpeg")]
+#[test]
+fn reduced_scale_jpeg_decode_is_pils_draft_mode() {
+    let jpeg = fixture("jpeg_input.jpg");
+    let mut decoder = TurboDecoder::new().unwrap();
+    let mut pixels = Vec::new();
+    for denominator in [2, 4] {
+        let (width, height) = decoder.decode_into(&jpeg, denominator, &mut pixels).unwrap();
+        let ours = RgbImage::from_raw(width, height, pixels.clone()).unwrap();
+        assert_eq!(
+            ours,
+            png_pixels(&format!("jpeg_pil_draft{denominator}.png")),
+            "1/{denominator}"
+        );
+    }
+}
+
+#[test]
+fn draft_scale_is_the_largest_reduction_that_still_covers_the_output() {
+    let region = |width: f64, height: f64| SourceRegion {
+        left: 0.0,
+        top: 0.0,
+        width,
+        height,
+    };
+    let eighths = |width, height, size| JpegDraft::PowerOfTwo.eighths_for(region(width, height), size);
+    assert_eq!(eighths(256.0, 192.0, 224), 8);
+    assert_eq!(eighths(448.0, 500.0, 224), 4);
+    assert_eq!(eighths(447.9, 2000.0, 224), 8);
+    assert_eq!(eighths(1000.0, 900.0, 224), 2);
+    assert_eq!(eighths(4000.0, 3000.0, 224), 1);
+    assert_eq!(eighths(192.0, 192.0, 64), 4);
+    assert_eq!(JpegDraft::Full.eighths_for(region(4000.0, 3000.0), 224), 8);
+}
+
+#[test]
+fn scaled_region_stays_inside_the_decoded_image() {
+    let region = SourceRegion {
+        left: 3.0,
+        top: 1.0,
+        width: 37.0,
+        height: 20.0,
+    };
+    // 40×21 at 1/2 decodes to 20×11 (rounded up); the region maps to 1.5 + 18.5, 0.5 + 10.
+    let half = region.scaled(4, 20, 11);
+    assert_eq!((half.left, half.top, half.width, half.height), (1.5, 0.5, 18.5, 10.0));
+    // Clamped where rounding would put it past the edge.
+    let clamped = region.scaled(4, 19, 10);
+    assert_eq!(
+        (clamped.left + clamped.width, clamped.top + clamped.height),
+        (19.0, 10.0)
+    );
+}
+
+#[test]
+fn decode_and_apply_without_reduction_equals_decode_then_apply() {
+    // 256×192 with outputs too big for a reduced decode: the very same floats.
+    let jpeg = fixture("jpeg_input.jpg");
+    let png = encode_png(DynamicImage::ImageRgb8(png_pixels("jpeg_pil_full.png")));
+    for bytes in [&jpeg, &png] {
+        for transform in [ImageTransform::train(112), ImageTransform::eval(100)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(7);
+            let fused = transform.decode_and_apply(bytes, DEFAULT_MAX_PIXELS, &mut rng).unwrap();
+            let after_fused: u64 = rng.gen();
+            let mut rng = ChaCha8Rng::seed_from_u64(7);
+            let image = decode_rgb(bytes, DEFAULT_MAX_PIXELS).unwrap();
+            let separate = transform.apply(&image, &mut rng);
+            assert_eq!(fused, separate, "{transform:?}");
+            assert_eq!(after_fused, rng.gen::<u64>(), "same RNG draws");
+        }
+    }
+}
+
+#[test]
+fn full_draft_is_decode_then_apply_even_where_a_reduction_fits() {
+    // eval(64) of the 256×192 fixture would decode at 1/2 by default.
+    let jpeg = fixture("jpeg_input.jpg");
+    let full = decode_rgb(&jpeg, DEFAULT_MAX_PIXELS).unwrap();
+    for transform in [ImageTransform::eval(64), ImageTransform::train(40)] {
+        let transform = ImageTransform {
+            jpeg_draft: JpegDraft::Full,
+            ..transform
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let fused = transform.decode_and_apply(&jpeg, DEFAULT_MAX_PIXELS, &mut rng).unwrap();
+        let separate = transform.apply(&full, &mut ChaCha8Rng::seed_from_u64(3));
+        assert_eq!(fused, separate, "{transform:?}");
+    }
+}
+
+#[test]
+fn reduced_scale_decode_stays_close_to_full_decode() {
+    // eval(64) of 256×192 decodes at 1/2 (192/2 ≥ 64 > 192/4); train(40) at 1/4 for most
+    // crops. The IDCT's downscaling is a different low-pass than the bicubic kernel's
+    // (and works on the JPEG's chroma before upsampling), so sharp edges differ by a few
+    // levels; smooth areas hardly at all.
+    let jpeg = fixture("jpeg_input.jpg");
+    let full = decode_rgb(&jpeg, DEFAULT_MAX_PIXELS).unwrap();
+    for transform in [ImageTransform::eval(64), ImageTransform::train(40)] {
+        for seed in 0..4 {
+            let reduced = transform
+                .decode_and_apply(&jpeg, DEFAULT_MAX_PIXELS, &mut ChaCha8Rng::seed_from_u64(seed))
+                .unwrap();
+            let reference = transform.apply(&full, &mut ChaCha8Rng::seed_from_u64(seed));
+            let (max, mean) = diff_stats(&reduced, &reference);
+            eprintln!("{transform:?} seed {seed}: max |diff| {max}, mean |diff| {mean}");
+            // One 8-bit level is about 0.015 in normalised units.
+            assert!(max < REDUCED_SCALE_MAX_DIFF, "max |diff| {max}");
+            assert!(mean < REDUCED_SCALE_MEAN_DIFF, "mean |diff| {mean}");
+            #[cfg(feature = "turbojpeg")]
+            assert_ne!(reduced, reference, "the reduced decode was used");
+        }
+    }
+}
+
+#[test]
+fn decode_and_apply_rejects_bad_bytes_with_reasons() {
+    let transform = ImageTransform::eval(8);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let reason = |bytes: &[u8], max_pixels: u64, rng: &mut ChaCha8Rng| {
+        transform.decode_and_apply(bytes, max_pixels, rng).unwrap_err().reason
+    };
+    let jpeg = fixture("jpeg_input.jpg");
+    assert_eq!(reason(&[], 100, &mut rng), SkipReason::EmptyImage);
+    assert_eq!(
+        reason(b"\xff\xd8\xff garbage", 100, &mut rng),
+        SkipReason::UndecodableImage
+    );
+    assert_eq!(reason(&jpeg, 256 * 192 - 1, &mut rng), SkipReason::ImageTooLarge);
+    // A truncated JPEG is left to the image crate, which pads the missing rows: the
+    // same decision as before libjpeg-turbo was used.
+    let truncated = &jpeg[..jpeg.len() / 3];
+    assert_eq!(
+        transform
+            .decode_and_apply(truncated, DEFAULT_MAX_PIXELS, &mut rng)
+            .is_ok(),
+        decode_rgb_with_image_crate(truncated, DEFAULT_MAX_PIXELS).is_ok()
+    );
+    assert!(transform.decode_and_apply(&jpeg, 256 * 192, &mut rng).is_ok());
+}

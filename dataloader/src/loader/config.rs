@@ -1,0 +1,199 @@
+//! What a loader reads and how it batches: [`LoaderConfig`] and its parts ([`Sampling`],
+//! [`PixelOutput`], [`CaptionSource`]), the virtual-epoch arithmetic and the checks that
+//! name the bad field.
+use std::path::PathBuf;
+
+use crate::error::DataError;
+use crate::imaging::DEFAULT_MAX_PIXELS;
+use crate::shard_spec::ShardSource;
+
+/// Where a sample's caption(s) come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptionSource {
+    /// The `.txt` member; each non-empty line is one caption.
+    Txt,
+    /// A field of the `.json` member: a string, or a list of strings.
+    Json(String),
+}
+
+/// How a loader chooses the shards its workers read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampling {
+    /// Every shard once per epoch: the shards (shuffled per epoch in train mode) are dealt
+    /// round-robin to the worker threads. Pass each rank only its share of the shards.
+    EveryShard,
+    /// Shards drawn with replacement (OpenCLIP's `--dataset-resampled`), train mode only.
+    ///
+    /// Each worker thread draws from its own generator, seeded from (seed, epoch, thread),
+    /// and never runs out; shard `i` is drawn with probability `shard_weights[i] / Σ weights`.
+    /// An epoch is a *virtual* epoch of `epoch_batches` batches of this loader, rounded up to
+    /// a multiple of the thread count so every thread makes the same number (as OpenCLIP
+    /// rounds its per-worker batch count up). Give every rank all shards and a seed that
+    /// includes the rank, so the ranks draw different streams.
+    Resampled {
+        /// Relative weight of each shard, parallel to [`LoaderConfig::shards`]; empty means
+        /// all shards equally likely.
+        shard_weights: Vec<f64>,
+        /// Batches per virtual epoch (see [`virtual_epoch_batches`]).
+        epoch_batches: u64,
+    },
+}
+
+/// Batches one loader yields per virtual epoch when `epoch_samples` samples make an epoch
+/// over `world_size` ranks of `batch_size` samples each: ⌈epoch_samples / (batch_size ×
+/// world_size)⌉, at least 1 (OpenCLIP's `--train-num-samples` arithmetic).
+pub fn virtual_epoch_batches(epoch_samples: u64, batch_size: usize, world_size: usize) -> u64 {
+    let global_batch = (batch_size as u64).saturating_mul(world_size as u64).max(1);
+    epoch_samples.div_ceil(global_batch).max(1)
+}
+
+/// What a batch's image values are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PixelOutput {
+    /// f32 CHW, CLIP-normalised, in [`Batch::images`] (the default).
+    ///
+    /// [`Batch::images`]: crate::Batch::images
+    #[default]
+    NormalizedF32,
+    /// u8 CHW, the resized 8-bit levels before normalisation, in [`Batch::images_u8`]; the
+    /// consumer normalises (`(v / 255 − mean) / std`, e.g. on the GPU after a transfer of a
+    /// quarter of the bytes). The same samples, crops and order as `NormalizedF32`.
+    ///
+    /// [`Batch::images_u8`]: crate::Batch::images_u8
+    RawU8,
+}
+
+/// What the loader reads and how it batches. Build with [`LoaderConfig::new`] (or
+/// [`LoaderConfig::resampled`]) and adjust fields.
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// Shard files (see [`crate::expand_shards`]); with [`Sampling::EveryShard`] pass only
+    /// this rank's share.
+    pub shards: Vec<PathBuf>,
+    /// Every shard once per epoch, or shards drawn with replacement.
+    pub sampling: Sampling,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Output image side length.
+    pub image_size: u32,
+    /// Train (random crop, shuffle, endless epochs) or eval (center crop, one pass in order).
+    pub train: bool,
+    /// Caption source.
+    pub caption: CaptionSource,
+    /// Token ids per caption; 0 = do not tokenize (`Batch::tokens` stays empty).
+    pub context_length: usize,
+    /// Decoding threads (capped at the number of shards unless resampled).
+    pub threads: usize,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Shuffle buffer size in samples, train mode only; 0 or 1 = no shuffling.
+    pub shuffle_buffer: usize,
+    /// Drop each worker's last partial batch of an epoch.
+    pub drop_last: bool,
+    /// Images with more pixels are skipped as `image_too_large`.
+    pub max_pixels: u64,
+    /// f32 normalised images (default) or u8 levels; does not change which samples come, so
+    /// a loader may resume with the other setting.
+    pub pixel_output: PixelOutput,
+}
+
+impl LoaderConfig {
+    /// Defaults: batch 256, 224 px, `.txt` captions, context 77, 4 threads, seed 0;
+    /// train mode shuffles with a 1000-sample buffer and drops the last partial batch,
+    /// eval mode does neither.
+    pub fn new(shards: Vec<PathBuf>, train: bool) -> Self {
+        Self {
+            shards,
+            sampling: Sampling::EveryShard,
+            batch_size: 256,
+            image_size: 224,
+            train,
+            caption: CaptionSource::Txt,
+            context_length: 77,
+            threads: 4,
+            seed: 0,
+            shuffle_buffer: if train { 1000 } else { 0 },
+            drop_last: train,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            pixel_output: PixelOutput::NormalizedF32,
+        }
+    }
+
+    /// A train-mode config that draws shards with replacement from `sources`
+    /// ([`Sampling::Resampled`]), `epoch_batches` batches per virtual epoch, other settings
+    /// as [`LoaderConfig::new`].
+    ///
+    /// Every shard of a source gets the source's weight, as OpenCLIP applies
+    /// `--train-data-upsampling-factors`: a source's share of the draws is its weight times
+    /// its shard count, so equal weights draw every shard equally often, and weight 2
+    /// reads a source twice as often as its size alone would.
+    pub fn resampled(sources: &[ShardSource], epoch_batches: u64) -> Self {
+        let mut shards = Vec::new();
+        let mut shard_weights = Vec::new();
+        for source in sources {
+            shards.extend(source.shards.iter().cloned());
+            shard_weights.extend(std::iter::repeat_n(source.weight, source.shards.len()));
+        }
+        let mut cfg = Self::new(shards, true);
+        cfg.sampling = Sampling::Resampled {
+            shard_weights,
+            epoch_batches,
+        };
+        cfg
+    }
+
+    /// Check that the settings can work; the error names the bad field.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |field, reason: &str| {
+            Err(DataError::BadConfig {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if self.shards.is_empty() {
+            return bad("shards", "no shards");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1");
+        }
+        if self.image_size == 0 {
+            return bad("image_size", "must be at least 1");
+        }
+        if self.threads == 0 {
+            return bad("threads", "must be at least 1");
+        }
+        if self.max_pixels == 0 {
+            return bad("max_pixels", "must be at least 1");
+        }
+        if matches!(&self.caption, CaptionSource::Json(field) if field.is_empty()) {
+            return bad("caption", "empty JSON field name");
+        }
+        if let Sampling::Resampled {
+            shard_weights,
+            epoch_batches,
+        } = &self.sampling
+        {
+            if !self.train {
+                return bad("sampling", "resampled shards need train mode");
+            }
+            if *epoch_batches == 0 {
+                return bad("epoch_batches", "a virtual epoch needs at least 1 batch");
+            }
+            if !shard_weights.is_empty() {
+                if shard_weights.len() != self.shards.len() {
+                    return bad(
+                        "shard_weights",
+                        &format!("{} weights for {} shards", shard_weights.len(), self.shards.len()),
+                    );
+                }
+                if let Some(w) = shard_weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
+                    return bad("shard_weights", &format!("weight {w} must be a finite number >= 0"));
+                }
+                if shard_weights.iter().all(|&w| w == 0.0) {
+                    return bad("shard_weights", "all weights are zero");
+                }
+            }
+        }
+        Ok(())
+    }
+}
