@@ -79,6 +79,24 @@ def strip_comments_and_tests(text):
         i = j
 
 
+def inline_modules_as_self(text):
+    """Inside an inline `mod x { ... }` (a cfg'd SIMD module, say) `super::` is the file's own
+    module: rewritten to `self::`, it resolves to this file rather than to its parent."""
+    out, i = [], 0
+    for m in re.finditer(r"\bmod\s+\w+\s*\{", text):
+        if m.start() < i:
+            continue
+        j, depth = m.end(), 1
+        while depth and j < len(text):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        out.append(text[i:m.end()])
+        out.append(re.sub(r"\bsuper::", "self::", text[m.end():j]))
+        i = j
+    out.append(text[i:])
+    return "".join(out)
+
+
 def crate_modules(src):
     """Module path (tuple) -> file, for every non-test module file of a crate."""
     mods = {}
@@ -165,7 +183,7 @@ def module_edges(src):
     texts = {}
     for m, path in mods.items():
         with open(path, encoding="utf-8") as f:
-            texts[m] = strip_comments_and_tests(f.read())
+            texts[m] = inline_modules_as_self(strip_comments_and_tests(f.read()))
     edges = {m: set() for m in mods}
     for m, text in texts.items():
         paths = []
@@ -285,11 +303,11 @@ def self_test():
         write("trainer/src/b.rs", "use crate::a::A;\npub struct B;\n")
         write("trainer/src/p/mod.rs", "mod c;\npub use c::C;\npub struct Shared;\n")
         write("trainer/src/p/c.rs", "use super::Shared;\npub struct C;\n")
-        write("dataloader/src/lib.rs", "pub mod ok;\npub mod x;\n")
+        write("dataloader/src/lib.rs", "pub mod ok;\npub mod x;\npub use x::X;\n")
         write("dataloader/src/ok/mod.rs", "mod inner;\nmod types;\npub use types::T;\n")
         write("dataloader/src/ok/types.rs", "pub struct T;\n")
         write("dataloader/src/ok/inner.rs", "use super::T;\n#[cfg(test)]\nmod tests { use crate::x::X; }\n")
-        write("dataloader/src/x.rs", "use crate::ok::T;\npub struct X;\n")
+        write("dataloader/src/x.rs", "use crate::ok::T;\npub struct X;\nfn y() {}\nmod simd { use super::y; }\n")
         write("curator/src/lib.rs", "\n" * (MAX_LINES + 1))
         write("curator/src/big/tests.rs", "\n" * (MAX_LINES + 5))
         write("trainer/src/train/mod.rs", "pub fn train() {\n" + "    let _ = 1;\n" * MAX_TRAIN_FN_LINES + "}\n")

@@ -144,15 +144,25 @@ impl LoaderConfig {
 
     /// Check that the settings can work; the error names the bad field.
     pub fn validate(&self) -> Result<(), DataError> {
+        if self.shards.is_empty() {
+            return Err(DataError::BadConfig {
+                field: "shards",
+                reason: "no shards".into(),
+            });
+        }
+        self.validate_settings()
+    }
+
+    /// The checks of [`LoaderConfig::validate`] that need no shard list: what a config
+    /// section can check before its shard spec is expanded (the trainer's `[data]` runs
+    /// them on the settings it gives the loader, so each check is written once).
+    pub fn validate_settings(&self) -> Result<(), DataError> {
         let bad = |field, reason: &str| {
             Err(DataError::BadConfig {
                 field,
                 reason: reason.to_string(),
             })
         };
-        if self.shards.is_empty() {
-            return bad("shards", "no shards");
-        }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1");
         }

@@ -3,9 +3,11 @@
 //! sampled, and the batch and image settings the model implies.
 
 use dataloader::shard_spec::WEIGHTS_FIELD;
+use std::path::PathBuf;
+
 use dataloader::{
     dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, LoaderConfig,
-    PixelOutput,
+    PixelOutput, Sampling,
 };
 use serde::{Deserialize, Serialize};
 
@@ -93,14 +95,8 @@ impl DataConfig {
                 "no shards given (e.g. \"data/{00000..00009}.tar\")",
             ));
         }
-        if self.batch_size == 0 {
-            return Err(FieldError::new("data.batch_size", "must be > 0"));
-        }
         if self.accum_steps == 0 {
             return Err(FieldError::new("data.accum_steps", "must be > 0"));
-        }
-        if self.workers == 0 {
-            return Err(FieldError::new("data.workers", "must be > 0"));
         }
         if self.caption != "txt" && !self.caption.starts_with("json:") {
             return Err(FieldError::new(
@@ -146,7 +142,29 @@ impl DataConfig {
             }
             _ => {}
         }
-        Ok(())
+        // The loader's own checks of the settings this section gives it, named as this
+        // section names them.
+        self.loader_settings().validate_settings().map_err(|e| match e {
+            DataError::BadConfig { field, reason } => FieldError::new(section_field(field), reason),
+            other => FieldError::new("data", other.to_string()),
+        })
+    }
+
+    /// The loader settings this section gives, before shards and model sizes are known:
+    /// the one place `[data]` fields become [`LoaderConfig`] fields.
+    fn loader_settings(&self) -> LoaderConfig {
+        let mut lc = LoaderConfig::new(Vec::new(), true);
+        lc.batch_size = self.batch_size;
+        lc.threads = self.workers;
+        lc.shuffle_buffer = self.shuffle_buffer;
+        lc.drop_last = true;
+        lc.max_pixels = self.max_pixels;
+        lc.caption = caption_source(&self.caption);
+        lc.pixel_output = match self.normalize {
+            NormalizeOn::Loader => PixelOutput::NormalizedF32,
+            NormalizeOn::Device => PixelOutput::RawU8,
+        };
+        lc
     }
 
     /// The loader config of rank `rank` of `world_size` for `model`, with the rank mixed
@@ -164,30 +182,24 @@ impl DataConfig {
         world_size: usize,
     ) -> Result<LoaderConfig, TrainError> {
         self.validate().map_err(TrainError::Config)?;
-        let mut lc = if self.resampled {
+        let (shards, sampling) = if self.resampled {
             self.resampled_shards(rank, world_size)?
         } else {
             self.every_shard_once(rank, world_size)?
         };
-        lc.batch_size = self.batch_size;
-        lc.image_size = model.vision.image_size as u32;
-        lc.context_length = model.text.context_length as usize;
-        lc.threads = self.workers;
-        // Rank in the seed: in resampled mode this is what gives every rank its own draws.
-        lc.seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        lc.shuffle_buffer = self.shuffle_buffer;
-        lc.drop_last = true;
-        lc.max_pixels = self.max_pixels;
-        lc.caption = caption_source(&self.caption);
-        lc.pixel_output = match self.normalize {
-            NormalizeOn::Loader => PixelOutput::NormalizedF32,
-            NormalizeOn::Device => PixelOutput::RawU8,
-        };
-        Ok(lc)
+        Ok(LoaderConfig {
+            shards,
+            sampling,
+            image_size: model.vision.image_size as u32,
+            context_length: model.text.context_length as usize,
+            // Rank in the seed: in resampled mode this is what gives every rank its own draws.
+            seed: seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ..self.loader_settings()
+        })
     }
 
     /// Every sample once per epoch: this rank's round-robin share of the shards.
-    fn every_shard_once(&self, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
+    fn every_shard_once(&self, rank: usize, world_size: usize) -> Result<(Vec<PathBuf>, Sampling), TrainError> {
         let all = expand_shards(&self.train).map_err(|source| TrainError::Data {
             context: "data.train".into(),
             source,
@@ -203,12 +215,12 @@ impl DataConfig {
             )));
         }
         let shards = all.into_iter().skip(rank).step_by(world_size).collect();
-        Ok(LoaderConfig::new(shards, true))
+        Ok((shards, Sampling::EveryShard))
     }
 
     /// Resampled: all shards with their source weights, and this rank's batches per
     /// virtual epoch.
-    fn resampled_shards(&self, rank: usize, world_size: usize) -> Result<LoaderConfig, TrainError> {
+    fn resampled_shards(&self, rank: usize, world_size: usize) -> Result<(Vec<PathBuf>, Sampling), TrainError> {
         let sources = expand_sources(&self.train, self.train_weights.as_deref()).map_err(|e| match e {
             DataError::BadConfig { field, reason } if field == WEIGHTS_FIELD => {
                 TrainError::DataConfig(FieldError::new("data.train_weights", reason))
@@ -245,15 +257,24 @@ impl DataConfig {
                 size
             }
         };
-        Ok(LoaderConfig::resampled(
+        let weighted = LoaderConfig::resampled(
             &sources,
             virtual_epoch_batches(epoch_samples, self.batch_size, world_size),
-        ))
+        );
+        Ok((weighted.shards, weighted.sampling))
+    }
+}
+
+/// The `[data]` name of a [`LoaderConfig`] field.
+fn section_field(loader_field: &str) -> String {
+    match loader_field {
+        "threads" => "data.workers".into(),
+        field => format!("data.{field}"),
     }
 }
 
 /// `"txt"` or `"json:<field>"` (validated by [`DataConfig::validate`]).
-pub fn caption_source(spec: &str) -> CaptionSource {
+fn caption_source(spec: &str) -> CaptionSource {
     match spec.strip_prefix("json:") {
         Some(field) => CaptionSource::Json(field.to_string()),
         None => CaptionSource::Txt,

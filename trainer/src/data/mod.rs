@@ -148,6 +148,24 @@ mod tests {
     }
 
     #[test]
+    fn loader_setting_errors_name_the_data_field() {
+        // The loader checks these settings (written once, in LoaderConfig::validate_settings);
+        // the section reports them under its own names, before any shard is read.
+        let cases: [(&str, fn(&mut DataConfig)); 4] = [
+            ("data.batch_size: must be at least 1", |c| c.batch_size = 0),
+            ("data.workers: must be at least 1", |c| c.workers = 0),
+            ("data.max_pixels: must be at least 1", |c| c.max_pixels = 0),
+            ("data.caption: empty JSON field name", |c| c.caption = "json:".into()),
+        ];
+        for (want, break_it) in cases {
+            let mut cfg = data_config("shards/{0..3}.tar");
+            assert_eq!(cfg.validate(), Ok(()));
+            break_it(&mut cfg);
+            assert_eq!(cfg.validate().map_err(|e| e.to_string()), Err(want.to_string()));
+        }
+    }
+
+    #[test]
     fn loader_batches_become_tensors_without_a_copy() {
         let dir = tempfile::tempdir().unwrap();
         write_shards(dir.path(), 8, 8);
