@@ -365,15 +365,7 @@ impl ImageTransform {
     /// Resample `region` of `image` onto the `size`×`size` output and write it into `out`.
     fn resample_into<P: OutputPixel>(&self, image: &RgbImage, region: SourceRegion, out: &mut [P]) {
         with_workspace(|workspace| {
-            resample_region(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                region,
-                self.size,
-                &mut workspace.resizer,
-                &mut workspace.resized,
-            );
+            self.resample(image, region, &mut workspace.resizer, &mut workspace.resized);
             P::write_chw(&workspace.resized, out);
         });
     }
@@ -516,18 +508,21 @@ impl ImageTransform {
     pub fn resize_and_crop<R: Rng + ?Sized>(&self, image: &RgbImage, rng: &mut R) -> RgbImage {
         let region = self.source_region(image.width(), image.height(), rng);
         let mut resized = Vec::new();
-        with_workspace(|workspace| {
-            resample_region(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                region,
-                self.size,
-                &mut workspace.resizer,
-                &mut resized,
-            )
-        });
+        with_workspace(|workspace| self.resample(image, region, &mut workspace.resizer, &mut resized));
         RgbImage::from_raw(self.size, self.size, resized).expect("resample_region fills size×size×3 bytes")
+    }
+
+    /// Resample `region` of `image` to `size`×`size` packed RGB in `resized`.
+    fn resample(&self, image: &RgbImage, region: SourceRegion, resizer: &mut fir::Resizer, resized: &mut Vec<u8>) {
+        resample_region(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            region,
+            self.size,
+            resizer,
+            resized,
+        );
     }
 }
 

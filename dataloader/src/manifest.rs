@@ -151,12 +151,7 @@ pub fn read_manifest_with(input: &Path, columns: &ManifestColumns) -> Result<Row
             let lines = std::io::BufReader::new(file).lines().enumerate();
             Ok(Box::new(lines.filter_map(move |(i, line)| {
                 let row = i + 1;
-                let skip = |reason, detail: String| RowSkip {
-                    input: input.clone(),
-                    row,
-                    reason,
-                    detail,
-                };
+                let skip = row_skip(&input, row);
                 let line = match line {
                     Ok(line) => line,
                     Err(e) => return Some(Err(skip(SkipReason::InvalidRow, e.to_string()))),
@@ -191,12 +186,7 @@ pub fn read_manifest_with(input: &Path, columns: &ManifestColumns) -> Result<Row
             let input = input.to_path_buf();
             Ok(Box::new(reader.into_records().enumerate().map(move |(i, record)| {
                 let row = i + 1;
-                let skip = |reason, detail: String| RowSkip {
-                    input: input.clone(),
-                    row,
-                    reason,
-                    detail,
-                };
+                let skip = row_skip(&input, row);
                 let record = record.map_err(|e| skip(SkipReason::InvalidRow, e.to_string()))?;
                 let mut fields = Map::new();
                 for (name, value) in headers.iter().zip(record.iter()) {
@@ -272,6 +262,16 @@ fn parquet_rows(input: &Path, base: PathBuf, columns: ManifestColumns) -> Result
             .collect();
         Some(row_from_fields(columns.apply(fields), &base, row_number).map_err(|(reason, detail)| skip(reason, detail)))
     })))
+}
+
+/// The skip record of row `row` of `input`, given a reason and a detail.
+fn row_skip(input: &Path, row: usize) -> impl Fn(SkipReason, String) -> RowSkip + '_ {
+    move |reason, detail| RowSkip {
+        input: input.to_path_buf(),
+        row,
+        reason,
+        detail,
+    }
 }
 
 /// Interpret one row's fields (JSONL object, CSV record, or a sidecar JSON).

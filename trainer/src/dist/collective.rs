@@ -88,3 +88,18 @@ pub(crate) fn scatter_block_shape(op: &'static str, shape: &[i64], world_size: u
         }),
     }
 }
+
+/// What every backend's `all_gather` starts from: `t` detached and contiguous (what is
+/// sent) and the `(W·B, ...)` shape of the result, or the error for a scalar.
+pub(crate) fn gather_input(op: &'static str, t: &Tensor, world_size: usize) -> Result<(Tensor, Vec<i64>), DistError> {
+    if t.dim() == 0 {
+        return Err(DistError::Tensor {
+            op,
+            reason: "expected a tensor of shape (B, ...), got a scalar".into(),
+        });
+    }
+    let send = t.detach().contiguous();
+    let mut shape = send.size();
+    shape[0] *= world_size as i64;
+    Ok((send, shape))
+}

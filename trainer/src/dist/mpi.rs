@@ -229,15 +229,7 @@ impl Collective for Mpi {
         const OP: &str = "all_gather";
         require_cpu(OP, t)?;
         let dtype = datatype(OP, t.kind())?;
-        if t.dim() == 0 {
-            return Err(tensor_error(
-                OP,
-                "expected a tensor of shape (B, ...), got a scalar".into(),
-            ));
-        }
-        let send = t.detach().contiguous();
-        let mut shape = send.size();
-        shape[0] *= self.world_size as i64;
+        let (send, shape) = super::collective::gather_input(OP, t, self.world_size)?;
         let gathered = Tensor::empty(shape.as_slice(), (send.kind(), Device::Cpu));
         let per_rank = count(OP, send.numel())?;
         if per_rank == 0 {

@@ -333,15 +333,7 @@ impl Collective for Nccl {
     fn all_gather(&self, t: &Tensor) -> Result<Tensor, DistError> {
         const OP: &str = "all_gather";
         let dtype = self.check(OP, t)?;
-        if t.dim() == 0 {
-            return Err(tensor_error(
-                OP,
-                "expected a tensor of shape (B, ...), got a scalar".into(),
-            ));
-        }
-        let send = t.detach().contiguous();
-        let mut shape = send.size();
-        shape[0] *= self.world_size as i64;
+        let (send, shape) = super::collective::gather_input(OP, t, self.world_size)?;
         let gathered = Tensor::empty(shape.as_slice(), (send.kind(), send.device()));
         let per_rank = send.numel();
         if per_rank > 0 {

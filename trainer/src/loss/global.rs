@@ -195,14 +195,8 @@ pub fn clip_share_grads(
     let (rows, global) = check_features("global_clip_loss", image_features, text_features, coll)?;
     let image_rows = leaf(image_features);
     let text_rows = leaf(text_features);
-    let image_columns = coll
-        .all_gather(&image_features.detach())?
-        .detach()
-        .set_requires_grad(true); // (N, D)
-    let text_columns = coll
-        .all_gather(&text_features.detach())?
-        .detach()
-        .set_requires_grad(true); // (N, D)
+    let image_columns = gathered_leaf(image_features, coll)?; // (N, D)
+    let text_columns = gathered_leaf(text_features, coll)?; // (N, D)
     let scale = leaf(logit_scale);
 
     let targets = own_columns(rows, coll.rank(), image_features.device()); // (B,)
@@ -242,10 +236,7 @@ pub fn siglip_share_grads(
 ) -> Result<ShareGrads, DistError> {
     let (rows, global) = check_features("global_siglip_loss", image_features, text_features, coll)?;
     let image_rows = leaf(image_features);
-    let text_columns = coll
-        .all_gather(&text_features.detach())?
-        .detach()
-        .set_requires_grad(true); // (N, D)
+    let text_columns = gathered_leaf(text_features, coll)?; // (N, D)
     let scale = leaf(logit_scale);
     let bias = leaf(logit_bias);
 
@@ -302,6 +293,12 @@ fn check_features(
     }
     let rows = image_shape[0];
     Ok((rows, rows * coll.world_size() as i64))
+}
+
+/// Every rank's detached `features`, gathered (N, D), as a leaf whose gradient the share's
+/// backward fills.
+fn gathered_leaf(features: &Tensor, coll: &dyn Collective) -> Result<Tensor, DistError> {
+    Ok(coll.all_gather(&features.detach())?.detach().set_requires_grad(true))
 }
 
 /// A detached leaf sharing `t`'s values, whose gradient the share's backward fills.
