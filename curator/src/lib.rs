@@ -25,6 +25,7 @@ pub mod align;
 pub mod config;
 pub mod dfn;
 pub mod error;
+mod fields;
 pub mod klite;
 pub mod metaclip;
 pub mod pipeline;
