@@ -8,7 +8,7 @@ fn main() {
     // Feature `cuda`: rustc links with --as-needed, and nothing here references a
     // symbol of libtorch_cuda (its kernels register themselves from static
     // initialisers), so torch-sys's `-ltorch_cuda` is dropped and tch silently
-    // reports no CUDA (DESIGN.md §9). Force it into DT_NEEDED. Its own CUDA
+    // reports no CUDA (docs/architecture.md §9). Force it into DT_NEEDED. Its own CUDA
     // dependencies (cuBLAS, NCCL, ...) need not be present at link time
     // (--allow-shlib-undefined): they are resolved on the GPU machine at run time.
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {

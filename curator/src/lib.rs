@@ -1,4 +1,4 @@
-//! Data curation stages over webdataset shards (DESIGN.md §7). No tch.
+//! Data curation stages over webdataset shards (docs/architecture.md §7). No tch.
 //!
 //! - [`CurateConfig`]: `[[stage]]` tables in order → [`NamedStage`]s ([`CurateConfig::build_stages`]).
 //! - [`Stage`]: `observe` every sample (count vectors, summed over threads and, through a

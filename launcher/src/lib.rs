@@ -2,7 +2,7 @@
 //! (local, mpirun, SLURM), sbatch generation and config-grid sweeps.
 //!
 //! Nothing here links tch or the other crates' internals: the launcher starts
-//! processes and reads the files they write (see DESIGN.md §2).
+//! processes and reads the files they write (see docs/architecture.md §2).
 //!
 //! - [`LocalLaunch`] starts N copies of a program on this machine — directly with
 //!   `RANK`/`WORLD_SIZE`/`LOCAL_RANK`/`LOCAL_WORLD_SIZE`/`MASTER_ADDR`/`MASTER_PORT`

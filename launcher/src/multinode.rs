@@ -202,7 +202,7 @@ impl StaticLaunch {
         let outcome = outcome.unwrap_or_else(|join_error| {
             Err(LaunchError::Spawn {
                 program: self.launch.program.clone(),
-                source: std::io::Error::other(join_error.to_string()),
+                source: std::io::Error::other(join_error),
             })
         });
         match outcome {

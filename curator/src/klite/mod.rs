@@ -5,7 +5,7 @@
 //! - Observation pass: the corpus frequency of every term = its occurrences in all texts
 //!   that reach the stage (summed over threads and processes).
 //! - Decision: with probability `probability` (drawn from (seed, sample key)), the caption
-//!   becomes `"{caption} ; {term} , {gloss}"` (DESIGN.md §7), where term is the caption's
+//!   becomes `"{caption} ; {term} , {gloss}"` (docs/architecture.md §7), where term is the caption's
 //!   least frequent term (the first in the caption among equally rare ones), written as
 //!   WordNet's lemma (`geese` → `goose`), and gloss is the definition of its first sense.
 //!   The caption's trailing whitespace is dropped before the knowledge is appended.

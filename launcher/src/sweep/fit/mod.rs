@@ -1,4 +1,4 @@
-//! Scaling-law fits over sweep results (DESIGN.md §8).
+//! Scaling-law fits over sweep results (docs/architecture.md §8).
 //!
 //! Input: points (compute C, error E = 1 − metric, group such as the model name),
 //! usually read from a sweep's `results.csv` with [`fit_results_csv`]. Output: a
