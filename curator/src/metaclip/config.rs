@@ -8,6 +8,7 @@ use crate::error::CurateError;
 
 /// MetaCLIP's default balancing threshold (pairs per entry).
 pub const DEFAULT_T: u64 = 20_000;
+
 /// The `[[stage]] kind = "metaclip"` section of a curate config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
