@@ -209,7 +209,10 @@ async fn handle_connection(stream: TcpStream, conn: u64, events: mpsc::Unbounded
 
 fn stale_token() -> Message {
     Message::Error {
-        reason: "run token mismatch: this worker was started for another run (FERROCLIP_RUN_TOKEN)".into(),
+        reason: format!(
+            "run token mismatch: this worker was started for another run ({})",
+            protocol::env::RUN_TOKEN
+        ),
     }
 }
 
