@@ -12,7 +12,7 @@
 #
 # Linking: rustc links with --as-needed and nothing references a libtorch_cuda symbol, so without
 # the `cuda` feature's link args (build.rs: -Wl,--no-as-needed -ltorch_cuda) the CUDA backend is
-# silently absent (DESIGN.md §9). This script checks that libtorch_cuda.so is NEEDED.
+# silently absent (docs/architecture.md §9). This script checks that libtorch_cuda.so is NEEDED.
 #
 # Uses its own target dir (target/gpu-build) so the shared target/release keeps its default-feature
 # artifacts; the first run builds all dependencies in release (several minutes on 2 cores).

@@ -1,4 +1,4 @@
-//! `ferroclip`: one binary, one subcommand per pipeline stage (DESIGN.md §1).
+//! `ferroclip`: one binary, one subcommand per pipeline stage (docs/architecture.md §1).
 use clap::{Parser, Subcommand};
 
 mod cmd;

@@ -4,8 +4,8 @@
 //! run whose worker in B is killed is recovered by `--max-restarts 1` from its
 //! checkpoint and finishes.
 //!
-//! Needs root (it creates namespaces) and Open MPI. Safety (see
-//! docs/architecture.md §9, "Testing across hosts"): nothing here addresses the namespaces'
+//! Needs root (it creates namespaces) and Open MPI. Safety (see docs/architecture.md
+//! §9, "Testing across hosts on one machine"): nothing here addresses the namespaces'
 //! addresses from the root namespace (that traffic would leave the machine):
 //! mpirun, its daemons and the workers all run inside the namespaces. A guard
 //! kills every process the test started and deletes the namespaces (and with

@@ -42,40 +42,6 @@ pub enum StageConfig {
     Dfn(DfnConfig),
 }
 
-/// serde default of the stages' `caption_member`.
-pub(crate) fn default_caption_member() -> String {
-    "txt".into()
-}
-
-/// serde default of the stages' `max_caption_bytes`.
-pub(crate) fn default_max_caption_bytes() -> usize {
-    crate::metaclip::DEFAULT_MAX_CAPTION_BYTES
-}
-
-/// serde default of the stages' `wordnet_dir`.
-pub(crate) fn default_wordnet_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(crate::metaclip::DEFAULT_WORDNET_DIR)
-}
-
-/// The checks of the caption fields every text stage has; `at` prefixes field names.
-pub(crate) fn validate_caption_fields(
-    at: &str,
-    caption_member: &str,
-    max_caption_bytes: usize,
-) -> Result<(), CurateError> {
-    let bad = |field: &str, reason: &str| CurateError::BadField {
-        field: format!("{at}.{field}"),
-        reason: reason.into(),
-    };
-    if caption_member.is_empty() || caption_member.contains('.') {
-        return Err(bad("caption_member", "must be a member extension such as \"txt\""));
-    }
-    if max_caption_bytes == 0 {
-        return Err(bad("max_caption_bytes", "must be at least 1"));
-    }
-    Ok(())
-}
-
 /// Builds a `dfn` stage from its name and config: the binary wires the scorer (curator links
 /// no model code), see [`crate::dfn::build_stage`].
 pub type DfnBuilder<'a> = dyn FnMut(&str, &DfnConfig) -> Result<DfnStage, CurateError> + 'a;

@@ -50,6 +50,9 @@ pub enum CurateError {
     /// Reading the input shards failed as a whole (a bad shard spec, ...).
     #[error("input: {0}")]
     Input(#[from] dataloader::DataError),
+    /// An output shard could not be written (the message names the file).
+    #[error(transparent)]
+    OutputShard(dataloader::DataError),
     /// The output folder cannot be used.
     #[error("output {}: {reason}", path.display())]
     Output {

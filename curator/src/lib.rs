@@ -1,4 +1,4 @@
-//! Data curation stages over webdataset shards (DESIGN.md §7). No tch.
+//! Data curation stages over webdataset shards (docs/architecture.md §7). No tch.
 //!
 //! - [`CurateConfig`]: `[[stage]]` tables in order → [`NamedStage`]s ([`CurateConfig::build_stages`]).
 //! - [`Stage`]: `observe` every sample (count vectors, summed over threads and, through a
@@ -25,6 +25,7 @@ pub mod align;
 pub mod config;
 pub mod dfn;
 pub mod error;
+mod fields;
 pub mod klite;
 pub mod metaclip;
 pub mod pipeline;

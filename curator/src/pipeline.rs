@@ -11,14 +11,13 @@
 //! input is re-read once per such stage, and the earlier decisions are recomputed, which
 //! is cheap and deterministic); the last pass decides and writes.
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufWriter;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use dataloader::{RawSample, SkipReason};
+use dataloader::writer::ShardFile;
+use dataloader::{Compression, RawSample, SkipReason};
 use serde::Serialize;
 
 use crate::error::CurateError;
@@ -156,7 +155,7 @@ pub fn run_pipeline(
         || (vec![0u64; layout.len], new_tallies(stages_ref)),
         |(counters, tallies), shard| {
             let out_path = output.join(shard_file_name(shard));
-            let mut writer = OutputShard::create(&out_path)?;
+            let mut writer = ShardFile::create(&out_path, Compression::None).map_err(CurateError::OutputShard)?;
             let mut written = 0u64;
             let mut write_error = None;
             for_each_raw(&shards[shard], |item| match item {
@@ -167,8 +166,8 @@ pub fn run_pipeline(
                         counters[layout_ref.decide_nanos(s)] += nanos;
                     });
                     if let Some(sample) = kept {
-                        if let Err(e) = writer.append(&sample) {
-                            write_error = Some(e);
+                        if let Err(e) = writer.append_raw(&sample) {
+                            write_error = Some(CurateError::OutputShard(e));
                             return ControlFlow::Break(());
                         }
                         written += 1;
@@ -184,7 +183,7 @@ pub fn run_pipeline(
             if let Some(e) = write_error {
                 return Err(e);
             }
-            writer.finish()?;
+            writer.finish().map_err(CurateError::OutputShard)?;
             counters[layout_ref.shard_samples(shard)] = written;
             Ok(())
         },
@@ -500,56 +499,12 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), CurateError> {
     std::fs::write(path, text + "\n").map_err(|e| CurateError::io(path, e))
 }
 
-/// One output shard, written under `.tmp` and renamed when complete.
-struct OutputShard {
-    builder: tar::Builder<BufWriter<File>>,
-    temp_path: PathBuf,
-    final_path: PathBuf,
-}
-
-impl OutputShard {
-    fn create(final_path: &Path) -> Result<Self, CurateError> {
-        let mut temp = final_path.as_os_str().to_owned();
-        temp.push(".tmp");
-        let temp_path = PathBuf::from(temp);
-        let file = File::create(&temp_path).map_err(|e| CurateError::io(&temp_path, e))?;
-        Ok(Self {
-            builder: tar::Builder::new(BufWriter::new(file)),
-            temp_path,
-            final_path: final_path.to_path_buf(),
-        })
-    }
-
-    /// Append the sample's members as `key.ext`, with fixed metadata (mode 644, mtime 0) so
-    /// output is reproducible byte for byte.
-    fn append(&mut self, sample: &RawSample) -> Result<(), CurateError> {
-        for (ext, data) in &sample.members {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_mtime(0);
-            header.set_entry_type(tar::EntryType::Regular);
-            self.builder
-                .append_data(&mut header, format!("{}.{ext}", sample.key), data.as_slice())
-                .map_err(|e| CurateError::io(&self.temp_path, e))?;
-        }
-        Ok(())
-    }
-
-    fn finish(self) -> Result<(), CurateError> {
-        let io = |e| CurateError::io(&self.temp_path, e);
-        let writer = self.builder.into_inner().map_err(io)?;
-        let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&self.temp_path, &self.final_path).map_err(|e| CurateError::io(&self.final_path, e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metaclip::{MetaclipConfig, MetaclipStage, Metadata};
     use crate::reduce::SingleProcess;
+    use std::fs::File;
 
     /// A tar with one sample per caption: `key.txt`, `key.jpg` (fake bytes) and `key.cls`.
     fn write_shard(path: &Path, first_key: usize, captions: &[&[u8]]) {

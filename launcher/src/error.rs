@@ -1,7 +1,6 @@
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::supervise::FailedAttempt;
 
 /// Why a launch failed. Worker failures name the rank and its log file.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +97,7 @@ pub enum LaunchError {
     /// Every attempt failed and the restart budget is spent.
     #[error("gave up after {restarts} restart{s}; every attempt failed:{list}",
         s = if *.restarts == 1 { "" } else { "s" },
-        list = crate::supervise::list_attempts(.attempts))]
+        list = list_attempts(.attempts))]
     GaveUp {
         /// The restarts made (`--max-restarts`).
         restarts: usize,
@@ -111,6 +110,38 @@ pub enum LaunchError {
         /// The signal received (SIGTERM when stopped through a StopHandle).
         signal: i32,
     },
+}
+
+/// One attempt that ended in a worker failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedAttempt {
+    /// 1 for the first start, 2 for the first restart, …
+    pub attempt: usize,
+    /// Which rank failed and how, e.g. "rank 1 killed by SIGKILL".
+    pub failure: String,
+    /// How long the group ran.
+    pub ran_for: Duration,
+    /// The failing rank's log for this attempt (mpirun.log when mpirun did not
+    /// name a rank), at its path after rotation.
+    pub log: PathBuf,
+}
+
+impl fmt::Display for FailedAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "attempt {}: {} after {:.1}s (log: {})",
+            self.attempt,
+            self.failure,
+            self.ran_for.as_secs_f64(),
+            self.log.display()
+        )
+    }
+}
+
+/// The attempts, one per indented line (for [`LaunchError::GaveUp`]).
+fn list_attempts(attempts: &[FailedAttempt]) -> String {
+    attempts.iter().map(|a| format!("\n  {a}")).collect()
 }
 
 /// "SIGKILL" for 9, etc.; "unknown" for numbers outside the common set.

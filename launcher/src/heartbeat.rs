@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::LaunchError;
 
 /// The environment variable naming the heartbeat folder for the workers.
-pub const HEARTBEAT_DIR_ENV: &str = "FERROCLIP_HEARTBEAT_DIR";
+pub use protocol::env::HEARTBEAT_DIR as HEARTBEAT_DIR_ENV;
 
 /// The default time a rank gets to write its first heartbeat.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(300);

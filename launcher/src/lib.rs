@@ -2,7 +2,7 @@
 //! (local, mpirun, SLURM), sbatch generation and config-grid sweeps.
 //!
 //! Nothing here links tch or the other crates' internals: the launcher starts
-//! processes and reads the files they write (see DESIGN.md §2).
+//! processes and reads the files they write (see docs/architecture.md §2).
 //!
 //! - [`LocalLaunch`] starts N copies of a program on this machine — directly with
 //!   `RANK`/`WORLD_SIZE`/`LOCAL_RANK`/`LOCAL_WORLD_SIZE`/`MASTER_ADDR`/`MASTER_PORT`
@@ -45,7 +45,7 @@ pub mod slurm;
 mod supervise;
 pub mod sweep;
 
-pub use error::{signal_name, LaunchError};
+pub use error::{signal_name, FailedAttempt, LaunchError};
 pub use heartbeat::{heartbeat_file, HeartbeatPolicy, DEFAULT_STARTUP_TIMEOUT, HEARTBEAT_DIR_ENV};
 pub use hosts::{read_hostfile, HostList, HostSlots, HostfileError, MpiHosts};
 pub use local::{Backend, LaunchReport, LocalLaunch, Placement, DEFAULT_GRACE};
@@ -53,4 +53,4 @@ pub use multinode::{interface_address, MultiNodeError, StaticLaunch, StaticRepor
 pub use output::{Console, SharedWriter};
 pub use run_dir::RunDir;
 pub use signals::{install_signal_handlers, StopHandle};
-pub use supervise::{FailedAttempt, RestartPolicy, SupervisedLaunch, SupervisedReport};
+pub use supervise::{RestartPolicy, SupervisedLaunch, SupervisedReport};

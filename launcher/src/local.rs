@@ -10,6 +10,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use protocol::env;
+
 use crate::error::LaunchError;
 use crate::heartbeat::{self, HeartbeatPolicy, Monitor, HEARTBEAT_DIR_ENV};
 use crate::hosts::MpiHosts;
@@ -220,12 +222,12 @@ impl LocalLaunch {
             let log = RankLog::create(self.rank_log(rank))?;
             let mut cmd = Command::new(&self.program);
             cmd.args(&self.args)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", world_size.to_string())
-                .env("LOCAL_RANK", local_rank.to_string())
-                .env("LOCAL_WORLD_SIZE", self.nproc.to_string())
-                .env("MASTER_ADDR", &master_addr)
-                .env("MASTER_PORT", master_port.to_string())
+                .env(env::RANK, rank.to_string())
+                .env(env::WORLD_SIZE, world_size.to_string())
+                .env(env::LOCAL_RANK, local_rank.to_string())
+                .env(env::LOCAL_WORLD_SIZE, self.nproc.to_string())
+                .env(env::MASTER_ADDR, &master_addr)
+                .env(env::MASTER_PORT, master_port.to_string())
                 .env(HEARTBEAT_DIR_ENV, self.heartbeat_dir());
             for (name, value) in extra_env {
                 cmd.env(name, value);
@@ -273,7 +275,7 @@ impl LocalLaunch {
         // FERROCLIP_* settings (and RUST_LOG) reach ranks on other hosts only through -x.
         for (name, value) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
-            if (name.starts_with("FERROCLIP_") || name == "RUST_LOG") && name != HEARTBEAT_DIR_ENV {
+            if (name.starts_with(env::PREFIX) || name == "RUST_LOG") && name != HEARTBEAT_DIR_ENV {
                 exports.push((name.to_string(), value));
             }
         }

@@ -9,6 +9,8 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::Command;
 
+use protocol::env;
+
 /// The `mpirun` invocation for `nproc` local ranks of `program args…`, with the
 /// variables in `exports` set for every rank (`-x NAME`: mpirun forwards them
 /// from its own environment, which also reaches ranks on other hosts), and
@@ -36,7 +38,7 @@ pub(crate) fn command(
     cmd.arg("-np").arg(nproc.to_string()).arg(program).args(args);
     // Stale torchrun-style variables would take precedence over OMPI_COMM_WORLD_*
     // in the worker's rank discovery.
-    for var in ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"] {
+    for var in [env::RANK, env::WORLD_SIZE, env::LOCAL_RANK, env::LOCAL_WORLD_SIZE] {
         cmd.env_remove(var);
     }
     cmd

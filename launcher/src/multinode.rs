@@ -8,6 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use protocol::env;
+
 use crate::error::LaunchError;
 use crate::local::{Backend, LaunchReport, LocalLaunch, Placement};
 use crate::output::Console;
@@ -200,7 +202,7 @@ impl StaticLaunch {
         let outcome = outcome.unwrap_or_else(|join_error| {
             Err(LaunchError::Spawn {
                 program: self.launch.program.clone(),
-                source: std::io::Error::other(join_error.to_string()),
+                source: std::io::Error::other(join_error),
             })
         });
         match outcome {
@@ -221,12 +223,12 @@ impl StaticLaunch {
     fn placement(&self, node: &NodeSpec, world: &World) -> Placement {
         let (host, port) = node.master.rsplit_once(':').unwrap_or((node.master.as_str(), "0"));
         let mut env = vec![
-            ("FERROCLIP_RENDEZVOUS".to_string(), node.master.clone()),
-            ("FERROCLIP_RUN_TOKEN".to_string(), world.run_token.clone()),
-            ("FERROCLIP_NODE_RANK".to_string(), world.node_rank.to_string()),
-            ("FERROCLIP_NNODES".to_string(), node.nnodes.to_string()),
+            (env::RENDEZVOUS.to_string(), node.master.clone()),
+            (env::RUN_TOKEN.to_string(), world.run_token.clone()),
+            (env::NODE_RANK.to_string(), world.node_rank.to_string()),
+            (env::NNODES.to_string(), node.nnodes.to_string()),
             (
-                "FERROCLIP_RENDEZVOUS_TIMEOUT_S".to_string(),
+                env::RENDEZVOUS_TIMEOUT_S.to_string(),
                 node.timeout.as_secs_f64().to_string(),
             ),
         ];

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-/// The on-disk layout of one run (DESIGN.md §6): `runs/<name>/…`.
+/// The on-disk layout of one run (docs/architecture.md §6): `runs/<name>/…`.
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,

@@ -7,11 +7,10 @@
 //! Before a restart the failed attempt's logs are renamed to
 //! `rank<R>.attempt<N>.log` (`mpirun.attempt<N>.log`), N counting from 1.
 use std::ffi::OsString;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::{signal_name, LaunchError};
+use crate::error::{signal_name, FailedAttempt, LaunchError};
 use crate::local::{LaunchReport, LocalLaunch};
 use crate::output::Console;
 use crate::process::POLL;
@@ -52,38 +51,6 @@ impl RestartPolicy {
             .unwrap_or(self.max_backoff)
             .min(self.max_backoff)
     }
-}
-
-/// One attempt that ended in a worker failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedAttempt {
-    /// 1 for the first start, 2 for the first restart, …
-    pub attempt: usize,
-    /// Which rank failed and how, e.g. "rank 1 killed by SIGKILL".
-    pub failure: String,
-    /// How long the group ran.
-    pub ran_for: Duration,
-    /// The failing rank's log for this attempt (mpirun.log when mpirun did not
-    /// name a rank), at its path after rotation.
-    pub log: PathBuf,
-}
-
-impl fmt::Display for FailedAttempt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "attempt {}: {} after {:.1}s (log: {})",
-            self.attempt,
-            self.failure,
-            self.ran_for.as_secs_f64(),
-            self.log.display()
-        )
-    }
-}
-
-/// The attempts, one per indented line (for [`LaunchError::GaveUp`]).
-pub(crate) fn list_attempts(attempts: &[FailedAttempt]) -> String {
-    attempts.iter().map(|a| format!("\n  {a}")).collect()
 }
 
 /// What a supervised launch that ended well did.

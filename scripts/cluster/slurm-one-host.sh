@@ -11,7 +11,7 @@
 # clusters (or a system SLURM) do not collide. Needs root (slurmd runs jobs as
 # their user) and Debian's `slurm-wlm munge` (scripts/setup.sh installs them).
 # No cgroups and no systemd: proctrack/linuxproc and task/none (see
-# ../shared/notes/cluster-testing.md, where this recipe was verified).
+# docs/architecture.md §9, "Testing across hosts on one machine").
 set -euo pipefail
 
 usage() {

@@ -1,5 +1,5 @@
 //! `ferroclip sweep`: expand a config grid into runs, plan their compute, run them
-//! (K at a time, skipping finished ones) and collect their results (DESIGN.md §8).
+//! (K at a time, skipping finished ones) and collect their results (docs/architecture.md §8).
 //!
 //! The launcher expands the grid and runs processes; this module supplies what
 //! needs the trainer: each run's config is loaded with the same `--set` override

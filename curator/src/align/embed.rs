@@ -9,7 +9,7 @@
 //! images per run, split the input or use the pHash.
 use std::sync::{Arc, Mutex};
 
-use super::{lock, Observed};
+use super::observed::{lock, Observed};
 use crate::error::CurateError;
 
 /// Image embeddings from a model; the binary wires a ferroclip checkpoint (this crate links

@@ -11,7 +11,7 @@ use std::collections::hash_map::Entry;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
-use super::{Candidate, Observed};
+use super::observed::{Candidate, Observed};
 use crate::error::CurateError;
 
 const FORMAT: u32 = 0x414c_4e31; // "ALN1"

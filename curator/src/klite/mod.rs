@@ -5,27 +5,22 @@
 //! - Observation pass: the corpus frequency of every term = its occurrences in all texts
 //!   that reach the stage (summed over threads and processes).
 //! - Decision: with probability `probability` (drawn from (seed, sample key)), the caption
-//!   becomes `"{caption} ; {term} , {gloss}"` (DESIGN.md §7), where term is the caption's
+//!   becomes `"{caption} ; {term} , {gloss}"` (docs/architecture.md §7), where term is the caption's
 //!   least frequent term (the first in the caption among equally rare ones), written as
 //!   WordNet's lemma (`geese` → `goose`), and gloss is the definition of its first sense.
 //!   The caption's trailing whitespace is dropped before the knowledge is appended.
 //!   Captions without a glossed term, or not drawn, pass on unchanged and are counted.
 //! - Bad captions (missing, not UTF-8, empty, longer than `max_caption_bytes`) are dropped
 //!   and counted, as in the `metaclip` stage.
+mod config;
 pub mod gloss;
 
-use std::path::PathBuf;
-
 use dataloader::RawSample;
-use serde::Deserialize;
 
 use crate::error::CurateError;
-use crate::metaclip::DEFAULT_MAX_CAPTION_BYTES;
 use crate::stage::{Decision, SampleRng, Stage, StagePlot};
+pub use config::{KliteConfig, DEFAULT_PROBABILITY};
 pub use gloss::{words, GlossDictionary};
-
-/// Default share of captions (with a glossed term) that get knowledge appended.
-pub const DEFAULT_PROBABILITY: f64 = 0.5;
 
 /// How many terms report.json lists in its top-term table.
 const TOP_TERMS: usize = 20;
@@ -45,62 +40,6 @@ const OBSERVED_WITH_TERM: usize = 1;
 const TALLY_NO_TERM: usize = 0;
 const TALLY_NOT_DRAWN: usize = 1;
 const TALLY_APPENDED: usize = 2;
-
-/// The `[[stage]] kind = "klite"` section of a curate config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KliteConfig {
-    /// Name in logs and the report (default `klite`).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Probability that a caption with a glossed term gets the knowledge appended.
-    #[serde(default = "default_probability")]
-    pub probability: f64,
-    /// Seed of the per-sample draws.
-    #[serde(default)]
-    pub seed: u64,
-    /// Folder of the WordNet database (`index.noun`, `data.noun`, `noun.exc`).
-    #[serde(default = "crate::config::default_wordnet_dir")]
-    pub wordnet_dir: PathBuf,
-    /// Extension of the member holding the text (rewritten in place).
-    #[serde(default = "crate::config::default_caption_member")]
-    pub caption_member: String,
-    /// Longer texts are dropped (`caption_too_long`).
-    #[serde(default = "crate::config::default_max_caption_bytes")]
-    pub max_caption_bytes: usize,
-}
-
-fn default_probability() -> f64 {
-    DEFAULT_PROBABILITY
-}
-
-impl Default for KliteConfig {
-    fn default() -> Self {
-        Self {
-            name: None,
-            probability: DEFAULT_PROBABILITY,
-            seed: 0,
-            wordnet_dir: crate::config::default_wordnet_dir(),
-            caption_member: crate::config::default_caption_member(),
-            max_caption_bytes: DEFAULT_MAX_CAPTION_BYTES,
-        }
-    }
-}
-
-impl KliteConfig {
-    /// Check the values; `at` prefixes field names in errors (`stage[0]`).
-    pub fn validate(&self, at: &str) -> Result<(), CurateError> {
-        let bad = |field: &str, reason: &str| CurateError::BadField {
-            field: format!("{at}.{field}"),
-            reason: reason.into(),
-        };
-        if !(0.0..=1.0).contains(&self.probability) {
-            return Err(bad("probability", "must be between 0 and 1"));
-        }
-        crate::config::validate_caption_fields(at, &self.caption_member, self.max_caption_bytes)?;
-        Ok(())
-    }
-}
 
 /// `"{caption} ; {term} , {gloss}"`, the caption's trailing whitespace dropped.
 pub fn append_knowledge(caption: &str, term: &str, gloss: &str) -> String {
@@ -286,6 +225,7 @@ impl Stage for KliteStage {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+    use std::path::PathBuf;
 
     fn sample(key: &str, caption: &[u8]) -> RawSample {
         RawSample {

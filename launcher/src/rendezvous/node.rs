@@ -10,10 +10,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::protocol::{from_hex, read_message, to_hex, write_message, Message, VERSION};
-use super::{
+use protocol::{from_hex, to_hex, Message, VERSION};
+
+use super::types::{
     RendezvousError, World, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_RENDEZVOUS_TIMEOUT,
 };
+use super::wire::{read_message, write_message};
 
 /// Pause between connection attempts while the master is not listening yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);

@@ -12,8 +12,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::protocol::{from_hex, read_message, to_hex, write_message, Message, NodeInfo, VERSION};
-use super::{RendezvousError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_RENDEZVOUS_TIMEOUT};
+use protocol::{from_hex, to_hex, Message, NodeInfo, VERSION};
+
+use super::types::{
+    RendezvousError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_RENDEZVOUS_TIMEOUT,
+};
+use super::wire::{read_message, write_message};
 
 /// How long a new connection may take to say what it is.
 const FIRST_MESSAGE_PATIENCE: Duration = Duration::from_secs(10);
@@ -205,7 +209,10 @@ async fn handle_connection(stream: TcpStream, conn: u64, events: mpsc::Unbounded
 
 fn stale_token() -> Message {
     Message::Error {
-        reason: "run token mismatch: this worker was started for another run (FERROCLIP_RUN_TOKEN)".into(),
+        reason: format!(
+            "run token mismatch: this worker was started for another run ({})",
+            protocol::env::RUN_TOKEN
+        ),
     }
 }
 

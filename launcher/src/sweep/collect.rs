@@ -1,7 +1,7 @@
 //! `results.csv`: one row per finished run.
 //!
 //! Columns: `run`, one per swept key (its label), `macs_per_sample`,
-//! `samples_seen`, `compute` (= MACs per sample × samples seen, DESIGN.md §8),
+//! `samples_seen`, `compute` (= MACs per sample × samples seen, docs/architecture.md §8),
 //! `final_step` and `final_loss` (the last line of `metrics.jsonl`), then the eval
 //! metrics of `eval.json`: zero-shot as `zeroshot_top1`, `zeroshot_top5`,
 //! `zeroshot_mean_per_class_recall`, retrieval under CLIP_benchmark's names

@@ -1,4 +1,4 @@
-//! Config-grid sweeps: grid → runs → results → scaling-law fit → plot (DESIGN.md §8).
+//! Config-grid sweeps: grid → runs → results → scaling-law fit → plot (docs/architecture.md §8).
 //!
 //! - [`grid`]: the sweep file (`configs/sweeps/*.toml`) and its expansion into
 //!   [`grid::RunSpec`]s with stable names and `key=value` overrides of the base

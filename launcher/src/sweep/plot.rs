@@ -1,4 +1,4 @@
-//! Scaling-law plots (DESIGN.md §8): `scaling.png` and `scaling.svg` from a
+//! Scaling-law plots (docs/architecture.md §8): `scaling.png` and `scaling.svg` from a
 //! [`FitReport`].
 //!
 //! Log–log axes (compute in MACs, error E = 1 − metric), the runs coloured by

@@ -191,7 +191,7 @@ fn sync_file(path: &Path) -> Result<(), CheckpointError> {
 /// half-way through writing checkpoint `<step>`, once — the marker records
 /// that it fired, so the restarted run saves normally.
 fn fault_abort_in_save(step: u64) {
-    let Ok(spec) = std::env::var("FERROCLIP_FAULT_ABORT_IN_SAVE") else {
+    let Ok(spec) = std::env::var(protocol::env::FAULT_ABORT_IN_SAVE) else {
         return;
     };
     let Some((at, marker)) = spec.split_once(':') else {

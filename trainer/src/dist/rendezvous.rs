@@ -2,9 +2,9 @@
 //! to every other rank, at `MASTER_ADDR:MASTER_PORT` as `ferroclip launch
 //! --backend nccl` and torchrun set them. No MPI needed (the GPU machines have none).
 //!
-//! Protocol: rank 0 listens; every other rank connects (retrying until rank 0
-//! is up) and sends `HELLO_MAGIC`, its rank and the world size (u32 big-endian).
-//! Once all `world_size - 1` ranks have said hello, rank 0 answers each with
+//! Protocol ([`protocol::hello`]): rank 0 listens; every other rank connects (retrying
+//! until rank 0 is up) and sends `HELLO_MAGIC`, its rank and the world size (u32
+//! big-endian). Once all `world_size - 1` ranks have said hello, rank 0 answers each with
 //! the payload length (u32) and the payload. Rank 0 answers nobody until
 //! everyone arrived, so a rank that never comes makes every rank fail at the
 //! deadline with the missing ranks named, instead of some ranks entering a
@@ -17,24 +17,25 @@
 //! the payload to that server's relay and the other ranks fetch it there, one
 //! JSON line each way (`{"type":"publish","token":…,"key":…,"value_hex":…}` /
 //! `{"type":"fetch","token":…,"key":…}`, answered by
-//! `{"type":"value","key":…,"value_hex":…}` or `{"type":"error","reason":…}`;
-//! the launcher's `rendezvous/protocol.rs` is the other half).
+//! `{"type":"value","key":…,"value_hex":…}` or `{"type":"error","reason":…}`:
+//! [`protocol::Message`], which the launcher's rendezvous speaks too).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use protocol::hello::{
+    decode_hello, decode_payload_len, encode_hello, encode_payload, HELLO_LEN, MAX_PAYLOAD, PAYLOAD_LEN_BYTES,
+};
+use protocol::{env, from_hex, to_hex, Message};
+
 use super::DistError;
 
-/// Sent first by every connecting rank, so a stray connection is told apart.
-const HELLO_MAGIC: &[u8; 8] = b"FCRDV\x00\x00\x01";
 /// How long a rank may take to send its hello once connected.
 const HELLO_PATIENCE: Duration = Duration::from_secs(10);
 /// Pause between connection attempts while rank 0 is not listening yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
-/// The longest payload accepted (a guard against a garbled length).
-const MAX_PAYLOAD: usize = 1 << 20;
 /// Default for how long the rendezvous waits for all ranks.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -69,7 +70,7 @@ pub struct Relay {
 }
 
 /// The relay key of the payload (the NCCL unique id), as the launcher names it.
-pub const RELAY_KEY: &str = "nccl_unique_id";
+pub use protocol::NCCL_ID_KEY as RELAY_KEY;
 
 impl Rendezvous {
     /// Reads `MASTER_ADDR`, `MASTER_PORT` and the optional
@@ -80,21 +81,23 @@ impl Rendezvous {
             value: value.to_string(),
             reason: reason.to_string(),
         };
-        let host = lookup("MASTER_ADDR").filter(|h| !h.trim().is_empty()).ok_or_else(|| {
-            env_error(
-                "MASTER_ADDR",
-                "",
-                "is not set; the NCCL rendezvous needs rank 0's address",
-            )
-        })?;
-        let port_text = lookup("MASTER_PORT").unwrap_or_default();
+        let host = lookup(env::MASTER_ADDR)
+            .filter(|h| !h.trim().is_empty())
+            .ok_or_else(|| {
+                env_error(
+                    env::MASTER_ADDR,
+                    "",
+                    "is not set; the NCCL rendezvous needs rank 0's address",
+                )
+            })?;
+        let port_text = lookup(env::MASTER_PORT).unwrap_or_default();
         let port = port_text
             .trim()
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| env_error("MASTER_PORT", &port_text, "expected a TCP port in 1..=65535"))?;
-        let timeout = match lookup("FERROCLIP_RENDEZVOUS_TIMEOUT_S") {
+            .ok_or_else(|| env_error(env::MASTER_PORT, &port_text, "expected a TCP port in 1..=65535"))?;
+        let timeout = match lookup(env::RENDEZVOUS_TIMEOUT_S) {
             None => DEFAULT_TIMEOUT,
             Some(text) => text
                 .trim()
@@ -104,24 +107,25 @@ impl Rendezvous {
                 .map(Duration::from_secs_f64)
                 .ok_or_else(|| {
                     env_error(
-                        "FERROCLIP_RENDEZVOUS_TIMEOUT_S",
+                        env::RENDEZVOUS_TIMEOUT_S,
                         &text,
                         "expected a positive number of seconds",
                     )
                 })?,
         };
-        let relay = match lookup("FERROCLIP_RENDEZVOUS").filter(|a| !a.trim().is_empty()) {
+        let relay = match lookup(env::RENDEZVOUS).filter(|a| !a.trim().is_empty()) {
             None => None,
             Some(addr) => {
-                let token = lookup("FERROCLIP_RUN_TOKEN")
-                    .filter(|t| !t.trim().is_empty())
-                    .ok_or_else(|| {
-                        env_error(
-                            "FERROCLIP_RUN_TOKEN",
-                            "",
-                            "is not set, but FERROCLIP_RENDEZVOUS is (both come from ferroclip launch --nnodes)",
-                        )
-                    })?;
+                let token = lookup(env::RUN_TOKEN).filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+                    env_error(
+                        env::RUN_TOKEN,
+                        "",
+                        &format!(
+                            "is not set, but {} is (both come from ferroclip launch --nnodes)",
+                            env::RENDEZVOUS
+                        ),
+                    )
+                })?;
                 Some(Relay {
                     addr: addr.trim().to_string(),
                     token: token.trim().to_string(),
@@ -248,9 +252,7 @@ pub fn serve(listener: &TcpListener, world_size: usize, payload: &[u8], deadline
             Err(e) => return Err(rendezvous_error(format!("accept: {e}"))),
         }
     }
-    let mut message = Vec::with_capacity(4 + payload.len());
-    message.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    message.extend_from_slice(payload);
+    let message = encode_payload(payload);
     for (rank, mut stream) in arrived {
         stream
             .write_all(&message)
@@ -262,14 +264,9 @@ pub fn serve(listener: &TcpListener, world_size: usize, payload: &[u8], deadline
 
 /// `Ok(Some((rank, world)))` for a well-formed hello, `Ok(None)` for anything else.
 fn read_hello(stream: &mut TcpStream) -> std::io::Result<Option<(u32, u32)>> {
-    let mut hello = [0u8; 16];
+    let mut hello = [0u8; HELLO_LEN];
     stream.read_exact(&mut hello)?;
-    if &hello[..8] != HELLO_MAGIC {
-        return Ok(None);
-    }
-    let rank = u32::from_be_bytes([hello[8], hello[9], hello[10], hello[11]]);
-    let world = u32::from_be_bytes([hello[12], hello[13], hello[14], hello[15]]);
-    Ok(Some((rank, world)))
+    Ok(decode_hello(&hello))
 }
 
 fn remaining(deadline: Instant) -> Duration {
@@ -319,17 +316,14 @@ pub fn fetch(addrs: &[SocketAddr], rank: usize, world_size: usize, deadline: Ins
         };
         rendezvous_error(format!("rank {rank}: {what}: {reason}"))
     };
-    let mut hello = Vec::with_capacity(16);
-    hello.extend_from_slice(HELLO_MAGIC);
-    hello.extend_from_slice(&rank32.to_be_bytes());
-    hello.extend_from_slice(&world32.to_be_bytes());
+    let hello = encode_hello(rank32, world32);
     stream.write_all(&hello).map_err(|e| io("sending hello", e))?;
     stream
         .set_read_timeout(Some(remaining(deadline)))
         .map_err(|e| io("socket", e))?;
-    let mut len = [0u8; 4];
+    let mut len = [0u8; PAYLOAD_LEN_BYTES];
     stream.read_exact(&mut len).map_err(|e| io("waiting for rank 0", e))?;
-    let len = u32::from_be_bytes(len) as usize;
+    let len = decode_payload_len(len);
     if len > MAX_PAYLOAD {
         return Err(rendezvous_error(format!(
             "rank {rank}: rank 0 announced {len} bytes (garbled?)"
@@ -350,9 +344,9 @@ fn relay_request(relay: &Relay, kind: &str, value: Option<&[u8]>, deadline: Inst
     let addrs: Vec<SocketAddr> = relay
         .addr
         .to_socket_addrs()
-        .map_err(|e| fail(format!("cannot resolve FERROCLIP_RENDEZVOUS: {e}")))?
+        .map_err(|e| fail(format!("cannot resolve {}: {e}", env::RENDEZVOUS)))?
         .collect();
-    let mut last_error = String::from("FERROCLIP_RENDEZVOUS resolves to no address");
+    let mut last_error = format!("{} resolves to no address", env::RENDEZVOUS);
     let mut stream = loop {
         if let Some(stream) = addrs.iter().find_map(|addr| {
             TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
@@ -366,12 +360,20 @@ fn relay_request(relay: &Relay, kind: &str, value: Option<&[u8]>, deadline: Inst
         }
         std::thread::sleep(RETRY_PAUSE);
     };
-    let mut request = serde_json::json!({"type": kind, "token": relay.token, "key": RELAY_KEY});
-    if let Some(value) = value {
-        request["value_hex"] = serde_json::Value::String(value.iter().map(|b| format!("{b:02x}")).collect());
-    }
-    let mut line = request.to_string();
-    line.push('\n');
+    let request = match value {
+        Some(value) => Message::Publish {
+            token: relay.token.clone(),
+            key: RELAY_KEY.into(),
+            value_hex: to_hex(value),
+        },
+        None => Message::Fetch {
+            token: relay.token.clone(),
+            key: RELAY_KEY.into(),
+        },
+    };
+    let line = request
+        .to_request_line()
+        .map_err(|e| fail(format!("encoding the request: {e}")))?;
     stream
         .write_all(line.as_bytes())
         .and_then(|_| stream.set_read_timeout(Some(remaining(deadline))))
@@ -389,16 +391,11 @@ fn relay_request(relay: &Relay, kind: &str, value: Option<&[u8]>, deadline: Inst
         })?;
     let answer: serde_json::Value =
         serde_json::from_str(answer.trim_end()).map_err(|e| fail(format!("unreadable answer {answer:?}: {e}")))?;
-    match answer["type"].as_str() {
-        Some("value") => {
-            let hex = answer["value_hex"].as_str().unwrap_or_default();
-            let bytes: Option<Vec<u8>> = (0..hex.len())
-                .step_by(2)
-                .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-                .collect();
-            bytes.ok_or_else(|| fail("the answer's value is not hex".into()))
+    match serde_json::from_value::<Message>(answer.clone()) {
+        Ok(Message::Value { value_hex, .. }) => {
+            from_hex(&value_hex).ok_or_else(|| fail("the answer's value is not hex".into()))
         }
-        Some("error") => Err(fail(answer["reason"].as_str().unwrap_or("refused").to_string())),
+        Ok(Message::Error { reason }) => Err(fail(reason)),
         _ => Err(fail(format!("unexpected answer {answer}"))),
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// The environment variable the launcher sets.
-pub const HEARTBEAT_DIR_ENV: &str = "FERROCLIP_HEARTBEAT_DIR";
+pub use protocol::env::HEARTBEAT_DIR as HEARTBEAT_DIR_ENV;
 
 /// This rank's heartbeat file, if the launcher asked for one.
 pub struct Heartbeat {
