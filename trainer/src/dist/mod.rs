@@ -50,7 +50,7 @@ pub fn connect(dist: &Dist) -> Result<Box<dyn Collective>, DistError> {
             check_mpi_matches(&mpi, dist)?;
             return Ok(Box::new(Nccl::over_collective(Box::new(mpi), device)?));
         }
-        if std::env::var_os("MASTER_ADDR").is_some() {
+        if std::env::var_os(protocol::env::MASTER_ADDR).is_some() {
             let rendezvous = rendezvous::Rendezvous::from_env()?;
             return Ok(Box::new(Nccl::over_tcp(dist, device, &rendezvous)?));
         }

@@ -1,6 +1,7 @@
 //! Who this process is in the job ([`Dist`]: rank, world size, local rank), read from the
 //! environment variables the usual launchers set.
 
+use protocol::env;
 use tch::Device;
 
 use super::collective::DistError;
@@ -31,9 +32,9 @@ struct Convention {
 /// only the OMPI values describe the processes it started.
 const CONVENTIONS: &[Convention] = &[
     Convention {
-        rank: "RANK",
-        size: "WORLD_SIZE",
-        local: &["LOCAL_RANK"],
+        rank: env::RANK,
+        size: env::WORLD_SIZE,
+        local: &[env::LOCAL_RANK],
     },
     Convention {
         rank: "OMPI_COMM_WORLD_RANK",
