@@ -290,22 +290,11 @@ pub fn fetch(addrs: &[SocketAddr], rank: usize, world_size: usize, deadline: Ins
     if addrs.is_empty() {
         return Err(rendezvous_error("MASTER_ADDR resolves to no address".into()));
     }
-    let mut last_error = String::new();
-    let mut stream = loop {
-        if let Some(stream) = addrs.iter().find_map(|addr| {
-            TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
-                .map_err(|e| last_error = format!("{addr}: {e}"))
-                .ok()
-        }) {
-            break stream;
-        }
-        if Instant::now() >= deadline {
-            return Err(rendezvous_error(format!(
-                "rank {rank}: timed out connecting to rank 0 (last attempt: {last_error})"
-            )));
-        }
-        std::thread::sleep(RETRY_PAUSE);
-    };
+    let mut stream = connect_with_retries(addrs, deadline, String::new()).map_err(|last_error| {
+        rendezvous_error(format!(
+            "rank {rank}: timed out connecting to rank 0 (last attempt: {last_error})"
+        ))
+    })?;
     let io = |what: &str, e: std::io::Error| {
         let reason = if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
             "timed out (is every rank started?)".to_string()
@@ -336,6 +325,25 @@ pub fn fetch(addrs: &[SocketAddr], rank: usize, world_size: usize, deadline: Ins
     Ok(payload)
 }
 
+/// A connection to the first of `addrs` that answers, retrying until `deadline`; on time-out
+/// the last attempt's error (`no_attempt` when there was none).
+fn connect_with_retries(addrs: &[SocketAddr], deadline: Instant, no_attempt: String) -> Result<TcpStream, String> {
+    let mut last_error = no_attempt;
+    loop {
+        if let Some(stream) = addrs.iter().find_map(|addr| {
+            TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
+                .map_err(|e| last_error = format!("{addr}: {e}"))
+                .ok()
+        }) {
+            return Ok(stream);
+        }
+        if Instant::now() >= deadline {
+            return Err(last_error);
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    }
+}
+
 /// One request to the launcher's relay: `publish` (with `value`) or `fetch`;
 /// returns the value the relay answers with. Connects with retries until
 /// `deadline`, then waits for the answer until `deadline`.
@@ -346,20 +354,9 @@ fn relay_request(relay: &Relay, kind: &str, value: Option<&[u8]>, deadline: Inst
         .to_socket_addrs()
         .map_err(|e| fail(format!("cannot resolve {}: {e}", env::RENDEZVOUS)))?
         .collect();
-    let mut last_error = format!("{} resolves to no address", env::RENDEZVOUS);
-    let mut stream = loop {
-        if let Some(stream) = addrs.iter().find_map(|addr| {
-            TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
-                .map_err(|e| last_error = format!("{addr}: {e}"))
-                .ok()
-        }) {
-            break stream;
-        }
-        if Instant::now() >= deadline {
-            return Err(fail(format!("timed out connecting (last attempt: {last_error})")));
-        }
-        std::thread::sleep(RETRY_PAUSE);
-    };
+    let no_address = format!("{} resolves to no address", env::RENDEZVOUS);
+    let mut stream = connect_with_retries(&addrs, deadline, no_address)
+        .map_err(|last_error| fail(format!("timed out connecting (last attempt: {last_error})")))?;
     let request = match value {
         Some(value) => Message::Publish {
             token: relay.token.clone(),
