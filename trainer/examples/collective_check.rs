@@ -93,6 +93,20 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
         return Err("reduce_scatter_sum accepted rows not divisible by the world size".into());
     }
 
+    // ring_pass: rank r sends (r + 1)·z (f32, then the same as f64) and receives what rank
+    // r − 1 sent; going W times around brings every rank its own tensor back.
+    let previous = (rank + world - 1) % world;
+    for kind in [Kind::Float, Kind::Double] {
+        let mine = z.to_kind(kind) * (rank + 1) as f64;
+        let got = mpi.ring_pass(&mine).map_err(err)?;
+        expect_equal("ring_pass", &got, &(z.to_kind(kind) * (previous + 1) as f64))?;
+        let mut around = mine.copy();
+        for _ in 0..world {
+            around = mpi.ring_pass(&around).map_err(err)?;
+        }
+        expect_equal("ring_pass all the way around", &around, &mine)?;
+    }
+
     // broadcast_ from the last rank, f32 and i64, plus a u8 byte string (an NCCL id's shape).
     let root = (world - 1) as usize;
     let mut b = Tensor::full([5], rank as f64, (Kind::Float, cpu));

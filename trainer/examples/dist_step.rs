@@ -75,6 +75,9 @@ impl Collective for Timed<'_> {
     fn barrier(&self) -> Result<(), DistError> {
         self.time(|| self.inner.barrier())
     }
+    fn ring_pass(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        self.time(|| self.inner.ring_pass(t))
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -85,6 +85,14 @@ impl Collective for SimulatedRanks {
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
     }
+    fn ring_pass(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        // The previous rank's block: a fresh tensor of t's shape from the other ranks' rows.
+        let others = self.others.lock().map_err(|_| DistError::Tensor {
+            op: "ring_pass",
+            reason: "poisoned".into(),
+        })?;
+        Ok(others.narrow(0, 0, t.size()[0]).copy())
+    }
 }
 
 fn features(rows: i64, dim: i64) -> Tensor {

@@ -55,6 +55,10 @@ pub trait Collective: Send + Sync {
     fn broadcast_(&self, t: &mut Tensor, root: usize) -> Result<(), DistError>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<(), DistError>;
+    /// One step around the ring: sends `t` to rank `r + 1` and returns what rank `r − 1`
+    /// sent (indices mod W), a tensor of the same shape and dtype. Every rank passes the
+    /// same shape. A world of one gets its own `t` back.
+    fn ring_pass(&self, t: &Tensor) -> Result<Tensor, DistError>;
 }
 
 /// The error every backend gives for a broadcast root outside the world.

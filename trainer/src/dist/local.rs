@@ -268,6 +268,13 @@ impl Collective for LocalMember {
         self.exchange("barrier", &Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)))
             .map(|_| ())
     }
+
+    fn ring_pass(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        let deposits = self.exchange("ring_pass", t)?;
+        self.check_same_shape("ring_pass", &deposits)?;
+        let world = self.shared.world_size;
+        Ok(deposits[(self.rank + world - 1) % world].copy())
+    }
 }
 
 impl Drop for LocalMember {
@@ -333,6 +340,26 @@ mod tests {
 
     fn values(t: &Tensor) -> Vec<f32> {
         Vec::<f32>::try_from(t.flatten(0, -1)).expect("f32 values")
+    }
+
+    #[test]
+    fn ring_pass_hands_each_rank_the_previous_ranks_tensor() {
+        let results = LocalGroup::run(3, |coll| {
+            let mine = rank_tensor(coll.rank(), 2);
+            let got = coll.ring_pass(&mine).unwrap();
+            let mut around = mine.copy();
+            for _ in 0..3 {
+                around = coll.ring_pass(&around).unwrap();
+            }
+            (got, around, mine)
+        });
+        for (rank, (got, around, mine)) in results.iter().enumerate() {
+            assert!(
+                got.equal(&rank_tensor((rank + 2) % 3, 2)),
+                "rank {rank} got another rank's tensor"
+            );
+            assert!(around.equal(mine), "rank {rank}: three passes around three ranks");
+        }
     }
 
     #[test]

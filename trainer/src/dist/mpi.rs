@@ -314,4 +314,47 @@ impl Collective for Mpi {
         // SAFETY: the world communicator is valid while `self.universe` lives.
         self.with_comm(|comm| check("barrier", unsafe { ffi::MPI_Barrier(comm) }))
     }
+
+    fn ring_pass(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        const OP: &str = "ring_pass";
+        require_cpu(OP, t)?;
+        let dtype = datatype(OP, t.kind())?;
+        let send = t.detach().contiguous();
+        let received = Tensor::empty(send.size().as_slice(), (send.kind(), Device::Cpu));
+        let n = count(OP, send.numel())?;
+        if n == 0 {
+            return Ok(received);
+        }
+        let world = self.world_size as c_int;
+        let (next, previous) = (
+            (self.rank as c_int + 1) % world,
+            (self.rank as c_int + world - 1) % world,
+        );
+        self.with_comm(|comm| {
+            // SAFETY: `send` is contiguous with `n` elements; `received` is fresh and contiguous
+            // with `n` elements of the same dtype (every rank passes the same shape); both
+            // outlive the call. One tag for the ring: each rank sends one message to `next`
+            // and receives one from `previous` per call, so messages cannot cross.
+            check(OP, unsafe {
+                ffi::MPI_Sendrecv(
+                    send.data_ptr(),
+                    n,
+                    dtype,
+                    next,
+                    RING_TAG,
+                    received.data_ptr(),
+                    n,
+                    dtype,
+                    previous,
+                    RING_TAG,
+                    comm,
+                    ffi::RSMPI_STATUS_IGNORE,
+                )
+            })
+        })?;
+        Ok(received)
+    }
 }
+
+/// The message tag of [`Collective::ring_pass`] (every other operation is a collective).
+const RING_TAG: c_int = 7;

@@ -406,6 +406,36 @@ impl Collective for Nccl {
         tch::Cuda::synchronize(self.device as i64);
         Ok(())
     }
+
+    fn ring_pass(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        const OP: &str = "ring_pass";
+        let dtype = self.check(OP, t)?;
+        let send = t.detach().contiguous();
+        let received = Tensor::empty(send.size().as_slice(), (send.kind(), send.device()));
+        let n = send.numel();
+        if n > 0 {
+            let world = self.world_size as i32;
+            let (next, previous) = ((self.rank as i32 + 1) % world, (self.rank as i32 + world - 1) % world);
+            // SAFETY: `send` is contiguous with `n` elements on this device, `received` fresh
+            // and contiguous with `n` elements of the same dtype (every rank passes the same
+            // shape); both outlive the enqueue (see all_gather). The send and the receive
+            // are one group, so neither waits for the other to be posted first.
+            self.call(OP, |comm| unsafe {
+                let started = sys::ncclGroupStart();
+                if started != ncclResult_t::ncclSuccess {
+                    return started;
+                }
+                let sent = sys::ncclSend(send.data_ptr(), n, dtype, next, comm, torch_default_stream());
+                let got = sys::ncclRecv(received.data_ptr(), n, dtype, previous, comm, torch_default_stream());
+                let ended = sys::ncclGroupEnd();
+                [sent, got, ended]
+                    .into_iter()
+                    .find(|code| *code != ncclResult_t::ncclSuccess)
+                    .unwrap_or(ncclResult_t::ncclSuccess)
+            })?;
+        }
+        Ok(received)
+    }
 }
 
 #[cfg(test)]

@@ -53,13 +53,63 @@ impl LossKind {
         logit_bias: Option<&Tensor>,
         coll: &dyn Collective,
     ) -> Result<RankLoss, DistError> {
-        match (self, logit_bias) {
-            (LossKind::Siglip, Some(bias)) => {
-                global_siglip_loss(image_features, text_features, logit_scale, bias, coll)
-            }
-            _ => global_clip_loss(image_features, text_features, logit_scale, coll),
-        }
+        let loss = self.feature_grads(image_features, text_features, logit_scale, logit_bias, 0, coll)?;
+        let surrogate = loss
+            .grads
+            .surrogate(image_features, text_features, logit_scale, logit_bias);
+        Ok(RankLoss {
+            global_loss: loss.global_loss,
+            share: loss.share,
+            surrogate,
+        })
     }
+
+    /// The loss over the global batch and ∂L/∂(this rank's features): untiled
+    /// (`tile = 0`: gather, B×N logits, reduce-scatter) or ring-tiled with `tile × tile`
+    /// logits at a time ([`super::tiled`]); the same numbers either way. The features may
+    /// be detached (their gradients are returned, not backpropagated). Collective.
+    pub fn feature_grads(
+        self,
+        image_features: &Tensor,
+        text_features: &Tensor,
+        logit_scale: &Tensor,
+        logit_bias: Option<&Tensor>,
+        tile: usize,
+        coll: &dyn Collective,
+    ) -> Result<LossGrads, DistError> {
+        let (share, grads) = match (self, logit_bias, tile) {
+            (LossKind::Siglip, Some(bias), 0) => {
+                let shares = siglip_share_grads(image_features, text_features, logit_scale, bias, coll)?;
+                (shares.share, shares.exchange_columns(coll)?)
+            }
+            (LossKind::Siglip, Some(bias), tile) => {
+                super::tiled::siglip_feature_grads(image_features, text_features, logit_scale, bias, tile, coll)?
+            }
+            (_, _, 0) => {
+                let shares = clip_share_grads(image_features, text_features, logit_scale, coll)?;
+                (shares.share, shares.exchange_columns(coll)?)
+            }
+            (_, _, tile) => super::tiled::clip_feature_grads(image_features, text_features, logit_scale, tile, coll)?,
+        };
+        let mut global = Tensor::from_slice(&[share]).to_device(image_features.device());
+        coll.all_reduce_sum_(&mut global)?;
+        Ok(LossGrads {
+            global_loss: global.double_value(&[0]),
+            share,
+            grads,
+        })
+    }
+}
+
+/// A global-batch loss before the backward pass into the encoders.
+#[derive(Debug)]
+pub struct LossGrads {
+    /// The loss over the global batch (the same value on every rank).
+    pub global_loss: f64,
+    /// This rank's share ℓ_r of the global loss (Σ_r ℓ_r = `global_loss`).
+    pub share: f64,
+    /// ∂L/∂(this rank's features), and its share of the scale and bias derivatives.
+    pub grads: FeatureGrads,
 }
 
 /// What a rank gets from a global-batch loss.
@@ -159,8 +209,7 @@ pub fn global_clip_loss(
     logit_scale: &Tensor,
     coll: &dyn Collective,
 ) -> Result<RankLoss, DistError> {
-    let shares = clip_share_grads(image_features, text_features, logit_scale, coll)?;
-    finish(shares, image_features, text_features, logit_scale, None, coll)
+    LossKind::Clip.global_loss(image_features, text_features, logit_scale, None, coll)
 }
 
 /// The sigmoid loss over the global batch (open_clip's `SigLipLoss`):
@@ -173,15 +222,7 @@ pub fn global_siglip_loss(
     logit_bias: &Tensor,
     coll: &dyn Collective,
 ) -> Result<RankLoss, DistError> {
-    let shares = siglip_share_grads(image_features, text_features, logit_scale, logit_bias, coll)?;
-    finish(
-        shares,
-        image_features,
-        text_features,
-        logit_scale,
-        Some(logit_bias),
-        coll,
-    )
+    LossKind::Siglip.global_loss(image_features, text_features, logit_scale, Some(logit_bias), coll)
 }
 
 /// Steps 1–2 of the list above for the CLIP loss: this rank's rows against all
@@ -258,27 +299,8 @@ pub fn siglip_share_grads(
     })
 }
 
-fn finish(
-    shares: ShareGrads,
-    image_features: &Tensor,
-    text_features: &Tensor,
-    logit_scale: &Tensor,
-    logit_bias: Option<&Tensor>,
-    coll: &dyn Collective,
-) -> Result<RankLoss, DistError> {
-    let share = shares.share;
-    let mut global = Tensor::from_slice(&[share]).to_device(image_features.device());
-    coll.all_reduce_sum_(&mut global)?;
-    let grads = shares.exchange_columns(coll)?;
-    Ok(RankLoss {
-        global_loss: global.double_value(&[0]),
-        share,
-        surrogate: grads.surrogate(image_features, text_features, logit_scale, logit_bias),
-    })
-}
-
 /// Checks the feature shapes; returns (B, N).
-fn check_features(
+pub(super) fn check_features(
     op: &'static str,
     image_features: &Tensor,
     text_features: &Tensor,
@@ -332,7 +354,7 @@ fn rows_plus_columns(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dist::local::LocalGroup;
     use crate::dist::Solo;
@@ -340,11 +362,11 @@ mod tests {
     use crate::model::l2_normalize;
     use tch::Device;
 
-    const DIM: i64 = 8;
+    pub(crate) const DIM: i64 = 8;
 
     /// Which loss a test runs.
     #[derive(Clone, Copy, Debug)]
-    enum Which {
+    pub(crate) enum Which {
         Clip,
         SigLip,
     }
@@ -352,7 +374,7 @@ mod tests {
     /// Raw (unnormalised) features and log scale / bias: the leaves gradients are
     /// taken against, so normalisation and exp are inside the checked graph.
     /// Held as plain values (tensors are not `Sync`); each thread builds its own.
-    struct Inputs {
+    pub(crate) struct Inputs {
         rows: i64,
         image_values: Vec<f32>,
         text_values: Vec<f32>,
@@ -361,15 +383,15 @@ mod tests {
     }
 
     impl Inputs {
-        fn image(&self) -> Tensor {
+        pub(crate) fn image(&self) -> Tensor {
             Tensor::from_slice(&self.image_values).view([self.rows, DIM])
         }
-        fn text(&self) -> Tensor {
+        pub(crate) fn text(&self) -> Tensor {
             Tensor::from_slice(&self.text_values).view([self.rows, DIM])
         }
     }
 
-    fn inputs(rows: i64, seed: u64) -> Inputs {
+    pub(crate) fn inputs(rows: i64, seed: u64) -> Inputs {
         // Deterministic values without the global RNG (tests run in parallel).
         let x = Tensor::arange(2 * rows * DIM, (Kind::Double, Device::Cpu)).view([2, rows, DIM]);
         let waves =
@@ -386,7 +408,7 @@ mod tests {
 
     /// (loss, d/d image rows, d/d text rows, d/d log scale, d/d bias) of the
     /// single-process loss over `inp`'s whole batch.
-    fn reference(which: Which, inp: &Inputs) -> (f64, Tensor, Tensor, f64, f64) {
+    pub(crate) fn reference(which: Which, inp: &Inputs) -> (f64, Tensor, Tensor, f64, f64) {
         let image = inp.image().set_requires_grad(true);
         let text = inp.text().set_requires_grad(true);
         let log_scale = Tensor::from(inp.log_scale as f32).set_requires_grad(true);
@@ -440,7 +462,42 @@ mod tests {
         )
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    /// [`on_rank`] through [`LossKind::feature_grads`] with `loss_tile = tile` (0: untiled).
+    pub(crate) fn on_rank_tiled(
+        which: Which,
+        inp: &Inputs,
+        tile: usize,
+        coll: &dyn Collective,
+    ) -> (f64, Tensor, Tensor, f64, f64) {
+        let rows = inp.rows / coll.world_size() as i64;
+        let start = coll.rank() as i64 * rows;
+        let image = inp.image().narrow(0, start, rows).copy().set_requires_grad(true);
+        let text = inp.text().narrow(0, start, rows).copy().set_requires_grad(true);
+        let log_scale = Tensor::from(inp.log_scale as f32).set_requires_grad(true);
+        let bias = Tensor::from(inp.bias as f32).set_requires_grad(true);
+        let (img, txt, s) = (l2_normalize(&image), l2_normalize(&text), log_scale.exp());
+        let (kind, b) = match which {
+            Which::Clip => (LossKind::Clip, None),
+            Which::SigLip => (LossKind::Siglip, Some(&bias)),
+        };
+        let loss = kind.feature_grads(&img, &txt, &s, b, tile, coll).expect("loss");
+        let surrogate = loss.grads.surrogate(&img, &txt, &s, b);
+        let grads = Tensor::run_backward(&[&surrogate], &[&image, &text, &log_scale, &bias], false, false);
+        let bias_grad = if grads[3].defined() {
+            grads[3].double_value(&[])
+        } else {
+            0.0
+        };
+        (
+            loss.global_loss,
+            grads[0].shallow_clone(),
+            grads[1].shallow_clone(),
+            grads[2].double_value(&[]),
+            bias_grad,
+        )
+    }
+
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])
     }
 
