@@ -25,8 +25,10 @@ pub struct DataConfig {
     /// Samples per micro-batch and worker: a step sees
     /// `batch_size × accum_steps × workers` samples.
     pub batch_size: usize,
-    /// Micro-batches per optimizer step; their gradients are summed locally and
-    /// exchanged between workers once per step.
+    /// Micro-batches per optimizer step. The step's loss is over all of them: a global
+    /// batch of `batch_size × accum_steps × workers`, gradient-cached (encoded once
+    /// without graphs for the loss, once with graphs for the backward pass), so memory
+    /// holds one micro-batch's activations (docs/architecture.md §3).
     pub accum_steps: usize,
     /// Background decode threads.
     pub workers: usize,

@@ -13,6 +13,19 @@ pub use config::{DataConfig, NormalizeOn};
 use crate::model::ModelConfig;
 use crate::TrainError;
 
+/// Where a train step's micro-batches come from: the [`TrainLoader`], or batches in hand
+/// (tests that feed every rank its slice of a known global batch).
+pub trait BatchSource {
+    /// The next batch.
+    fn next_batch(&mut self) -> Result<TensorBatch, TrainError>;
+}
+
+impl BatchSource for TrainLoader {
+    fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
+        TrainLoader::next_batch(self)
+    }
+}
+
 /// The training loader: endless, shuffled, train transform.
 pub struct TrainLoader {
     loader: Loader,

@@ -177,6 +177,25 @@ impl ShareGrads {
 }
 
 impl FeatureGrads {
+    /// The gradients of rows `start..start + len` (a micro-batch of cached features), with
+    /// the scale and bias derivatives when `with_scalars` (one micro-batch carries them) and
+    /// zeros otherwise.
+    pub fn rows(&self, start: i64, len: i64, with_scalars: bool) -> FeatureGrads {
+        let scalar = |t: &Tensor| {
+            if with_scalars {
+                t.shallow_clone()
+            } else {
+                t.zeros_like()
+            }
+        };
+        FeatureGrads {
+            image: self.image.narrow(0, start, len),
+            text: self.text.narrow(0, start, len),
+            logit_scale: scalar(&self.logit_scale),
+            logit_bias: self.logit_bias.as_ref().map(scalar),
+        }
+    }
+
     /// `(img·gI).sum() + (txt·gT).sum() + s·g_s (+ b·g_b)`: its backward puts
     /// the given gradients into whatever produced `image_features`,
     /// `text_features`, `logit_scale` and `logit_bias` (the graph-connected

@@ -31,6 +31,12 @@ pub struct TrainConfig {
     /// `"clip"` (default) or `"siglip"`.
     #[serde(default)]
     pub loss: LossKind,
+    /// Compute the loss around a ring of ranks with logits `loss_tile × loss_tile` at a
+    /// time, never the B×N matrix (Inf-CL's tiling): memory linear in the batch, the same
+    /// loss and gradients. 0 (the default): the untiled loss (gather the features, B×N
+    /// logits), fastest while its memory fits.
+    #[serde(default)]
+    pub loss_tile: usize,
     /// Seed of every random choice (init, data order, augmentation).
     #[serde(default)]
     pub seed: u64,

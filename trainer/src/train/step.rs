@@ -1,18 +1,28 @@
-//! One optimizer step of one worker: the micro-batches' forward and backward passes
-//! against the global-batch loss, the gradient all-reduce, and the AdamW update, or a
-//! skip when the loss or gradient is not finite.
+//! One optimizer step of one worker: the forward and backward passes against the loss over
+//! the global batch, the gradient all-reduce, and the AdamW update, or a skip when the loss
+//! or gradient is not finite.
+//!
+//! With `data.accum_steps = K > 1` the global batch is K·W·B and the step is
+//! gradient-cached (GradCache; OpenCLIP's `--accum-freq`): pass 1 encodes the K
+//! micro-batches without autograd graphs and keeps only their features; one loss over all
+//! K·W·B rows gives the gradient of every cached feature; pass 2 encodes each micro-batch
+//! again, with a graph, and backpropagates its rows of those gradients. The result is the
+//! gradient of one batch of K·W·B, exactly; memory holds one micro-batch's activations, the
+//! K micro-batches' inputs and K·B feature rows, for about 1.3× the compute of one pass
+//! (docs/architecture.md §3).
 //!
 //! Every rank computes the same global loss and, after the all-reduce, the same gradient
 //! norm, so every rank takes the same decision (step or skip) without talking about it.
 
 use std::time::Instant;
 
-use tch::Device;
+use tch::{Device, Tensor};
 
+use super::config::TrainConfig;
 use super::ddp::GradSync;
-use crate::data::TrainLoader;
+use crate::data::{BatchSource, TensorBatch};
 use crate::dist::Collective;
-use crate::loss::LossKind;
+use crate::loss::{LossGrads, LossKind};
 use crate::model::Clip;
 use crate::optim::{AdamW, Gradients};
 use crate::precision::{with_precision, Precision};
@@ -35,13 +45,15 @@ pub struct StepOutcome {
     pub comm_s: f64,
 }
 
-/// How a worker takes steps: the model, its optimizer, and the loss and precision the
-/// config chose.
+/// How a worker takes steps: the model, its optimizer, and the loss, tiling, precision and
+/// accumulation the config chose.
 pub struct TrainStep<'a> {
     model: &'a Clip,
     optimizer: AdamW,
     grad_sync: GradSync,
     loss: LossKind,
+    /// `loss_tile`: logits `tile × tile` at a time around a ring of ranks (0: untiled).
+    loss_tile: usize,
     precision: Precision,
     /// Micro-batches per step (`data.accum_steps`).
     accum_steps: usize,
@@ -50,23 +62,16 @@ pub struct TrainStep<'a> {
 }
 
 impl<'a> TrainStep<'a> {
-    /// Steps `model` with `optimizer` (which owns the model's variables).
-    pub fn new(
-        model: &'a Clip,
-        optimizer: AdamW,
-        loss: LossKind,
-        precision: Precision,
-        accum_steps: usize,
-        coll: &'a dyn Collective,
-        device: Device,
-    ) -> Self {
+    /// Steps `model` with `optimizer` (which owns the model's variables) as `cfg` says.
+    pub fn new(model: &'a Clip, optimizer: AdamW, cfg: &TrainConfig, coll: &'a dyn Collective, device: Device) -> Self {
         Self {
             model,
             optimizer,
             grad_sync: GradSync::default(),
-            loss,
-            precision,
-            accum_steps,
+            loss: cfg.loss,
+            loss_tile: cfg.loss_tile,
+            precision: cfg.precision,
+            accum_steps: cfg.data.accum_steps,
             coll,
             device,
         }
@@ -82,23 +87,25 @@ impl<'a> TrainStep<'a> {
         &mut self.optimizer
     }
 
-    /// One optimizer step at learning rate `lr` over `data.accum_steps` micro-batches
-    /// from `loader`. Collective: every rank must call it.
-    pub fn run(&mut self, loader: &mut TrainLoader, lr: f64) -> Result<StepOutcome, TrainError> {
+    /// One optimizer step at learning rate `lr` over the next `data.accum_steps`
+    /// micro-batches of `batches`. Collective: every rank must call it.
+    pub fn run(&mut self, batches: &mut dyn BatchSource, lr: f64) -> Result<StepOutcome, TrainError> {
         let mut outcome = StepOutcome {
-            loss: 0.0,
+            loss: f64::NAN,
             grad_norm: f64::NAN,
             stepped: false,
             epoch: 0,
             data_wait_s: 0.0,
             comm_s: 0.0,
         };
-        let mut grads = self.accumulate(loader, &mut outcome)?;
+        let mut grads = match self.accum_steps {
+            1 => self.one_pass(batches, &mut outcome)?,
+            _ => self.gradient_cached(batches, &mut outcome)?,
+        };
         if let Some(grads) = grads.as_mut() {
-            outcome.comm_s = self
-                .grad_sync
-                .all_reduce(grads, 1.0 / self.accum_steps as f64, self.coll)?
-                .seconds;
+            // Each rank's gradient is of its share of the one loss over the global batch:
+            // their sum is the gradient of that loss.
+            outcome.comm_s = self.grad_sync.all_reduce(grads, 1.0, self.coll)?.seconds;
             outcome.grad_norm = grads.norm();
         }
         match grads {
@@ -112,45 +119,106 @@ impl<'a> TrainStep<'a> {
         Ok(outcome)
     }
 
-    /// Forward and backward over the step's micro-batches: their gradients summed locally
-    /// (exchanged between workers once, after this), or `None` when the loss is not
-    /// finite. Every micro-batch is read either way, so the data position stays the
-    /// same on every rank.
-    fn accumulate(
+    /// One micro-batch: forward with a graph, the global loss, backward. `None` when the
+    /// loss is not finite.
+    fn one_pass(
         &mut self,
-        loader: &mut TrainLoader,
+        batches: &mut dyn BatchSource,
         outcome: &mut StepOutcome,
     ) -> Result<Option<Gradients>, TrainError> {
-        let mut grads = None::<Gradients>;
-        for _ in 0..self.accum_steps {
-            let wait = Instant::now();
-            let batch = loader.next_batch()?;
-            outcome.data_wait_s += wait.elapsed().as_secs_f64();
-            outcome.epoch = batch.epoch;
-            let (images, tokens) = (
-                batch.images_normalized(self.device),
-                batch.tokens.to_device(self.device),
-            );
-            let (image_features, text_features, scale) = with_precision(self.precision, self.device, || {
-                self.model.forward(&images, &tokens, true)
-            });
-            let loss = self.loss.global_loss(
-                &image_features,
-                &text_features,
-                &scale,
-                self.model.logit_bias(),
-                self.coll,
-            )?;
-            // The same on every rank, so every rank decides alike.
-            outcome.loss += loss.global_loss / self.accum_steps as f64;
-            if outcome.loss.is_finite() {
-                let micro = self.optimizer.backward(&loss.surrogate);
-                match grads.as_mut() {
-                    Some(sum) => sum.accumulate(&micro),
-                    None => grads = Some(micro),
-                }
-            }
+        let batch = self.next_batch(batches, outcome)?;
+        let (image_features, text_features, scale) = self.encode(&batch);
+        let loss = self.global_loss(&image_features, &text_features, &scale)?;
+        outcome.loss = loss.global_loss;
+        if !outcome.loss.is_finite() {
+            return Ok(None);
         }
-        Ok(grads.filter(|_| outcome.loss.is_finite()))
+        let surrogate = loss
+            .grads
+            .surrogate(&image_features, &text_features, &scale, self.model.logit_bias());
+        Ok(Some(self.optimizer.backward(&surrogate)))
+    }
+
+    /// GradCache over `accum_steps` micro-batches (see the module doc). Every micro-batch is
+    /// read either way, so the data position stays the same on every rank; `None` when the
+    /// loss is not finite (then pass 2 is skipped).
+    fn gradient_cached(
+        &mut self,
+        batches: &mut dyn BatchSource,
+        outcome: &mut StepOutcome,
+    ) -> Result<Option<Gradients>, TrainError> {
+        // Pass 1: features only.
+        let mut micro_batches = Vec::with_capacity(self.accum_steps);
+        let (mut images, mut texts) = (Vec::new(), Vec::new());
+        for _ in 0..self.accum_steps {
+            let batch = self.next_batch(batches, outcome)?;
+            let (image_features, text_features, _) = tch::no_grad(|| self.encode(&batch));
+            images.push(image_features);
+            texts.push(text_features);
+            micro_batches.push(batch);
+        }
+        let (image_features, text_features) = (Tensor::cat(&images, 0), Tensor::cat(&texts, 0));
+        drop((images, texts));
+        let scale = self.model.logit_scale().exp();
+        let loss = self.global_loss(&image_features, &text_features, &scale)?;
+        outcome.loss = loss.global_loss;
+        if !outcome.loss.is_finite() {
+            return Ok(None);
+        }
+        // Pass 2: each micro-batch again, with a graph, backpropagating its rows of the
+        // cached features' gradients (the scale and bias terms once, with the first).
+        let mut grads = None::<Gradients>;
+        let mut row = 0;
+        for (index, batch) in micro_batches.into_iter().enumerate() {
+            let rows = batch.size as i64;
+            let (image_features, text_features, scale) = self.encode(&batch);
+            let micro_grads = loss.grads.rows(row, rows, index == 0);
+            let surrogate = micro_grads.surrogate(&image_features, &text_features, &scale, self.model.logit_bias());
+            let micro = self.optimizer.backward(&surrogate);
+            match grads.as_mut() {
+                Some(sum) => sum.accumulate(&micro),
+                None => grads = Some(micro),
+            }
+            row += rows;
+        }
+        Ok(grads)
+    }
+
+    /// The next batch, with the time spent waiting for it.
+    fn next_batch(&self, batches: &mut dyn BatchSource, outcome: &mut StepOutcome) -> Result<TensorBatch, TrainError> {
+        let wait = Instant::now();
+        let batch = batches.next_batch()?;
+        outcome.data_wait_s += wait.elapsed().as_secs_f64();
+        outcome.epoch = batch.epoch;
+        Ok(batch)
+    }
+
+    /// Both towers on `batch` (on the device, under the run's precision): L2-normalised
+    /// fp32 image and text features and the logit scale.
+    fn encode(&self, batch: &TensorBatch) -> (Tensor, Tensor, Tensor) {
+        let (images, tokens) = (
+            batch.images_normalized(self.device),
+            batch.tokens.to_device(self.device),
+        );
+        with_precision(self.precision, self.device, || {
+            self.model.forward(&images, &tokens, true)
+        })
+    }
+
+    /// The loss over the global batch and the gradients of this rank's features.
+    fn global_loss(
+        &self,
+        image_features: &Tensor,
+        text_features: &Tensor,
+        scale: &Tensor,
+    ) -> Result<LossGrads, TrainError> {
+        Ok(self.loss.feature_grads(
+            image_features,
+            text_features,
+            scale,
+            self.model.logit_bias(),
+            self.loss_tile,
+            self.coll,
+        )?)
     }
 }

@@ -1,0 +1,291 @@
+//! Gradient-cached accumulation is exact (issue 15): K micro-batches × W workers × B rows,
+//! through the train loop's own step (`TrainStep`, `data.accum_steps = K`), reach the same
+//! parameters after 5 AdamW steps as one process trained on the whole K·W·B batch with the
+//! plain single-process loss; untiled and ring-tiled (`loss_tile`), CLIP and SigLIP. The
+//! negative control: summing the gradients of K independent micro-batch losses (each over
+//! W·B rows only, what `accum_steps` meant before) does not.
+//!
+//! The workers are threads of one process joined by `LocalGroup`; the tests through real
+//! MPI processes and the CLI are in tests/cli_grad_cache.rs at the workspace root.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+use trainer::data::{BatchSource, TensorBatch};
+use trainer::dist::local::{LocalGroup, LocalMember};
+use trainer::dist::Collective;
+use trainer::loss::LossKind;
+use trainer::optim::{AdamW, OptimConfig};
+use trainer::train::config::TrainConfig;
+use trainer::train::ddp::{broadcast_parameters, GradSync};
+use trainer::train::step::TrainStep;
+use trainer::{clip_loss, loss::siglip_loss, Clip, ModelConfig, TrainError};
+
+const WORLD: usize = 2;
+const MICRO: i64 = 3; // B: rows per micro-batch and worker
+const ACCUM: usize = 2; // K
+const GLOBAL: i64 = MICRO * ACCUM as i64 * WORLD as i64;
+const STEPS: usize = 5;
+const LR: f64 = 5e-4;
+const SEED: i64 = 31_337;
+const TOLERANCE: f64 = 1e-5;
+
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded<T>(seed: i64, make: impl FnOnce() -> T) -> T {
+    let _guard = SEEDED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed);
+    make()
+}
+
+/// Every step's global batch, as plain values shared by the threads.
+struct Data {
+    image_size: i64,
+    context: i64,
+    images: Vec<Vec<f32>>,
+    tokens: Vec<Vec<i64>>,
+}
+
+impl Data {
+    fn new(cfg: &ModelConfig) -> Data {
+        let (image_size, context) = (cfg.vision.image_size, cfg.text.context_length);
+        seeded(SEED, || {
+            let (mut images, mut tokens) = (Vec::new(), Vec::new());
+            for _ in 0..STEPS {
+                let img = Tensor::randn([GLOBAL, 3, image_size, image_size], (Kind::Float, Device::Cpu));
+                images.push(Vec::<f32>::try_from(img.flatten(0, -1)).expect("f32 images"));
+                let mut rows = Vec::new();
+                for row in 0..GLOBAL {
+                    let words = 3 + (row % (context - 5));
+                    let ids = Tensor::randint_low(1, 40_000, [words], (Kind::Int64, Device::Cpu));
+                    let mut line = vec![49406i64];
+                    line.extend(Vec::<i64>::try_from(&ids).expect("i64 ids"));
+                    line.push(49407);
+                    line.resize(context as usize, 0);
+                    rows.extend(line);
+                }
+                tokens.push(rows);
+            }
+            Data {
+                image_size,
+                context,
+                images,
+                tokens,
+            }
+        })
+    }
+
+    /// Rows `start..start + rows` of step `step`'s global batch.
+    fn batch(&self, step: usize, start: i64, rows: i64) -> TensorBatch {
+        let pixels = (3 * self.image_size * self.image_size) as usize;
+        let c = self.context as usize;
+        let (a, b) = (start as usize, (start + rows) as usize);
+        TensorBatch::from_flat(
+            &self.images[step][a * pixels..b * pixels],
+            &self.tokens[step][a * c..b * c],
+            rows as usize,
+            self.image_size as usize,
+            step as u64,
+        )
+    }
+}
+
+/// Batches in hand: rank r's K micro-batches of every step, rows r·K·B.. of the global batch.
+struct Slices(VecDeque<TensorBatch>);
+
+impl BatchSource for Slices {
+    fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
+        Ok(self.0.pop_front().expect("a test batch per micro-step"))
+    }
+}
+
+fn rank_slices(data: &Data, rank: usize, micro_rows: i64, accum: usize) -> Slices {
+    let mut batches = VecDeque::new();
+    for step in 0..STEPS {
+        for k in 0..accum {
+            let start = (rank * accum + k) as i64 * micro_rows;
+            batches.push_back(data.batch(step, start, micro_rows));
+        }
+    }
+    Slices(batches)
+}
+
+fn model_config(loss: LossKind) -> ModelConfig {
+    let mut cfg = ModelConfig::preset("nano").expect("nano preset");
+    if loss == LossKind::Siglip {
+        cfg.init_logit_bias = Some(-10.0);
+    }
+    cfg
+}
+
+fn train_config(loss: LossKind, loss_tile: usize, accum: usize, micro_rows: i64) -> TrainConfig {
+    let loss_name = if loss == LossKind::Siglip { "siglip" } else { "clip" };
+    let text = format!(
+        "name = \"t\"\nmodel = \"nano\"\nloss = \"{loss_name}\"\nloss_tile = {loss_tile}\n\
+         [data]\ntrain = \"unused\"\nbatch_size = {micro_rows}\naccum_steps = {accum}\n[optim]\nlr = {LR}\n"
+    );
+    toml::from_str(&text).expect("train config")
+}
+
+fn optim() -> OptimConfig {
+    OptimConfig {
+        lr: LR,
+        ..OptimConfig::default()
+    }
+}
+
+fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Vec<f32>> {
+    vs.variables()
+        .into_iter()
+        .map(|(name, t)| (name, Vec::<f32>::try_from(t.detach().flatten(0, -1)).expect("f32")))
+        .collect()
+}
+
+fn new_model(cfg: &ModelConfig, seed: i64) -> (nn::VarStore, Clip) {
+    seeded(seed, || {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Clip::new(&vs.root(), cfg);
+        (vs, model)
+    })
+}
+
+/// The reference: one process, the whole K·W·B batch, the plain single-process loss.
+fn train_single(loss: LossKind, data: &Data) -> BTreeMap<String, Vec<f32>> {
+    let cfg = model_config(loss);
+    let (vs, model) = new_model(&cfg, SEED);
+    let mut opt = AdamW::new(vs.variables(), &optim());
+    for step in 0..STEPS {
+        let batch = data.batch(step, 0, GLOBAL);
+        let (img, txt, scale) = model.forward(&batch.images, &batch.tokens, true);
+        let value = match (loss, model.logit_bias()) {
+            (LossKind::Siglip, Some(bias)) => siglip_loss(&img, &txt, &scale, bias),
+            _ => clip_loss(&img, &txt, &scale),
+        };
+        let mut grads = opt.backward(&value);
+        let norm = grads.norm();
+        opt.step(&mut grads, norm, LR);
+        model.clamp_logit_scale();
+    }
+    snapshot(&vs)
+}
+
+/// How the workers accumulate their K micro-batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Accumulation {
+    /// The train step: gradient-cached, one loss over K·W·B rows.
+    Cached { loss_tile: usize },
+    /// The negative control: K independent losses over W·B rows each, gradients averaged.
+    Independent,
+}
+
+fn train_rank(
+    loss: LossKind,
+    accumulation: Accumulation,
+    data: &Data,
+    coll: &LocalMember,
+) -> BTreeMap<String, Vec<f32>> {
+    let cfg = model_config(loss);
+    let (vs, model) = new_model(&cfg, SEED + coll.rank() as i64);
+    broadcast_parameters(&vs, coll).expect("broadcast");
+    let mut batches = rank_slices(data, coll.rank(), MICRO, ACCUM);
+    let optimizer = AdamW::new(vs.variables(), &optim());
+    match accumulation {
+        Accumulation::Cached { loss_tile } => {
+            let train_cfg = train_config(loss, loss_tile, ACCUM, MICRO);
+            let mut step = TrainStep::new(&model, optimizer, &train_cfg, coll, Device::Cpu);
+            for _ in 0..STEPS {
+                let outcome = step.run(&mut batches, LR).expect("step");
+                assert!(outcome.stepped, "rank {} skipped a step", coll.rank());
+            }
+        }
+        Accumulation::Independent => {
+            let mut opt = optimizer;
+            for _ in 0..STEPS {
+                let mut sum = None::<trainer::optim::Gradients>;
+                for _ in 0..ACCUM {
+                    let batch = batches.next_batch().expect("batch");
+                    let (img, txt, scale) = model.forward(&batch.images, &batch.tokens, true);
+                    let rank_loss = loss
+                        .global_loss(&img, &txt, &scale, model.logit_bias(), coll)
+                        .expect("micro-batch loss");
+                    let micro = opt.backward(&rank_loss.surrogate);
+                    match sum.as_mut() {
+                        Some(s) => s.accumulate(&micro),
+                        None => sum = Some(micro),
+                    }
+                }
+                let mut grads = sum.expect("gradients");
+                GradSync::default()
+                    .all_reduce(&mut grads, 1.0 / ACCUM as f64, coll)
+                    .expect("sync");
+                let norm = grads.norm();
+                opt.step(&mut grads, norm, LR);
+                model.clamp_logit_scale();
+            }
+        }
+    }
+    snapshot(&vs)
+}
+
+fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f64, String) {
+    let mut worst = (0.0, String::new());
+    for (name, x) in a {
+        let d = x
+            .iter()
+            .zip(&b[name])
+            .map(|(p, q)| (p - q).abs() as f64)
+            .fold(0.0, f64::max);
+        if d > worst.0 {
+            worst = (d, name.clone());
+        }
+    }
+    worst
+}
+
+/// Max |workers − one process| over the parameters after `STEPS` steps.
+fn run(loss: LossKind, accumulation: Accumulation) -> (f64, String) {
+    tch::set_num_threads(1);
+    let data = Data::new(&model_config(loss));
+    let single = train_single(loss, &data);
+    let ranks = LocalGroup::run(WORLD, |coll| train_rank(loss, accumulation, &data, coll));
+    assert_eq!(
+        max_diff(&ranks[0], &ranks[1]).0,
+        0.0,
+        "{loss:?}: replicas must stay equal"
+    );
+    let (start_vs, _) = new_model(&model_config(loss), SEED);
+    let moved = max_diff(&snapshot(&start_vs), &single).0;
+    assert!(
+        moved > 1e-3,
+        "{loss:?}: training must move the parameters (moved {moved})"
+    );
+    max_diff(&single, &ranks[0])
+}
+
+#[test]
+fn cached_micro_batches_on_two_workers_equal_one_batch_in_one_process() {
+    for loss in [LossKind::Clip, LossKind::Siglip] {
+        // K·B = 6 rows per rank: a tile of 4 does not divide them, 3 does.
+        for loss_tile in [0, 4, 3] {
+            let (diff, name) = run(loss, Accumulation::Cached { loss_tile });
+            println!("{loss:?}, loss_tile {loss_tile}: max |K×W×B − K·W·B| = {diff:.3e} ({name})");
+            assert!(
+                diff <= TOLERANCE,
+                "{loss:?}, loss_tile {loss_tile}: parameters differ by {diff} in {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn independent_micro_batch_losses_are_not_one_big_batch() {
+    for loss in [LossKind::Clip, LossKind::Siglip] {
+        let (diff, name) = run(loss, Accumulation::Independent);
+        println!("{loss:?}, independent micro-batch losses: max diff = {diff:.3e} ({name})");
+        assert!(
+            diff > 1e-4,
+            "{loss:?}: independent accumulation should differ from one big batch, diff only {diff}"
+        );
+    }
+}
