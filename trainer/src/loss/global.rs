@@ -260,8 +260,10 @@ pub fn clip_share_grads(
     let scale = leaf(logit_scale);
 
     let targets = own_columns(rows, coll.rank(), image_features.device()); // (B,)
-    let logits_per_image = image_rows.matmul(&text_columns.tr()) * &scale; // (B, N)
-    let logits_per_text = text_rows.matmul(&image_columns.tr()) * &scale; // (B, N)
+    // The scale multiplies the (B, D) rows, not the (B, N) logits: one B×N tensor fewer to
+    // keep for the backward pass (open_clip's `logit_scale * image_features @ text.T` too).
+    let logits_per_image = (&image_rows * &scale).matmul(&text_columns.tr()); // (B, N)
+    let logits_per_text = (&text_rows * &scale).matmul(&image_columns.tr()); // (B, N)
     let share = (summed_cross_entropy(&logits_per_image, &targets) + summed_cross_entropy(&logits_per_text, &targets))
         / (2.0 * global as f64);
 
