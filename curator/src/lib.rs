@@ -26,6 +26,7 @@ pub mod config;
 pub mod dfn;
 pub mod error;
 mod fields;
+mod hash;
 pub mod klite;
 pub mod metaclip;
 pub mod pipeline;

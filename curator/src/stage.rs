@@ -2,6 +2,7 @@
 use dataloader::RawSample;
 
 use crate::error::CurateError;
+use crate::hash::{fnv_extend, mix64, FNV_OFFSET};
 use crate::reduce::CountReducer;
 
 /// What a stage does with one sample.
@@ -104,11 +105,7 @@ impl SampleRng {
     /// The draws of the sample with `key` under `seed`.
     pub fn new(seed: u64, key: &str) -> Self {
         // FNV-1a over the key, then mixed with the seed through SplitMix64's finaliser.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let hash = fnv_extend(FNV_OFFSET, key.as_bytes());
         Self {
             state: mix64(hash ^ mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15))),
         }
@@ -124,13 +121,6 @@ impl SampleRng {
         );
         (bits >> 11) as f64 / (1u64 << 53) as f64
     }
-}
-
-/// SplitMix64's output function.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
