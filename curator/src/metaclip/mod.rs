@@ -105,15 +105,7 @@ impl MetaclipStage {
 
     /// The sample's text, or the drop reason.
     fn caption<'a>(&self, sample: &'a RawSample) -> Result<&'a str, &'static str> {
-        let bytes = sample.members.get(&self.caption_member).ok_or("missing_caption")?;
-        if bytes.len() > self.max_caption_bytes {
-            return Err("caption_too_long");
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| "invalid_caption")?;
-        if text.trim().is_empty() {
-            return Err("empty_caption");
-        }
-        Ok(text)
+        crate::fields::nonempty_caption_text(sample, &self.caption_member, self.max_caption_bytes)
     }
 
     /// Run `f` on the matched entry ids of `text`, with this thread's buffers.
