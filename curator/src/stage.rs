@@ -31,6 +31,14 @@ pub struct StagePlot {
     pub threshold: Option<(String, f64)>,
 }
 
+/// Indices of the non-zero `counts`, most first (ties by index): the order of a stage's
+/// top tables in report.json and of the x axis of its [`StagePlot`].
+pub(crate) fn ranked_by_count(counts: &[u64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    order
+}
+
 /// One curation stage.
 ///
 /// The pipeline calls, in order: [`Stage::observe`] on every sample that reaches the stage

@@ -18,7 +18,7 @@ pub mod gloss;
 use dataloader::RawSample;
 
 use crate::error::CurateError;
-use crate::stage::{Decision, SampleRng, Stage, StagePlot};
+use crate::stage::{ranked_by_count, Decision, SampleRng, Stage, StagePlot};
 pub use config::{KliteConfig, DEFAULT_PROBABILITY};
 pub use gloss::{words, GlossDictionary};
 
@@ -100,13 +100,6 @@ impl KliteStage {
     fn caption<'a>(&self, sample: &'a RawSample) -> Result<&'a str, &'static str> {
         crate::fields::nonempty_caption_text(sample, &self.caption_member, self.max_caption_bytes)
     }
-
-    /// Terms by count, most first (ties by id); zero counts left out.
-    fn ranked(counts: &[u64]) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&t| counts[t] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
-        order
-    }
 }
 
 impl Stage for KliteStage {
@@ -175,7 +168,7 @@ impl Stage for KliteStage {
         let counts = self.term_counts();
         let slot = |v: &[u64], i: usize| v.get(terms_end + i).copied().unwrap_or(0);
         let chosen = &tally[..terms_end.min(tally.len())];
-        let top: Vec<(String, u64, u64)> = Self::ranked(chosen)
+        let top: Vec<(String, u64, u64)> = ranked_by_count(chosen)
             .into_iter()
             .take(TOP_TERMS)
             .map(|t| (self.dictionary.term(t as u32).to_string(), chosen[t], counts[t]))
@@ -197,7 +190,7 @@ impl Stage for KliteStage {
 
     fn plot(&self, tally: &[u64]) -> Option<StagePlot> {
         let counts = self.term_counts();
-        let order = Self::ranked(counts);
+        let order = ranked_by_count(counts);
         let frequency = order.iter().map(|&t| counts[t]).collect();
         let appended = order.iter().map(|&t| tally.get(t).copied().unwrap_or(0)).collect();
         Some(StagePlot {

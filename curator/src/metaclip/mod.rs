@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use dataloader::RawSample;
 
 use crate::error::CurateError;
-use crate::stage::{Decision, SampleRng, Stage, StagePlot};
+use crate::stage::{ranked_by_count, Decision, SampleRng, Stage, StagePlot};
 pub use config::{MetaclipConfig, DEFAULT_T};
 pub use matcher::{spaced_text, AhoCorasickMatcher, AutomatonKind, MatchScratch, Matcher};
 pub use metadata::{Metadata, DEFAULT_WORDNET_DIR};
@@ -119,9 +119,7 @@ impl MetaclipStage {
     }
 
     fn top_entries(&self, counts: &[u64]) -> Vec<(String, u64)> {
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
-        order
+        ranked_by_count(counts)
             .into_iter()
             .take(TOP_ENTRIES)
             .map(|e| (self.metadata.entry(e as u32).to_string(), counts[e]))
@@ -212,8 +210,7 @@ impl Stage for MetaclipStage {
     fn plot(&self, tally: &[u64]) -> Option<StagePlot> {
         let counts = self.entry_counts();
         // Entries in decreasing order of their count before balancing; unmatched ones left out.
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+        let order = ranked_by_count(counts);
         let before = order.iter().map(|&e| counts[e]).collect();
         let after = order.iter().map(|&e| tally.get(e).copied().unwrap_or(0)).collect();
         Some(StagePlot {
