@@ -31,10 +31,7 @@ pub(crate) fn validate_caption_fields(
     caption_member: &str,
     max_caption_bytes: usize,
 ) -> Result<(), CurateError> {
-    let bad = |field: &str, reason: &str| CurateError::BadField {
-        field: format!("{at}.{field}"),
-        reason: reason.into(),
-    };
+    let bad = |field: &str, reason: &str| CurateError::bad_field(at, field, reason);
     if caption_member.is_empty() || caption_member.contains('.') {
         return Err(bad("caption_member", "must be a member extension such as \"txt\""));
     }
