@@ -33,6 +33,8 @@ pub mod pipeline;
 pub mod plot;
 pub mod reduce;
 pub mod stage;
+#[cfg(test)]
+mod test_shards;
 
 pub use align::{AlignConfig, AlignStage, ImageEmbedder};
 pub use config::{CurateConfig, DfnBuilder, EmbedderBuilder, StageConfig};
