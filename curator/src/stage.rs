@@ -131,6 +131,20 @@ impl SampleRng {
     }
 }
 
+/// Observe all samples, then decide all, on one thread (the pipeline's order of calls);
+/// returns the decisions and the tally.
+#[cfg(test)]
+pub(crate) fn observe_then_decide(stage: &mut dyn Stage, samples: &[RawSample]) -> (Vec<Decision>, Vec<u64>) {
+    let mut counts = vec![0; stage.observation_len()];
+    for s in samples {
+        stage.observe(s, &mut counts);
+    }
+    stage.set_observation(counts);
+    let mut tally = vec![0; stage.tally_len()];
+    let decisions = samples.iter().map(|s| stage.decide(s, &mut tally)).collect();
+    (decisions, tally)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

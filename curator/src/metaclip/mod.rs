@@ -226,6 +226,7 @@ impl Stage for MetaclipStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::observe_then_decide;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -248,18 +249,6 @@ mod tests {
         MetaclipStage::new(Metadata::from_entries(entries.iter().map(|s| s.to_string())), &cfg).unwrap()
     }
 
-    /// Observe all samples, then decide all; returns the decisions and the tally.
-    fn run(stage: &mut MetaclipStage, samples: &[RawSample]) -> (Vec<Decision>, Vec<u64>) {
-        let mut counts = vec![0; stage.observation_len()];
-        for s in samples {
-            stage.observe(s, &mut counts);
-        }
-        stage.set_observation(counts);
-        let mut tally = vec![0; stage.tally_len()];
-        let decisions = samples.iter().map(|s| stage.decide(s, &mut tally)).collect();
-        (decisions, tally)
-    }
-
     #[test]
     fn bad_captions_are_dropped_by_reason_not_panics() {
         let mut st = stage(&["cat"], 10, 0);
@@ -276,7 +265,7 @@ mod tests {
             sample("e", b"a dog"),
             sample("f", b"a cat"),
         ];
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         assert_eq!(
             decisions,
             [
@@ -300,7 +289,7 @@ mod tests {
     fn entries_under_t_keep_everything() {
         let mut st = stage(&["cat", "dog"], 5, 3);
         let samples: Vec<_> = (0..5).map(|i| sample(&format!("{i}"), b"cat and dog")).collect();
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         assert!(decisions.iter().all(|d| *d == Decision::Keep));
         assert_eq!(tally, [5, 5]);
     }
@@ -322,7 +311,7 @@ mod tests {
         push(500, "a dog");
         push(40, "an owl");
         push(1000, "emu with a dog");
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         let counts = st.entry_counts().to_vec();
         assert_eq!(counts, [2000, 1500, 40, 1000]);
         let kept = |range: std::ops::Range<usize>| range.filter(|&i| decisions[i] == Decision::Keep).count() as f64;
@@ -344,9 +333,9 @@ mod tests {
         assert_eq!(tally[2], 40);
         assert_eq!(tally[0] as f64, kept(0..2000));
         // Same seed, same decisions; another seed, others.
-        let (again, _) = run(&mut stage(&["cat", "dog", "owl", "emu"], t, 11), &samples);
+        let (again, _) = observe_then_decide(&mut stage(&["cat", "dog", "owl", "emu"], t, 11), &samples);
         assert_eq!(again, decisions);
-        let (other, _) = run(&mut stage(&["cat", "dog", "owl", "emu"], t, 12), &samples);
+        let (other, _) = observe_then_decide(&mut stage(&["cat", "dog", "owl", "emu"], t, 12), &samples);
         assert_ne!(other, decisions);
     }
 
@@ -379,7 +368,7 @@ mod tests {
     fn report_stats_and_plot() {
         let mut st = stage(&["cat", "dog", "owl"], 1, 0);
         let samples = [sample("1", b"cat"), sample("2", b"cat"), sample("3", b"dog")];
-        let (_, tally) = run(&mut st, &samples);
+        let (_, tally) = observe_then_decide(&mut st, &samples);
         let stats = st.stats(&tally);
         assert_eq!(stats["entries_matched"], 2);
         assert_eq!(stats["entries_over_t"], 1);
