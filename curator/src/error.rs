@@ -93,4 +93,13 @@ impl CurateError {
             source,
         }
     }
+
+    /// `CurateError::BadField` for `field` of the config section at `at` (`stage[0]`, `t`
+    /// → `stage[0].t`).
+    pub(crate) fn bad_field(at: &str, field: &str, reason: &str) -> Self {
+        CurateError::BadField {
+            field: format!("{at}.{field}"),
+            reason: reason.into(),
+        }
+    }
 }

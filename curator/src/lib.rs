@@ -26,12 +26,15 @@ pub mod config;
 pub mod dfn;
 pub mod error;
 mod fields;
+mod hash;
 pub mod klite;
 pub mod metaclip;
 pub mod pipeline;
 pub mod plot;
 pub mod reduce;
 pub mod stage;
+#[cfg(test)]
+mod test_shards;
 
 pub use align::{AlignConfig, AlignStage, ImageEmbedder};
 pub use config::{CurateConfig, DfnBuilder, EmbedderBuilder, StageConfig};

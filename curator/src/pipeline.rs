@@ -504,23 +504,19 @@ mod tests {
     use super::*;
     use crate::metaclip::{MetaclipConfig, MetaclipStage, Metadata};
     use crate::reduce::SingleProcess;
-    use std::fs::File;
 
     /// A tar with one sample per caption: `key.txt`, `key.jpg` (fake bytes) and `key.cls`.
     fn write_shard(path: &Path, first_key: usize, captions: &[&[u8]]) {
-        let mut builder = tar::Builder::new(File::create(path).unwrap());
-        for (i, caption) in captions.iter().enumerate() {
-            let key = format!("{:09}", first_key + i);
-            let jpg = format!("jpeg bytes of {key}").into_bytes();
-            for (ext, data) in [("jpg", jpg.as_slice()), ("txt", caption), ("cls", b"3".as_slice())] {
-                let mut header = tar::Header::new_gnu();
-                header.set_size(data.len() as u64);
-                header.set_mode(0o644);
-                header.set_cksum();
-                builder.append_data(&mut header, format!("{key}.{ext}"), data).unwrap();
-            }
-        }
-        builder.finish().unwrap();
+        let keys: Vec<String> = (0..captions.len()).map(|i| format!("{:09}", first_key + i)).collect();
+        let jpgs: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|key| format!("jpeg bytes of {key}").into_bytes())
+            .collect();
+        let members = keys.iter().zip(&jpgs).zip(captions).flat_map(|((key, jpg), caption)| {
+            [("jpg", jpg.as_slice()), ("txt", caption), ("cls", b"3".as_slice())]
+                .map(|(ext, data)| (format!("{key}.{ext}"), data))
+        });
+        crate::test_shards::write_tar(path, members);
     }
 
     fn stages(t: u64) -> Vec<NamedStage> {

@@ -2,6 +2,7 @@
 use dataloader::RawSample;
 
 use crate::error::CurateError;
+use crate::hash::{fnv_extend, mix64, FNV_OFFSET};
 use crate::reduce::CountReducer;
 
 /// What a stage does with one sample.
@@ -28,6 +29,14 @@ pub struct StagePlot {
     pub series: Vec<(String, Vec<u64>)>,
     /// A horizontal reference line (MetaCLIP's t), if any.
     pub threshold: Option<(String, f64)>,
+}
+
+/// Indices of the non-zero `counts`, most first (ties by index): the order of a stage's
+/// top tables in report.json and of the x axis of its [`StagePlot`].
+pub(crate) fn ranked_by_count(counts: &[u64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    order
 }
 
 /// One curation stage.
@@ -104,11 +113,7 @@ impl SampleRng {
     /// The draws of the sample with `key` under `seed`.
     pub fn new(seed: u64, key: &str) -> Self {
         // FNV-1a over the key, then mixed with the seed through SplitMix64's finaliser.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in key.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let hash = fnv_extend(FNV_OFFSET, key.as_bytes());
         Self {
             state: mix64(hash ^ mix64(seed.wrapping_add(0x9e37_79b9_7f4a_7c15))),
         }
@@ -126,11 +131,18 @@ impl SampleRng {
     }
 }
 
-/// SplitMix64's output function.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// Observe all samples, then decide all, on one thread (the pipeline's order of calls);
+/// returns the decisions and the tally.
+#[cfg(test)]
+pub(crate) fn observe_then_decide(stage: &mut dyn Stage, samples: &[RawSample]) -> (Vec<Decision>, Vec<u64>) {
+    let mut counts = vec![0; stage.observation_len()];
+    for s in samples {
+        stage.observe(s, &mut counts);
+    }
+    stage.set_observation(counts);
+    let mut tally = vec![0; stage.tally_len()];
+    let decisions = samples.iter().map(|s| stage.decide(s, &mut tally)).collect();
+    (decisions, tally)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use launcher::slurm::{self, SbatchSpec, Slurm, SlurmBackend};
+use launcher::slurm::{self, SbatchOptions, SbatchSpec, Slurm, SlurmBackend};
 use launcher::RunDir;
 use trainer::train::config::TrainConfig;
 
@@ -66,14 +66,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let options = SbatchOptions {
+        cpus_per_task: args.cpus_per_task,
+        partition: args.partition,
+        time: args.time,
+        account: args.account,
+    };
     if let Some(sweep) = args.array_from {
         return crate::cmd::sweep::submit_sweep_array(
             sweep,
             crate::cmd::sweep::ArrayOptions {
-                partition: args.partition,
-                time: args.time,
-                account: args.account,
-                cpus_per_task: args.cpus_per_task,
+                options,
                 signal_lead_s: args.signal_lead_s,
                 dry_run: args.dry_run,
             },
@@ -110,10 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         nodes: args.nodes,
         gpus_per_node: args.gpus_per_node,
         ntasks_per_node: args.ntasks_per_node.unwrap_or(args.gpus_per_node),
-        cpus_per_task: args.cpus_per_task,
-        partition: args.partition,
-        time: args.time,
-        account: args.account,
+        options,
         backend: args.backend.unwrap_or(if args.gpus_per_node > 0 {
             SlurmBackend::Nccl
         } else {

@@ -482,10 +482,7 @@ fn run_one_cmd(args: &RunOneArgs) -> anyhow::Result<()> {
 /// Writes `<out_dir>/<sweep>/sweep.sbatch` listing the unfinished runs and submits it.
 /// SLURM settings for [`submit_sweep_array`].
 pub(crate) struct ArrayOptions {
-    pub partition: Option<String>,
-    pub time: Option<String>,
-    pub account: Option<String>,
-    pub cpus_per_task: Option<u32>,
+    pub options: launcher::slurm::SbatchOptions,
     pub signal_lead_s: u32,
     pub dry_run: bool,
 }
@@ -498,10 +495,10 @@ pub(crate) fn submit_sweep_array(file: PathBuf, o: ArrayOptions) -> anyhow::Resu
         max_retries: 1,
         slurm: SlurmArgs {
             slurm: true,
-            partition: o.partition,
-            time: o.time,
-            account: o.account,
-            cpus_per_task: o.cpus_per_task,
+            partition: o.options.partition,
+            time: o.options.time,
+            account: o.options.account,
+            cpus_per_task: o.options.cpus_per_task,
             max_parallel: None,
             signal_lead_s: o.signal_lead_s,
             dry_run: o.dry_run,
@@ -510,7 +507,7 @@ pub(crate) fn submit_sweep_array(file: PathBuf, o: ArrayOptions) -> anyhow::Resu
 }
 
 fn submit_array_cmd(args: &RunArgs) -> anyhow::Result<()> {
-    use launcher::slurm::{self, ArraySpec, Slurm};
+    use launcher::slurm::{self, ArraySpec, SbatchOptions, Slurm};
     let (sweep, runs) = plan(&args.plan)?;
     let exe = ferroclip_exe()?;
     let mut unfinished = Vec::new();
@@ -544,10 +541,12 @@ fn submit_array_cmd(args: &RunArgs) -> anyhow::Result<()> {
         log_dir: root.join("logs"),
         indices: unfinished.clone(),
         max_parallel: o.max_parallel,
-        cpus_per_task: o.cpus_per_task,
-        partition: o.partition.clone(),
-        time: o.time.clone(),
-        account: o.account.clone(),
+        options: SbatchOptions {
+            cpus_per_task: o.cpus_per_task,
+            partition: o.partition.clone(),
+            time: o.time.clone(),
+            account: o.account.clone(),
+        },
         signal_lead_s: o.signal_lead_s,
         ferroclip: exe,
         run_one_args,

@@ -97,10 +97,7 @@ impl Default for AlignConfig {
 impl AlignConfig {
     /// Check the values; `at` prefixes field names in errors (`stage[0]`).
     pub fn validate(&self, at: &str) -> Result<(), CurateError> {
-        let bad = |field: &str, reason: &str| CurateError::BadField {
-            field: format!("{at}.{field}"),
-            reason: reason.into(),
-        };
+        let bad = |field: &str, reason: &str| CurateError::bad_field(at, field, reason);
         crate::fields::validate_caption_fields(at, &self.caption_member, self.max_caption_bytes)?;
         if self.max_pixels == 0 {
             return Err(bad("max_pixels", "must be at least 1"));

@@ -151,11 +151,7 @@ impl AlignStage {
             .iter()
             .find_map(|ext| sample.members.get(*ext))
             .ok_or("missing_image")?;
-        let bytes = sample.members.get(&self.cfg.caption_member).ok_or("missing_caption")?;
-        if bytes.len() > self.cfg.max_caption_bytes {
-            return Err("caption_too_long");
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| "invalid_caption")?;
+        let text = crate::fields::caption_text(sample, &self.cfg.caption_member, self.cfg.max_caption_bytes)?;
         Ok(Parsed {
             image,
             unigrams: text::unigrams(text),

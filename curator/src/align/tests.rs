@@ -291,17 +291,10 @@ fn near_duplicates_are_found_for_altered_copies_only() {
 }
 
 fn write_shard(path: &std::path::Path, samples: &[(String, Vec<u8>, String)]) {
-    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
-    for (key, image, text) in samples {
-        for (ext, data) in [("png", image.as_slice()), ("txt", text.as_bytes())] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder.append_data(&mut header, format!("{key}.{ext}"), data).unwrap();
-        }
-    }
-    builder.finish().unwrap();
+    let members = samples.iter().flat_map(|(key, image, text)| {
+        [("png", image.as_slice()), ("txt", text.as_bytes())].map(|(ext, data)| (format!("{key}.{ext}"), data))
+    });
+    crate::test_shards::write_tar(path, members);
 }
 
 /// Keys of the samples in the output shards.

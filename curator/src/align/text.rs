@@ -10,6 +10,10 @@
 //! share a hash with probability about n²/2⁶⁵ over n distinct keys (≈ 3% for a billion
 //! texts): the two would then pool their counts, which can only make a rule drop a text it
 //! should have kept (or keep a rare n-gram), never crash or reorder anything.
+//!
+//! The hashes are FNV-1a over the bytes, finished by SplitMix64's finaliser so that hashes of
+//! similar strings spread over all 64 bits (`hash.rs`, shared with the per-sample draws).
+use crate::hash::{fnv_extend, mix64, FNV_OFFSET};
 
 /// The unigrams of `text` (see the module doc).
 pub fn unigrams(text: &str) -> Vec<String> {
@@ -29,14 +33,14 @@ pub fn text_hash(unigrams: &[String]) -> u64 {
         }
         hash = fnv_extend(hash, word.as_bytes());
     }
-    finish(hash)
+    mix64(hash)
 }
 
 /// Hashes of the unigrams, then of the bigrams, of a text (repeats included).
 pub fn ngram_hashes(unigrams: &[String]) -> Vec<u64> {
     let mut hashes: Vec<u64> = unigrams
         .iter()
-        .map(|word| finish(fnv_extend(FNV_OFFSET, word.as_bytes())))
+        .map(|word| mix64(fnv_extend(FNV_OFFSET, word.as_bytes())))
         .collect();
     for pair in unigrams.windows(2) {
         // A 0x00 byte between the words keeps ("ab", "c") and ("a", "bc") apart: a unigram
@@ -45,26 +49,9 @@ pub fn ngram_hashes(unigrams: &[String]) -> Vec<u64> {
             fnv_extend(fnv_extend(FNV_OFFSET, pair[0].as_bytes()), &[0]),
             pair[1].as_bytes(),
         );
-        hashes.push(finish(hash));
+        hashes.push(mix64(hash));
     }
     hashes
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-fn fnv_extend(mut hash: u64, bytes: &[u8]) -> u64 {
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// SplitMix64's finaliser, so that hashes of similar strings spread over all 64 bits.
-fn finish(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

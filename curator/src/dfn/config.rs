@@ -68,12 +68,7 @@ pub enum KeepRule {
 impl DfnConfig {
     /// Check the fields; `at` names the stage (`stage[2]`).
     pub fn validate(&self, at: &str) -> Result<(), CurateError> {
-        let bad = |field: &str, reason: &str| {
-            Err(CurateError::BadField {
-                field: format!("{at}.{field}"),
-                reason: reason.into(),
-            })
-        };
+        let bad = |field: &str, reason: &str| Err(CurateError::bad_field(at, field, reason));
         match (self.fraction, self.threshold) {
             (Some(_), Some(_)) => return bad("fraction", "give either fraction or threshold, not both"),
             (None, None) => return bad("fraction", "give fraction (keep the top fraction) or threshold"),

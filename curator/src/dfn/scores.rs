@@ -260,22 +260,16 @@ mod tests {
     }
 
     fn write_shard(path: &Path, samples: &[(&str, Option<&str>)]) {
-        let mut builder = tar::Builder::new(File::create(path).unwrap());
+        let mut members: Vec<(String, &[u8])> = Vec::new();
         for (key, caption) in samples {
-            let mut members: BTreeMap<&str, &[u8]> = BTreeMap::new();
-            members.insert("jpg", b"fake");
+            let mut sample: BTreeMap<&str, &[u8]> = BTreeMap::new();
+            sample.insert("jpg", b"fake");
             if let Some(c) = caption {
-                members.insert("txt", c.as_bytes());
+                sample.insert("txt", c.as_bytes());
             }
-            for (ext, data) in members {
-                let mut header = tar::Header::new_gnu();
-                header.set_size(data.len() as u64);
-                header.set_mode(0o644);
-                header.set_cksum();
-                builder.append_data(&mut header, format!("{key}.{ext}"), data).unwrap();
-            }
+            members.extend(sample.into_iter().map(|(ext, data)| (format!("{key}.{ext}"), data)));
         }
-        builder.finish().unwrap();
+        crate::test_shards::write_tar(path, members);
     }
 
     #[test]

@@ -53,10 +53,7 @@ impl Default for KliteConfig {
 impl KliteConfig {
     /// Check the values; `at` prefixes field names in errors (`stage[0]`).
     pub fn validate(&self, at: &str) -> Result<(), CurateError> {
-        let bad = |field: &str, reason: &str| CurateError::BadField {
-            field: format!("{at}.{field}"),
-            reason: reason.into(),
-        };
+        let bad = |field: &str, reason: &str| CurateError::bad_field(at, field, reason);
         if !(0.0..=1.0).contains(&self.probability) {
             return Err(bad("probability", "must be between 0 and 1"));
         }

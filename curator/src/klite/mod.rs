@@ -18,7 +18,7 @@ pub mod gloss;
 use dataloader::RawSample;
 
 use crate::error::CurateError;
-use crate::stage::{Decision, SampleRng, Stage, StagePlot};
+use crate::stage::{ranked_by_count, Decision, SampleRng, Stage, StagePlot};
 pub use config::{KliteConfig, DEFAULT_PROBABILITY};
 pub use gloss::{words, GlossDictionary};
 
@@ -98,22 +98,7 @@ impl KliteStage {
 
     /// The sample's text, or the drop reason.
     fn caption<'a>(&self, sample: &'a RawSample) -> Result<&'a str, &'static str> {
-        let bytes = sample.members.get(&self.caption_member).ok_or("missing_caption")?;
-        if bytes.len() > self.max_caption_bytes {
-            return Err("caption_too_long");
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| "invalid_caption")?;
-        if text.trim().is_empty() {
-            return Err("empty_caption");
-        }
-        Ok(text)
-    }
-
-    /// Terms by count, most first (ties by id); zero counts left out.
-    fn ranked(counts: &[u64]) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&t| counts[t] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
-        order
+        crate::fields::nonempty_caption_text(sample, &self.caption_member, self.max_caption_bytes)
     }
 }
 
@@ -183,7 +168,7 @@ impl Stage for KliteStage {
         let counts = self.term_counts();
         let slot = |v: &[u64], i: usize| v.get(terms_end + i).copied().unwrap_or(0);
         let chosen = &tally[..terms_end.min(tally.len())];
-        let top: Vec<(String, u64, u64)> = Self::ranked(chosen)
+        let top: Vec<(String, u64, u64)> = ranked_by_count(chosen)
             .into_iter()
             .take(TOP_TERMS)
             .map(|t| (self.dictionary.term(t as u32).to_string(), chosen[t], counts[t]))
@@ -205,7 +190,7 @@ impl Stage for KliteStage {
 
     fn plot(&self, tally: &[u64]) -> Option<StagePlot> {
         let counts = self.term_counts();
-        let order = Self::ranked(counts);
+        let order = ranked_by_count(counts);
         let frequency = order.iter().map(|&t| counts[t]).collect();
         let appended = order.iter().map(|&t| tally.get(t).copied().unwrap_or(0)).collect();
         Some(StagePlot {
@@ -224,6 +209,7 @@ impl Stage for KliteStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::observe_then_decide;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -246,17 +232,6 @@ mod tests {
             ..KliteConfig::default()
         };
         (dir, KliteStage::new(dictionary, &cfg))
-    }
-
-    fn run(stage: &mut KliteStage, samples: &[RawSample]) -> (Vec<Decision>, Vec<u64>) {
-        let mut counts = vec![0; stage.observation_len()];
-        for s in samples {
-            stage.observe(s, &mut counts);
-        }
-        stage.set_observation(counts);
-        let mut tally = vec![0; stage.tally_len()];
-        let decisions = samples.iter().map(|s| stage.decide(s, &mut tally)).collect();
-        (decisions, tally)
     }
 
     fn caption_of(decision: &Decision) -> Option<String> {
@@ -284,7 +259,7 @@ mod tests {
     fn least_frequent_term_gets_its_first_gloss_in_the_exact_format() {
         let (_dir, mut st) = stage(1.0, 0);
         let samples = corpus();
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         let dict = st.dictionary();
         let count = |term: &str| st.term_counts()[dict.lookup(term).unwrap() as usize];
         assert_eq!(
@@ -336,7 +311,7 @@ mod tests {
     fn ties_go_to_the_first_term_in_the_caption() {
         let (_dir, mut st) = stage(1.0, 0);
         let samples = [sample("1", b"box and goose"), sample("2", b"goose and box")];
-        let (decisions, _) = run(&mut st, &samples);
+        let (decisions, _) = observe_then_decide(&mut st, &samples);
         assert!(caption_of(&decisions[0])
             .unwrap()
             .ends_with("; box , a (usually rectangular) container; may have a lid"));
@@ -347,11 +322,11 @@ mod tests {
     fn probability_zero_keeps_all_and_one_rewrites_all() {
         let samples: Vec<RawSample> = (0..200).map(|i| sample(&format!("{i:09}"), b"a dog")).collect();
         let (_dir, mut never) = stage(0.0, 0);
-        let (decisions, tally) = run(&mut never, &samples);
+        let (decisions, tally) = observe_then_decide(&mut never, &samples);
         assert!(decisions.iter().all(|d| *d == Decision::Keep));
         assert_eq!(never.stats(&tally)["texts_not_drawn"], 200);
         let (_dir, mut always) = stage(1.0, 0);
-        let (decisions, _) = run(&mut always, &samples);
+        let (decisions, _) = observe_then_decide(&mut always, &samples);
         assert!(decisions.iter().all(|d| matches!(d, Decision::Rewrite(_))));
     }
 
@@ -359,11 +334,11 @@ mod tests {
     fn draws_are_deterministic_per_seed_and_near_the_probability() {
         let samples: Vec<RawSample> = (0..2000).map(|i| sample(&format!("{i:09}"), b"geese")).collect();
         let (_dir, mut a) = stage(0.3, 5);
-        let (first, _) = run(&mut a, &samples);
-        let (second, _) = run(&mut a, &samples);
+        let (first, _) = observe_then_decide(&mut a, &samples);
+        let (second, _) = observe_then_decide(&mut a, &samples);
         assert_eq!(first, second);
         let (_dir, mut other_seed) = stage(0.3, 6);
-        let (other, _) = run(&mut other_seed, &samples);
+        let (other, _) = observe_then_decide(&mut other_seed, &samples);
         assert_ne!(first, other);
         let rewritten = first.iter().filter(|d| matches!(d, Decision::Rewrite(_))).count() as f64;
         let sd = (2000.0f64 * 0.3 * 0.7).sqrt();
@@ -382,7 +357,7 @@ mod tests {
             sample("e", b" \n "),
             sample("l", b"a dog in a very long caption"),
         ];
-        let (decisions, _) = run(&mut st, &samples);
+        let (decisions, _) = observe_then_decide(&mut st, &samples);
         assert_eq!(
             decisions,
             [

@@ -69,10 +69,7 @@ impl Default for MetaclipConfig {
 impl MetaclipConfig {
     /// Check the values; `at` prefixes field names in errors (`stage[0]`).
     pub fn validate(&self, at: &str) -> Result<(), CurateError> {
-        let bad = |field: &str, reason: &str| CurateError::BadField {
-            field: format!("{at}.{field}"),
-            reason: reason.into(),
-        };
+        let bad = |field: &str, reason: &str| CurateError::bad_field(at, field, reason);
         if self.t == 0 {
             return Err(bad("t", "must be at least 1"));
         }

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use dataloader::RawSample;
 
 use crate::error::CurateError;
-use crate::stage::{Decision, SampleRng, Stage, StagePlot};
+use crate::stage::{ranked_by_count, Decision, SampleRng, Stage, StagePlot};
 pub use config::{MetaclipConfig, DEFAULT_T};
 pub use matcher::{spaced_text, AhoCorasickMatcher, AutomatonKind, MatchScratch, Matcher};
 pub use metadata::{Metadata, DEFAULT_WORDNET_DIR};
@@ -105,15 +105,7 @@ impl MetaclipStage {
 
     /// The sample's text, or the drop reason.
     fn caption<'a>(&self, sample: &'a RawSample) -> Result<&'a str, &'static str> {
-        let bytes = sample.members.get(&self.caption_member).ok_or("missing_caption")?;
-        if bytes.len() > self.max_caption_bytes {
-            return Err("caption_too_long");
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| "invalid_caption")?;
-        if text.trim().is_empty() {
-            return Err("empty_caption");
-        }
-        Ok(text)
+        crate::fields::nonempty_caption_text(sample, &self.caption_member, self.max_caption_bytes)
     }
 
     /// Run `f` on the matched entry ids of `text`, with this thread's buffers.
@@ -127,9 +119,7 @@ impl MetaclipStage {
     }
 
     fn top_entries(&self, counts: &[u64]) -> Vec<(String, u64)> {
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
-        order
+        ranked_by_count(counts)
             .into_iter()
             .take(TOP_ENTRIES)
             .map(|e| (self.metadata.entry(e as u32).to_string(), counts[e]))
@@ -220,8 +210,7 @@ impl Stage for MetaclipStage {
     fn plot(&self, tally: &[u64]) -> Option<StagePlot> {
         let counts = self.entry_counts();
         // Entries in decreasing order of their count before balancing; unmatched ones left out.
-        let mut order: Vec<usize> = (0..counts.len()).filter(|&e| counts[e] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+        let order = ranked_by_count(counts);
         let before = order.iter().map(|&e| counts[e]).collect();
         let after = order.iter().map(|&e| tally.get(e).copied().unwrap_or(0)).collect();
         Some(StagePlot {
@@ -237,6 +226,7 @@ impl Stage for MetaclipStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stage::observe_then_decide;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -259,18 +249,6 @@ mod tests {
         MetaclipStage::new(Metadata::from_entries(entries.iter().map(|s| s.to_string())), &cfg).unwrap()
     }
 
-    /// Observe all samples, then decide all; returns the decisions and the tally.
-    fn run(stage: &mut MetaclipStage, samples: &[RawSample]) -> (Vec<Decision>, Vec<u64>) {
-        let mut counts = vec![0; stage.observation_len()];
-        for s in samples {
-            stage.observe(s, &mut counts);
-        }
-        stage.set_observation(counts);
-        let mut tally = vec![0; stage.tally_len()];
-        let decisions = samples.iter().map(|s| stage.decide(s, &mut tally)).collect();
-        (decisions, tally)
-    }
-
     #[test]
     fn bad_captions_are_dropped_by_reason_not_panics() {
         let mut st = stage(&["cat"], 10, 0);
@@ -287,7 +265,7 @@ mod tests {
             sample("e", b"a dog"),
             sample("f", b"a cat"),
         ];
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         assert_eq!(
             decisions,
             [
@@ -311,7 +289,7 @@ mod tests {
     fn entries_under_t_keep_everything() {
         let mut st = stage(&["cat", "dog"], 5, 3);
         let samples: Vec<_> = (0..5).map(|i| sample(&format!("{i}"), b"cat and dog")).collect();
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         assert!(decisions.iter().all(|d| *d == Decision::Keep));
         assert_eq!(tally, [5, 5]);
     }
@@ -333,7 +311,7 @@ mod tests {
         push(500, "a dog");
         push(40, "an owl");
         push(1000, "emu with a dog");
-        let (decisions, tally) = run(&mut st, &samples);
+        let (decisions, tally) = observe_then_decide(&mut st, &samples);
         let counts = st.entry_counts().to_vec();
         assert_eq!(counts, [2000, 1500, 40, 1000]);
         let kept = |range: std::ops::Range<usize>| range.filter(|&i| decisions[i] == Decision::Keep).count() as f64;
@@ -355,9 +333,9 @@ mod tests {
         assert_eq!(tally[2], 40);
         assert_eq!(tally[0] as f64, kept(0..2000));
         // Same seed, same decisions; another seed, others.
-        let (again, _) = run(&mut stage(&["cat", "dog", "owl", "emu"], t, 11), &samples);
+        let (again, _) = observe_then_decide(&mut stage(&["cat", "dog", "owl", "emu"], t, 11), &samples);
         assert_eq!(again, decisions);
-        let (other, _) = run(&mut stage(&["cat", "dog", "owl", "emu"], t, 12), &samples);
+        let (other, _) = observe_then_decide(&mut stage(&["cat", "dog", "owl", "emu"], t, 12), &samples);
         assert_ne!(other, decisions);
     }
 
@@ -390,7 +368,7 @@ mod tests {
     fn report_stats_and_plot() {
         let mut st = stage(&["cat", "dog", "owl"], 1, 0);
         let samples = [sample("1", b"cat"), sample("2", b"cat"), sample("3", b"dog")];
-        let (_, tally) = run(&mut st, &samples);
+        let (_, tally) = observe_then_decide(&mut st, &samples);
         let stats = st.stats(&tally);
         assert_eq!(stats["entries_matched"], 2);
         assert_eq!(stats["entries_over_t"], 1);

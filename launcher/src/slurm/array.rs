@@ -4,7 +4,7 @@
 //! sweep's done markers), so a requeued or re-submitted task skips what finished.
 use std::path::PathBuf;
 
-use super::{shell_quote, SbatchSpec, SlurmBackend, SlurmError};
+use super::{shell_quote, SbatchOptions, SbatchSpec, SlurmBackend, SlurmError};
 
 /// The name of the array job's script inside the sweep folder.
 pub const ARRAY_SCRIPT_FILE: &str = "sweep.sbatch";
@@ -25,14 +25,9 @@ pub struct ArraySpec {
     pub indices: Vec<usize>,
     /// At most this many tasks run at once (`%K`), if given.
     pub max_parallel: Option<u32>,
-    /// `--cpus-per-task` of each array task, if given.
-    pub cpus_per_task: Option<u32>,
-    /// `--partition`, if given.
-    pub partition: Option<String>,
-    /// `--time` of each array task, if given.
-    pub time: Option<String>,
-    /// `--account`, if given.
-    pub account: Option<String>,
+    /// `--cpus-per-task` and `--time` of each array task, `--partition` and `--account`,
+    /// each if given.
+    pub options: SbatchOptions,
     /// Seconds before the time limit at which the task gets SIGTERM (it then
     /// checkpoints and requeues itself).
     pub signal_lead_s: u32,
@@ -66,10 +61,7 @@ impl ArraySpec {
             nodes: 1,
             gpus_per_node: 0,
             ntasks_per_node: 1,
-            cpus_per_task: self.cpus_per_task,
-            partition: self.partition.clone(),
-            time: self.time.clone(),
-            account: self.account.clone(),
+            options: self.options.clone(),
             backend: SlurmBackend::Mpi,
             signal_lead_s: self.signal_lead_s,
             ferroclip: self.ferroclip.clone(),
@@ -119,18 +111,7 @@ impl ArraySpec {
         line(&format!("#SBATCH --array={}", self.array_value()));
         line("#SBATCH --nodes=1");
         line("#SBATCH --ntasks=1");
-        if let Some(c) = self.cpus_per_task {
-            line(&format!("#SBATCH --cpus-per-task={c}"));
-        }
-        if let Some(p) = &self.partition {
-            line(&format!("#SBATCH --partition={p}"));
-        }
-        if let Some(a) = &self.account {
-            line(&format!("#SBATCH --account={a}"));
-        }
-        if let Some(t) = &self.time {
-            line(&format!("#SBATCH --time={t}"));
-        }
+        self.options.write_lines(&mut line);
         line(&format!("#SBATCH --chdir={}", self.workdir.display()));
         line("# One file per task; every attempt of a task appended to it.");
         line(&format!("#SBATCH --output={}", self.output_pattern().display()));
@@ -213,10 +194,12 @@ mod tests {
             log_dir: "runs/demo/logs".into(),
             indices: vec![5, 0, 1, 2, 7, 8],
             max_parallel: Some(3),
-            cpus_per_task: Some(4),
-            partition: Some("cpu".into()),
-            time: Some("02:00:00".into()),
-            account: None,
+            options: SbatchOptions {
+                cpus_per_task: Some(4),
+                partition: Some("cpu".into()),
+                time: Some("02:00:00".into()),
+                account: None,
+            },
             signal_lead_s: 60,
             ferroclip: "/opt/ferroclip".into(),
             run_one_args: vec!["--workers".into(), "2".into()],
@@ -274,14 +257,20 @@ mod tests {
             ),
             (
                 ArraySpec {
-                    time: Some("2 hours".into()),
+                    options: SbatchOptions {
+                        time: Some("2 hours".into()),
+                        ..spec().options
+                    },
                     ..spec()
                 },
                 "--time",
             ),
             (
                 ArraySpec {
-                    partition: Some("a b".into()),
+                    options: SbatchOptions {
+                        partition: Some("a b".into()),
+                        ..spec().options
+                    },
                     ..spec()
                 },
                 "--partition",

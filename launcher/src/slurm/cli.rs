@@ -122,44 +122,56 @@ impl Slurm {
     /// cluster's MinJobAge), else sacct, else [`JobState::Unknown`] with the reason.
     pub fn job_state(&self, job: u64) -> JobState {
         let id = job.to_string();
-        let squeue_args: Vec<OsString> = ["-h", "-t", "all", "-j", &id, "-o", "%T|%r|%M"]
-            .iter()
-            .map(OsString::from)
-            .collect();
-        let squeue = match self.run("squeue", &squeue_args, None) {
-            Ok(out) if out.status.success() => {
-                if let Some(state) = parse_squeue_line(&String::from_utf8_lossy(&out.stdout)) {
-                    return state;
-                }
-                "squeue does not list it".to_string()
-            }
+        let squeue = self.ask_about_job(
+            "squeue",
+            &["-h", "-t", "all", "-j", &id, "-o", "%T|%r|%M"],
+            parse_squeue_line,
             // squeue exits 1 with "Invalid job id" for a job that left its memory.
-            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            Err(e) => e.to_string(),
+            |out| String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        );
+        let squeue = match squeue {
+            Ok(state) => return state,
+            Err(why) => why,
         };
-        let sacct_args: Vec<OsString> = ["-n", "-X", "-P", "-j", &id, "-o", "State,ExitCode,Elapsed"]
-            .iter()
-            .map(OsString::from)
-            .collect();
-        let sacct = match self.run("sacct", &sacct_args, None) {
-            Ok(out) if out.status.success() => {
-                if let Some(state) = parse_sacct_line(&String::from_utf8_lossy(&out.stdout)) {
-                    return state;
-                }
-                "sacct does not list it".to_string()
-            }
+        let sacct = self.ask_about_job(
+            "sacct",
+            &["-n", "-X", "-P", "-j", &id, "-o", "State,ExitCode,Elapsed"],
+            parse_sacct_line,
             // e.g. "Slurm accounting storage is disabled".
-            Ok(out) => {
+            |out| {
                 let text = format!(
                     "{}{}",
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr)
                 );
                 text.trim().to_string()
-            }
-            Err(e) => e.to_string(),
+            },
+        );
+        let sacct = match sacct {
+            Ok(state) => return state,
+            Err(why) => why,
         };
         JobState::Unknown(format!("job {job}: squeue: {squeue}; sacct: {sacct}"))
+    }
+
+    /// Runs `program args` and reads a job's state from its output with `parse`; else why
+    /// not: `<program> does not list it`, `refusal` of the output of a failed run, or the
+    /// error of a run that could not start.
+    fn ask_about_job(
+        &self,
+        program: &'static str,
+        args: &[&str],
+        parse: fn(&str) -> Option<JobState>,
+        refusal: fn(&Output) -> String,
+    ) -> Result<JobState, String> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        match self.run(program, &args, None) {
+            Ok(out) if out.status.success() => {
+                parse(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| format!("{program} does not list it"))
+            }
+            Ok(out) => Err(refusal(&out)),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

@@ -41,6 +41,38 @@ impl std::str::FromStr for SlurmBackend {
 /// enough to finish a step and write a checkpoint of a large model.
 pub const DEFAULT_SIGNAL_LEAD_S: u32 = 120;
 
+/// The sbatch options a user may add to any ferroclip job; each one not given is left out
+/// of the script (SLURM's defaults apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SbatchOptions {
+    /// `--cpus-per-task` (a worker's, or an array task's, data-loading threads), if given.
+    pub cpus_per_task: Option<u32>,
+    /// `--partition`, if given.
+    pub partition: Option<String>,
+    /// `--time` (SLURM's formats: `MM`, `HH:MM:SS`, `D-HH:MM`, ...), if given.
+    pub time: Option<String>,
+    /// `--account`, if given.
+    pub account: Option<String>,
+}
+
+impl SbatchOptions {
+    /// Writes the `#SBATCH` line of each option given, one call of `line` per line.
+    pub(super) fn write_lines(&self, line: &mut impl FnMut(&str)) {
+        if let Some(c) = self.cpus_per_task {
+            line(&format!("#SBATCH --cpus-per-task={c}"));
+        }
+        if let Some(p) = &self.partition {
+            line(&format!("#SBATCH --partition={p}"));
+        }
+        if let Some(a) = &self.account {
+            line(&format!("#SBATCH --account={a}"));
+        }
+        if let Some(t) = &self.time {
+            line(&format!("#SBATCH --time={t}"));
+        }
+    }
+}
+
 /// Everything the batch script says. Paths in it are relative to `workdir`
 /// (sbatch's `--chdir`), so the script reads like the commands a user types.
 #[derive(Debug, Clone)]
@@ -57,14 +89,9 @@ pub struct SbatchSpec {
     pub gpus_per_node: u32,
     /// `--ntasks-per-node`: workers per node (one per GPU on GPU jobs).
     pub ntasks_per_node: u32,
-    /// `--cpus-per-task` (data-loading threads per worker), if given.
-    pub cpus_per_task: Option<u32>,
-    /// `--partition`, if given.
-    pub partition: Option<String>,
-    /// `--time` (SLURM's formats: `MM`, `HH:MM:SS`, `D-HH:MM`, ...), if given.
-    pub time: Option<String>,
-    /// `--account`, if given.
-    pub account: Option<String>,
+    /// `--cpus-per-task` (data-loading threads per worker), `--partition`, `--time` and
+    /// `--account`, each if given.
+    pub options: SbatchOptions,
     /// How the workers communicate.
     pub backend: SlurmBackend,
     /// Seconds before the time limit at which the workers get SIGTERM.
@@ -100,16 +127,19 @@ impl SbatchSpec {
                 "nccl needs GPUs: give --gpus-per-node, or use --backend mpi on CPUs",
             );
         }
-        if self.cpus_per_task == Some(0) {
+        if self.options.cpus_per_task == Some(0) {
             return invalid("--cpus-per-task", "must be at least 1");
         }
         check_word("--job-name", &self.job_name)?;
-        for (flag, value) in [("--partition", &self.partition), ("--account", &self.account)] {
+        for (flag, value) in [
+            ("--partition", &self.options.partition),
+            ("--account", &self.options.account),
+        ] {
             if let Some(value) = value {
                 check_word(flag, value)?;
             }
         }
-        if let Some(time) = &self.time {
+        if let Some(time) = &self.options.time {
             if !is_slurm_time(time) {
                 return invalid(
                     "--time",
@@ -166,18 +196,7 @@ impl SbatchSpec {
             // finds NVLink/P2P paths only when it can see the peers' devices.
             line(&format!("#SBATCH --gpus-per-node={}", self.gpus_per_node));
         }
-        if let Some(c) = self.cpus_per_task {
-            line(&format!("#SBATCH --cpus-per-task={c}"));
-        }
-        if let Some(p) = &self.partition {
-            line(&format!("#SBATCH --partition={p}"));
-        }
-        if let Some(a) = &self.account {
-            line(&format!("#SBATCH --account={a}"));
-        }
-        if let Some(t) = &self.time {
-            line(&format!("#SBATCH --time={t}"));
-        }
+        self.options.write_lines(&mut line);
         line("# Relative paths below (config, run folder, logs) are relative to this folder.");
         line(&format!("#SBATCH --chdir={}", self.workdir.display()));
         line("# All ranks' output, every attempt appended to the same file.");
@@ -324,10 +343,12 @@ mod tests {
             nodes: 4,
             gpus_per_node: 8,
             ntasks_per_node: 8,
-            cpus_per_task: Some(12),
-            partition: Some("gpu".into()),
-            time: Some("2-00:00:00".into()),
-            account: Some("proj42".into()),
+            options: SbatchOptions {
+                cpus_per_task: Some(12),
+                partition: Some("gpu".into()),
+                time: Some("2-00:00:00".into()),
+                account: Some("proj42".into()),
+            },
             backend: SlurmBackend::Nccl,
             signal_lead_s: DEFAULT_SIGNAL_LEAD_S,
             ferroclip: "/home/me/bin/ferroclip".into(),
@@ -380,10 +401,7 @@ mod tests {
             gpus_per_node: 0,
             ntasks_per_node: 2,
             nodes: 1,
-            cpus_per_task: None,
-            partition: None,
-            account: None,
-            time: None,
+            options: SbatchOptions::default(),
             backend: SlurmBackend::Mpi,
             train_args: vec!["--config".into(), "t.toml".into(), "--set".into(), "name=my run".into()],
             ..gpu_spec()
@@ -419,35 +437,50 @@ mod tests {
             ),
             (
                 SbatchSpec {
-                    cpus_per_task: Some(0),
+                    options: SbatchOptions {
+                        cpus_per_task: Some(0),
+                        ..gpu_spec().options
+                    },
                     ..gpu_spec()
                 },
                 "--cpus-per-task",
             ),
             (
                 SbatchSpec {
-                    partition: Some("gpu\n#SBATCH --x".into()),
+                    options: SbatchOptions {
+                        partition: Some("gpu\n#SBATCH --x".into()),
+                        ..gpu_spec().options
+                    },
                     ..gpu_spec()
                 },
                 "--partition",
             ),
             (
                 SbatchSpec {
-                    account: Some("a b".into()),
+                    options: SbatchOptions {
+                        account: Some("a b".into()),
+                        ..gpu_spec().options
+                    },
                     ..gpu_spec()
                 },
                 "--account",
             ),
             (
                 SbatchSpec {
-                    time: Some("two hours".into()),
+                    options: SbatchOptions {
+                        time: Some("two hours".into()),
+                        ..gpu_spec().options
+                    },
                     ..gpu_spec()
                 },
                 "--time",
             ),
             (
                 SbatchSpec {
-                    time: Some("1:2:3:4".into()),
+                    options: SbatchOptions {
+                        time: Some("1:2:3:4".into()),
+                        ..gpu_spec().options
+                    },
                     ..gpu_spec()
                 },
                 "--time",

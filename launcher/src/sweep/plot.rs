@@ -74,12 +74,7 @@ pub fn write_scaling_png(report: &FitReport, path: &Path) -> Result<(), PlotErro
     let mut pixels = vec![0u8; width as usize * height as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, PLOT_SIZE).into_drawing_area();
-        draw(&root, report)
-            .and_then(|()| root.present().map_err(|e| e.to_string().into()))
-            .map_err(|e| PlotError::Draw {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        draw_and_present(&root, report, path)?;
     }
     let image = image::RgbImage::from_raw(width, height, pixels).ok_or_else(|| PlotError::Draw {
         path: path.to_path_buf(),
@@ -99,17 +94,26 @@ pub fn write_scaling_svg(report: &FitReport, path: &Path) -> Result<(), PlotErro
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw(&root, report)
-            .and_then(|()| root.present().map_err(|e| e.to_string().into()))
-            .map_err(|e| PlotError::Draw {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        draw_and_present(&root, report, path)?;
     }
     std::fs::write(path, svg).map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Draws the plot on `root` and presents it; a failure is [`PlotError::Draw`] for `path`.
+fn draw_and_present<DB>(root: &DrawingArea<DB, Shift>, report: &FitReport, path: &Path) -> Result<(), PlotError>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    draw(root, report)
+        .and_then(|()| root.present().map_err(|e| e.to_string().into()))
+        .map_err(|e| PlotError::Draw {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
 }
 
 /// Registers DejaVu Sans as plotters' "sans-serif" once per process.
