@@ -193,7 +193,7 @@ fn train_rank(
     match accumulation {
         Accumulation::Cached { loss_tile } => {
             let train_cfg = train_config(loss, loss_tile, ACCUM, MICRO);
-            let mut step = TrainStep::new(&model, optimizer, &train_cfg, coll, Device::Cpu);
+            let mut step = TrainStep::new(&model, optimizer, train_cfg.step_settings(), coll, Device::Cpu);
             for _ in 0..STEPS {
                 let outcome = step.run(&mut batches, LR).expect("step");
                 assert!(outcome.stepped, "rank {} skipped a step", coll.rank());

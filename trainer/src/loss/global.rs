@@ -28,102 +28,9 @@
 
 use tch::{Kind, Tensor};
 
+use super::grads::{check_features, FeatureGrads};
 use super::local::{accumulation_kind, own_columns, pair_signs};
 use crate::dist::{Collective, DistError};
-
-/// Which contrastive loss a run trains with (the train config's `loss`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LossKind {
-    /// Softmax cross-entropy both ways (CLIP).
-    #[default]
-    Clip,
-    /// Pairwise sigmoid loss (SigLIP); needs a model with `init_logit_bias`.
-    Siglip,
-}
-
-impl LossKind {
-    /// This rank's part of the loss over the global batch: [`global_siglip_loss`] for
-    /// `Siglip` with a bias, else [`global_clip_loss`]. Every rank must call it.
-    pub fn global_loss(
-        self,
-        image_features: &Tensor,
-        text_features: &Tensor,
-        logit_scale: &Tensor,
-        logit_bias: Option<&Tensor>,
-        coll: &dyn Collective,
-    ) -> Result<RankLoss, DistError> {
-        let loss = self.feature_grads(image_features, text_features, logit_scale, logit_bias, 0, coll)?;
-        let surrogate = loss
-            .grads
-            .surrogate(image_features, text_features, logit_scale, logit_bias);
-        Ok(RankLoss {
-            global_loss: loss.global_loss,
-            share: loss.share,
-            surrogate,
-        })
-    }
-
-    /// The loss over the global batch and ∂L/∂(this rank's features): untiled
-    /// (`tile = 0`: gather, B×N logits, reduce-scatter) or ring-tiled with `tile × tile`
-    /// logits at a time ([`super::tiled`]); the same numbers either way. The features may
-    /// be detached (their gradients are returned, not backpropagated). Collective.
-    pub fn feature_grads(
-        self,
-        image_features: &Tensor,
-        text_features: &Tensor,
-        logit_scale: &Tensor,
-        logit_bias: Option<&Tensor>,
-        tile: usize,
-        coll: &dyn Collective,
-    ) -> Result<LossGrads, DistError> {
-        let (share, grads) = match (self, logit_bias, tile) {
-            (LossKind::Siglip, Some(bias), 0) => {
-                let shares = siglip_share_grads(image_features, text_features, logit_scale, bias, coll)?;
-                (shares.share, shares.exchange_columns(coll)?)
-            }
-            (LossKind::Siglip, Some(bias), tile) => {
-                super::tiled::siglip_feature_grads(image_features, text_features, logit_scale, bias, tile, coll)?
-            }
-            (_, _, 0) => {
-                let shares = clip_share_grads(image_features, text_features, logit_scale, coll)?;
-                (shares.share, shares.exchange_columns(coll)?)
-            }
-            (_, _, tile) => super::tiled::clip_feature_grads(image_features, text_features, logit_scale, tile, coll)?,
-        };
-        let mut global = Tensor::from_slice(&[share]).to_device(image_features.device());
-        coll.all_reduce_sum_(&mut global)?;
-        Ok(LossGrads {
-            global_loss: global.double_value(&[0]),
-            share,
-            grads,
-        })
-    }
-}
-
-/// A global-batch loss before the backward pass into the encoders.
-#[derive(Debug)]
-pub struct LossGrads {
-    /// The loss over the global batch (the same value on every rank).
-    pub global_loss: f64,
-    /// This rank's share ℓ_r of the global loss (Σ_r ℓ_r = `global_loss`).
-    pub share: f64,
-    /// ∂L/∂(this rank's features), and its share of the scale and bias derivatives.
-    pub grads: FeatureGrads,
-}
-
-/// What a rank gets from a global-batch loss.
-#[derive(Debug)]
-pub struct RankLoss {
-    /// The loss over the global batch (the same value on every rank).
-    pub global_loss: f64,
-    /// This rank's share ℓ_r of the global loss (Σ_r ℓ_r = `global_loss`).
-    pub share: f64,
-    /// A 0-dim tensor to backpropagate into the encoders, logit scale and bias;
-    /// its parameter gradients summed over ranks are the gradient of the global
-    /// loss. Its value has no meaning.
-    pub surrogate: Tensor,
-}
 
 /// Gradients of this rank's share ℓ_r with respect to detached copies of its
 /// inputs, before the column exchange. A term is `None` when the loss does not
@@ -147,20 +54,6 @@ pub struct ShareGrads {
     pub logit_bias: Option<Tensor>,
 }
 
-/// ∂L/∂(this rank's features) for the global loss L, plus this rank's share of
-/// the scale and bias derivatives.
-#[derive(Debug)]
-pub struct FeatureGrads {
-    /// ∂L/∂(local image features), (B, D).
-    pub image: Tensor,
-    /// ∂L/∂(local text features), (B, D).
-    pub text: Tensor,
-    /// ∂ℓ_r/∂(logit scale), 0-dim.
-    pub logit_scale: Tensor,
-    /// ∂ℓ_r/∂(logit bias), 0-dim.
-    pub logit_bias: Option<Tensor>,
-}
-
 impl ShareGrads {
     /// Reduce-scatters the column gradients and adds them to the row gradients
     /// (step 3 of the list above). Every rank must call it.
@@ -174,74 +67,6 @@ impl ShareGrads {
             logit_bias: self.logit_bias,
         })
     }
-}
-
-impl FeatureGrads {
-    /// The gradients of rows `start..start + len` (a micro-batch of cached features), with
-    /// the scale and bias derivatives when `with_scalars` (one micro-batch carries them) and
-    /// zeros otherwise.
-    pub fn rows(&self, start: i64, len: i64, with_scalars: bool) -> FeatureGrads {
-        let scalar = |t: &Tensor| {
-            if with_scalars {
-                t.shallow_clone()
-            } else {
-                t.zeros_like()
-            }
-        };
-        FeatureGrads {
-            image: self.image.narrow(0, start, len),
-            text: self.text.narrow(0, start, len),
-            logit_scale: scalar(&self.logit_scale),
-            logit_bias: self.logit_bias.as_ref().map(scalar),
-        }
-    }
-
-    /// `(img·gI).sum() + (txt·gT).sum() + s·g_s (+ b·g_b)`: its backward puts
-    /// the given gradients into whatever produced `image_features`,
-    /// `text_features`, `logit_scale` and `logit_bias` (the graph-connected
-    /// tensors the shares were computed from).
-    pub fn surrogate(
-        &self,
-        image_features: &Tensor,
-        text_features: &Tensor,
-        logit_scale: &Tensor,
-        logit_bias: Option<&Tensor>,
-    ) -> Tensor {
-        let kind = accumulation_kind(image_features);
-        let mut total = (image_features * &self.image).sum(kind)
-            + (text_features * &self.text).sum(kind)
-            + (logit_scale * &self.logit_scale).sum(kind);
-        if let (Some(bias), Some(grad)) = (logit_bias, &self.logit_bias) {
-            total += (bias * grad).sum(kind);
-        }
-        total
-    }
-}
-
-/// The CLIP loss over the global batch (open_clip's `ClipLoss` with
-/// `gather_with_grad`, `local_loss=False`): ½[CE(s·I·Tᵀ) + CE(s·T·Iᵀ)] averaged
-/// over all N rows. `image_features`, `text_features` (B, D) are this rank's
-/// L2-normalised, graph-connected features; `logit_scale` is exp(log scale), 0-dim.
-pub fn global_clip_loss(
-    image_features: &Tensor,
-    text_features: &Tensor,
-    logit_scale: &Tensor,
-    coll: &dyn Collective,
-) -> Result<RankLoss, DistError> {
-    LossKind::Clip.global_loss(image_features, text_features, logit_scale, None, coll)
-}
-
-/// The sigmoid loss over the global batch (open_clip's `SigLipLoss`):
-/// −Σ_{i,j} log σ(z_ij·(s·I_i·T_j + b)) / N over all N² pairs, z = +1 on matching
-/// pairs and −1 elsewhere. Inputs as in [`global_clip_loss`], plus the logit bias (0-dim).
-pub fn global_siglip_loss(
-    image_features: &Tensor,
-    text_features: &Tensor,
-    logit_scale: &Tensor,
-    logit_bias: &Tensor,
-    coll: &dyn Collective,
-) -> Result<RankLoss, DistError> {
-    LossKind::Siglip.global_loss(image_features, text_features, logit_scale, Some(logit_bias), coll)
 }
 
 /// Steps 1–2 of the list above for the CLIP loss: this rank's rows against all
@@ -260,8 +85,8 @@ pub fn clip_share_grads(
     let scale = leaf(logit_scale);
 
     let targets = own_columns(rows, coll.rank(), image_features.device()); // (B,)
-    // The scale multiplies the (B, D) rows, not the (B, N) logits: one B×N tensor fewer to
-    // keep for the backward pass (open_clip's `logit_scale * image_features @ text.T` too).
+                                                                           // The scale multiplies the (B, D) rows, not the (B, N) logits: one B×N tensor fewer to
+                                                                           // keep for the backward pass (open_clip's `logit_scale * image_features @ text.T` too).
     let logits_per_image = (&image_rows * &scale).matmul(&text_columns.tr()); // (B, N)
     let logits_per_text = (&text_rows * &scale).matmul(&image_columns.tr()); // (B, N)
     let share = (summed_cross_entropy(&logits_per_image, &targets) + summed_cross_entropy(&logits_per_text, &targets))
@@ -320,24 +145,6 @@ pub fn siglip_share_grads(
     })
 }
 
-/// Checks the feature shapes; returns (B, N).
-pub(super) fn check_features(
-    op: &'static str,
-    image_features: &Tensor,
-    text_features: &Tensor,
-    coll: &dyn Collective,
-) -> Result<(i64, i64), DistError> {
-    let (image_shape, text_shape) = (image_features.size(), text_features.size());
-    if image_shape.len() != 2 || image_shape != text_shape {
-        return Err(DistError::Tensor {
-            op,
-            reason: format!("image features {image_shape:?} and text features {text_shape:?} must both be (B, D)"),
-        });
-    }
-    let rows = image_shape[0];
-    Ok((rows, rows * coll.world_size() as i64))
-}
-
 /// Every rank's detached `features`, gathered (N, D), as a leaf whose gradient the share's
 /// backward fills.
 fn gathered_leaf(features: &Tensor, coll: &dyn Collective) -> Result<Tensor, DistError> {
@@ -380,6 +187,7 @@ pub(crate) mod tests {
     use crate::dist::local::LocalGroup;
     use crate::dist::Solo;
     use crate::loss::{clip_loss, siglip_loss};
+    use crate::loss::{global_clip_loss, global_siglip_loss, LossKind};
     use crate::model::l2_normalize;
     use tch::Device;
 

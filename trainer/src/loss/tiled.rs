@@ -29,7 +29,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::global::{check_features, FeatureGrads};
+use super::grads::{check_features, FeatureGrads};
 use super::local::accumulation_kind;
 use crate::dist::{Collective, DistError};
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::metrics::LogConfig;
+use super::step::StepSettings;
 use crate::checkpoint::CheckpointConfig;
 use crate::data::DataConfig;
 use crate::field::FieldError;
@@ -140,6 +141,16 @@ impl TrainConfig {
             model: ModelSpec::Inline(self.model.resolve()?),
             ..self.clone()
         })
+    }
+
+    /// What the train step takes from the config.
+    pub fn step_settings(&self) -> StepSettings {
+        StepSettings {
+            loss: self.loss,
+            loss_tile: self.loss_tile,
+            precision: self.precision,
+            accum_steps: self.data.accum_steps,
+        }
     }
 
     /// The run folder `<out_dir>/<name>`.

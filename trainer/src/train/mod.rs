@@ -73,7 +73,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let vs = nn::VarStore::new(device);
     let model = Clip::new(&vs.root(), &model_cfg);
     let optimizer = AdamW::new(vs.variables(), &cfg.optim);
-    let mut step = TrainStep::new(&model, optimizer, cfg, coll, device);
+    let mut step = TrainStep::new(&model, optimizer, cfg.step_settings(), coll, device);
     let checkpointer = Checkpointer::new(&run_dir, &cfg.checkpoint, &config_toml, coll, device);
     let resumed = setup::start_from(cfg, opts, &checkpointer, &vs, step.optimizer_mut(), &dist, coll)?;
     let mut progress = resumed.as_ref().map_or(Progress::default(), |r| r.progress);

@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
-use super::config::TrainConfig;
 use super::ddp::GradSync;
 use crate::data::{BatchSource, TensorBatch};
 use crate::dist::Collective;
@@ -45,6 +44,19 @@ pub struct StepOutcome {
     pub comm_s: f64,
 }
 
+/// What the train config chose for the step ([`super::config::TrainConfig::step_settings`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSettings {
+    /// `loss`.
+    pub loss: LossKind,
+    /// `loss_tile`: logits `tile × tile` at a time around a ring of ranks (0: untiled).
+    pub loss_tile: usize,
+    /// `precision`.
+    pub precision: Precision,
+    /// `data.accum_steps`: micro-batches per step, gradient-cached when more than one.
+    pub accum_steps: usize,
+}
+
 /// How a worker takes steps: the model, its optimizer, and the loss, tiling, precision and
 /// accumulation the config chose.
 pub struct TrainStep<'a> {
@@ -62,16 +74,22 @@ pub struct TrainStep<'a> {
 }
 
 impl<'a> TrainStep<'a> {
-    /// Steps `model` with `optimizer` (which owns the model's variables) as `cfg` says.
-    pub fn new(model: &'a Clip, optimizer: AdamW, cfg: &TrainConfig, coll: &'a dyn Collective, device: Device) -> Self {
+    /// Steps `model` with `optimizer` (which owns the model's variables) as `settings` say.
+    pub fn new(
+        model: &'a Clip,
+        optimizer: AdamW,
+        settings: StepSettings,
+        coll: &'a dyn Collective,
+        device: Device,
+    ) -> Self {
         Self {
             model,
             optimizer,
             grad_sync: GradSync::default(),
-            loss: cfg.loss,
-            loss_tile: cfg.loss_tile,
-            precision: cfg.precision,
-            accum_steps: cfg.data.accum_steps,
+            loss: settings.loss,
+            loss_tile: settings.loss_tile,
+            precision: settings.precision,
+            accum_steps: settings.accum_steps,
             coll,
             device,
         }
