@@ -115,6 +115,21 @@ impl TensorBatch {
         Self::assemble(images, None, None, tokens, size, epoch)
     }
 
+    /// A batch of libtorch-owned tensors: `(B,3,H,W)` f32 normalised images, or u8 levels
+    /// with the `normalization` that [`TensorBatch::images_normalized`] applies, and `(B,L)`
+    /// i64 token ids (benchmarks and tests that make their own batches).
+    pub fn from_tensors(images: Tensor, normalization: Option<PixelNormalization>, tokens: Tensor, epoch: u64) -> Self {
+        let size = images.size()[0] as usize;
+        Self {
+            images,
+            tokens,
+            size,
+            epoch,
+            normalization,
+            images_storage: None,
+        }
+    }
+
     /// The batch of `images` (with the loader buffer they wrap, if any, and the normalisation
     /// still to apply, if any) and the token ids, copied into an `(size, L)` i64 tensor.
     fn assemble(

@@ -40,6 +40,12 @@ fn tiles(rows: i64, tile: i64) -> impl Iterator<Item = (i64, i64)> {
         .map(move |start| (start, tile.min(rows - start)))
 }
 
+/// The next ring position's `[images, texts]` block (or gradients), received from rank r − 1.
+fn pass_on(block: [Tensor; 2], coll: &dyn Collective) -> Result<[Tensor; 2], DistError> {
+    let [image, text] = block;
+    Ok([coll.ring_pass(&image)?, coll.ring_pass(&text)?])
+}
+
 /// The log-sum-exp of each row over logits met a tile at a time (running maximum and the
 /// sum of exponentials relative to it).
 struct RowLogSumExp {
@@ -86,7 +92,6 @@ pub fn clip_feature_grads(
 ) -> Result<(f64, FeatureGrads), DistError> {
     let (rows, global) = check_features("tiled_clip_loss", image_features, text_features, coll)?;
     let (img, txt) = (image_features.detach(), text_features.detach());
-    let dim = img.size()[1];
     let scale = logit_scale.detach().to_kind(img.kind());
     let tile = tile as i64;
     let passes = coll.world_size();
@@ -94,9 +99,9 @@ pub fn clip_feature_grads(
     // Forward: every row's log-sum-exp over all N columns, both directions.
     let mut lse_image = RowLogSumExp::new(rows, &img);
     let mut lse_text = RowLogSumExp::new(rows, &img);
-    let mut block = Tensor::cat(&[&img, &txt], 1); // (R, 2D): a visiting rank's images | texts
+    let mut block = [img.shallow_clone(), txt.shallow_clone()]; // a visiting rank's images, texts
     for pass in 0..passes {
-        let (block_img, block_txt) = (block.narrow(1, 0, dim), block.narrow(1, dim, dim));
+        let [block_img, block_txt] = &block;
         for (a, a_len) in tiles(rows, tile) {
             let (img_a, txt_a) = (img.narrow(0, a, a_len), txt.narrow(0, a, a_len));
             for (b, b_len) in tiles(rows, tile) {
@@ -105,7 +110,7 @@ pub fn clip_feature_grads(
             }
         }
         if pass + 1 < passes {
-            block = coll.ring_pass(&block)?;
+            block = pass_on(block, coll)?;
         }
     }
     let (lse_image, lse_text) = (lse_image.finish(), lse_text.finish());
@@ -115,13 +120,13 @@ pub fn clip_feature_grads(
 
     // Backward: softmax recomputed tile by tile; row gradients stay here, column gradients
     // travel with their block and come home after W passes.
-    let image_rows = img.zeros_like();
-    let text_rows = txt.zeros_like();
+    let mut image = img.zeros_like(); // ∂/∂(own image rows), unnormalised until the end
+    let mut text = txt.zeros_like();
     let mut scale_grad = Tensor::zeros([], (kind, img.device()));
-    let mut block = Tensor::cat(&[&img, &txt], 1);
-    let mut block_grads = block.zeros_like(); // ∂/∂(visiting images | texts), unnormalised
+    let mut block = [img.shallow_clone(), txt.shallow_clone()];
+    let mut block_grads = [img.zeros_like(), txt.zeros_like()]; // ∂/∂(visiting images, texts)
     for pass in 0..passes {
-        let (block_img, block_txt) = (block.narrow(1, 0, dim), block.narrow(1, dim, dim));
+        let ([block_img, block_txt], [grad_img, grad_txt]) = (&block, &block_grads);
         for (a, a_len) in tiles(rows, tile) {
             let (img_a, txt_a) = (img.narrow(0, a, a_len), txt.narrow(0, a, a_len));
             let (lse_img_a, lse_txt_a) = (lse_image.narrow(0, a, a_len), lse_text.narrow(0, a, a_len));
@@ -130,33 +135,38 @@ pub fn clip_feature_grads(
                 // r's image rows against the visiting texts: p = softmax over all columns.
                 let dots = img_a.matmul(&txt_b.tr());
                 let p = (&dots * &scale - lse_img_a.unsqueeze(1)).exp();
-                let _ = image_rows.narrow(0, a, a_len).g_add_(&(p.matmul(&txt_b) * &scale));
-                let _ = block_grads
-                    .narrow(0, b, b_len)
-                    .narrow(1, dim, dim)
-                    .g_add_(&(p.tr().matmul(&img_a) * &scale));
+                let _ = image.narrow(0, a, a_len).g_add_(&(p.matmul(&txt_b) * &scale));
+                let _ = grad_txt.narrow(0, b, b_len).g_add_(&(p.tr().matmul(&img_a) * &scale));
                 scale_grad += (&p * &dots).sum(kind);
                 // r's text rows against the visiting images.
                 let dots = txt_a.matmul(&img_b.tr());
                 let q = (&dots * &scale - lse_txt_a.unsqueeze(1)).exp();
-                let _ = text_rows.narrow(0, a, a_len).g_add_(&(q.matmul(&img_b) * &scale));
-                let _ = block_grads
-                    .narrow(0, b, b_len)
-                    .narrow(1, 0, dim)
-                    .g_add_(&(q.tr().matmul(&txt_a) * &scale));
+                let _ = text.narrow(0, a, a_len).g_add_(&(q.matmul(&img_b) * &scale));
+                let _ = grad_img.narrow(0, b, b_len).g_add_(&(q.tr().matmul(&txt_a) * &scale));
                 scale_grad += (&q * &dots).sum(kind);
             }
         }
         if pass + 1 < passes {
-            block = coll.ring_pass(&block)?;
+            block = pass_on(block, coll)?;
+            block_grads = pass_on(block_grads, coll)?;
         }
-        block_grads = coll.ring_pass(&block_grads)?;
     }
-    // block_grads is now this rank's own columns, summed over every rank's rows. The pair
-    // terms −s·I_i·T_i (both directions) add −2s·T_i to ∂/∂I_i and −2s·I_i to ∂/∂T_i.
+    // The last pass brings block_grads home: this rank's own columns, summed over every
+    // rank's rows (in a world of one they never left). The pair terms −s·I_i·T_i (both
+    // directions) add −2s·T_i to ∂/∂I_i and −2s·I_i to ∂/∂T_i. In place: no second copy.
+    if passes > 1 {
+        block_grads = pass_on(block_grads, coll)?;
+    }
+    let [home_img, home_txt] = &block_grads;
     let norm = 1.0 / (2.0 * global as f64);
-    let image = (image_rows + block_grads.narrow(1, 0, dim) - &txt * &scale * 2.0) * norm;
-    let text = (text_rows + block_grads.narrow(1, dim, dim) - &img * &scale * 2.0) * norm;
+    let _ = image
+        .g_add_(home_img)
+        .g_sub_(&(&txt * (&scale * 2.0)))
+        .g_mul_scalar_(norm);
+    let _ = text
+        .g_add_(home_txt)
+        .g_sub_(&(&img * (&scale * 2.0)))
+        .g_mul_scalar_(norm);
     let logit_scale_grad = ((scale_grad - pair_dots.sum(kind) * 2.0) * norm).to_kind(logit_scale.kind());
     Ok((
         share.double_value(&[]),
@@ -222,7 +232,11 @@ pub fn siglip_feature_grads(
         }
         if pass + 1 < world {
             block = coll.ring_pass(&block)?;
+            block_grads = coll.ring_pass(&block_grads)?;
         }
+    }
+    // The last pass brings the text gradients home (in a world of one they never left).
+    if world > 1 {
         block_grads = coll.ring_pass(&block_grads)?;
     }
     let norm = 1.0 / global as f64;

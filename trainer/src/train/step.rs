@@ -179,6 +179,7 @@ impl<'a> TrainStep<'a> {
         drop((images, texts));
         let scale = self.model.logit_scale().exp();
         let loss = self.global_loss(&image_features, &text_features, &scale)?;
+        drop((image_features, text_features)); // pass 2 needs their gradients only
         outcome.loss = loss.global_loss;
         if !outcome.loss.is_finite() {
             return Ok(None);

@@ -1,0 +1,190 @@
+//! Real training steps at a chosen global batch, inside a memory budget, for
+//! `scripts/bench/max_batch`: the model (a preset, `--embed-dim` to widen its embedding),
+//! AdamW, and the train loop's own step (`TrainStep`: gradient-cached micro-batches with
+//! `--accum K > 1`, the ring-tiled loss with `--loss-tile T > 0`), on random images and
+//! captions made per micro-batch (u8 levels normalised on use with `--u8`, as
+//! `data.normalize = "device"` delivers them; f32 otherwise).
+//!
+//! ```text
+//! MALLOC_MMAP_THRESHOLD_=65536 target/release/examples/max_batch --model tiny --embed-dim 512 \
+//!     --micro 256 --accum 64 --loss-tile 1024 --u8 --budget-gib 4 --steps 2
+//! ```
+//!
+//! `--budget-gib G` caps the process's address space at G GiB above what it holds once
+//! libtorch is up, before the model exists: model, optimizer, data, activations and loss all
+//! count. A step that needs more fails to allocate; the line then says `"over_budget": true`.
+//! `--print-open-clip-config` prints the model as open_clip's JSON config (for the peer) and
+//! exits. Prints one JSON line: peak RSS over that baseline, seconds per step (steps after
+//! the first), samples per second.
+
+use std::time::Instant;
+
+use tch::{nn, Device, Kind, Tensor};
+use trainer::data::{BatchSource, PixelNormalization, TensorBatch};
+use trainer::dist::Solo;
+use trainer::loss::LossKind;
+use trainer::model::{open_clip::open_clip_model_cfg, Clip, ModelConfig};
+use trainer::optim::{AdamW, OptimConfig};
+use trainer::precision::Precision;
+use trainer::train::step::{StepSettings, TrainStep};
+use trainer::TrainError;
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn status_bytes(field: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| format!("/proc/self/status has no {field} line"))
+}
+
+fn cap_address_space(budget: u64) -> Result<(), String> {
+    let limit = status_bytes("VmSize")? + budget;
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; lowering the soft limit is always allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &rlim) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Random micro-batches of `rows`: images and captions of the model's shapes.
+struct RandomBatches {
+    rows: i64,
+    image_size: i64,
+    context: i64,
+    u8_levels: bool,
+}
+
+impl BatchSource for RandomBatches {
+    fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
+        let shape = [self.rows, 3, self.image_size, self.image_size];
+        let (images, normalization) = if self.u8_levels {
+            let levels = Tensor::randint(256, shape, (Kind::Uint8, Device::Cpu));
+            (levels, Some(PixelNormalization::clip()))
+        } else {
+            (Tensor::randn(shape, (Kind::Float, Device::Cpu)), None)
+        };
+        // <start_of_text> random words <end_of_text>, padded: the end token is the largest id.
+        let words = Tensor::randint_low(1, 40_000, [self.rows, self.context], (Kind::Int64, Device::Cpu));
+        let tokens = words.narrow(1, 0, self.context - 1).copy();
+        let tokens = Tensor::cat(
+            &[
+                Tensor::full([self.rows, 1], 49406, (Kind::Int64, Device::Cpu)),
+                tokens.narrow(1, 0, self.context - 2),
+                Tensor::full([self.rows, 1], 49407, (Kind::Int64, Device::Cpu)),
+            ],
+            1,
+        );
+        Ok(TensorBatch::from_tensors(images, normalization, tokens, 0))
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut cfg = ModelConfig::load(&arg(&args, "--model", "tiny"))?;
+    if let Ok(embed) = arg(&args, "--embed-dim", "").parse::<i64>() {
+        cfg.embed_dim = embed;
+    }
+    cfg.validate()?;
+    if args.iter().any(|a| a == "--print-open-clip-config") {
+        println!("{}", open_clip_model_cfg(&cfg));
+        return Ok(());
+    }
+    let micro: i64 = arg(&args, "--micro", "256").parse()?;
+    let accum: usize = arg(&args, "--accum", "1").parse()?;
+    let loss_tile: usize = arg(&args, "--loss-tile", "0").parse()?;
+    let u8_levels = args.iter().any(|a| a == "--u8");
+    let budget_gib: f64 = arg(&args, "--budget-gib", "0").parse()?;
+    let steps: usize = arg(&args, "--steps", "2").parse()?;
+    let threads: i32 = arg(&args, "--threads", "2").parse()?;
+    tch::set_num_threads(threads);
+    tch::manual_seed(0);
+    // libtorch up (a small op), then the budget, then everything the step needs.
+    let _ = Tensor::ones([8, 8], (Kind::Float, Device::Cpu)).matmul(&Tensor::ones([8, 8], (Kind::Float, Device::Cpu)));
+    if budget_gib > 0.0 {
+        cap_address_space((budget_gib * (1u64 << 30) as f64) as u64)?;
+    }
+    let rss_before = status_bytes("VmRSS")?;
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let global = micro * accum as i64;
+    let started = Instant::now();
+    let mut step_seconds = Vec::new();
+    // An allocation past the budget makes libtorch throw, which tch turns into a panic.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<f64, TrainError> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Clip::new(&vs.root(), &cfg);
+        let optimizer = AdamW::new(vs.variables(), &OptimConfig::default());
+        let settings = StepSettings {
+            loss: LossKind::Clip,
+            loss_tile,
+            precision: Precision::Fp32,
+            accum_steps: accum,
+        };
+        let mut step = TrainStep::new(&model, optimizer, settings, &Solo, Device::Cpu);
+        let mut batches = RandomBatches {
+            rows: micro,
+            image_size: cfg.vision.image_size,
+            context: cfg.text.context_length,
+            u8_levels,
+        };
+        let mut loss = f64::NAN;
+        for _ in 0..steps {
+            let t = Instant::now();
+            loss = step.run(&mut batches, 1e-4)?.loss;
+            step_seconds.push(t.elapsed().as_secs_f64());
+        }
+        Ok(loss)
+    }));
+    let peak = status_bytes("VmHWM")?.saturating_sub(rss_before);
+    let (loss, over_budget) = match outcome {
+        Ok(Ok(loss)) => (Some(loss), false),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => (None, true),
+    };
+    // Steps after the first (which allocates everything once); the first if there is one only.
+    let timed: Vec<f64> = step_seconds
+        .iter()
+        .skip(1.min(step_seconds.len().saturating_sub(1)))
+        .copied()
+        .collect();
+    let seconds = if over_budget || timed.is_empty() {
+        None
+    } else {
+        Some(timed.iter().sum::<f64>() / timed.len() as f64)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "ferroclip",
+            "model": arg(&args, "--model", "tiny"),
+            "embed_dim": cfg.embed_dim,
+            "global_batch": global,
+            "micro_batch": micro,
+            "accum": accum,
+            "loss_tile": loss_tile,
+            "u8_images": u8_levels,
+            "threads": threads,
+            "budget_gib": budget_gib,
+            "over_budget": over_budget,
+            "peak_delta_bytes": peak,
+            "steps_run": step_seconds.len(),
+            "step_seconds": seconds,
+            "samples_per_s": seconds.map(|s| global as f64 / s),
+            "wall_seconds": started.elapsed().as_secs_f64(),
+            "loss": loss,
+        })
+    );
+    Ok(())
+}
