@@ -289,3 +289,39 @@ fn independent_micro_batch_losses_are_not_one_big_batch() {
         );
     }
 }
+
+#[test]
+fn cached_micro_batches_under_bf16_autocast_match_one_bf16_batch() {
+    // bf16 autocast in both passes (features cast back to fp32): the cached step's loss and
+    // update match one plain bf16 step over the same rows, to bf16's precision.
+    tch::set_num_threads(1);
+    let cfg = model_config(LossKind::Clip);
+    let data = Data::new(&cfg);
+    let run_one = |accum: usize| {
+        let (vs, model) = new_model(&cfg, SEED);
+        let rows = GLOBAL / accum as i64;
+        let mut settings = train_config(LossKind::Clip, 0, accum, rows).step_settings();
+        settings.precision = trainer::precision::Precision::Bf16;
+        let mut step = TrainStep::new(
+            &model,
+            AdamW::new(vs.variables(), &optim()),
+            settings,
+            &trainer::dist::Solo,
+            Device::Cpu,
+        );
+        let mut batches = rank_slices(&data, 0, rows, accum);
+        let loss = step.run(&mut batches, LR).expect("step").loss;
+        (loss, snapshot(&vs))
+    };
+    let (cached_loss, cached) = run_one(ACCUM * WORLD);
+    let (plain_loss, plain) = run_one(1);
+    assert!(
+        (cached_loss - plain_loss).abs() < 1e-2 * plain_loss.abs(),
+        "bf16: cached loss {cached_loss} vs plain {plain_loss}"
+    );
+    let (diff, name) = max_diff(&plain, &cached);
+    assert!(diff < 1e-3, "bf16: parameters differ by {diff} in {name}");
+    // The step did move the parameters (lr 5e-4, so by about lr per element).
+    let (start_vs, _) = new_model(&cfg, SEED);
+    assert!(max_diff(&snapshot(&start_vs), &cached).0 > 1e-4);
+}
