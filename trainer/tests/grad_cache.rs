@@ -325,3 +325,33 @@ fn cached_micro_batches_under_bf16_autocast_match_one_bf16_batch() {
     let (start_vs, _) = new_model(&cfg, SEED);
     assert!(max_diff(&snapshot(&start_vs), &cached).0 > 1e-4);
 }
+
+#[test]
+fn activation_checkpointing_in_the_train_step_changes_no_number() {
+    // The train loop's own step, gradient-cached, with both towers recomputing their blocks:
+    // the parameters after 5 steps are those of the plain step.
+    tch::set_num_threads(1);
+    let data = Data::new(&model_config(LossKind::Clip));
+    let run_with = |checkpointing: bool| {
+        let mut cfg = model_config(LossKind::Clip);
+        cfg.grad_checkpointing = checkpointing;
+        let (vs, model) = new_model(&cfg, SEED);
+        let settings = train_config(LossKind::Clip, 0, ACCUM, MICRO).step_settings();
+        let mut step = TrainStep::new(
+            &model,
+            AdamW::new(vs.variables(), &optim()),
+            settings,
+            &trainer::dist::Solo,
+            Device::Cpu,
+        );
+        let mut batches = rank_slices(&data, 0, MICRO, ACCUM);
+        for _ in 0..STEPS {
+            assert!(step.run(&mut batches, LR).expect("step").stepped);
+        }
+        snapshot(&vs)
+    };
+    let (plain, checkpointed) = (run_with(false), run_with(true));
+    let (diff, name) = max_diff(&plain, &checkpointed);
+    println!("activation checkpointing: max parameter difference after {STEPS} steps {diff:.3e} ({name})");
+    assert!(diff <= 1e-6, "activation checkpointing changed {name} by {diff}");
+}

@@ -640,7 +640,9 @@ pub fn config_compatibility(saved: &toml::Table, current: &toml::Table) -> Resul
         }
         let show = |v: Option<&toml::Value>| v.map_or_else(|| "(absent)".to_string(), ToString::to_string);
         let change = format!("{key}: {} -> {}", show(a), show(b));
-        if key == "model" || key.starts_with("model.") {
+        // Activation checkpointing is under `model` but changes no weight: a warning.
+        let architecture = (key == "model" || key.starts_with("model.")) && !key.ends_with(".grad_checkpointing");
+        if architecture {
             model_changes.push(change);
         } else {
             warnings.push(change);

@@ -5,8 +5,26 @@ use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
+use super::recompute::{backward_recomputing, forward_keeping_inputs, TowerTape};
 use super::text::TextTransformer;
 use super::vision::VisionTransformer;
+
+/// A training forward pass the backward pass can go through: the features and scale, and for
+/// each tower that recomputes its blocks (`model.grad_checkpointing`), its tape and input.
+pub struct ForwardPass {
+    /// L2-normalised fp32 image features (B, E).
+    pub image_features: Tensor,
+    /// L2-normalised fp32 text features (B, E).
+    pub text_features: Tensor,
+    /// exp(logit_scale), 0-dim.
+    pub logit_scale: Tensor,
+    image: Option<(TowerTape, Tensor)>,
+    text: Option<(TowerTape, Tensor)>,
+}
+
+/// Backpropagates a surrogate into the parameters (adding their gradients to a step's) and
+/// returns the gradients of the given leaves, in order.
+pub type Backprop<'a> = dyn FnMut(&Tensor, &[&Tensor]) -> Vec<Tensor> + 'a;
 
 /// The largest logit scale open_clip allows: exp(logit_scale) <= 100.
 pub const MAX_LOGIT_SCALE: f64 = 4.605_170_185_988_092; // ln(100)
@@ -92,6 +110,60 @@ impl Clip {
         let image_features = l2_normalize(&to_fp32(self.encode_image(images, train)));
         let text_features = l2_normalize(&to_fp32(self.encode_text(tokens, train)));
         (image_features, text_features, self.logit_scale.exp())
+    }
+
+    /// [`Clip::forward`] for training, with activation checkpointing in the towers whose
+    /// config asks for it: their features are graph-connected to the head only, and
+    /// [`Clip::backward`] recomputes their blocks.
+    pub fn forward_for_backward(&self, images: &Tensor, tokens: &Tensor, train: bool) -> ForwardPass {
+        let (image_raw, image) = if self.config.vision_checkpointing() {
+            let (features, tape) = forward_keeping_inputs(&self.visual, images, train);
+            (features, Some((tape, images.shallow_clone())))
+        } else {
+            (self.encode_image(images, train), None)
+        };
+        let (text_raw, text) = if self.config.text_checkpointing() {
+            let (features, tape) = forward_keeping_inputs(&self.text, tokens, train);
+            (features, Some((tape, tokens.shallow_clone())))
+        } else {
+            (self.encode_text(tokens, train), None)
+        };
+        ForwardPass {
+            image_features: l2_normalize(&to_fp32(image_raw)),
+            text_features: l2_normalize(&to_fp32(text_raw)),
+            logit_scale: self.logit_scale.exp(),
+            image,
+            text,
+        }
+    }
+
+    /// Backpropagates `surrogate` (made from `pass`'s features, scale and bias) into every
+    /// parameter through `backprop`: one call for the whole graph, then, for a tower with a
+    /// tape, one per block from the last to the first and one for its stem, each
+    /// recomputing that part with a graph (model/recompute.rs). Run it under the precision
+    /// the forward pass ran under.
+    pub fn backward(&self, pass: ForwardPass, surrogate: &Tensor, train: bool, backprop: &mut Backprop) {
+        let tops: Vec<&Tensor> = [&pass.image, &pass.text]
+            .into_iter()
+            .flatten()
+            .map(|(tape, _)| &tape.top)
+            .collect();
+        let mut top_grads = backprop(surrogate, &tops).into_iter();
+        let mut through_blocks = |leaf_grad: Option<&Tensor>, surrogate: &Tensor| {
+            backprop(surrogate, leaf_grad.into_iter().collect::<Vec<_>>().as_slice()).pop()
+        };
+        if let Some((tape, images)) = pass.image {
+            let grad = top_grads.next().unwrap_or_else(|| tape.top.zeros_like());
+            backward_recomputing(&self.visual, &images, tape, grad, train, &mut |s, leaf| {
+                through_blocks(leaf, s)
+            });
+        }
+        if let Some((tape, tokens)) = pass.text {
+            let grad = top_grads.next().unwrap_or_else(|| tape.top.zeros_like());
+            backward_recomputing(&self.text, &tokens, tape, grad, train, &mut |s, leaf| {
+                through_blocks(leaf, s)
+            });
+        }
     }
 
     /// The learned log temperature (a 0-dim variable).

@@ -6,6 +6,7 @@ use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
+use super::recompute::Tower;
 use super::transformer::{layer_norm, BlockInit, Transformer};
 
 /// The text tower; variables `token_embedding.weight`, `positional_embedding`,
@@ -67,24 +68,42 @@ impl TextTransformer {
     }
 }
 
-impl ModuleT for TextTransformer {
-    /// (B, L) i64 token ids, L <= context_length -> (B, E) features, not
-    /// normalised. The features come from each row's largest id (CLIP's
-    /// end-of-text token is the largest id in its vocabulary).
-    fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
-        let (batch, len) = tokens.size2().expect("tokens must be (B, L)");
+impl Tower for TextTransformer {
+    /// (B, L) token ids -> (B, L, D): token and position embeddings.
+    fn stem(&self, tokens: &Tensor) -> Tensor {
+        let (_, len) = tokens.size2().expect("tokens must be (B, L)");
         assert!(
             len <= self.context_length,
             "text of {len} tokens is longer than the model's context_length {}",
             self.context_length
         );
-        let xs = tokens.apply(&self.token_embedding) + self.positional_embedding.narrow(0, 0, len); // (B, L, D)
-        let xs = self.transformer.forward_t(&xs, train); // (B, L, D)
+        tokens.apply(&self.token_embedding) + self.positional_embedding.narrow(0, 0, len)
+        // (B, L, D)
+    }
+
+    fn blocks(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// (B, L, D) -> (B, E): the end-of-text position (each row's largest id), `ln_final`,
+    /// projected.
+    fn head(&self, xs: &Tensor, tokens: &Tensor) -> Tensor {
+        let batch = tokens.size()[0];
         let eot = tokens.argmax(-1, false); // (B,)
         let rows = Tensor::arange(batch, (Kind::Int64, tokens.device()));
         // open_clip applies ln_final to every position before pooling; LayerNorm is
         // per position, so normalising only the pooled one gives the same numbers.
         let pooled = xs.index(&[Some(rows), Some(eot)]).apply(&self.ln_final); // (B, D)
         pooled.matmul(&self.text_projection) // (B, E)
+    }
+}
+
+impl ModuleT for TextTransformer {
+    /// (B, L) i64 token ids, L <= context_length -> (B, E) features, not
+    /// normalised. The features come from each row's largest id (CLIP's
+    /// end-of-text token is the largest id in its vocabulary).
+    fn forward_t(&self, tokens: &Tensor, train: bool) -> Tensor {
+        let xs = self.transformer.forward_t(&self.stem(tokens), train); // (B, L, D)
+        self.head(&xs, tokens)
     }
 }

@@ -232,6 +232,21 @@ impl Transformer {
             .collect();
         Transformer { resblocks }
     }
+
+    /// The blocks, first to last.
+    pub fn iter(&self) -> std::slice::Iter<'_, ResidualAttentionBlock> {
+        self.resblocks.iter()
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> usize {
+        self.resblocks.len()
+    }
+
+    /// Whether there are no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.resblocks.is_empty()
+    }
 }
 
 impl ModuleT for Transformer {

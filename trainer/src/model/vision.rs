@@ -6,6 +6,7 @@ use tch::nn::{self, Init, ModuleT};
 use tch::Tensor;
 
 use super::config::{ModelConfig, VisionConfig};
+use super::recompute::Tower;
 use super::transformer::{layer_norm, torch_default_uniform, BlockInit, Transformer};
 
 /// The image tower; its variables live under `visual.`.
@@ -81,9 +82,9 @@ impl VisionTransformer {
     }
 }
 
-impl ModuleT for VisionTransformer {
-    /// (B, 3, H, W) f32 images -> (B, E) features, not normalised.
-    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+impl Tower for VisionTransformer {
+    /// (B, 3, H, W) f32 images -> (B, G*G+1, D): patches, class token, positions, `ln_pre`.
+    fn stem(&self, images: &Tensor) -> Tensor {
         let batch = images.size()[0];
         let patches = images.conv2d(
             &self.conv1,
@@ -100,11 +101,26 @@ impl ModuleT for VisionTransformer {
             .view([1, 1, width])
             .expand([batch, 1, width], false);
         let xs = Tensor::cat(&[class_token, tokens], 1) + &self.positional_embedding; // (B, G*G+1, D)
-        let xs = xs.apply(&self.ln_pre);
-        let xs = self.transformer.forward_t(&xs, train);
+        xs.apply(&self.ln_pre)
+    }
+
+    fn blocks(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// (B, G*G+1, D) -> (B, E): `ln_post` of the class token, projected.
+    fn head(&self, xs: &Tensor, _images: &Tensor) -> Tensor {
         // open_clip applies ln_post to every token and then takes the class token;
         // LayerNorm is per token, so normalising only the class token is the same.
         let pooled = xs.select(1, 0).apply(&self.ln_post); // (B, D)
         pooled.matmul(&self.proj) // (B, E)
+    }
+}
+
+impl ModuleT for VisionTransformer {
+    /// (B, 3, H, W) f32 images -> (B, E) features, not normalised.
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        let xs = self.transformer.forward_t(&self.stem(images), train);
+        self.head(&xs, images)
     }
 }

@@ -199,10 +199,22 @@ impl AdamW {
 
     /// Backpropagates `loss` to the parameters and returns their gradients.
     pub fn backward(&self, loss: &Tensor) -> Gradients {
-        let params: Vec<&Tensor> = self.params.iter().map(|p| &p.param).collect();
-        Gradients {
-            grads: Tensor::run_backward(&[loss], &params, false, false),
-        }
+        self.backward_with(loss, &[]).0
+    }
+
+    /// Backpropagates `loss` to the parameters and to `leaves` (detached tensors requiring
+    /// grad, e.g. a recomputed block's input): their gradients, each undefined where `loss`
+    /// does not depend on it.
+    pub fn backward_with(&self, loss: &Tensor, leaves: &[&Tensor]) -> (Gradients, Vec<Tensor>) {
+        let inputs: Vec<&Tensor> = self
+            .params
+            .iter()
+            .map(|p| &p.param)
+            .chain(leaves.iter().copied())
+            .collect();
+        let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let leaf_grads = grads.split_off(self.params.len());
+        (Gradients { grads }, leaf_grads)
     }
 
     /// Clips `grads` to `grad_clip_norm` (if on) given their global `norm`, then

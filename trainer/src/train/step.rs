@@ -21,8 +21,8 @@ use tch::{Device, Tensor};
 use super::ddp::GradSync;
 use crate::data::{BatchSource, TensorBatch};
 use crate::dist::Collective;
-use crate::loss::{LossGrads, LossKind};
-use crate::model::Clip;
+use crate::loss::{FeatureGrads, LossGrads, LossKind};
+use crate::model::{Clip, ForwardPass};
 use crate::optim::{AdamW, Gradients};
 use crate::precision::{with_precision, Precision};
 use crate::TrainError;
@@ -145,16 +145,13 @@ impl<'a> TrainStep<'a> {
         outcome: &mut StepOutcome,
     ) -> Result<Option<Gradients>, TrainError> {
         let batch = self.next_batch(batches, outcome)?;
-        let (image_features, text_features, scale) = self.encode(&batch);
-        let loss = self.global_loss(&image_features, &text_features, &scale)?;
+        let pass = self.encode_for_backward(&batch);
+        let loss = self.global_loss(&pass.image_features, &pass.text_features, &pass.logit_scale)?;
         outcome.loss = loss.global_loss;
         if !outcome.loss.is_finite() {
             return Ok(None);
         }
-        let surrogate = loss
-            .grads
-            .surrogate(&image_features, &text_features, &scale, self.model.logit_bias());
-        Ok(Some(self.optimizer.backward(&surrogate)))
+        Ok(Some(self.backpropagate(pass, &loss.grads)))
     }
 
     /// GradCache over `accum_steps` micro-batches (see the module doc). Every micro-batch is
@@ -190,10 +187,8 @@ impl<'a> TrainStep<'a> {
         let mut row = 0;
         for (index, batch) in micro_batches.into_iter().enumerate() {
             let rows = batch.size as i64;
-            let (image_features, text_features, scale) = self.encode(&batch);
-            let micro_grads = loss.grads.rows(row, rows, index == 0);
-            let surrogate = micro_grads.surrogate(&image_features, &text_features, &scale, self.model.logit_bias());
-            let micro = self.optimizer.backward(&surrogate);
+            let pass = self.encode_for_backward(&batch);
+            let micro = self.backpropagate(pass, &loss.grads.rows(row, rows, index == 0));
             match grads.as_mut() {
                 Some(sum) => sum.accumulate(&micro),
                 None => grads = Some(micro),
@@ -222,6 +217,43 @@ impl<'a> TrainStep<'a> {
         with_precision(self.precision, self.device, || {
             self.model.forward(&images, &tokens, true)
         })
+    }
+
+    /// [`TrainStep::encode`] for a backward pass, with activation checkpointing where the
+    /// model config asks for it.
+    fn encode_for_backward(&self, batch: &TensorBatch) -> ForwardPass {
+        let (images, tokens) = (
+            batch.images_normalized(self.device),
+            batch.tokens.to_device(self.device),
+        );
+        with_precision(self.precision, self.device, || {
+            self.model.forward_for_backward(&images, &tokens, true)
+        })
+    }
+
+    /// The parameter gradients of `grads` (the gradients of `pass`'s features, scale and
+    /// bias), through the encoders: one backward pass, or one per recomputed block.
+    fn backpropagate(&self, pass: ForwardPass, grads: &FeatureGrads) -> Gradients {
+        let surrogate = grads.surrogate(
+            &pass.image_features,
+            &pass.text_features,
+            &pass.logit_scale,
+            self.model.logit_bias(),
+        );
+        let mut sum = None::<Gradients>;
+        let optimizer = &self.optimizer;
+        // Recomputed blocks run forward again: under the precision of the first forward.
+        with_precision(self.precision, self.device, || {
+            self.model.backward(pass, &surrogate, true, &mut |surrogate, leaves| {
+                let (grads, leaf_grads) = optimizer.backward_with(surrogate, leaves);
+                match sum.as_mut() {
+                    Some(sum) => sum.accumulate(&grads),
+                    None => sum = Some(grads),
+                }
+                leaf_grads
+            })
+        });
+        sum.expect("the surrogate's backward pass ran")
     }
 
     /// The loss over the global batch and the gradients of this rank's features.

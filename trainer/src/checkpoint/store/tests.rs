@@ -339,3 +339,23 @@ fn config_changes_under_model_are_errors() {
     }
     assert!(err.to_string().contains("model.vision.width"));
 }
+
+#[test]
+fn activation_checkpointing_may_change_on_resume() {
+    // It is under [model] but changes no weight: a warning, not an incompatible model.
+    let saved: toml::Table = "[model]\nembed_dim = 64\n[model.vision]\nwidth = 128\n"
+        .parse()
+        .expect("toml");
+    let current: toml::Table =
+        "[model]\nembed_dim = 64\ngrad_checkpointing = true\n[model.vision]\nwidth = 128\ngrad_checkpointing = false\n"
+            .parse()
+            .expect("toml");
+    let warnings = config_compatibility(&saved, &current).expect("compatible");
+    assert_eq!(
+        warnings,
+        [
+            "model.grad_checkpointing: (absent) -> true",
+            "model.vision.grad_checkpointing: (absent) -> false"
+        ]
+    );
+}
