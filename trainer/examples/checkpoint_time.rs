@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let found = checkpoints.latest_valid()?.ok_or("no checkpoint found after saving")?;
     let verify_s = start.elapsed().as_secs_f64();
-    let optim = found.load_into(&vs)?;
+    let optim = found.load_into(&vs, 0)?;
     opt.load_state_tensors(optim)?;
     let load_s = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);

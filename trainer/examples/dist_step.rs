@@ -23,8 +23,9 @@ use trainer::dist::{self, Collective, Dist, DistError};
 use trainer::loss::global_clip_loss;
 use trainer::model::Clip;
 use trainer::model::ModelConfig;
+use trainer::optim::GradSync;
 use trainer::optim::{AdamW, OptimConfig};
-use trainer::train::ddp::{broadcast_parameters, GradSync};
+use trainer::train::ddp::broadcast_parameters;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()

@@ -132,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             precision: Precision::Fp32,
             accum_steps: accum,
         };
-        let mut step = TrainStep::new(&model, optimizer, settings, &Solo, Device::Cpu);
+        let mut step = TrainStep::new(&model, optimizer.into(), settings, &Solo, Device::Cpu);
         let mut batches = RandomBatches {
             rows: micro,
             image_size: cfg.vision.image_size,

@@ -132,7 +132,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ..OptimConfig::default()
     };
     let mut opt = AdamW::new(vs.variables(), &optim_cfg);
-    let grad_sync = ddp::GradSync::default();
+    let grad_sync = trainer::optim::GradSync::default();
     if let Some(coll) = coll.as_deref() {
         ddp::broadcast_parameters(&vs, coll)?;
     }

@@ -17,8 +17,9 @@ use trainer::dist::{Collective, DistError};
 use trainer::loss::{
     clip_share_grads, global_clip_loss, global_siglip_loss, siglip_loss, siglip_share_grads, FeatureGrads,
 };
+use trainer::optim::GradSync;
 use trainer::optim::{AdamW, OptimConfig};
-use trainer::train::ddp::{broadcast_parameters, verify_parameters_equal, GradSync};
+use trainer::train::ddp::{broadcast_parameters, verify_parameters_equal};
 use trainer::{clip_loss, Clip, ModelConfig};
 
 const WORLD: usize = 2;

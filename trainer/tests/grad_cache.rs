@@ -16,9 +16,10 @@ use trainer::data::{BatchSource, TensorBatch};
 use trainer::dist::local::{LocalGroup, LocalMember};
 use trainer::dist::Collective;
 use trainer::loss::LossKind;
+use trainer::optim::GradSync;
 use trainer::optim::{AdamW, OptimConfig};
 use trainer::train::config::TrainConfig;
-use trainer::train::ddp::{broadcast_parameters, GradSync};
+use trainer::train::ddp::broadcast_parameters;
 use trainer::train::step::TrainStep;
 use trainer::{clip_loss, loss::siglip_loss, Clip, ModelConfig, TrainError};
 
@@ -193,7 +194,7 @@ fn train_rank(
     match accumulation {
         Accumulation::Cached { loss_tile } => {
             let train_cfg = train_config(loss, loss_tile, ACCUM, MICRO);
-            let mut step = TrainStep::new(&model, optimizer, train_cfg.step_settings(), coll, Device::Cpu);
+            let mut step = TrainStep::new(&model, optimizer.into(), train_cfg.step_settings(), coll, Device::Cpu);
             for _ in 0..STEPS {
                 let outcome = step.run(&mut batches, LR).expect("step");
                 assert!(outcome.stepped, "rank {} skipped a step", coll.rank());
@@ -304,7 +305,7 @@ fn cached_micro_batches_under_bf16_autocast_match_one_bf16_batch() {
         settings.precision = trainer::precision::Precision::Bf16;
         let mut step = TrainStep::new(
             &model,
-            AdamW::new(vs.variables(), &optim()),
+            AdamW::new(vs.variables(), &optim()).into(),
             settings,
             &trainer::dist::Solo,
             Device::Cpu,
@@ -339,7 +340,7 @@ fn activation_checkpointing_in_the_train_step_changes_no_number() {
         let settings = train_config(LossKind::Clip, 0, ACCUM, MICRO).step_settings();
         let mut step = TrainStep::new(
             &model,
-            AdamW::new(vs.variables(), &optim()),
+            AdamW::new(vs.variables(), &optim()).into(),
             settings,
             &trainer::dist::Solo,
             Device::Cpu,

@@ -3,17 +3,19 @@
 //! and how a run picks one up again. Storage, checksums and retention live in
 //! [`super::store`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use tracing::{info, warn};
 
 use super::store::{
-    config_compatibility, Checkpoint, CheckpointConfig, CheckpointState, Checkpoints, CONFIG_FILE, LATEST_FILE,
+    config_compatibility, optim_shard_file, write_optim, Checkpoint, CheckpointConfig, CheckpointState, Checkpoints,
+    FileDigest, CONFIG_FILE, LATEST_FILE,
 };
 use crate::data::TrainLoader;
 use crate::dist::{Collective, DistError};
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::TrainError;
 
 /// Where a run starts from.
@@ -79,8 +81,8 @@ pub struct Resumed {
 pub struct TrainState<'a> {
     /// The model's variables.
     pub vs: &'a VarStore,
-    /// The optimizer, for its moments and step count.
-    pub optimizer: &'a AdamW,
+    /// The optimizer, for its moments (or this rank's shard of them) and step count.
+    pub optimizer: &'a Optimizer,
     /// This rank's training loader.
     pub loader: &'a TrainLoader,
 }
@@ -125,44 +127,100 @@ impl<'a> Checkpointer<'a> {
     }
 
     /// Saves a checkpoint at `progress.step`: every rank sends its loader state to rank
-    /// 0, which writes weights, optimizer state and `state.json`. Collective: every rank
-    /// must call it at the same step. Returns the folder on rank 0.
+    /// 0, which writes weights, optimizer state and `state.json`; with a sharded optimizer
+    /// every rank first writes its own shard into the folder rank 0 began, and sends rank 0
+    /// its digest. Collective: every rank must call it at the same step. Returns the folder
+    /// on rank 0.
     pub fn save(&self, progress: Progress, state: &TrainState) -> Result<Option<PathBuf>, TrainError> {
         let coll = self.coll;
-        let mine = serde_json::to_vec(&state.loader.state()).map_err(|source| TrainError::TrainState {
-            what: "loader state".into(),
-            source,
-        })?;
-        let all = gather_bytes(&mine, coll, self.device)?;
-        let saved = if coll.rank() == 0 {
-            let loader = all
-                .iter()
-                .map(|bytes| serde_json::from_slice(bytes))
-                .collect::<Result<Vec<serde_json::Value>, _>>()
-                .map_err(|source| TrainError::TrainState {
-                    what: "loader state from a rank".into(),
+        let started = std::time::Instant::now();
+        let loaders = self.gather_loader_states(state)?;
+        let shards = match state.optimizer.is_sharded() {
+            true => Some(self.write_optimizer_shards(progress.step, state)?),
+            false => None,
+        };
+        let saved = match loaders {
+            Some(loader) => {
+                let counters = serde_json::to_value(progress).map_err(|source| TrainError::TrainState {
+                    what: "counters".into(),
                     source,
                 })?;
-            let counters = serde_json::to_value(progress).map_err(|source| TrainError::TrainState {
-                what: "counters".into(),
-                source,
-            })?;
-            let checkpoint_state = CheckpointState::new(progress.step, progress.samples_seen, loader, counters);
-            let started = std::time::Instant::now();
-            let dir = self.checkpoints.save(
-                state.vs,
-                &state.optimizer.state_tensors(),
-                self.config_toml,
-                checkpoint_state,
-            )?;
-            info!(checkpoint = %dir.display(), seconds = started.elapsed().as_secs_f64(), "saved checkpoint");
-            Some(dir)
-        } else {
-            None
+                let checkpoint_state = CheckpointState::new(progress.step, progress.samples_seen, loader, counters);
+                let dir = match shards {
+                    None => self.checkpoints.save(
+                        state.vs,
+                        &state.optimizer.state_tensors(),
+                        self.config_toml,
+                        checkpoint_state,
+                    )?,
+                    Some(files) => self.checkpoints.commit(
+                        &self.checkpoints.tmp_dir(progress.step),
+                        state.vs,
+                        self.config_toml,
+                        checkpoint_state,
+                        files,
+                    )?,
+                };
+                info!(checkpoint = %dir.display(), seconds = started.elapsed().as_secs_f64(), "saved checkpoint");
+                Some(dir)
+            }
+            None => None,
         };
         // Nobody runs ahead of a half-written checkpoint.
         coll.barrier()?;
         Ok(saved)
+    }
+
+    /// Every rank's loader position, in rank order, on rank 0 (`None` elsewhere).
+    fn gather_loader_states(&self, state: &TrainState) -> Result<Option<Vec<serde_json::Value>>, TrainError> {
+        let mine = serde_json::to_vec(&state.loader.state()).map_err(|source| TrainError::TrainState {
+            what: "loader state".into(),
+            source,
+        })?;
+        let all = gather_bytes(&mine, self.coll, self.device)?;
+        if self.coll.rank() != 0 {
+            return Ok(None);
+        }
+        let states = all
+            .iter()
+            .map(|bytes| serde_json::from_slice(bytes))
+            .collect::<Result<Vec<serde_json::Value>, _>>()
+            .map_err(|source| TrainError::TrainState {
+                what: "loader state from a rank".into(),
+                source,
+            })?;
+        Ok(Some(states))
+    }
+
+    /// Every rank writes its optimizer shard into the checkpoint folder rank 0 begins, synced;
+    /// rank 0 gets every shard's file name and digest (for `state.json`), the others an
+    /// empty map. Collective.
+    fn write_optimizer_shards(
+        &self,
+        step: u64,
+        state: &TrainState,
+    ) -> Result<BTreeMap<String, FileDigest>, TrainError> {
+        if self.coll.rank() == 0 {
+            self.checkpoints.begin(step)?;
+        }
+        self.coll.barrier()?; // the folder exists before anyone writes into it
+        let file = optim_shard_file(self.coll.rank());
+        let digest = write_optim(&self.checkpoints.tmp_dir(step), &file, &state.optimizer.state_tensors())?;
+        let mine = serde_json::to_vec(&(file, digest)).map_err(|source| TrainError::TrainState {
+            what: "optimizer shard digest".into(),
+            source,
+        })?;
+        let all = gather_bytes(&mine, self.coll, self.device)?;
+        if self.coll.rank() != 0 {
+            return Ok(BTreeMap::new());
+        }
+        all.iter()
+            .map(|bytes| serde_json::from_slice::<(String, FileDigest)>(bytes))
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map_err(|source| TrainError::TrainState {
+                what: "optimizer shard digest from a rank".into(),
+                source,
+            })
     }
 
     /// Where a restart continues from after this run stops early: the folder `saved` on
@@ -179,7 +237,7 @@ impl<'a> Checkpointer<'a> {
         &self,
         from: &ResumeFrom,
         vs: &VarStore,
-        optimizer: &mut AdamW,
+        optimizer: &mut Optimizer,
     ) -> Result<Option<Resumed>, TrainError> {
         let Some(checkpoint) = self.find(from)? else {
             if self.coll.rank() == 0 {
@@ -192,7 +250,7 @@ impl<'a> Checkpointer<'a> {
         };
         let rank = self.coll.rank();
         self.check_compatible(&checkpoint)?;
-        let optim = checkpoint.load_into(vs)?;
+        let optim = checkpoint.load_into(vs, rank)?;
         optimizer.load_state_tensors(optim)?;
         let progress: Progress =
             serde_json::from_value(checkpoint.state.counters.clone()).map_err(|source| TrainError::TrainState {

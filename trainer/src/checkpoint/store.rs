@@ -43,8 +43,6 @@ pub const STATE_FILE: &str = "state.json";
 pub const LATEST_FILE: &str = "latest";
 /// Suffix of folders and files being written; leftovers are removed.
 const TMP_SUFFIX: &str = ".tmp";
-/// Files every checkpoint must list in [`CheckpointState::files`].
-const REQUIRED_FILES: [&str; 3] = [MODEL_FILE, OPTIM_FILE, CONFIG_FILE];
 /// Top-level config keys that name or place a run rather than define it.
 const IGNORED_CONFIG_KEYS: [&str; 2] = ["name", "out_dir"];
 
@@ -126,6 +124,19 @@ pub struct CheckpointState {
     /// [`Checkpoints::save`].
     #[serde(default)]
     pub files: BTreeMap<String, FileDigest>,
+    /// The optimizer state is one file per rank ([`optim_shard_file`], `optim.shard`)
+    /// instead of [`OPTIM_FILE`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub optim_shards: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// The file of rank `rank`'s optimizer shard in a checkpoint folder.
+pub fn optim_shard_file(rank: usize) -> String {
+    format!("optim.rank{rank}.safetensors")
 }
 
 impl CheckpointState {
@@ -141,8 +152,25 @@ impl CheckpointState {
             loader,
             counters,
             files: BTreeMap::new(),
+            optim_shards: false,
         }
     }
+}
+
+/// Writes optimizer tensors as `dir/file_name` (safetensors, CPU, contiguous), synced, and
+/// returns the file's digest: the whole state from rank 0, or each rank's shard.
+pub fn write_optim(dir: &Path, file_name: &str, optim: &[(String, Tensor)]) -> Result<FileDigest, CheckpointError> {
+    let path = dir.join(file_name);
+    let on_cpu: Vec<(String, Tensor)> = optim
+        .iter()
+        .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
+    Tensor::write_safetensors(&on_cpu, &path).map_err(|e| CheckpointError::Tensors {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    sync_file(&path)?;
+    digest_file(&path).map_err(io_err(&path))
 }
 
 /// Lower-case hex SHA-256 of `bytes` (e.g. the resolved config text).
@@ -307,33 +335,54 @@ impl Checkpoints {
         vs: &VarStore,
         optim: &[(String, Tensor)],
         config_toml: &str,
-        mut state: CheckpointState,
+        state: CheckpointState,
     ) -> Result<PathBuf, CheckpointError> {
+        let tmp_dir = self.begin(state.step)?;
+        let optim_digest = write_optim(&tmp_dir, OPTIM_FILE, optim)?;
+        fault_abort_in_save(state.step);
+        self.commit(
+            &tmp_dir,
+            vs,
+            config_toml,
+            state,
+            [(OPTIM_FILE.to_string(), optim_digest)].into(),
+        )
+    }
+
+    /// The folder checkpoint `step` is written into before it is committed: `step_<n>.tmp`.
+    pub fn tmp_dir(&self, step: u64) -> PathBuf {
+        self.root.join(format!("{}{TMP_SUFFIX}", step_dir_name(step)))
+    }
+
+    /// Starts checkpoint `step`: a fresh, empty [`Checkpoints::tmp_dir`] (a leftover of a
+    /// crash is removed). Then the optimizer files go in ([`write_optim`], from every rank
+    /// when sharded), then [`Checkpoints::commit`].
+    pub fn begin(&self, step: u64) -> Result<PathBuf, CheckpointError> {
         fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        let name = step_dir_name(state.step);
-        let final_dir = self.root.join(&name);
-        let tmp_dir = self.root.join(format!("{name}{TMP_SUFFIX}"));
+        let tmp_dir = self.tmp_dir(step);
         if tmp_dir.exists() {
             fs::remove_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
         }
         fs::create_dir(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        Ok(tmp_dir)
+    }
 
+    /// Finishes the checkpoint begun in `tmp_dir`: writes the model and the config, then
+    /// `state.json` with the digests of those and of `optim_files` (the optimizer files
+    /// already written there), and commits the folder (rename), `latest` and the pruning.
+    pub fn commit(
+        &self,
+        tmp_dir: &Path,
+        vs: &VarStore,
+        config_toml: &str,
+        mut state: CheckpointState,
+        optim_files: BTreeMap<String, FileDigest>,
+    ) -> Result<PathBuf, CheckpointError> {
+        let name = step_dir_name(state.step);
+        let final_dir = self.root.join(&name);
         let model_path = tmp_dir.join(MODEL_FILE);
         save_safetensors(vs, &model_path)?;
         sync_file(&model_path)?;
-
-        let optim_path = tmp_dir.join(OPTIM_FILE);
-        let optim_cpu: Vec<(String, Tensor)> = optim
-            .iter()
-            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous()))
-            .collect();
-        Tensor::write_safetensors(&optim_cpu, &optim_path).map_err(|e| CheckpointError::Tensors {
-            path: optim_path.clone(),
-            message: e.to_string(),
-        })?;
-        sync_file(&optim_path)?;
-        fault_abort_in_save(state.step);
-
         let config_path = tmp_dir.join(CONFIG_FILE);
         write_synced(&config_path, config_toml.as_bytes())?;
 
@@ -341,8 +390,9 @@ impl Checkpoints {
         // content rather than for what we meant to write.
         state.format = FORMAT;
         state.config_hash = sha256_hex(config_toml.as_bytes());
-        state.files.clear();
-        for file in REQUIRED_FILES {
+        state.optim_shards = !optim_files.contains_key(OPTIM_FILE);
+        state.files = optim_files;
+        for file in [MODEL_FILE, CONFIG_FILE] {
             let path = tmp_dir.join(file);
             let digest = digest_file(&path).map_err(io_err(&path))?;
             state.files.insert(file.to_string(), digest);
@@ -353,7 +403,7 @@ impl Checkpoints {
             source: io::Error::other(e),
         })?;
         write_synced(&state_path, &json)?;
-        sync_dir(&tmp_dir)?;
+        sync_dir(tmp_dir)?;
 
         // rename() cannot replace a non-empty folder: move the old one aside first.
         // A crash in between leaves the older checkpoints, which is still valid.
@@ -365,7 +415,7 @@ impl Checkpoints {
             }
             fs::rename(&final_dir, &replaced).map_err(io_err(&final_dir))?;
         }
-        fs::rename(&tmp_dir, &final_dir).map_err(io_err(&final_dir))?;
+        fs::rename(tmp_dir, &final_dir).map_err(io_err(&final_dir))?;
         sync_dir(&self.root)?;
         if had_old {
             fs::remove_dir_all(&replaced).map_err(io_err(&replaced))?;
@@ -551,9 +601,14 @@ impl Checkpoint {
                 state.format
             )));
         }
-        let missing: Vec<&str> = REQUIRED_FILES
+        let optim_files: Vec<String> = match state.optim_shards {
+            true => (0..state.world_size).map(optim_shard_file).collect(),
+            false => vec![OPTIM_FILE.to_string()],
+        };
+        let missing: Vec<String> = [MODEL_FILE.to_string(), CONFIG_FILE.to_string()]
             .into_iter()
-            .filter(|f| !state.files.contains_key(*f))
+            .chain(optim_files)
+            .filter(|f| !state.files.contains_key(f))
             .collect();
         if !missing.is_empty() {
             return Err(corrupt(format!(
@@ -600,10 +655,13 @@ impl Checkpoint {
 
     /// Loads the model weights into `vs` (names and shapes checked both ways,
     /// see [`load_safetensors`]) and returns the optimizer tensors by name, on
-    /// the CPU.
-    pub fn load_into(&self, vs: &VarStore) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    /// the CPU: the whole state, or rank `rank`'s shard when the optimizer was sharded.
+    pub fn load_into(&self, vs: &VarStore, rank: usize) -> Result<Vec<(String, Tensor)>, CheckpointError> {
         load_safetensors(vs, self.dir.join(MODEL_FILE))?;
-        let optim_path = self.dir.join(OPTIM_FILE);
+        let optim_path = match self.state.optim_shards {
+            true => self.dir.join(optim_shard_file(rank)),
+            false => self.dir.join(OPTIM_FILE),
+        };
         Tensor::read_safetensors(&optim_path).map_err(|e| CheckpointError::Tensors {
             path: optim_path,
             message: e.to_string(),

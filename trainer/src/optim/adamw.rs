@@ -29,6 +29,10 @@ pub struct OptimConfig {
     /// tensor with ≥ 2 dims, embeddings included; ferroclip's default leaves
     /// embeddings undecayed, as they are lookups rather than linear maps.
     pub decay_embeddings: bool,
+    /// Shard the AdamW state over the workers (ZeRO stage 1): each holds 1/W of the
+    /// moments; gradients are reduce-scattered and parameters all-gathered. The same steps,
+    /// less optimizer memory per worker.
+    pub shard: bool,
 }
 
 impl Default for OptimConfig {
@@ -41,6 +45,7 @@ impl Default for OptimConfig {
             eps: 1e-6,
             grad_clip_norm: 1.0,
             decay_embeddings: false,
+            shard: false,
         }
     }
 }
@@ -112,6 +117,11 @@ pub struct Gradients {
 }
 
 impl Gradients {
+    /// Gradients made elsewhere, one per parameter in the optimizer's (name) order.
+    pub fn from_tensors(grads: Vec<Tensor>) -> Self {
+        Gradients { grads }
+    }
+
     /// Global L2 norm of all gradients (NaN/inf propagate).
     pub fn norm(&self) -> f64 {
         let norms: Vec<Tensor> = self.grads.iter().filter(|g| g.defined()).map(|g| g.norm()).collect();
@@ -160,8 +170,7 @@ impl AdamW {
     /// One state per named trainable tensor. Names are sorted so the order (and
     /// so any reduction over parameters) is the same on every run.
     pub fn new(named: impl IntoIterator<Item = (String, Tensor)>, cfg: &OptimConfig) -> Self {
-        let mut named: Vec<_> = named.into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let named = trainable_sorted(named);
         let largest = named.iter().map(|(_, t)| t.numel()).max().unwrap_or(0);
         let device = named.first().map_or(tch::Device::Cpu, |(_, t)| t.device());
         let params = named
@@ -206,55 +215,26 @@ impl AdamW {
     /// grad, e.g. a recomputed block's input): their gradients, each undefined where `loss`
     /// does not depend on it.
     pub fn backward_with(&self, loss: &Tensor, leaves: &[&Tensor]) -> (Gradients, Vec<Tensor>) {
-        let inputs: Vec<&Tensor> = self
-            .params
-            .iter()
-            .map(|p| &p.param)
-            .chain(leaves.iter().copied())
-            .collect();
-        let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
-        let leaf_grads = grads.split_off(self.params.len());
-        (Gradients { grads }, leaf_grads)
+        backward_to(loss, self.params.iter().map(|p| &p.param), leaves)
     }
 
     /// Clips `grads` to `grad_clip_norm` (if on) given their global `norm`, then
     /// applies one AdamW update at learning rate `lr`.
     pub fn step(&mut self, grads: &mut Gradients, norm: f64, lr: f64) {
+        self.step += 1;
+        let update = Update::new(&self.cfg, self.step, norm, lr);
         tch::no_grad(|| {
-            let max = self.cfg.grad_clip_norm;
-            let clip = if max > 0.0 && norm.is_finite() && norm > max {
-                max / (norm + 1e-6)
-            } else {
-                1.0
-            };
-            self.step += 1;
-            let t = self.step as i32;
-            let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-            let bc1 = 1.0 - b1.powi(t);
-            let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
-            let step_size = lr / bc1;
             for (p, g) in self.params.iter_mut().zip(grads.grads.iter_mut()) {
-                if !g.defined() {
-                    continue;
+                if g.defined() {
+                    update.apply(
+                        &mut p.param,
+                        g,
+                        &mut p.exp_avg,
+                        &mut p.exp_avg_sq,
+                        &self.scratch,
+                        p.decay,
+                    );
                 }
-                if clip != 1.0 {
-                    // Out of place: autograd may hand back expanded (broadcast) views.
-                    *g = &*g * clip;
-                }
-                if p.decay && self.cfg.weight_decay > 0.0 {
-                    let _ = p.param.g_mul_scalar_(1.0 - lr * self.cfg.weight_decay);
-                }
-                let mut tmp = self.scratch.narrow(0, 0, g.numel() as i64).view(g.size().as_slice());
-                let _ = p.exp_avg.lerp_(g, 1.0 - b1);
-                let _ = g.square_out(&tmp);
-                let _ = p.exp_avg_sq.lerp_(&tmp, 1.0 - b2);
-                // tmp = -(sqrt(v)/bc2_sqrt + eps)/step_size, so addcdiv_ subtracts step_size·m/denom.
-                let _ = p.exp_avg_sq.sqrt_out(&tmp);
-                let _ = tmp
-                    .g_div_scalar_(bc2_sqrt)
-                    .g_add_scalar_(self.cfg.eps)
-                    .g_mul_scalar_(-1.0 / step_size);
-                let _ = p.param.addcdiv_(&p.exp_avg, &tmp);
             }
         });
     }
@@ -278,71 +258,179 @@ impl AdamW {
     /// the offending tensors. Tensors may come from another device (e.g. a CPU
     /// checkpoint into CUDA state): they are copied into the existing storage.
     pub fn load_state_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<(), OptimStateMismatch> {
-        let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
-        let mut problems = Vec::new();
-        for (name, tensor) in named {
-            if by_name.contains_key(&name) {
-                problems.push(format!("{name}: given twice"));
-            }
-            by_name.insert(name, tensor);
-        }
-        let step = match by_name.remove(STEP_STATE_KEY) {
-            None => {
-                problems.push(format!("{STEP_STATE_KEY}: missing"));
-                None
-            }
-            Some(t) if t.numel() != 1 || t.kind() != Kind::Int64 => {
-                problems.push(format!(
-                    "{STEP_STATE_KEY}: expected one int64, got {:?} {:?}",
-                    t.kind(),
-                    t.size()
-                ));
-                None
-            }
-            Some(t) => {
-                // Scalar or [1]: flatten so indexing works for both.
-                let value = t.flatten(0, -1).int64_value(&[0]);
-                match u64::try_from(value) {
-                    Ok(step) => Some(step),
-                    Err(_) => {
-                        problems.push(format!("{STEP_STATE_KEY}: negative ({value})"));
-                        None
-                    }
-                }
-            }
-        };
-        let mut copies = Vec::with_capacity(self.params.len() * 2);
-        for p in &self.params {
-            for (suffix, dst) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
-                let name = format!("{}.{suffix}", p.name);
-                match by_name.remove(&name) {
-                    None => problems.push(format!("{name}: missing")),
-                    Some(src) if src.size() != dst.size() => {
-                        problems.push(format!("{name}: shape {:?}, expected {:?}", src.size(), dst.size()))
-                    }
-                    Some(src) if src.kind() != dst.kind() => {
-                        problems.push(format!("{name}: dtype {:?}, expected {:?}", src.kind(), dst.kind()))
-                    }
-                    Some(src) => copies.push((dst.shallow_clone(), src)),
-                }
-            }
-        }
-        problems.extend(
-            by_name
-                .keys()
-                .map(|name| format!("{name}: not a state of this optimizer")),
-        );
-        let Some(step) = step.filter(|_| problems.is_empty()) else {
-            return Err(OptimStateMismatch { problems });
-        };
-        tch::no_grad(|| {
-            for (mut dst, src) in copies {
-                dst.copy_(&src);
-            }
-        });
-        self.step = step;
+        let destinations = self
+            .params
+            .iter()
+            .flat_map(|p| {
+                [
+                    (format!("{}.exp_avg", p.name), p.exp_avg.shallow_clone()),
+                    (format!("{}.exp_avg_sq", p.name), p.exp_avg_sq.shallow_clone()),
+                ]
+            })
+            .collect();
+        self.step = restore_state(named, destinations)?;
         Ok(())
     }
+}
+
+/// The trainable tensors of `named`, sorted by name: the optimizers' parameter order, the
+/// same on every run and every rank.
+pub(super) fn trainable_sorted(named: impl IntoIterator<Item = (String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut named: Vec<_> = named.into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
+/// Backpropagates `loss` to `params` and `leaves`: the parameters' [`Gradients`] and the
+/// leaves' gradients, each undefined where `loss` does not depend on it.
+pub(super) fn backward_to<'a>(
+    loss: &Tensor,
+    params: impl Iterator<Item = &'a Tensor>,
+    leaves: &[&'a Tensor],
+) -> (Gradients, Vec<Tensor>) {
+    let inputs: Vec<&Tensor> = params.chain(leaves.iter().copied()).collect();
+    let mut grads = Tensor::run_backward(&[loss], &inputs, false, false);
+    let leaf_grads = grads.split_off(inputs.len() - leaves.len());
+    (Gradients { grads }, leaf_grads)
+}
+
+/// One AdamW step's coefficients: clipping, learning rate, decay and bias corrections.
+pub(super) struct Update {
+    clip: f64,
+    lr: f64,
+    weight_decay: f64,
+    beta1: f64,
+    beta2: f64,
+    bias_correction2_sqrt: f64,
+    step_size: f64,
+    eps: f64,
+}
+
+impl Update {
+    /// Step number `step` (1-based) at learning rate `lr`, the gradient's global `norm`
+    /// clipped to `cfg.grad_clip_norm` (if on).
+    pub(super) fn new(cfg: &OptimConfig, step: u64, norm: f64, lr: f64) -> Self {
+        let max = cfg.grad_clip_norm;
+        let clip = if max > 0.0 && norm.is_finite() && norm > max {
+            max / (norm + 1e-6)
+        } else {
+            1.0
+        };
+        let t = step as i32;
+        Update {
+            clip,
+            lr,
+            weight_decay: cfg.weight_decay,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            bias_correction2_sqrt: (1.0 - cfg.beta2.powi(t)).sqrt(),
+            step_size: lr / (1.0 - cfg.beta1.powi(t)),
+            eps: cfg.eps,
+        }
+    }
+
+    /// Updates `param` (and its moments) from its gradient `grad`, in place; `scratch` holds
+    /// at least `grad.numel()` values. Element by element, so a slice of a parameter with
+    /// the slices of its gradient and moments updates exactly as the whole would.
+    pub(super) fn apply(
+        &self,
+        param: &mut Tensor,
+        grad: &mut Tensor,
+        exp_avg: &mut Tensor,
+        exp_avg_sq: &mut Tensor,
+        scratch: &Tensor,
+        decay: bool,
+    ) {
+        if self.clip != 1.0 {
+            // Out of place: autograd may hand back expanded (broadcast) views.
+            *grad = &*grad * self.clip;
+        }
+        if decay && self.weight_decay > 0.0 {
+            let _ = param.g_mul_scalar_(1.0 - self.lr * self.weight_decay);
+        }
+        let mut tmp = scratch.narrow(0, 0, grad.numel() as i64).view(grad.size().as_slice());
+        let _ = exp_avg.lerp_(grad, 1.0 - self.beta1);
+        let _ = grad.square_out(&tmp);
+        let _ = exp_avg_sq.lerp_(&tmp, 1.0 - self.beta2);
+        // tmp = -(sqrt(v)/bc2_sqrt + eps)/step_size, so addcdiv_ subtracts step_size·m/denom.
+        let _ = exp_avg_sq.sqrt_out(&tmp);
+        let _ = tmp
+            .g_div_scalar_(self.bias_correction2_sqrt)
+            .g_add_scalar_(self.eps)
+            .g_mul_scalar_(-1.0 / self.step_size);
+        let _ = param.addcdiv_(exp_avg, &tmp);
+    }
+}
+
+/// Restores optimizer state: every name of `destinations` must be in `named` once with its
+/// destination's shape and dtype, plus the step count under [`STEP_STATE_KEY`], and nothing
+/// else; otherwise nothing is changed and the error names each offending tensor. Tensors may
+/// come from another device: they are copied into the destinations' storage. Returns the
+/// step count.
+pub(super) fn restore_state(
+    named: Vec<(String, Tensor)>,
+    destinations: Vec<(String, Tensor)>,
+) -> Result<u64, OptimStateMismatch> {
+    let mut by_name: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (name, tensor) in named {
+        if by_name.contains_key(&name) {
+            problems.push(format!("{name}: given twice"));
+        }
+        by_name.insert(name, tensor);
+    }
+    let step = match by_name.remove(STEP_STATE_KEY) {
+        None => {
+            problems.push(format!("{STEP_STATE_KEY}: missing"));
+            None
+        }
+        Some(t) if t.numel() != 1 || t.kind() != Kind::Int64 => {
+            problems.push(format!(
+                "{STEP_STATE_KEY}: expected one int64, got {:?} {:?}",
+                t.kind(),
+                t.size()
+            ));
+            None
+        }
+        Some(t) => {
+            // Scalar or [1]: flatten so indexing works for both.
+            let value = t.flatten(0, -1).int64_value(&[0]);
+            match u64::try_from(value) {
+                Ok(step) => Some(step),
+                Err(_) => {
+                    problems.push(format!("{STEP_STATE_KEY}: negative ({value})"));
+                    None
+                }
+            }
+        }
+    };
+    let mut copies = Vec::with_capacity(destinations.len());
+    for (name, dst) in destinations {
+        match by_name.remove(&name) {
+            None => problems.push(format!("{name}: missing")),
+            Some(src) if src.size() != dst.size() => {
+                problems.push(format!("{name}: shape {:?}, expected {:?}", src.size(), dst.size()))
+            }
+            Some(src) if src.kind() != dst.kind() => {
+                problems.push(format!("{name}: dtype {:?}, expected {:?}", src.kind(), dst.kind()))
+            }
+            Some(src) => copies.push((dst, src)),
+        }
+    }
+    problems.extend(
+        by_name
+            .keys()
+            .map(|name| format!("{name}: not a state of this optimizer")),
+    );
+    let Some(step) = step.filter(|_| problems.is_empty()) else {
+        return Err(OptimStateMismatch { problems });
+    };
+    tch::no_grad(|| {
+        for (mut dst, src) in copies {
+            dst.copy_(&src);
+        }
+    });
+    Ok(step)
 }
 
 /// Name of the step count among [`AdamW::state_tensors`]; every other name ends

@@ -26,7 +26,7 @@ use crate::checkpoint::{Checkpointer, Progress, ResumeFrom, TrainState};
 use crate::data::TrainLoader;
 use crate::dist::{self, Dist};
 use crate::model::Clip;
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::TrainError;
 use config::TrainConfig;
 use heartbeat::Heartbeat;
@@ -72,7 +72,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let device = dist.device();
     let vs = nn::VarStore::new(device);
     let model = Clip::new(&vs.root(), &model_cfg);
-    let optimizer = AdamW::new(vs.variables(), &cfg.optim);
+    let optimizer = Optimizer::new(vs.variables(), &cfg.optim, dist.rank, dist.world_size);
     let mut step = TrainStep::new(&model, optimizer, cfg.step_settings(), coll, device);
     let checkpointer = Checkpointer::new(&run_dir, &cfg.checkpoint, &config_toml, coll, device);
     let resumed = setup::start_from(cfg, opts, &checkpointer, &vs, step.optimizer_mut(), &dist, coll)?;

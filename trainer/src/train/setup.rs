@@ -12,7 +12,7 @@ use super::RunOptions;
 use crate::checkpoint::{Checkpointer, Resumed};
 use crate::dist::{Collective, Dist};
 use crate::model::{open_clip, weights};
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use crate::TrainError;
 
 /// The config as it runs (the model written out in full), as TOML: what `config.toml`
@@ -49,7 +49,7 @@ pub fn start_from(
     opts: &RunOptions,
     checkpointer: &Checkpointer,
     vs: &VarStore,
-    optimizer: &mut AdamW,
+    optimizer: &mut Optimizer,
     dist: &Dist,
     coll: &dyn Collective,
 ) -> Result<Option<Resumed>, TrainError> {

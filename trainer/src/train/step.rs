@@ -18,12 +18,11 @@ use std::time::Instant;
 
 use tch::{Device, Tensor};
 
-use super::ddp::GradSync;
 use crate::data::{BatchSource, TensorBatch};
 use crate::dist::Collective;
 use crate::loss::{FeatureGrads, LossGrads, LossKind};
 use crate::model::{Clip, ForwardPass};
-use crate::optim::{AdamW, Gradients};
+use crate::optim::{Gradients, Optimizer};
 use crate::precision::{with_precision, Precision};
 use crate::TrainError;
 
@@ -61,8 +60,7 @@ pub struct StepSettings {
 /// accumulation the config chose.
 pub struct TrainStep<'a> {
     model: &'a Clip,
-    optimizer: AdamW,
-    grad_sync: GradSync,
+    optimizer: Optimizer,
     loss: LossKind,
     /// `loss_tile`: logits `tile × tile` at a time around a ring of ranks (0: untiled).
     loss_tile: usize,
@@ -77,7 +75,7 @@ impl<'a> TrainStep<'a> {
     /// Steps `model` with `optimizer` (which owns the model's variables) as `settings` say.
     pub fn new(
         model: &'a Clip,
-        optimizer: AdamW,
+        optimizer: Optimizer,
         settings: StepSettings,
         coll: &'a dyn Collective,
         device: Device,
@@ -85,7 +83,6 @@ impl<'a> TrainStep<'a> {
         Self {
             model,
             optimizer,
-            grad_sync: GradSync::default(),
             loss: settings.loss,
             loss_tile: settings.loss_tile,
             precision: settings.precision,
@@ -96,12 +93,12 @@ impl<'a> TrainStep<'a> {
     }
 
     /// The optimizer (for checkpoints).
-    pub fn optimizer(&self) -> &AdamW {
+    pub fn optimizer(&self) -> &Optimizer {
         &self.optimizer
     }
 
     /// The optimizer, to load a checkpoint's state into.
-    pub fn optimizer_mut(&mut self) -> &mut AdamW {
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer {
         &mut self.optimizer
     }
 
@@ -116,24 +113,21 @@ impl<'a> TrainStep<'a> {
             data_wait_s: 0.0,
             comm_s: 0.0,
         };
-        let mut grads = match self.accum_steps {
+        let grads = match self.accum_steps {
             1 => self.one_pass(batches, &mut outcome)?,
             _ => self.gradient_cached(batches, &mut outcome)?,
         };
-        if let Some(grads) = grads.as_mut() {
+        if let Some(grads) = grads {
             // Each rank's gradient is of its share of the one loss over the global batch:
             // their sum is the gradient of that loss.
-            outcome.comm_s = self.grad_sync.all_reduce(grads, 1.0, self.coll)?.seconds;
-            outcome.grad_norm = grads.norm();
-        }
-        match grads {
-            Some(mut grads) if outcome.grad_norm.is_finite() => {
-                self.optimizer.step(&mut grads, outcome.grad_norm, lr);
+            let update = self.optimizer.sync_and_step(grads, lr, self.coll)?;
+            (outcome.grad_norm, outcome.comm_s) = (update.grad_norm, update.comm_s);
+            if update.grad_norm.is_finite() {
                 self.model.clamp_logit_scale();
                 outcome.stepped = true;
             }
-            _ => {} // a skip, which the loop logs and counts
         }
+        // Otherwise a skip, which the loop logs and counts.
         Ok(outcome)
     }
 

@@ -120,7 +120,7 @@ fn save_and_load_round_trip_bitwise() {
     );
 
     let dst = tiny_vs(-3.0);
-    let optim = ck.load_into(&dst).expect("load");
+    let optim = ck.load_into(&dst, 0).expect("load");
     let (sv, dv) = (src.variables(), dst.variables());
     for name in ["w", "b"] {
         assert_eq!(bits(&sv[name]), bits(&dv[name]), "{name}");
@@ -167,7 +167,7 @@ fn saving_the_same_step_again_replaces_it() {
         .expect("again");
     let ck = store.latest_valid().expect("ok").expect("some");
     let dst = tiny_vs(0.0);
-    ck.load_into(&dst).expect("load");
+    ck.load_into(&dst, 0).expect("load");
     assert_eq!(bits(&dst.variables()["b"]), bits(&tiny_vs(2.0).variables()["b"]));
     assert_eq!(step_names(tmp.path()), ["step_00000005"]);
 }
@@ -293,7 +293,7 @@ fn model_mismatch_on_load_names_the_file() {
     let _b = other.root().zeros("b", &[3]);
     let err = Checkpoint::open(&dir)
         .expect("valid")
-        .load_into(&other)
+        .load_into(&other, 0)
         .expect_err("shape")
         .to_string();
     assert!(err.contains("model.safetensors") && err.contains("w:"), "{err}");

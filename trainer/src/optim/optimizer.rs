@@ -1,0 +1,124 @@
+//! The optimizer as the train step uses it: the gradient exchange between ranks and the
+//! AdamW update, with AdamW's state on every rank ([`Optimizer::Replicated`]: all-reduce,
+//! then the same step everywhere) or sharded over the ranks ([`Optimizer::Sharded`],
+//! `optim.shard = true`: reduce-scatter, each rank updates its shard, all-gather).
+
+use std::time::Instant;
+
+use tch::Tensor;
+
+use super::sync::GradSync;
+use super::{AdamW, Gradients, OptimConfig, OptimStateMismatch, ShardedAdamW};
+use crate::dist::{Collective, DistError};
+
+/// AdamW, replicated or sharded.
+pub enum Optimizer {
+    /// Every rank holds the whole state and takes the same step.
+    Replicated {
+        /// The optimizer.
+        adamw: AdamW,
+        /// The gradient all-reduce.
+        sync: GradSync,
+    },
+    /// Rank r holds 1/W of the state (ZeRO stage 1).
+    Sharded(ShardedAdamW),
+}
+
+impl From<AdamW> for Optimizer {
+    fn from(adamw: AdamW) -> Self {
+        Optimizer::Replicated {
+            adamw,
+            sync: GradSync::default(),
+        }
+    }
+}
+
+/// What one exchange-and-update did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateReport {
+    /// The global L2 norm of the summed gradient; not finite: nothing was updated.
+    pub grad_norm: f64,
+    /// Seconds spent exchanging gradients and parameters.
+    pub comm_s: f64,
+}
+
+impl Optimizer {
+    /// The optimizer `cfg` asks for (`optim.shard`), over the trainable tensors of `named`,
+    /// for rank `rank` of `world`.
+    pub fn new(
+        named: impl IntoIterator<Item = (String, Tensor)>,
+        cfg: &OptimConfig,
+        rank: usize,
+        world: usize,
+    ) -> Self {
+        match cfg.shard {
+            true => Optimizer::Sharded(ShardedAdamW::new(named, cfg, rank, world)),
+            false => AdamW::new(named, cfg).into(),
+        }
+    }
+
+    /// Whether the state is sharded over the ranks.
+    pub fn is_sharded(&self) -> bool {
+        matches!(self, Optimizer::Sharded(_))
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        match self {
+            Optimizer::Replicated { adamw, .. } => adamw.steps(),
+            Optimizer::Sharded(sharded) => sharded.steps(),
+        }
+    }
+
+    /// Backpropagates `loss` to the parameters and to `leaves` (see [`AdamW::backward_with`]).
+    pub fn backward_with(&self, loss: &Tensor, leaves: &[&Tensor]) -> (Gradients, Vec<Tensor>) {
+        match self {
+            Optimizer::Replicated { adamw, .. } => adamw.backward_with(loss, leaves),
+            Optimizer::Sharded(sharded) => sharded.backward_with(loss, leaves),
+        }
+    }
+
+    /// Sums every rank's `grads` and, when their global norm is finite, takes one AdamW step
+    /// at learning rate `lr` on every rank alike. Collective.
+    pub fn sync_and_step(
+        &mut self,
+        mut grads: Gradients,
+        lr: f64,
+        coll: &dyn Collective,
+    ) -> Result<UpdateReport, DistError> {
+        match self {
+            Optimizer::Replicated { adamw, sync } => {
+                let comm_s = sync.all_reduce(&mut grads, 1.0, coll)?.seconds;
+                let grad_norm = grads.norm();
+                if grad_norm.is_finite() {
+                    adamw.step(&mut grads, grad_norm, lr);
+                }
+                Ok(UpdateReport { grad_norm, comm_s })
+            }
+            Optimizer::Sharded(sharded) => {
+                let started = Instant::now();
+                let grad_norm = sharded.sync_and_step(&grads, lr, coll)?;
+                Ok(UpdateReport {
+                    grad_norm,
+                    comm_s: started.elapsed().as_secs_f64(),
+                })
+            }
+        }
+    }
+
+    /// This rank's optimizer state (the whole state, or its shard), by name.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Optimizer::Replicated { adamw, .. } => adamw.state_tensors(),
+            Optimizer::Sharded(sharded) => sharded.state_tensors(),
+        }
+    }
+
+    /// Restores what [`Optimizer::state_tensors`] wrote.
+    pub fn load_state_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<(), OptimStateMismatch> {
+        match self {
+            Optimizer::Replicated { adamw, .. } => adamw.load_state_tensors(named),
+            Optimizer::Sharded(sharded) => sharded.load_state_tensors(named),
+        }
+    }
+}
