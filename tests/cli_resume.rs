@@ -126,17 +126,26 @@ fn launch_args(run: &str) -> Vec<String> {
     .collect()
 }
 
-#[test]
-fn sigkill_at_a_random_step_then_restart_gives_identical_weights() {
+/// A 2-worker run whose rank 1 is SIGKILLed at a random step (not a checkpoint step) is
+/// restarted by `launch --max-restarts` from its newest checkpoint and ends with the weights
+/// and losses of an uninterrupted run; `settings` are extra `--set` overrides for both.
+fn sigkill_then_restart_is_identical(settings: &[&str]) {
     require_mpirun();
     let dir = setup(40);
-    let reference = run(ferroclip(dir.path()).args(launch_args("ref")));
+    let args = |run: &str| {
+        let mut args = launch_args(run);
+        for setting in settings {
+            args.extend(["--set".to_string(), setting.to_string()]);
+        }
+        args
+    };
+    let reference = run(ferroclip(dir.path()).args(args("ref")));
     assert!(reference.status.success(), "reference run failed: {}", text(&reference));
 
     let tag = format!("FERROCLIP_TEST_TAG=resume-{}", std::process::id());
     let _cleanup = KillTagged(tag.clone());
     let child = ferroclip(dir.path())
-        .args(launch_args("b"))
+        .args(args("b"))
         .env("FERROCLIP_TEST_TAG", format!("resume-{}", std::process::id()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -161,6 +170,13 @@ fn sigkill_at_a_random_step_then_restart_gives_identical_weights() {
         "run killed after step {killed_after} did not recover: {log}"
     );
     assert!(log.contains("restart 1/2"), "one restart expected: {log}");
+    // The restart continued from a checkpoint at or before the kill, not from step 0 (a
+    // deterministic rerun from the start would end with the same weights too).
+    let resumed_at = resumed_step(&log, "runs/b/checkpoints/step_");
+    assert!(
+        (1..=killed_after).contains(&resumed_at),
+        "resumed from step {resumed_at}, killed after step {killed_after}"
+    );
     assert_eq!(
         weights(dir.path(), "ref"),
         weights(dir.path(), "b"),
@@ -168,6 +184,31 @@ fn sigkill_at_a_random_step_then_restart_gives_identical_weights() {
     );
     // The metrics file reads as one run: each step once, same losses bit for bit.
     assert_eq!(losses(dir.path(), "ref"), losses(dir.path(), "b"));
+}
+
+/// The step of the `resumed from <prefix><8 digits>` line in `log`; panics without one.
+fn resumed_step(log: &str, prefix: &str) -> u64 {
+    let marker = format!("resumed from {prefix}");
+    let at = log
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no '{marker}…' line in:\n{log}"));
+    log[at + marker.len()..]
+        .chars()
+        .take(8)
+        .collect::<String>()
+        .parse()
+        .expect("an 8-digit step")
+}
+
+#[test]
+fn sigkill_at_a_random_step_then_restart_gives_identical_weights() {
+    sigkill_then_restart_is_identical(&[]);
+}
+
+#[test]
+fn a_sharded_optimizer_run_restarts_identically_after_sigkill() {
+    // Each rank writes and reloads its own optimizer shard.
+    sigkill_then_restart_is_identical(&["optim.shard=true"]);
 }
 
 /// A single-process run stopped by SIGTERM after step 5 saves a checkpoint, resumes from it
@@ -217,8 +258,7 @@ fn sigterm_then_resume_is_identical(settings: &[&str]) {
     let resumed = run(solo("b").args(["--resume", "latest"]));
     assert!(resumed.status.success(), "{}", text(&resumed));
     // The restart really continued from the checkpoint (a rerun from step 0 would match too).
-    let from = format!("resumed from runs/b/checkpoints/step_{stopped_at:08}");
-    assert!(text(&resumed).contains(&from), "want '{from}' in:\n{}", text(&resumed));
+    assert_eq!(resumed_step(&text(&resumed), "runs/b/checkpoints/step_"), stopped_at);
     assert_eq!(weights(dir.path(), "ref"), weights(dir.path(), "b"));
     assert_eq!(losses(dir.path(), "ref"), losses(dir.path(), "b"));
 }
@@ -249,8 +289,8 @@ fn a_kill_while_writing_a_checkpoint_falls_back_to_the_previous_one() {
     assert!(out.status.success(), "{log}");
     assert!(marker.exists(), "the fault never fired: {log}");
     assert!(log.contains("restart 1/2"), "{log}");
-    // The restart resumed from step 4, not from the half-written step 8.
-    assert!(log.contains("step_00000004"), "{log}");
+    // The restart resumed from step 4, not from the half-written step 8 (nor from step 0).
+    assert_eq!(resumed_step(&log, "runs/b/checkpoints/step_"), 4);
     assert_eq!(weights(dir.path(), "ref"), weights(dir.path(), "b"));
 }
 
