@@ -2,7 +2,7 @@
 //!
 //! A model config is a TOML table (`configs/models/<name>.toml`, or the `[model]`
 //! section of a run config), one of the built-in presets (`nano`, `tiny`,
-//! `vit-b-32`), or an open_clip `model_configs/*.json` file restricted to what
+//! `vit-b-32`, `vit-b-16`, `vit-l-14`, `vit-h-14`), or an open_clip `model_configs/*.json` file restricted to what
 //! this crate implements (a plain ViT image tower and a causal text transformer
 //! with argmax pooling, exact GELU, no biases on the projections).
 
@@ -16,6 +16,9 @@ const PRESETS: &[(&str, &str)] = &[
     ("nano", include_str!("../../../configs/models/nano.toml")),
     ("tiny", include_str!("../../../configs/models/tiny.toml")),
     ("vit-b-32", include_str!("../../../configs/models/vit-b-32.toml")),
+    ("vit-b-16", include_str!("../../../configs/models/vit-b-16.toml")),
+    ("vit-l-14", include_str!("../../../configs/models/vit-l-14.toml")),
+    ("vit-h-14", include_str!("../../../configs/models/vit-h-14.toml")),
 ];
 
 /// Errors from reading or checking a model config; each names the file or field.
@@ -310,7 +313,8 @@ impl ModelConfig {
         Self::from_toml_str(&text, &path.display().to_string())
     }
 
-    /// A built-in preset: `nano` (tests), `tiny` (demo), `vit-b-32` (open_clip's ViT-B-32).
+    /// A built-in preset: `nano` (tests), `tiny` (demo), and open_clip's `vit-b-32`,
+    /// `vit-b-16`, `vit-l-14`, `vit-h-14`.
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let (_, text) = PRESETS
             .iter()

@@ -38,9 +38,9 @@ fn presets_parse_and_validate() {
 
 #[test]
 fn unknown_preset_lists_known_ones() {
-    let err = ModelConfig::load("vit-h-14").expect_err("no such preset").to_string();
+    let err = ModelConfig::load("vit-bigG-14").expect_err("no such preset").to_string();
     assert!(
-        err.contains("vit-h-14") && err.contains("nano, tiny, vit-b-32"),
+        err.contains("vit-bigG-14") && err.contains("nano, tiny, vit-b-32, vit-b-16, vit-l-14, vit-h-14"),
         "{err}"
     );
 }
@@ -173,6 +173,18 @@ fn num_params_match_open_clip() {
     );
     assert_eq!(ModelConfig::preset("tiny").expect("preset").num_params(), 7_981_057);
     assert_eq!(ModelConfig::preset("nano").expect("preset").num_params(), 3_382_017);
+    // open_clip 3.3.0's CLIP(**get_model_config(name)) counted on a meta device.
+    for (preset, params) in [
+        ("vit-b-16", 149_620_737),
+        ("vit-l-14", 427_616_513),
+        ("vit-h-14", 986_109_441),
+    ] {
+        assert_eq!(
+            ModelConfig::preset(preset).expect("preset").num_params(),
+            params,
+            "{preset}"
+        );
+    }
 }
 
 #[test]
