@@ -97,10 +97,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Ok(embed) = arg(&args, "--embed-dim", "").parse::<i64>() {
         cfg.embed_dim = embed;
     }
+    cfg.grad_checkpointing = args.iter().any(|a| a == "--grad-checkpointing");
     cfg.validate()?;
     if args.iter().any(|a| a == "--print-open-clip-config") {
         println!("{}", open_clip_model_cfg(&cfg));
         return Ok(());
+    }
+    if let Ok(world) = arg(&args, "--optimizer-memory", "").parse::<usize>() {
+        return optimizer_memory(&cfg, world);
     }
     let micro: i64 = arg(&args, "--micro", "256").parse()?;
     let accum: usize = arg(&args, "--accum", "1").parse()?;
@@ -121,6 +125,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let global = micro * accum as i64;
     let started = Instant::now();
     let mut step_seconds = Vec::new();
+    // Peak RSS over what the process held just before a step after the first: the step's
+    // own memory (activations, gradients), without the model and optimizer state.
+    let (mut rss_before_step, mut step_peak, mut run_hwm) = (0u64, 0u64, 0u64);
     // An allocation past the budget makes libtorch throw, which tch turns into a panic.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<f64, TrainError> {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -140,14 +147,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             u8_levels,
         };
         let mut loss = f64::NAN;
-        for _ in 0..steps {
+        for index in 0..steps {
+            if index > 0 {
+                // The steady state: model, optimizer and gradients' first allocation exist.
+                run_hwm = run_hwm.max(status_bytes("VmHWM").unwrap_or(0));
+                rss_before_step = status_bytes("VmRSS").unwrap_or(0);
+                let _ = std::fs::write("/proc/self/clear_refs", "5");
+            }
             let t = Instant::now();
             loss = step.run(&mut batches, 1e-4)?.loss;
             step_seconds.push(t.elapsed().as_secs_f64());
+            if index > 0 {
+                step_peak = step_peak.max(status_bytes("VmHWM").unwrap_or(0).saturating_sub(rss_before_step));
+            }
         }
         Ok(loss)
     }));
-    let peak = status_bytes("VmHWM")?.saturating_sub(rss_before);
+    // The HWM is reset before every step after the first: the run's peak is the largest
+    // of the HWMs read before each reset and the last one.
+    let peak = run_hwm.max(status_bytes("VmHWM")?).saturating_sub(rss_before);
     let (loss, over_budget) = match outcome {
         Ok(Ok(loss)) => (Some(loss), false),
         Ok(Err(e)) => return Err(e.into()),
@@ -179,11 +197,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "budget_gib": budget_gib,
             "over_budget": over_budget,
             "peak_delta_bytes": peak,
+            "grad_checkpointing": cfg.grad_checkpointing,
+            "step_peak_delta_bytes": (step_seconds.len() > 1).then_some(step_peak),
             "steps_run": step_seconds.len(),
             "step_seconds": seconds,
             "samples_per_s": seconds.map(|s| global as f64 / s),
             "wall_seconds": started.elapsed().as_secs_f64(),
             "loss": loss,
+        })
+    );
+    Ok(())
+}
+
+/// Optimizer state bytes per rank for `world` ranks: replicated AdamW, and rank 0's shard of
+/// the sharded one (`optim.shard`). One JSON line.
+fn optimizer_memory(cfg: &ModelConfig, world: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Clip::new(&vs.root(), cfg);
+    let params: usize = vs.variables().values().map(|t| t.numel()).sum();
+    let sharded = trainer::optim::ShardedAdamW::new(vs.variables(), &OptimConfig::default(), 0, world);
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "ferroclip",
+            "params": params,
+            "world_size": world,
+            "replicated_state_bytes": 2 * params * 4,
+            "sharded_state_bytes": sharded.state_bytes(),
         })
     );
     Ok(())
