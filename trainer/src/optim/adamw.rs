@@ -33,6 +33,21 @@ pub struct OptimConfig {
     /// moments; gradients are reduce-scattered and parameters all-gathered. The same steps,
     /// less optimizer memory per worker.
     pub shard: bool,
+    /// The dtype gradients are all-reduced in: `"fp32"` (default) or `"bf16"` (half the
+    /// bytes on the wire, bf16 sums; the weights and AdamW state stay fp32). bf16 needs a
+    /// backend that sums bf16 (NCCL; MPI refuses it) and the replicated optimizer.
+    pub grad_reduce: GradReduce,
+}
+
+/// The dtype of the gradient all-reduce (`optim.grad_reduce`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GradReduce {
+    /// The gradients' own dtype (fp32).
+    #[default]
+    Fp32,
+    /// bfloat16 on the wire.
+    Bf16,
 }
 
 impl Default for OptimConfig {
@@ -46,6 +61,7 @@ impl Default for OptimConfig {
             grad_clip_norm: 1.0,
             decay_embeddings: false,
             shard: false,
+            grad_reduce: GradReduce::Fp32,
         }
     }
 }
@@ -67,6 +83,14 @@ impl OptimConfig {
         }
         if !(self.eps > 0.0) {
             return bad("eps", format!("must be > 0, got {}", self.eps));
+        }
+        if self.shard && self.grad_reduce == GradReduce::Bf16 {
+            return bad(
+                "grad_reduce",
+                "\"bf16\" applies to the replicated optimizer's all-reduce; with optim.shard the gradients are \
+                 reduce-scattered in fp32"
+                    .into(),
+            );
         }
         if !(self.grad_clip_norm >= 0.0) {
             return bad(

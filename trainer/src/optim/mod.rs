@@ -9,7 +9,7 @@ pub mod schedule;
 pub mod sharded;
 pub mod sync;
 
-pub use adamw::{decays, AdamW, Gradients, OptimConfig, OptimStateMismatch};
+pub use adamw::{decays, AdamW, GradReduce, Gradients, OptimConfig, OptimStateMismatch};
 pub use optimizer::{Optimizer, UpdateReport};
 pub use schedule::ScheduleConfig;
 pub use sharded::ShardedAdamW;

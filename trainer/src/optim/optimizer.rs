@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tch::Tensor;
 
+use super::adamw::GradReduce;
 use super::sync::GradSync;
 use super::{AdamW, Gradients, OptimConfig, OptimStateMismatch, ShardedAdamW};
 use crate::dist::{Collective, DistError};
@@ -51,9 +52,13 @@ impl Optimizer {
         rank: usize,
         world: usize,
     ) -> Self {
-        match cfg.shard {
-            true => Optimizer::Sharded(ShardedAdamW::new(named, cfg, rank, world)),
-            false => AdamW::new(named, cfg).into(),
+        match (cfg.shard, cfg.grad_reduce) {
+            (true, _) => Optimizer::Sharded(ShardedAdamW::new(named, cfg, rank, world)),
+            (false, GradReduce::Fp32) => AdamW::new(named, cfg).into(),
+            (false, GradReduce::Bf16) => Optimizer::Replicated {
+                adamw: AdamW::new(named, cfg),
+                sync: GradSync::default().on_the_wire(tch::Kind::BFloat16),
+            },
         }
     }
 

@@ -20,6 +20,9 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct GradSync {
     bucket_bytes: usize,
+    /// The dtype gradients travel in (`optim.grad_reduce = "bf16"`: half the bytes on the
+    /// wire; summed in bf16, cast back to the gradients' dtype). `None`: their own dtype.
+    wire: Option<tch::Kind>,
 }
 
 /// What one synchronisation did (for logs and the scaling benchmark).
@@ -44,7 +47,16 @@ impl GradSync {
     pub fn new(bucket_bytes: usize) -> Self {
         GradSync {
             bucket_bytes: bucket_bytes.max(1),
+            wire: None,
         }
+    }
+
+    /// Gradients cross the wire as `kind` (bf16: half the bytes of f32, with bf16's 8-bit
+    /// mantissa in the sums); the master weights and the optimizer stay fp32. A backend
+    /// without that dtype refuses it at the first reduction (MPI has no bf16 sum; NCCL does).
+    pub fn on_the_wire(mut self, kind: tch::Kind) -> Self {
+        self.wire = Some(kind);
+        self
     }
 
     /// Replaces every gradient by `scale` × its sum over ranks. Every rank must
@@ -60,7 +72,7 @@ impl GradSync {
             for bucket in self.buckets(grads) {
                 stats.buckets += 1;
                 stats.bytes += bucket.iter().map(|&i| byte_size(&grads[i])).sum::<usize>();
-                reduce_bucket(grads, &bucket, scale, coll)?;
+                reduce_bucket(grads, &bucket, scale, self.wire, coll)?;
             }
         } else if scale != 1.0 {
             tch::no_grad(|| {
@@ -125,9 +137,15 @@ fn check_same_defined(grads: &[Tensor], coll: &dyn Collective) -> Result<(), Dis
     Ok(())
 }
 
-fn reduce_bucket(grads: &mut [Tensor], bucket: &[usize], scale: f64, coll: &dyn Collective) -> Result<(), DistError> {
+fn reduce_bucket(
+    grads: &mut [Tensor],
+    bucket: &[usize],
+    scale: f64,
+    wire: Option<tch::Kind>,
+    coll: &dyn Collective,
+) -> Result<(), DistError> {
     tch::no_grad(|| {
-        if let [only] = bucket {
+        if let ([only], None) = (bucket, wire) {
             let ptr = grads[*only].data_ptr();
             let aliased = grads
                 .iter()
@@ -147,7 +165,14 @@ fn reduce_bucket(grads: &mut [Tensor], bucket: &[usize], scale: f64, coll: &dyn 
         }
         let flats: Vec<Tensor> = bucket.iter().map(|&i| grads[i].reshape([-1])).collect();
         let mut flat = Tensor::cat(&flats, 0);
-        coll.all_reduce_sum_(&mut flat)?;
+        if let Some(kind) = wire {
+            let dtype = flat.kind();
+            let mut on_wire = flat.to_kind(kind);
+            coll.all_reduce_sum_(&mut on_wire)?;
+            flat = on_wire.to_kind(dtype);
+        } else {
+            coll.all_reduce_sum_(&mut flat)?;
+        }
         if scale != 1.0 {
             let _ = flat.g_mul_scalar_(scale);
         }
@@ -263,6 +288,34 @@ mod tests {
         });
         for defined in results {
             assert_eq!(defined, vec![true, true, false]);
+        }
+    }
+
+    #[test]
+    fn gradients_may_travel_as_bf16() {
+        // Values bf16 cannot hold exactly (1 + 2^-10): the bf16 sum rounds them, the fp32
+        // sum does not; both land within bf16's precision of each other.
+        let results = LocalGroup::run(2, |m| {
+            let exact = 1.0 + 2f64.powi(-10);
+            let make = || {
+                Gradients::from_tensors(vec![Tensor::full(
+                    [4],
+                    exact * (m.rank() + 1) as f64,
+                    (Kind::Float, Device::Cpu),
+                )])
+            };
+            let (mut fp32, mut bf16) = (make(), make());
+            GradSync::default().all_reduce(&mut fp32, 1.0, m).expect("fp32");
+            let sync = GradSync::default().on_the_wire(Kind::BFloat16);
+            sync.all_reduce(&mut bf16, 1.0, m).expect("bf16");
+            let value = |g: &Gradients| g.tensors()[0].double_value(&[0]);
+            (value(&fp32), value(&bf16), bf16.tensors()[0].kind())
+        });
+        for (fp32, bf16, kind) in results {
+            assert_eq!(kind, Kind::Float, "back in the gradients' dtype");
+            assert!((fp32 - 3.0 * (1.0 + 2f64.powi(-10))).abs() < 1e-6, "{fp32}");
+            assert_ne!(fp32, bf16, "the bf16 path must round");
+            assert!((fp32 - bf16).abs() <= 3.0 * 2f64.powi(-8), "{fp32} vs {bf16}");
         }
     }
 }

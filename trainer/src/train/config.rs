@@ -269,4 +269,20 @@ mod tests {
         assert_eq!(back, r);
         assert!(matches!(back.model, ModelSpec::Inline(_)));
     }
+
+    #[test]
+    fn a_bf16_gradient_reduce_needs_the_replicated_optimizer() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), MINIMAL);
+        let ok = TrainConfig::load(&p, &["optim.grad_reduce=bf16".into()]).unwrap();
+        assert_eq!(ok.optim.grad_reduce, crate::optim::GradReduce::Bf16);
+        let e = TrainConfig::load(&p, &["optim.grad_reduce=bf16".into(), "optim.shard=true".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optim.grad_reduce"), "{e}");
+        let e = TrainConfig::load(&p, &["optim.grad_reduce=fp8".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("grad_reduce") && e.contains("fp8"), "{e}");
+    }
 }

@@ -38,7 +38,9 @@ fn presets_parse_and_validate() {
 
 #[test]
 fn unknown_preset_lists_known_ones() {
-    let err = ModelConfig::load("vit-bigG-14").expect_err("no such preset").to_string();
+    let err = ModelConfig::load("vit-bigG-14")
+        .expect_err("no such preset")
+        .to_string();
     assert!(
         err.contains("vit-bigG-14") && err.contains("nano, tiny, vit-b-32, vit-b-16, vit-l-14, vit-h-14"),
         "{err}"
