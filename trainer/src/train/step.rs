@@ -4,11 +4,12 @@
 //!
 //! With `data.accum_steps = K > 1` the global batch is K·W·B and the step is
 //! gradient-cached (GradCache; OpenCLIP's `--accum-freq`): pass 1 encodes the K
-//! micro-batches without autograd graphs and keeps only their features; one loss over all
-//! K·W·B rows gives the gradient of every cached feature; pass 2 encodes each micro-batch
-//! again, with a graph, and backpropagates its rows of those gradients. The result is the
-//! gradient of one batch of K·W·B, exactly; memory holds one micro-batch's activations, the
-//! K micro-batches' inputs and K·B feature rows, for about 1.3× the compute of one pass
+//! micro-batches without autograd graphs and keeps only their features (the last one keeps
+//! its graph); one loss over all K·W·B rows gives the gradient of every cached feature;
+//! pass 2 backpropagates the last micro-batch, then encodes each other one again, with a
+//! graph, and backpropagates its rows of those gradients. The result is the gradient of one
+//! batch of K·W·B, exactly; memory holds one micro-batch's activations, the K micro-batches'
+//! inputs and K·B feature rows, for (K − 1)/K of a second forward pass more compute
 //! (docs/architecture.md §3).
 //!
 //! Every rank computes the same global loss and, after the all-reduce, the same gradient
@@ -156,15 +157,26 @@ impl<'a> TrainStep<'a> {
         batches: &mut dyn BatchSource,
         outcome: &mut StepOutcome,
     ) -> Result<Option<Gradients>, TrainError> {
-        // Pass 1: features only.
-        let mut micro_batches = Vec::with_capacity(self.accum_steps);
+        // Pass 1: features only, except for the last micro-batch, whose forward pass keeps
+        // its graph: it is backpropagated right after the loss, so only the other K − 1 are
+        // encoded twice (the memory of one micro-batch's activations is pass 2's anyway).
+        let last = self.accum_steps - 1;
+        let mut micro_batches = Vec::with_capacity(last);
         let (mut images, mut texts) = (Vec::new(), Vec::new());
-        for _ in 0..self.accum_steps {
+        let mut kept = None;
+        for index in 0..self.accum_steps {
             let batch = self.next_batch(batches, outcome)?;
-            let (image_features, text_features, _) = tch::no_grad(|| self.encode(&batch));
-            images.push(image_features);
-            texts.push(text_features);
-            micro_batches.push(batch);
+            if index < last {
+                let (image_features, text_features, _) = tch::no_grad(|| self.encode(&batch));
+                images.push(image_features);
+                texts.push(text_features);
+                micro_batches.push(batch);
+            } else {
+                let pass = self.encode_for_backward(&batch);
+                images.push(pass.image_features.detach());
+                texts.push(pass.text_features.detach());
+                kept = Some((pass, batch));
+            }
         }
         let (image_features, text_features) = (Tensor::cat(&images, 0), Tensor::cat(&texts, 0));
         drop((images, texts));
@@ -172,24 +184,24 @@ impl<'a> TrainStep<'a> {
         let loss = self.global_loss(&image_features, &text_features, &scale)?;
         drop((image_features, text_features)); // pass 2 needs their gradients only
         outcome.loss = loss.global_loss;
-        if !outcome.loss.is_finite() {
+        let Some((kept_pass, kept_batch)) = kept.filter(|_| outcome.loss.is_finite()) else {
             return Ok(None);
-        }
-        // Pass 2: each micro-batch again, with a graph, backpropagating its rows of the
-        // cached features' gradients (the scale and bias terms once, with the first).
-        let mut grads = None::<Gradients>;
-        let mut row = 0;
-        for (index, batch) in micro_batches.into_iter().enumerate() {
+        };
+        // The kept micro-batch's rows are the last ones; it carries the scale and bias terms.
+        let kept_rows = kept_batch.size as i64;
+        let mut row = loss.grads.image.size()[0] - kept_rows;
+        let mut grads = self.backpropagate(kept_pass, &loss.grads.rows(row, kept_rows, true));
+        drop(kept_batch);
+        // Pass 2: every other micro-batch again, with a graph, backpropagating its rows of
+        // the cached features' gradients.
+        row = 0;
+        for batch in micro_batches {
             let rows = batch.size as i64;
             let pass = self.encode_for_backward(&batch);
-            let micro = self.backpropagate(pass, &loss.grads.rows(row, rows, index == 0));
-            match grads.as_mut() {
-                Some(sum) => sum.accumulate(&micro),
-                None => grads = Some(micro),
-            }
+            grads.accumulate(&self.backpropagate(pass, &loss.grads.rows(row, rows, false)));
             row += rows;
         }
-        Ok(grads)
+        Ok(Some(grads))
     }
 
     /// The next batch, with the time spent waiting for it.
