@@ -30,7 +30,7 @@ use crate::TrainError;
 /// What one step did, for the counters, the metrics and the checkpoint decisions.
 #[derive(Debug, Clone, Copy)]
 pub struct StepOutcome {
-    /// The global-batch loss, averaged over the micro-batches (the same on every rank).
+    /// The loss over the global batch (the same on every rank).
     pub loss: f64,
     /// The global L2 norm of the summed gradient (NaN when the loss was not finite).
     pub grad_norm: f64,
@@ -40,7 +40,7 @@ pub struct StepOutcome {
     pub epoch: u64,
     /// Seconds spent waiting for batches.
     pub data_wait_s: f64,
-    /// Seconds spent in the gradient all-reduce.
+    /// Seconds spent exchanging gradients (and, with a sharded optimizer, parameters).
     pub comm_s: f64,
 }
 
@@ -62,12 +62,7 @@ pub struct StepSettings {
 pub struct TrainStep<'a> {
     model: &'a Clip,
     optimizer: Optimizer,
-    loss: LossKind,
-    /// `loss_tile`: logits `tile × tile` at a time around a ring of ranks (0: untiled).
-    loss_tile: usize,
-    precision: Precision,
-    /// Micro-batches per step (`data.accum_steps`).
-    accum_steps: usize,
+    settings: StepSettings,
     coll: &'a dyn Collective,
     device: Device,
 }
@@ -84,10 +79,7 @@ impl<'a> TrainStep<'a> {
         Self {
             model,
             optimizer,
-            loss: settings.loss,
-            loss_tile: settings.loss_tile,
-            precision: settings.precision,
-            accum_steps: settings.accum_steps,
+            settings,
             coll,
             device,
         }
@@ -114,7 +106,7 @@ impl<'a> TrainStep<'a> {
             data_wait_s: 0.0,
             comm_s: 0.0,
         };
-        let grads = match self.accum_steps {
+        let grads = match self.settings.accum_steps {
             1 => self.one_pass(batches, &mut outcome)?,
             _ => self.gradient_cached(batches, &mut outcome)?,
         };
@@ -160,11 +152,11 @@ impl<'a> TrainStep<'a> {
         // Pass 1: features only, except for the last micro-batch, whose forward pass keeps
         // its graph: it is backpropagated right after the loss, so only the other K − 1 are
         // encoded twice (the memory of one micro-batch's activations is pass 2's anyway).
-        let last = self.accum_steps - 1;
+        let last = self.settings.accum_steps - 1;
         let mut micro_batches = Vec::with_capacity(last);
         let (mut images, mut texts) = (Vec::new(), Vec::new());
         let mut kept = None;
-        for index in 0..self.accum_steps {
+        for index in 0..self.settings.accum_steps {
             let batch = self.next_batch(batches, outcome)?;
             if index < last {
                 let (image_features, text_features, _) = tch::no_grad(|| self.encode(&batch));
@@ -220,7 +212,7 @@ impl<'a> TrainStep<'a> {
             batch.images_normalized(self.device),
             batch.tokens.to_device(self.device),
         );
-        with_precision(self.precision, self.device, || {
+        with_precision(self.settings.precision, self.device, || {
             self.model.forward(&images, &tokens, true)
         })
     }
@@ -232,7 +224,7 @@ impl<'a> TrainStep<'a> {
             batch.images_normalized(self.device),
             batch.tokens.to_device(self.device),
         );
-        with_precision(self.precision, self.device, || {
+        with_precision(self.settings.precision, self.device, || {
             self.model.forward_for_backward(&images, &tokens, true)
         })
     }
@@ -249,7 +241,7 @@ impl<'a> TrainStep<'a> {
         let mut sum = None::<Gradients>;
         let optimizer = &self.optimizer;
         // Recomputed blocks run forward again: under the precision of the first forward.
-        with_precision(self.precision, self.device, || {
+        with_precision(self.settings.precision, self.device, || {
             self.model.backward(pass, &surrogate, true, &mut |surrogate, leaves| {
                 let (grads, leaf_grads) = optimizer.backward_with(surrogate, leaves);
                 match sum.as_mut() {
@@ -269,12 +261,12 @@ impl<'a> TrainStep<'a> {
         text_features: &Tensor,
         scale: &Tensor,
     ) -> Result<LossGrads, TrainError> {
-        Ok(self.loss.feature_grads(
+        Ok(self.settings.loss.feature_grads(
             image_features,
             text_features,
             scale,
             self.model.logit_bias(),
-            self.loss_tile,
+            self.settings.loss_tile,
             self.coll,
         )?)
     }
