@@ -6,7 +6,7 @@ it seeded random weights (LayerNorm weights/biases, all biases and logit_scale a
 moved away from their init so the Rust test exercises them), runs a batch of 4
 random images and 4 token rows through it, and saves what the Rust port must
 reproduce. It also records open_clip's state_dict keys and shapes for the `nano`
-preset and the parameter counts of all three presets in configs/models/.
+preset and the parameter counts of every preset in configs/models/.
 
 Run from the repository root (needs the reference env, no network):
     HF_HUB_OFFLINE=1 .venv-ref/bin/python scripts/reference/make_model_fixtures.py
@@ -37,7 +37,7 @@ from open_clip.loss import ClipLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(ROOT, "trainer", "tests", "fixtures")
-PRESETS = ["nano", "tiny", "vit-b-32"]
+PRESETS = ["nano", "tiny", "vit-b-32", "vit-b-16", "vit-l-14", "vit-h-14"]
 
 PARITY_CONFIG = {
     "embed_dim": 24,
