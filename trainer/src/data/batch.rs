@@ -142,12 +142,8 @@ impl TensorBatch {
     ) -> Self {
         let tokens = Tensor::from_slice(tokens).view([size as i64, -1]).to_kind(Kind::Int64);
         Self {
-            images,
-            tokens,
-            size,
-            epoch,
-            normalization,
             images_storage,
+            ..Self::from_tensors(images, normalization, tokens, epoch)
         }
     }
 

@@ -238,52 +238,50 @@ pub(crate) mod tests {
     /// (loss, d/d image rows, d/d text rows, d/d log scale, d/d bias) of the
     /// single-process loss over `inp`'s whole batch.
     pub(crate) fn reference(which: Which, inp: &Inputs) -> (f64, Tensor, Tensor, f64, f64) {
-        let image = inp.image().set_requires_grad(true);
-        let text = inp.text().set_requires_grad(true);
-        let log_scale = Tensor::from(inp.log_scale as f32).set_requires_grad(true);
-        let bias = Tensor::from(inp.bias as f32).set_requires_grad(true);
+        let [image, text, log_scale, bias] = rank_leaves(inp, &Solo);
         let (img, txt, s) = (l2_normalize(&image), l2_normalize(&text), log_scale.exp());
         let loss = match which {
             Which::Clip => clip_loss(&img, &txt, &s),
             Which::SigLip => siglip_loss(&img, &txt, &s, &bias),
         };
-        let grads = Tensor::run_backward(&[&loss], &[&image, &text, &log_scale, &bias], false, false);
-        let bias_grad = if grads[3].defined() {
-            grads[3].double_value(&[])
-        } else {
-            0.0
-        };
-        (
-            loss.double_value(&[]),
-            grads[0].shallow_clone(),
-            grads[1].shallow_clone(),
-            grads[2].double_value(&[]),
-            bias_grad,
-        )
+        rank_outcome(loss.double_value(&[]), &loss, [&image, &text, &log_scale, &bias])
     }
 
     /// The same quantities on one rank of `coll`, which holds rows r·B..(r+1)·B.
     fn on_rank(which: Which, inp: &Inputs, coll: &dyn Collective) -> (f64, Tensor, Tensor, f64, f64) {
-        let rows = inp.rows / coll.world_size() as i64;
-        let start = coll.rank() as i64 * rows;
-        let image = inp.image().narrow(0, start, rows).copy().set_requires_grad(true);
-        let text = inp.text().narrow(0, start, rows).copy().set_requires_grad(true);
-        let log_scale = Tensor::from(inp.log_scale as f32).set_requires_grad(true);
-        let bias = Tensor::from(inp.bias as f32).set_requires_grad(true);
+        let [image, text, log_scale, bias] = rank_leaves(inp, coll);
         let (img, txt, s) = (l2_normalize(&image), l2_normalize(&text), log_scale.exp());
         let out = match which {
             Which::Clip => global_clip_loss(&img, &txt, &s, coll),
             Which::SigLip => global_siglip_loss(&img, &txt, &s, &bias, coll),
         }
         .expect("global loss");
-        let grads = Tensor::run_backward(&[&out.surrogate], &[&image, &text, &log_scale, &bias], false, false);
+        rank_outcome(out.global_loss, &out.surrogate, [&image, &text, &log_scale, &bias])
+    }
+
+    /// This rank's rows of `inp` and the scalars, as leaves that take gradients.
+    fn rank_leaves(inp: &Inputs, coll: &dyn Collective) -> [Tensor; 4] {
+        let rows = inp.rows / coll.world_size() as i64;
+        let start = coll.rank() as i64 * rows;
+        [
+            inp.image().narrow(0, start, rows).copy().set_requires_grad(true),
+            inp.text().narrow(0, start, rows).copy().set_requires_grad(true),
+            Tensor::from(inp.log_scale as f32).set_requires_grad(true),
+            Tensor::from(inp.bias as f32).set_requires_grad(true),
+        ]
+    }
+
+    /// The loss and the gradients of `surrogate` for the four leaves (a bias unused by the
+    /// loss has gradient 0).
+    fn rank_outcome(loss: f64, surrogate: &Tensor, leaves: [&Tensor; 4]) -> (f64, Tensor, Tensor, f64, f64) {
+        let grads = Tensor::run_backward(&[surrogate], &leaves, false, false);
         let bias_grad = if grads[3].defined() {
             grads[3].double_value(&[])
         } else {
             0.0
         };
         (
-            out.global_loss,
+            loss,
             grads[0].shallow_clone(),
             grads[1].shallow_clone(),
             grads[2].double_value(&[]),
@@ -298,12 +296,7 @@ pub(crate) mod tests {
         tile: usize,
         coll: &dyn Collective,
     ) -> (f64, Tensor, Tensor, f64, f64) {
-        let rows = inp.rows / coll.world_size() as i64;
-        let start = coll.rank() as i64 * rows;
-        let image = inp.image().narrow(0, start, rows).copy().set_requires_grad(true);
-        let text = inp.text().narrow(0, start, rows).copy().set_requires_grad(true);
-        let log_scale = Tensor::from(inp.log_scale as f32).set_requires_grad(true);
-        let bias = Tensor::from(inp.bias as f32).set_requires_grad(true);
+        let [image, text, log_scale, bias] = rank_leaves(inp, coll);
         let (img, txt, s) = (l2_normalize(&image), l2_normalize(&text), log_scale.exp());
         let (kind, b) = match which {
             Which::Clip => (LossKind::Clip, None),
@@ -311,19 +304,7 @@ pub(crate) mod tests {
         };
         let loss = kind.feature_grads(&img, &txt, &s, b, tile, coll).expect("loss");
         let surrogate = loss.grads.surrogate(&img, &txt, &s, b);
-        let grads = Tensor::run_backward(&[&surrogate], &[&image, &text, &log_scale, &bias], false, false);
-        let bias_grad = if grads[3].defined() {
-            grads[3].double_value(&[])
-        } else {
-            0.0
-        };
-        (
-            loss.global_loss,
-            grads[0].shallow_clone(),
-            grads[1].shallow_clone(),
-            grads[2].double_value(&[]),
-            bias_grad,
-        )
+        rank_outcome(loss.global_loss, &surrogate, [&image, &text, &log_scale, &bias])
     }
 
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
