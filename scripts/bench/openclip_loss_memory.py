@@ -19,7 +19,6 @@ the line says "over_budget": true. Prints one JSON line.
 import argparse
 import json
 import os
-import resource
 import time
 
 import torch
@@ -27,13 +26,7 @@ import torch.nn.functional as F
 import open_clip
 import open_clip.loss as oc_loss
 
-
-def status_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+from process_memory import cap_address_space, status_bytes
 
 
 def simulated_gather(others_image, others_text):
@@ -75,8 +68,7 @@ def main():
     # Warm-up on a small problem, so one-time allocations are not counted.
     run(8, 16, a.dim, (F.normalize(torch.randn(8, a.dim), dim=-1), F.normalize(torch.randn(8, a.dim), dim=-1)))
     if a.budget_gib > 0:
-        limit = status_bytes("VmSize") + int(a.budget_gib * (1 << 30))
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        cap_address_space(a.budget_gib)
     rss_before = status_bytes("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:

@@ -16,20 +16,13 @@ delivers them.
 import argparse
 import json
 import os
-import resource
 import time
 
 import torch
 import open_clip
 from open_clip.model import CLIP
 
-
-def status_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+from process_memory import cap_address_space, reset_peak, status_bytes
 
 
 def micro_batch(rows, image_size, context):
@@ -85,11 +78,9 @@ def main():
     image_size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     torch.ones(8, 8) @ torch.ones(8, 8)
     if a.budget_gib > 0:
-        limit = status_bytes("VmSize") + int(a.budget_gib * (1 << 30))
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        cap_address_space(a.budget_gib)
     rss_before = status_bytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak()
     started = time.perf_counter()
     seconds, loss_value, over = [], None, False
     try:

@@ -12,7 +12,6 @@ activations and gradients; the model and the optimizer's moments exist by then),
 """
 import argparse
 import json
-import resource
 import time
 
 import torch
@@ -20,18 +19,7 @@ import open_clip
 from open_clip.factory import get_model_config
 from open_clip.model import CLIP
 
-
-def status_bytes(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def reset_peak():
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from process_memory import cap_address_space, reset_peak, status_bytes
 
 
 def main():
@@ -49,8 +37,7 @@ def main():
     image_size, context = cfg["vision_cfg"]["image_size"], cfg["text_cfg"]["context_length"]
     torch.ones(8, 8) @ torch.ones(8, 8)
     if a.budget_gib > 0:
-        limit = status_bytes("VmSize") + int(a.budget_gib * (1 << 30))
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        cap_address_space(a.budget_gib)
     rss_start = status_bytes("VmRSS")
     reset_peak()
     seconds, step_peaks, run_hwm, over = [], [], 0, False
