@@ -3,14 +3,16 @@
 //! is run again, with a graph, from its saved input (docs/architecture.md §3).
 //!
 //! tch has no `torch.utils.checkpoint`, so the backward pass is driven from here, the way the
-//! global loss drives its own: the features come out of the tower's *head* computed on a
-//! detached leaf `top` (the output of the last block); the loss's backward fills the gradient
-//! of `top`; then, from the last block to the first, the block is recomputed from its saved
-//! input (a leaf), the surrogate `(block(x) · g).sum()` is backpropagated — which puts the
-//! block's parameter gradients in place and gives the gradient of its input — and that
-//! gradient goes to the block before. Last the stem (patch or token embedding) is
-//! recomputed and backpropagated the same way. Memory: one (B, L, D) input per block plus one
-//! block's activations, instead of every block's activations.
+//! global loss drives its own: the features come out of the tower's last block and *head*
+//! computed, with their graph, on a detached leaf `top` (the last block's input: its backward
+//! comes right after the loss's, so recomputing it would only repeat this forward); the
+//! loss's backward fills the gradient of `top`; then, from the block before the last to the
+//! first, the block is recomputed from its saved input (a leaf), the surrogate
+//! `(block(x) · g).sum()` is backpropagated — which puts the block's parameter gradients in
+//! place and gives the gradient of its input — and that gradient goes to the block before.
+//! Last the stem (patch or token embedding) is recomputed and backpropagated the same way.
+//! Memory: one (B, L, D) input per block plus one block's activations, instead of every
+//! block's activations.
 
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
@@ -27,21 +29,24 @@ pub trait Tower {
     fn head(&self, xs: &Tensor, input: &Tensor) -> Tensor;
 }
 
-/// What a checkpointed forward keeps of a tower: every block's input, and the leaf the head
-/// ran on.
+/// What a checkpointed forward keeps of a tower: the input of every block but the last, and
+/// the leaf the last block (and the head) ran on.
 #[derive(Debug)]
 pub struct TowerTape {
     block_inputs: Vec<Tensor>,
-    /// The last block's output as a leaf: the loss's backward fills its gradient.
+    /// The last block's input as a leaf (the stem's output when the tower has no blocks): the
+    /// loss's backward fills its gradient.
     pub top: Tensor,
 }
 
-/// The tower's features, with the head's graph only (on `tape.top`), and the tape.
+/// The tower's features, with the graph of the last block and the head only (on
+/// `tape.top`), and the tape.
 pub fn forward_keeping_inputs(tower: &impl Tower, input: &Tensor, train: bool) -> (Tensor, TowerTape) {
+    let recomputed = tower.blocks().len().saturating_sub(1);
     let (top, block_inputs) = tch::no_grad(|| {
         let mut xs = tower.stem(input);
-        let mut block_inputs = Vec::with_capacity(tower.blocks().len());
-        for block in tower.blocks().iter() {
+        let mut block_inputs = Vec::with_capacity(recomputed);
+        for block in tower.blocks().iter().take(recomputed) {
             let next = block.forward_t(&xs, train);
             block_inputs.push(xs);
             xs = next;
@@ -49,7 +54,11 @@ pub fn forward_keeping_inputs(tower: &impl Tower, input: &Tensor, train: bool) -
         (xs, block_inputs)
     });
     let top = top.detach().set_requires_grad(true);
-    let features = tower.head(&top, input);
+    let last = match tower.blocks().iter().nth(recomputed) {
+        Some(block) => block.forward_t(&top, train),
+        None => top.shallow_clone(),
+    };
+    let features = tower.head(&last, input);
     (features, TowerTape { block_inputs, top })
 }
 
@@ -65,7 +74,8 @@ pub fn backward_recomputing(
     backward: &mut dyn FnMut(&Tensor, Option<&Tensor>) -> Option<Tensor>,
 ) {
     let mut grad = top_grad;
-    for (block, saved) in tower.blocks().iter().zip(tape.block_inputs).rev() {
+    let recomputed = tape.block_inputs.len();
+    for (block, saved) in tower.blocks().iter().take(recomputed).zip(tape.block_inputs).rev() {
         let leaf = saved.set_requires_grad(true);
         let output = block.forward_t(&leaf, train);
         let surrogate = dot(&output, &grad);

@@ -57,8 +57,9 @@ fn gradients(checkpoint_vision: bool, checkpoint_text: bool, like: &VarStore) ->
         }
         leaf_grads
     });
-    // One backward for the loss, plus one per recomputed block and one per stem.
-    let layers = |on: bool, n: i64| if on { n as usize + 1 } else { 0 };
+    // One backward for the loss (through the last block), plus one per recomputed block (all
+    // but the last) and one per stem.
+    let layers = |on: bool, n: i64| if on { n as usize } else { 0 };
     let cfg = clip.config();
     assert_eq!(
         calls,
@@ -90,19 +91,24 @@ fn checkpointed_towers_give_the_plain_gradients() {
 
 #[test]
 fn a_checkpointed_forward_keeps_no_graph_in_the_blocks() {
-    // The features depend on the blocks only through the leaf the head ran on: without the
-    // recomputation, a block parameter gets no gradient at all.
+    // The features depend on the blocks but the last only through the leaf the last block ran
+    // on: without the recomputation, such a block's parameter gets no gradient at all. The
+    // last block stays on the graph (its backward follows the loss's at once).
     let (vs, clip) = model(true, true, None);
+    let layers = clip.config().vision.layers;
+    assert!(layers >= 2, "the test needs a block before the last");
     let (images, tokens) = inputs(clip.config());
     let pass = clip.forward_for_backward(&images, &tokens, true);
     let loss = clip_loss(&pass.image_features, &pass.text_features, &pass.logit_scale);
     let variables = vs.variables();
-    let block = &variables["visual.transformer.resblocks.0.mlp.c_fc.weight"];
+    let block = &variables[&format!("visual.transformer.resblocks.{}.mlp.c_fc.weight", layers - 2)];
+    let last = &variables[&format!("visual.transformer.resblocks.{}.mlp.c_fc.weight", layers - 1)];
     let head = &variables["visual.proj"];
-    let grads = Tensor::run_backward(&[&loss], &[block, head], false, false);
+    let grads = Tensor::run_backward(&[&loss], &[block, last, head], false, false);
     assert!(
         !grads[0].defined(),
-        "a block parameter reached through the forward graph"
+        "a recomputed block's parameter reached through the forward graph"
     );
-    assert!(grads[1].defined(), "the head stays on the graph");
+    assert!(grads[1].defined(), "the last block stays on the graph");
+    assert!(grads[2].defined(), "the head stays on the graph");
 }
