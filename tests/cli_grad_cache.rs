@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{assert_ok, require_mpirun};
+use common::{assert_ok, f32_tensors, max_abs_diff, require_mpirun};
 use dataloader::{ShardSample, ShardWriter};
 
 const MICRO: usize = 4; // B
@@ -91,27 +91,7 @@ fn losses(dir: &Path, name: &str) -> Vec<f64> {
 
 /// Every tensor of run `name`'s final weights, as f32 values.
 fn weights(dir: &Path, name: &str) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(dir.join("runs").join(name).join("model.safetensors")).expect("weights");
-    let tensors = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    tensors
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect()
-}
-
-fn max_weight_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f64 {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .flat_map(|(name, x)| x.iter().zip(&b[name]).map(|(p, q)| (p - q).abs() as f64))
-        .fold(0.0, f64::max)
+    f32_tensors(&dir.join("runs").join(name).join("model.safetensors"))
 }
 
 /// One process with the whole batch, and 2 MPI workers × K micro-batches of B with each
@@ -152,7 +132,7 @@ fn check(loss: &str, tiles: &[usize]) {
                 step + 1
             );
         }
-        let diff = max_weight_diff(&single.1, &cached.1);
+        let diff = max_abs_diff(&single.1, &cached.1);
         println!(
             "{loss}, loss_tile {tile}: max |weights| difference {diff:.3e}; losses {:?}",
             cached.0

@@ -4,11 +4,10 @@
 //! checkpoint written by sharded ranks exports to an open_clip folder.
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::{assert_ok, require_mpirun, write_shape_shards};
+use common::{assert_ok, f32_tensors, max_abs_diff, require_mpirun, write_shape_shards};
 
 const TOLERANCE: f64 = 1e-6;
 
@@ -53,30 +52,6 @@ fn losses(dir: &Path, name: &str) -> Vec<f64> {
         .collect()
 }
 
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    safetensors::SafeTensors::deserialize(&bytes)
-        .expect("safetensors")
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect()
-}
-
-fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f64 {
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .flat_map(|(n, x)| x.iter().zip(&b[n]).map(|(p, q)| (p - q).abs() as f64))
-        .fold(0.0, f64::max)
-}
-
 fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -94,9 +69,9 @@ fn a_sharded_optimizer_trains_like_the_replicated_one_and_holds_a_share_of_it() 
         launch(dir.path(), &replicated, workers, false);
         launch(dir.path(), &sharded, workers, true);
         let run = |name: &str| dir.path().join("runs").join(name);
-        let diff = max_diff(
-            &tensors(&run(&replicated).join("model.safetensors")),
-            &tensors(&run(&sharded).join("model.safetensors")),
+        let diff = max_abs_diff(
+            &f32_tensors(&run(&replicated).join("model.safetensors")),
+            &f32_tensors(&run(&sharded).join("model.safetensors")),
         );
         println!("{workers} workers: max |sharded − replicated| weight difference {diff:.3e}");
         assert!(diff <= TOLERANCE, "{workers} workers: weights differ by {diff}");
@@ -144,9 +119,9 @@ fn a_sharded_optimizer_trains_like_the_replicated_one_and_holds_a_share_of_it() 
         .output()
         .expect("run export");
     assert_ok(&out);
-    let exported = tensors(&out_dir.join("open_clip_model.safetensors"));
+    let exported = f32_tensors(&out_dir.join("open_clip_model.safetensors"));
     assert_eq!(
-        max_diff(&exported, &tensors(&checkpoint.join("model.safetensors"))),
+        max_abs_diff(&exported, &f32_tensors(&checkpoint.join("model.safetensors"))),
         0.0
     );
     assert!(out_dir.join("open_clip_config.json").is_file());

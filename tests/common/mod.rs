@@ -231,3 +231,32 @@ pub fn write_caption_shard(path: &Path, first: usize, captions: &[&str]) {
     }
     builder.finish().unwrap();
 }
+
+/// Every tensor of an f32 safetensors file, by name, as values.
+pub fn f32_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    safetensors::SafeTensors::deserialize(&bytes)
+        .expect("safetensors")
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// The largest |a − b| over two sets of tensors with the same names.
+pub fn max_abs_diff(
+    a: &std::collections::BTreeMap<String, Vec<f32>>,
+    b: &std::collections::BTreeMap<String, Vec<f32>>,
+) -> f64 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .flat_map(|(n, x)| x.iter().zip(&b[n]).map(|(p, q)| (p - q).abs() as f64))
+        .fold(0.0, f64::max)
+}
