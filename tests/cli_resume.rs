@@ -142,11 +142,14 @@ fn sigkill_then_restart_is_identical(settings: &[&str]) {
     let reference = run(ferroclip(dir.path()).args(args("ref")));
     assert!(reference.status.success(), "reference run failed: {}", text(&reference));
 
-    let tag = format!("FERROCLIP_TEST_TAG=resume-{}", std::process::id());
+    // A tag of this test's own (the two SIGKILL tests run at once: a tag shared by them
+    // would let one kill, and clean up, the other's workers).
+    let tag_value = format!("resume-{}-{}", std::process::id(), settings.join(","));
+    let tag = format!("FERROCLIP_TEST_TAG={tag_value}");
     let _cleanup = KillTagged(tag.clone());
     let child = ferroclip(dir.path())
         .args(args("b"))
-        .env("FERROCLIP_TEST_TAG", format!("resume-{}", std::process::id()))
+        .env("FERROCLIP_TEST_TAG", &tag_value)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
