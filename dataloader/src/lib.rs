@@ -70,7 +70,7 @@ pub use error::{DataError, SkipCounts, SkipReason};
 pub use image_rewrite::{ImageRewrite, ReencodeSpec, RewrittenImage};
 pub use imaging::{decode_rgb, ImageTransform, JpegDraft, OutputPixel, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
 pub use loader::{
-    virtual_epoch_batches, Batch, BatchImages, CaptionSource, Loader, LoaderConfig, PixelOutput, Sampling,
+    virtual_epoch_batches, Batch, BatchImages, CaptionSource, Loader, LoaderConfig, Partitions, PixelOutput, Sampling,
 };
 pub use manifest::{read_manifest, read_manifest_with, row_count_hint, ManifestColumns, ManifestRow, RowSkip};
 pub use position::LoaderState;

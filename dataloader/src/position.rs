@@ -96,6 +96,11 @@ pub(crate) struct ConfigFingerprint {
     /// resampled.
     #[serde(default)]
     pub shard_weights_hash: u64,
+    /// Whether `threads` counts the partitions of a canonical stream (and `batch_size` is a
+    /// partition's chunk, the global batch over the partition count); such a state does not
+    /// depend on how many ranks read the stream.
+    #[serde(default)]
+    pub partitioned: bool,
 }
 
 impl ConfigFingerprint {
@@ -105,7 +110,7 @@ impl ConfigFingerprint {
             shard_count: cfg.shards.len(),
             shards_hash: hash_paths(&cfg.shards),
             threads,
-            batch_size: cfg.batch_size,
+            batch_size: cfg.stream_batch(),
             seed: cfg.seed,
             train: cfg.train,
             shuffle_buffer: if cfg.train { cfg.shuffle_buffer } else { 0 },
@@ -123,6 +128,7 @@ impl ConfigFingerprint {
                 Sampling::EveryShard => 0,
                 Sampling::Resampled { shard_weights, .. } => hash_weights(shard_weights, cfg.shards.len()),
             },
+            partitioned: cfg.partitions.is_some(),
         }
     }
 
@@ -152,6 +158,39 @@ impl ConfigFingerprint {
                     );
                 }
             )*};
+        }
+        if self.partitioned != now.partitioned {
+            let kind = |partitioned| match partitioned {
+                true => "a canonical (partitioned) stream",
+                false => "per-rank streams",
+            };
+            return mismatch(
+                "partitions",
+                kind(self.partitioned).into(),
+                kind(now.partitioned).into(),
+            );
+        }
+        if self.partitioned && self.threads != now.threads {
+            return mismatch(
+                "partitions",
+                format!("{} partitions", self.threads),
+                format!("{} partitions", now.threads),
+            );
+        }
+        if self.partitioned && self.batch_size != now.batch_size {
+            return mismatch(
+                "batch_size",
+                format!(
+                    "a global batch of {} ({} per partition)",
+                    self.batch_size * self.threads,
+                    self.batch_size
+                ),
+                format!(
+                    "a global batch of {} ({} per partition); the global batch must stay the same",
+                    now.batch_size * now.threads,
+                    now.batch_size
+                ),
+            );
         }
         same!(
             threads,
@@ -215,9 +254,84 @@ pub struct LoaderState {
     pub(crate) next_thread: usize,
     /// Skip counts by [`SkipReason::as_str`] name.
     pub(crate) skips: BTreeMap<String, u64>,
+    /// With partitions: the partition `threads[0]` is the position of (the rest follow).
+    #[serde(default)]
+    pub(crate) first_partition: usize,
+    /// With partitions: each partition's skip counts, parallel to `threads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) partition_skips: Option<Vec<PartitionSkips>>,
 }
 
+/// One partition's skip counts by reason name.
+pub(crate) type PartitionSkips = BTreeMap<String, u64>;
+
 impl LoaderState {
+    /// The partition count of a canonical stream's state; `None` for per-thread streams.
+    pub fn partition_count(&self) -> Option<usize> {
+        self.config.partitioned.then_some(self.config.threads)
+    }
+
+    /// The whole canonical stream's position from the states of every rank that read it (in
+    /// any order): what a loader on any worker count that divides the partition count resumes
+    /// from ([`Loader::resume`](crate::Loader::resume) takes its own partitions out of it).
+    ///
+    /// Errors when a state is not partitioned, the states come from differently configured
+    /// loaders, or their partitions do not cover the stream exactly once.
+    pub fn merge(states: &[LoaderState]) -> Result<LoaderState, DataError> {
+        let bad = |reason: String| DataError::BadConfig {
+            field: "loader_state",
+            reason,
+        };
+        let Some(first) = states.first() else {
+            return Err(bad("no states to merge".into()));
+        };
+        let Some(count) = first.partition_count() else {
+            return Err(bad(
+                "per-thread loader states (no partitions) cannot be merged: their batches depend on the worker count"
+                    .into(),
+            ));
+        };
+        let mut sorted: Vec<&LoaderState> = states.iter().collect();
+        sorted.sort_by_key(|state| state.first_partition);
+        let mut merged = LoaderState {
+            config: first.config.clone(),
+            threads: Vec::with_capacity(count),
+            next_thread: 0,
+            skips: BTreeMap::new(),
+            first_partition: 0,
+            partition_skips: Some(Vec::with_capacity(count)),
+        };
+        for state in sorted {
+            state.config.check_matches(&first.config)?;
+            if state.first_partition != merged.threads.len() {
+                return Err(bad(format!(
+                    "the states do not cover the {count} partitions exactly once: partition {} expected, a state \
+                     starts at {}",
+                    merged.threads.len(),
+                    state.first_partition
+                )));
+            }
+            let skips = match &state.partition_skips {
+                Some(skips) if skips.len() == state.threads.len() => skips,
+                _ => return Err(bad("a partitioned state without per-partition skip counts".into())),
+            };
+            merged.threads.extend(state.threads.iter().cloned());
+            if let Some(all) = &mut merged.partition_skips {
+                all.extend(skips.iter().cloned());
+            }
+            for (name, n) in &state.skips {
+                *merged.skips.entry(name.clone()).or_default() += n;
+            }
+        }
+        if merged.threads.len() != count {
+            return Err(bad(format!(
+                "the states cover {} of the {count} partitions",
+                merged.threads.len()
+            )));
+        }
+        Ok(merged)
+    }
+
     /// The lowest epoch any still-reading worker is in (the last epoch when all are done).
     pub fn epoch(&self) -> u64 {
         self.threads
@@ -232,20 +346,25 @@ impl LoaderState {
 
     /// What was skipped up to this position, by reason.
     pub fn skip_counts(&self) -> Result<SkipCounts, DataError> {
-        let mut counts = SkipCounts::new();
-        for (name, &n) in &self.skips {
-            let reason = ALL_SKIP_REASONS
-                .iter()
-                .copied()
-                .find(|reason| reason.as_str() == name)
-                .ok_or_else(|| DataError::BadConfig {
-                    field: "loader_state",
-                    reason: format!("unknown skip reason {name:?}"),
-                })?;
-            counts.merge(&repeated(reason, n));
-        }
-        Ok(counts)
+        skip_counts_of(&self.skips)
     }
+}
+
+/// Skip counts from their by-name form.
+pub(crate) fn skip_counts_of(skips: &BTreeMap<String, u64>) -> Result<SkipCounts, DataError> {
+    let mut counts = SkipCounts::new();
+    for (name, &n) in skips {
+        let reason = ALL_SKIP_REASONS
+            .iter()
+            .copied()
+            .find(|reason| reason.as_str() == name)
+            .ok_or_else(|| DataError::BadConfig {
+                field: "loader_state",
+                reason: format!("unknown skip reason {name:?}"),
+            })?;
+        counts.merge(&repeated(reason, n));
+    }
+    Ok(counts)
 }
 
 /// `n` skips for `reason`. `SkipCounts` adds one at a time; doubling keeps this O(log n).
@@ -338,6 +457,8 @@ mod tests {
             threads: vec![ThreadPosition::Finished],
             next_thread: 0,
             skips: skips_by_name(&skips),
+            first_partition: 0,
+            partition_skips: None,
         };
         assert_eq!(state.skip_counts().unwrap(), skips);
         let mut bad = state.clone();

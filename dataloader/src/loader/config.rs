@@ -47,6 +47,35 @@ pub fn virtual_epoch_batches(epoch_samples: u64, batch_size: usize, world_size: 
     epoch_samples.div_ceil(global_batch).max(1)
 }
 
+/// The canonical stream: the run's samples flow through `count` partition streams, each
+/// with its own shards, shuffle buffer and augmentation seeds, none of them depending on how
+/// many ranks or threads read them. Global batch `s` is chunk `s` of every partition, in
+/// partition order; this loader runs partitions `[rank·P/W, (rank+1)·P/W)` and yields their
+/// chunks side by side as one batch, so the ranks' batches, gathered in rank order, are the
+/// global batch whatever `world_size` is (docs/architecture.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions {
+    /// P, the partition count of the run (fixed when it starts).
+    pub count: usize,
+    /// This loader's rank.
+    pub rank: usize,
+    /// Ranks reading the stream; must divide `count`.
+    pub world_size: usize,
+}
+
+impl Partitions {
+    /// Partitions each rank runs.
+    pub fn per_rank(&self) -> usize {
+        self.count / self.world_size.max(1)
+    }
+
+    /// The partitions this rank runs.
+    pub fn owned(&self) -> std::ops::Range<usize> {
+        let per_rank = self.per_rank();
+        self.rank * per_rank..(self.rank + 1) * per_rank
+    }
+}
+
 /// What a batch's image values are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PixelOutput {
@@ -95,6 +124,11 @@ pub struct LoaderConfig {
     /// f32 normalised images (default) or u8 levels; does not change which samples come, so
     /// a loader may resume with the other setting.
     pub pixel_output: PixelOutput,
+    /// The canonical stream (train mode): `None` makes every thread its own stream and every
+    /// batch one thread's (the batches then depend on `threads` and on each rank's shards).
+    /// With partitions, `shards` is the whole run's list, `batch_size` this rank's share of a
+    /// global batch, and `threads` only bounds how many samples decode at once.
+    pub partitions: Option<Partitions>,
 }
 
 impl LoaderConfig {
@@ -116,6 +150,16 @@ impl LoaderConfig {
             drop_last: train,
             max_pixels: DEFAULT_MAX_PIXELS,
             pixel_output: PixelOutput::NormalizedF32,
+            partitions: None,
+        }
+    }
+
+    /// Samples one stream contributes to a batch: a partition's chunk with partitions, the
+    /// whole batch without.
+    pub fn stream_batch(&self) -> usize {
+        match &self.partitions {
+            Some(partitions) => self.batch_size / partitions.per_rank().max(1),
+            None => self.batch_size,
         }
     }
 
@@ -150,7 +194,22 @@ impl LoaderConfig {
                 reason: "no shards".into(),
             });
         }
-        self.validate_settings()
+        self.validate_settings()?;
+        match (&self.partitions, &self.sampling) {
+            (Some(partitions), Sampling::EveryShard) if self.shards.len() < partitions.count => {
+                Err(DataError::BadConfig {
+                    field: "partitions",
+                    reason: format!(
+                        "{} partitions for {} shard(s): when every sample is read once per epoch each partition \
+                     needs a shard (use at most {} partitions, or resampled shards)",
+                        partitions.count,
+                        self.shards.len(),
+                        self.shards.len()
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The checks of [`LoaderConfig::validate`] that need no shard list: what a config
@@ -177,6 +236,46 @@ impl LoaderConfig {
         }
         if matches!(&self.caption, CaptionSource::Json(field) if field.is_empty()) {
             return bad("caption", "empty JSON field name");
+        }
+        if let Some(partitions) = &self.partitions {
+            let Partitions {
+                count,
+                rank,
+                world_size,
+            } = *partitions;
+            if count == 0 {
+                return bad("partitions", "must be at least 1");
+            }
+            if !self.train {
+                return bad("partitions", "the canonical stream is for training (train mode)");
+            }
+            if !self.drop_last {
+                return bad(
+                    "drop_last",
+                    "a canonical stream drops each partition's last partial chunk of an epoch, so every batch is whole",
+                );
+            }
+            if world_size == 0 || count % world_size != 0 {
+                return bad(
+                    "partitions",
+                    &format!("{count} partitions cannot be split evenly over {world_size} workers; the worker count must divide the partition count"),
+                );
+            }
+            if rank >= world_size {
+                return bad("partitions", &format!("rank {rank} of {world_size} workers"));
+            }
+            if self.batch_size % partitions.per_rank() != 0 {
+                return bad(
+                    "batch_size",
+                    &format!(
+                        "{} per worker is not a whole number of samples from each of the worker's {} partitions \
+                         ({count} partitions over {world_size} workers): the global batch must be a multiple of \
+                         the partition count",
+                        self.batch_size,
+                        partitions.per_rank()
+                    ),
+                );
+            }
         }
         if let Sampling::Resampled {
             shard_weights,

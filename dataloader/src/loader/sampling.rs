@@ -127,8 +127,12 @@ pub(super) fn shards_for_thread(cfg: &LoaderConfig, threads: usize, thread: usiz
     order.into_iter().skip(thread).step_by(threads).collect()
 }
 
-/// Worker threads for `cfg`: at most one per shard, unless shards are drawn with replacement.
+/// Streams for `cfg`: the partition count of a canonical stream; otherwise one per worker
+/// thread, at most one per shard unless shards are drawn with replacement.
 pub(super) fn worker_count(cfg: &LoaderConfig) -> usize {
+    if let Some(partitions) = &cfg.partitions {
+        return partitions.count;
+    }
     match cfg.sampling {
         Sampling::EveryShard => cfg.threads.min(cfg.shards.len()).max(1),
         Sampling::Resampled { .. } => cfg.threads.max(1),
@@ -136,10 +140,12 @@ pub(super) fn worker_count(cfg: &LoaderConfig) -> usize {
 }
 
 /// Batches each worker makes per virtual epoch: the loader's `epoch_batches` split evenly,
-/// rounded up. `None` when epochs are not virtual.
+/// rounded up; with partitions every partition makes one chunk of each of the epoch's
+/// global batches. `None` when epochs are not virtual.
 pub(super) fn thread_epoch_batches(cfg: &LoaderConfig, threads: usize) -> Option<u64> {
     match cfg.sampling {
         Sampling::EveryShard => None,
+        Sampling::Resampled { epoch_batches, .. } if cfg.partitions.is_some() => Some(epoch_batches),
         Sampling::Resampled { epoch_batches, .. } => Some(epoch_batches.div_ceil(threads.max(1) as u64)),
     }
 }

@@ -641,3 +641,210 @@ fn resume_rejects_a_state_of_another_sampling() {
     let err = error_of(Sampling::EveryShard);
     assert!(err.contains("epoch_batches"), "{err}");
 }
+
+/// `cfg` as rank `rank` of `world_size` reading a canonical stream of `partitions`
+/// partitions, with `global_batch / world_size` samples per batch and `threads` threads.
+fn partitioned(
+    cfg: &LoaderConfig,
+    partitions: usize,
+    rank: usize,
+    world_size: usize,
+    global_batch: usize,
+    threads: usize,
+) -> LoaderConfig {
+    let mut cfg = cfg.clone();
+    cfg.partitions = Some(Partitions {
+        count: partitions,
+        rank,
+        world_size,
+    });
+    cfg.batch_size = global_batch / world_size;
+    cfg.threads = threads;
+    cfg
+}
+
+/// The first `n` global batches of a canonical stream read by `world_size` loaders: each
+/// rank's batches, and each rank's state after every batch.
+fn global_batches(
+    cfg: &LoaderConfig,
+    partitions: usize,
+    world_size: usize,
+    global_batch: usize,
+    threads: usize,
+    n: usize,
+    from: Option<&LoaderState>,
+) -> (Vec<Vec<Batch>>, Vec<Vec<LoaderState>>) {
+    let mut per_rank = Vec::new();
+    let mut states = Vec::new();
+    for rank in 0..world_size {
+        let cfg = partitioned(cfg, partitions, rank, world_size, global_batch, threads);
+        let loader = match from {
+            Some(state) => Loader::resume(cfg, state).unwrap(),
+            None => Loader::new(cfg).unwrap(),
+        };
+        let (batches, rank_states) = run_recording(loader, n);
+        assert_eq!(batches.len(), n, "rank {rank} of {world_size} ended early");
+        per_rank.push(batches);
+        states.push(rank_states);
+    }
+    (per_rank, states)
+}
+
+/// Rank batches side by side, in rank order: (keys, images, tokens) of the global batch.
+fn joined(per_rank: &[Vec<Batch>], step: usize) -> (Vec<String>, Vec<f32>, Vec<i64>) {
+    let mut joined = (Vec::new(), Vec::new(), Vec::new());
+    for batches in per_rank {
+        let batch = &batches[step];
+        joined.0.extend(batch.keys.iter().cloned());
+        joined.1.extend(batch.images.iter().copied());
+        joined.2.extend(batch.tokens.iter().copied());
+    }
+    joined
+}
+
+fn assert_same_global_batches(cfg: &LoaderConfig, partitions: usize, global_batch: usize, n: usize) {
+    let (one, one_states) = global_batches(cfg, partitions, 1, global_batch, 1, n, None);
+    for (world_size, threads) in [(2, 2), (4, 3), (partitions, 1)] {
+        let (many, many_states) = global_batches(cfg, partitions, world_size, global_batch, threads, n, None);
+        for step in 0..n {
+            let (keys, images, tokens) = joined(&many, step);
+            assert_eq!(
+                keys, one[0][step].keys,
+                "{world_size} workers: keys of global batch {step}"
+            );
+            assert!(
+                images == *one[0][step].images,
+                "{world_size} workers: images of global batch {step}"
+            );
+            assert_eq!(
+                tokens, one[0][step].tokens,
+                "{world_size} workers: tokens of global batch {step}"
+            );
+            // Skips are per partition, so the ranks' counts add up to one loader's.
+            let mut skips = SkipCounts::new();
+            for rank_states in &many_states {
+                skips.merge(&rank_states[step + 1].skip_counts().unwrap());
+            }
+            assert_eq!(
+                skips,
+                one_states[0][step + 1].skip_counts().unwrap(),
+                "skips after global batch {step}"
+            );
+        }
+    }
+}
+
+#[test]
+fn partitioned_global_batches_do_not_depend_on_workers_or_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_flawed_config(dir.path(), true, 11);
+    // 4 partitions over 5 shards of 7 samples with flaws: 16 global batches of 8 cross epochs.
+    assert_same_global_batches(&cfg, 4, 8, 16);
+    let (one, states) = global_batches(&cfg, 4, 1, 8, 1, 16, None);
+    assert!(one[0][15].epoch >= 1, "the run crosses an epoch boundary");
+    let skips = states[0][16].skip_counts().unwrap();
+    assert!(skips.get(SkipReason::UndecodableImage) >= 3, "{skips}");
+    // Negative control: per-thread streams (no partitions) with the same batch size give
+    // other global batches for 2 workers (each rank its share of the shards).
+    let mut rank_batches = Vec::new();
+    for rank in 0..2 {
+        let mut rank_cfg = cfg.clone();
+        rank_cfg.shards = cfg.shards.iter().skip(rank).step_by(2).cloned().collect();
+        rank_cfg.batch_size = 4;
+        rank_batches.push(run_recording(Loader::new(rank_cfg).unwrap(), 4).0);
+    }
+    let differs = (0..4).any(|step| joined(&rank_batches, step).0 != one[0][step].keys);
+    assert!(differs, "per-rank streams should not match the canonical stream");
+}
+
+#[test]
+fn partitioned_resampled_and_u8_batches_do_not_depend_on_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_weighted_sources(dir.path(), 3);
+    assert_same_global_batches(&cfg, 4, 8, 9);
+    let mut u8_cfg = small_flawed_config(dir.path(), true, 3);
+    u8_cfg.pixel_output = PixelOutput::RawU8;
+    let (one, _) = global_batches(&u8_cfg, 4, 1, 8, 2, 6, None);
+    let (two, _) = global_batches(&u8_cfg, 4, 2, 8, 1, 6, None);
+    for step in 0..6 {
+        let joined_u8: Vec<u8> = two.iter().flat_map(|b| b[step].images_u8.iter().copied()).collect();
+        assert!(joined_u8 == *one[0][step].images_u8, "u8 global batch {step}");
+        assert!(one[0][step].images.is_empty());
+    }
+}
+
+#[test]
+fn partitioned_state_resumes_on_another_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_flawed_config(dir.path(), true, 7);
+    let n = 12;
+    let (one, one_states) = global_batches(&cfg, 4, 1, 8, 2, n, None);
+    // Every cut of a 1-worker run resumes exactly (its state is the whole stream's).
+    let cfg1 = partitioned(&cfg, 4, 0, 1, 8, 2);
+    assert_resume_at_every_cut(&cfg1, &one[0], &one_states[0]);
+    for (saved_world, resumed_world, cut) in [(4, 2, 5), (2, 4, 3), (4, 1, 7), (1, 2, 9)] {
+        let (_, saved_states) = global_batches(&cfg, 4, saved_world, 8, 1, cut, None);
+        let rank_states: Vec<LoaderState> = saved_states.iter().map(|states| states[cut].clone()).collect();
+        let json = serde_json::to_string(&rank_states).unwrap();
+        let rank_states: Vec<LoaderState> = serde_json::from_str(&json).unwrap();
+        let merged = LoaderState::merge(&rank_states).unwrap();
+        assert_eq!(merged.partition_count(), Some(4));
+        assert_eq!(merged.skip_counts().unwrap(), one_states[0][cut].skip_counts().unwrap());
+        let (rest, _) = global_batches(&cfg, 4, resumed_world, 8, 2, n - cut, Some(&merged));
+        for step in 0..n - cut {
+            let (keys, images, _) = joined(&rest, step);
+            assert_eq!(
+                keys,
+                one[0][cut + step].keys,
+                "{saved_world}→{resumed_world} at {cut}: keys of batch {}",
+                cut + step
+            );
+            assert!(
+                images == *one[0][cut + step].images,
+                "{saved_world}→{resumed_world}: images of batch {}",
+                cut + step
+            );
+        }
+    }
+}
+
+#[test]
+fn partition_errors_name_the_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_flawed_config(dir.path(), true, 1);
+    let err = |cfg: LoaderConfig| Loader::new(cfg).err().expect("an error").to_string();
+    let e = err(partitioned(&cfg, 4, 0, 3, 12, 1));
+    assert!(e.contains("partitions") && e.contains('4') && e.contains('3'), "{e}");
+    let e = err(partitioned(&cfg, 4, 0, 2, 6, 1));
+    assert!(e.contains("batch_size") && e.contains('3'), "{e}");
+    let e = err(partitioned(&cfg, 8, 0, 1, 8, 1));
+    assert!(e.contains("partitions") && e.contains("5 shard"), "{e}");
+    let mut eval = partitioned(&cfg, 4, 0, 1, 8, 1);
+    eval.train = false;
+    assert!(err(eval).contains("partitions"));
+    // States that do not cover the stream, or of per-thread streams, do not merge.
+    let (_, states) = global_batches(&cfg, 4, 2, 8, 1, 2, None);
+    let e = LoaderState::merge(&[states[1][2].clone()]).unwrap_err().to_string();
+    assert!(e.contains("partition 0"), "{e}");
+    let (_, plain) = run_recording(Loader::new(cfg.clone()).unwrap(), 1);
+    assert!(LoaderState::merge(&plain[1..])
+        .unwrap_err()
+        .to_string()
+        .contains("per-thread"));
+    // Another global batch is refused, naming both.
+    let merged = LoaderState::merge(&[states[0][2].clone(), states[1][2].clone()]).unwrap();
+    let e = Loader::resume(partitioned(&cfg, 4, 0, 2, 16, 1), &merged)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("global batch of 8") && e.contains("global batch of 16"),
+        "{e}"
+    );
+    // A per-thread state does not fit a canonical stream.
+    let e = Loader::resume(partitioned(&cfg, 4, 0, 1, 8, 1), &plain[1])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("partitions"), "{e}");
+}

@@ -1,5 +1,6 @@
 //! One background thread of a loader: its shards → shuffle buffer → decode into the batch
 //! buffer → a [`Message`] with the batch and the thread's position right after it.
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use crossbeam_channel::Sender;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::assembly::{ChunkDone, ChunkRegion, DecodePermits, StepAssembly};
 use super::batch::{decode_sample_into, Batch};
 use super::config::{LoaderConfig, PixelOutput};
 use super::pool::{BatchImages, BufferPool};
@@ -39,7 +41,20 @@ pub(super) struct BatchMessage {
     pub(super) cursor: ThreadCursor,
 }
 
-/// One background thread: its shards → shuffle buffer → decode → batches.
+/// Where a worker's batches go.
+pub(super) enum Output {
+    /// Whole batches, one stream's each, through a channel.
+    Channel(Sender<Message>),
+    /// One partition's chunk of each batch of a canonical stream, decoded in place.
+    Assembly {
+        assembly: Arc<StepAssembly>,
+        /// The partition's place among the rank's partitions (its region of each batch).
+        part: usize,
+        permits: Arc<DecodePermits>,
+    },
+}
+
+/// One background thread: its shards → shuffle buffer → decode → batches (or chunks).
 pub(super) struct Worker {
     pub(super) cfg: Arc<LoaderConfig>,
     pub(super) tokenizer: Option<Arc<Tokenizer>>,
@@ -47,7 +62,9 @@ pub(super) struct Worker {
     pub(super) threads: usize,
     /// Batches per virtual epoch of this thread (resampled mode), `None` otherwise.
     pub(super) epoch_batches: Option<u64>,
-    pub(super) sender: Sender<Message>,
+    pub(super) output: Output,
+    /// Chunks handed over so far (canonical stream): the batch the next one belongs to.
+    pub(super) chunks: Cell<u64>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) warned_shards: Arc<Mutex<HashSet<PathBuf>>>,
     pub(super) decode_attempts: Arc<AtomicU64>,
@@ -71,6 +88,10 @@ struct PendingBatch {
     captions: Vec<Vec<String>>,
     labels: Vec<Option<i64>>,
     keys: Vec<String>,
+    /// The chunk's region of the rank's batch (canonical stream), f32 mode.
+    region: Option<ChunkRegion<f32>>,
+    /// The same in u8 mode.
+    region_u8: Option<ChunkRegion<u8>>,
 }
 
 impl PendingBatch {
@@ -170,7 +191,12 @@ impl Worker {
             }
             cursor = ThreadCursor::epoch_start(epoch + 1);
         }
-        let _ = self.sender.send(Message::Done(skips_left));
+        match &self.output {
+            Output::Channel(sender) => {
+                let _ = sender.send(Message::Done(skips_left));
+            }
+            Output::Assembly { assembly, .. } => assembly.stream_ended(skips_left),
+        }
     }
 
     fn max_draws_without_sample(&self) -> usize {
@@ -350,18 +376,50 @@ impl Worker {
         // The slot after the samples placed so far; a skipped sample's partial output there
         // is overwritten by the next one.
         let slot_range = pending.len() * image_len..(pending.len() + 1) * image_len;
-        let decoded = match self.cfg.pixel_output {
-            PixelOutput::NormalizedF32 => {
-                if pending.images.is_empty() {
-                    pending.images = self.pool.take(self.cfg.batch_size * image_len);
+        let decoded = match &self.output {
+            Output::Channel(_) => match self.cfg.pixel_output {
+                PixelOutput::NormalizedF32 => {
+                    if pending.images.is_empty() {
+                        pending.images = self.pool.take(self.cfg.batch_size * image_len);
+                    }
+                    self.decode_into(&raw, &mut augment_rng, &mut pending.images[slot_range])
                 }
-                self.decode_into(&raw, &mut augment_rng, &mut pending.images[slot_range])
-            }
-            PixelOutput::RawU8 => {
-                if pending.images_u8.is_empty() {
-                    pending.images_u8 = self.pool_u8.take(self.cfg.batch_size * image_len);
+                PixelOutput::RawU8 => {
+                    if pending.images_u8.is_empty() {
+                        pending.images_u8 = self.pool_u8.take(self.cfg.batch_size * image_len);
+                    }
+                    self.decode_into(&raw, &mut augment_rng, &mut pending.images_u8[slot_range])
                 }
-                self.decode_into(&raw, &mut augment_rng, &mut pending.images_u8[slot_range])
+            },
+            Output::Assembly {
+                assembly,
+                part,
+                permits,
+            } => {
+                let batch = self.chunks.get();
+                let decoded = match self.cfg.pixel_output {
+                    PixelOutput::NormalizedF32 => {
+                        if pending.region.is_none() {
+                            pending.region = assembly.begin(*part, batch);
+                        }
+                        let Some(region) = &mut pending.region else {
+                            return ControlFlow::Break(Halt::Disconnected);
+                        };
+                        let _permit = permits.acquire();
+                        self.decode_into(&raw, &mut augment_rng, &mut region.values_mut()[slot_range])
+                    }
+                    PixelOutput::RawU8 => {
+                        if pending.region_u8.is_none() {
+                            pending.region_u8 = assembly.begin(*part, batch);
+                        }
+                        let Some(region) = &mut pending.region_u8 else {
+                            return ControlFlow::Break(Halt::Disconnected);
+                        };
+                        let _permit = permits.acquire();
+                        self.decode_into(&raw, &mut augment_rng, &mut region.values_mut()[slot_range])
+                    }
+                };
+                decoded
             }
         };
         match decoded {
@@ -376,7 +434,7 @@ impl Worker {
                 pending.captions.push(captions);
                 pending.labels.push(label);
                 pending.keys.push(raw.key);
-                if pending.len() == self.cfg.batch_size {
+                if pending.len() == self.cfg.stream_batch() {
                     return self.send_batch(state);
                 }
             }
@@ -401,6 +459,9 @@ impl Worker {
     /// Send the pending samples as a batch with the position after it; `Break(EpochFull)` once
     /// a virtual epoch has all its batches (the position sent is then the next epoch's start).
     fn send_batch(&self, state: &mut EpochState) -> ControlFlow<Halt> {
+        if let Output::Assembly { assembly, part, .. } = &self.output {
+            return self.complete_chunk(state, assembly, *part);
+        }
         let pending = std::mem::take(&mut state.pending);
         let context_length = if self.tokenizer.is_some() {
             self.cfg.context_length
@@ -441,10 +502,49 @@ impl Worker {
             state.cursor()
         };
         let message = BatchMessage { batch, skips, cursor };
-        match self.sender.send(Message::Batch(Box::new(message))) {
+        let Output::Channel(sender) = &self.output else {
+            unreachable!("send_batch handles the channel output");
+        };
+        match sender.send(Message::Batch(Box::new(message))) {
             Ok(()) if epoch_full => ControlFlow::Break(Halt::EpochFull),
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(Halt::Disconnected),
+        }
+    }
+
+    /// Hand the pending chunk to the assembly with the position after it (canonical stream);
+    /// `Break(EpochFull)` as [`Worker::send_batch`].
+    fn complete_chunk(&self, state: &mut EpochState, assembly: &StepAssembly, part: usize) -> ControlFlow<Halt> {
+        let mut pending = std::mem::take(&mut state.pending);
+        let batch = self.chunks.get();
+        let skips = std::mem::take(&mut state.skips);
+        let epoch_full = self
+            .epoch_batches
+            .is_some_and(|batches| state.samples >= batches.saturating_mul(self.cfg.stream_batch() as u64));
+        let cursor = if epoch_full {
+            ThreadCursor::epoch_start(state.epoch + 1)
+        } else {
+            state.cursor()
+        };
+        let chunk = ChunkDone {
+            tokens: pending.tokens,
+            captions: pending.captions,
+            labels: pending.labels,
+            keys: pending.keys,
+            skips,
+            cursor,
+            epoch: state.epoch,
+        };
+        match (pending.region.take(), pending.region_u8.take()) {
+            (Some(region), _) => assembly.complete(part, batch, region, chunk),
+            (None, Some(region)) => assembly.complete(part, batch, region, chunk),
+            (None, None) => unreachable!("a full chunk has its region"),
+        }
+        self.chunks.set(batch + 1);
+        if epoch_full {
+            ControlFlow::Break(Halt::EpochFull)
+        } else {
+            ControlFlow::Continue(())
         }
     }
 }
