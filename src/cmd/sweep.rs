@@ -209,7 +209,9 @@ fn plan(args: &PlanArgs) -> anyhow::Result<(Sweep, Vec<PlannedRun>)> {
             .with_context(|| format!("run {} (base {})", spec.name, sweep.base_path.display()))?;
         let model = config.model.resolve().with_context(|| format!("run {}", spec.name))?;
         let macs = forward_macs(&model);
-        let global_batch = (config.data.batch_size * config.data.accum_steps * args.workers) as u64;
+        let global_batch = config
+            .global_batch(args.workers)
+            .with_context(|| format!("run {}", spec.name))?;
         let cost = RunCost {
             macs_per_sample: macs.total(),
             samples_seen: config.schedule.steps * global_batch,

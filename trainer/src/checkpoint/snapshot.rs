@@ -72,8 +72,10 @@ pub struct Resumed {
     pub dir: PathBuf,
     /// Counters to continue.
     pub progress: Progress,
-    /// This rank's loader state (opaque JSON, see [`TrainLoader::state`]).
-    pub loader: serde_json::Value,
+    /// Every saved rank's loader state, in rank order (opaque JSON, see
+    /// [`TrainLoader::state`]); a canonical stream's cover the whole stream whatever the
+    /// worker count.
+    pub loaders: Vec<serde_json::Value>,
 }
 
 /// What a checkpoint of the train loop holds besides [`Progress`]: the model's variables,
@@ -250,29 +252,33 @@ impl<'a> Checkpointer<'a> {
         };
         let rank = self.coll.rank();
         self.check_compatible(&checkpoint)?;
-        let optim = checkpoint.load_into(vs, rank)?;
-        optimizer.load_state_tensors(optim)?;
+        if checkpoint.state.world_size == self.coll.world_size() {
+            let optim = checkpoint.load_into(vs, rank)?;
+            optimizer.load_state_tensors(optim)?;
+        } else {
+            // Another worker count (the data stream allows it, checked above): the model is
+            // whole in the checkpoint, and the optimizer state is regathered from every shard.
+            checkpoint.load_weights(vs)?;
+            optimizer.load_resharded(checkpoint.optim_shards()?)?;
+        }
         let progress: Progress =
             serde_json::from_value(checkpoint.state.counters.clone()).map_err(|source| TrainError::TrainState {
                 what: format!("{}/state.json: counters", checkpoint.dir.display()),
                 source,
             })?;
-        let loader = checkpoint
-            .state
-            .loader
-            .get(rank)
-            .cloned()
-            .ok_or_else(|| TrainError::NotResumable {
-                dir: checkpoint.dir.clone(),
-                reason: format!("/state.json has no loader state for rank {rank}"),
-            })?;
         if rank == 0 {
-            info!(checkpoint = %checkpoint.dir.display(), step = progress.step, "resuming");
+            info!(
+                checkpoint = %checkpoint.dir.display(),
+                step = progress.step,
+                saved_workers = checkpoint.state.world_size,
+                workers = self.coll.world_size(),
+                "resuming"
+            );
         }
         Ok(Some(Resumed {
             dir: checkpoint.dir.clone(),
             progress,
-            loader,
+            loaders: checkpoint.state.loader.clone(),
         }))
     }
 
@@ -297,18 +303,38 @@ impl<'a> Checkpointer<'a> {
         }
     }
 
-    /// The same world size, and a config that defines the same model; other config
-    /// changes are allowed and logged.
+    /// A worker count the saved data stream can continue on (the same one, or with a
+    /// canonical stream any that divides its partition count), and a config that defines
+    /// the same model; other config changes are allowed and logged.
     fn check_compatible(&self, checkpoint: &Checkpoint) -> Result<(), TrainError> {
         let (saved_world, world) = (checkpoint.state.world_size, self.coll.world_size());
         if saved_world != world {
-            return Err(TrainError::NotResumable {
-                dir: checkpoint.dir.clone(),
-                reason: format!(
-                    " was written by {saved_world} worker(s) but this run has {world}: the data position is per \
-                     worker, so resume with the same number of workers"
-                ),
-            });
+            let partitions = checkpoint
+                .state
+                .loader
+                .first()
+                .and_then(|state| serde_json::from_value::<dataloader::LoaderState>(state.clone()).ok())
+                .and_then(|state| state.partition_count());
+            let reason =
+                match partitions {
+                    None => Some(format!(
+                    " was written by {saved_world} worker(s) with per-rank data streams (data.stream = \"per_rank\"), \
+                     whose batches depend on the worker count, but this run has {world}: resume with {saved_world} \
+                     worker(s)"
+                )),
+                    Some(p) if p % world != 0 => Some(format!(
+                    " holds a data stream of {p} partitions, which {world} workers cannot split evenly: resume on a \
+                     worker count that divides {p} ({})",
+                    (1..=p).filter(|w| p % w == 0).map(|w| w.to_string()).collect::<Vec<_>>().join(", ")
+                )),
+                    Some(_) => None,
+                };
+            if let Some(reason) = reason {
+                return Err(TrainError::NotResumable {
+                    dir: checkpoint.dir.clone(),
+                    reason,
+                });
+            }
         }
         let saved_path = checkpoint.dir.join(CONFIG_FILE);
         let saved = checkpoint

@@ -657,7 +657,7 @@ impl Checkpoint {
     /// see [`load_safetensors`]) and returns the optimizer tensors by name, on
     /// the CPU: the whole state, or rank `rank`'s shard when the optimizer was sharded.
     pub fn load_into(&self, vs: &VarStore, rank: usize) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-        load_safetensors(vs, self.dir.join(MODEL_FILE))?;
+        self.load_weights(vs)?;
         let optim_path = match self.state.optim_shards {
             true => self.dir.join(optim_shard_file(rank)),
             false => self.dir.join(OPTIM_FILE),
@@ -666,6 +666,31 @@ impl Checkpoint {
             path: optim_path,
             message: e.to_string(),
         })
+    }
+
+    /// Loads the model weights into `vs`.
+    pub fn load_weights(&self, vs: &VarStore) -> Result<(), CheckpointError> {
+        load_safetensors(vs, self.dir.join(MODEL_FILE))?;
+        Ok(())
+    }
+
+    /// Every rank's optimizer shard of a sharded checkpoint, in rank order (what a resume on
+    /// another worker count regathers); the one optimizer file otherwise.
+    pub fn optim_shards(&self) -> Result<Vec<Vec<(String, Tensor)>>, CheckpointError> {
+        let files: Vec<String> = match self.state.optim_shards {
+            true => (0..self.state.world_size).map(optim_shard_file).collect(),
+            false => vec![OPTIM_FILE.to_string()],
+        };
+        files
+            .into_iter()
+            .map(|file| {
+                let path = self.dir.join(file);
+                Tensor::read_safetensors(&path).map_err(|e| CheckpointError::Tensors {
+                    path,
+                    message: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// The saved config parsed as a TOML table.

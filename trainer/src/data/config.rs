@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use dataloader::{
     dataset_size, expand_shards, expand_sources, virtual_epoch_batches, CaptionSource, DataError, LoaderConfig,
-    PixelOutput, Sampling,
+    Partitions, PixelOutput, Sampling,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,37 @@ pub struct DataConfig {
     /// transfer, and the train step normalises them after moving them to the device). The
     /// same samples and crops either way; the values agree to f32 rounding.
     pub normalize: NormalizeOn,
+    /// How the samples are split over workers: `"canonical"` (default), one stream of
+    /// global batches for the run, whatever the worker count (its partitions are dealt to
+    /// the workers); or `"per_rank"`, every worker its own stream from its share of the
+    /// shards (the batches then depend on the worker count, and a checkpoint resumes only on
+    /// the same count).
+    pub stream: StreamKind,
+    /// Partitions P of the canonical stream: a global batch is an equal chunk from each.
+    /// Fixed when a run starts (a resume keeps the checkpoint's); the worker count must
+    /// divide it, so it decides which counts a run may resume on. 0 (default): the largest
+    /// number up to 64 that the worker count divides, that divides the global micro-batch
+    /// and (every sample once per epoch) that has a shard for each partition.
+    pub partitions: usize,
+    /// Samples per optimizer step over all workers. When set, each worker's micro-batch is
+    /// `global_batch / (accum_steps × workers)` and `batch_size` is not used, so the same
+    /// config runs (and resumes) on any worker count that divides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_batch: Option<usize>,
+    /// Debugging: every worker appends each batch's sample keys to
+    /// `<run>/batch_keys/rank<R>-of<W>-from<N>.jsonl` (N: the first batch of the process).
+    pub dump_keys: bool,
+}
+
+/// How samples are split over workers (`data.stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// One stream of global batches for the run, partitioned over the workers.
+    #[default]
+    Canonical,
+    /// Every worker its own stream from its share of the shards.
+    PerRank,
 }
 
 /// Where training images are normalised (`data.normalize`).
@@ -84,6 +115,10 @@ impl Default for DataConfig {
             train_weights: None,
             epoch_samples: None,
             normalize: NormalizeOn::Loader,
+            stream: StreamKind::Canonical,
+            partitions: 0,
+            global_batch: None,
+            dump_keys: false,
         }
     }
 }
@@ -99,6 +134,15 @@ impl DataConfig {
         }
         if self.accum_steps == 0 {
             return Err(FieldError::new("data.accum_steps", "must be > 0"));
+        }
+        if self.global_batch == Some(0) {
+            return Err(FieldError::new("data.global_batch", "must be > 0"));
+        }
+        if self.stream == StreamKind::PerRank && self.partitions != 0 {
+            return Err(FieldError::new(
+                "data.partitions",
+                format!("{} partitions need data.stream = \"canonical\"", self.partitions),
+            ));
         }
         if self.caption != "txt" && !self.caption.starts_with("json:") {
             return Err(FieldError::new(
@@ -169,35 +213,101 @@ impl DataConfig {
         lc
     }
 
-    /// The loader config of rank `rank` of `world_size` for `model`, with the rank mixed
-    /// into the seed: the one place `[data]` becomes a [`LoaderConfig`] (which the
-    /// loader checks again as a whole when it starts).
+    /// Samples per micro-batch on each of `world_size` workers: `data.batch_size`, or
+    /// `data.global_batch / (accum_steps × workers)` when that is set.
+    pub fn micro_batch(&self, world_size: usize) -> Result<usize, FieldError> {
+        let Some(global) = self.global_batch else {
+            return Ok(self.batch_size);
+        };
+        let split = self.accum_steps * world_size.max(1);
+        if global % split != 0 {
+            return Err(FieldError::new(
+                "data.global_batch",
+                format!(
+                    "{global} samples per step cannot be split evenly into {} micro-batch(es) on each of {world_size} \
+                     worker(s)",
+                    self.accum_steps
+                ),
+            ));
+        }
+        Ok(global / split)
+    }
+
+    /// The loader config of rank `rank` of `world_size` for `model`: the one place `[data]`
+    /// becomes a [`LoaderConfig`] (which the loader checks again as a whole when it starts).
     ///
-    /// Every sample once per epoch: shards are dealt to ranks round-robin (each rank
-    /// needs one). `data.resampled`: every rank draws weighted shards with replacement
-    /// from all of them, and an epoch is `data.epoch_samples` samples over all ranks.
+    /// The canonical stream (default): every rank lists all shards and runs its partitions
+    /// of the stream, `partitions` of them in all (a resumed run passes its checkpoint's
+    /// count; `None` chooses as `data.partitions` says). Per-rank streams: the rank is
+    /// mixed into the seed, and when every sample is read once per epoch the shards are
+    /// dealt to ranks round-robin (each rank needs one). `data.resampled`: shards are drawn
+    /// with replacement from all of them, and an epoch is `data.epoch_samples` samples over
+    /// all ranks.
     pub fn loader_config(
         &self,
         model: &ModelConfig,
         seed: u64,
         rank: usize,
         world_size: usize,
+        saved_partitions: Option<usize>,
     ) -> Result<LoaderConfig, TrainError> {
         self.validate().map_err(TrainError::Config)?;
-        let (shards, sampling) = if self.resampled {
-            self.resampled_shards(rank, world_size)?
-        } else {
-            self.every_shard_once(rank, world_size)?
+        let batch_size = self.micro_batch(world_size).map_err(TrainError::Config)?;
+        let canonical = self.stream == StreamKind::Canonical;
+        let (shards, sampling) = match (self.resampled, canonical) {
+            (true, _) => self.resampled_shards(rank, world_size, batch_size)?,
+            (false, true) => self.every_shard_once(0, 1)?,
+            (false, false) => self.every_shard_once(rank, world_size)?,
         };
+        let partitions = canonical.then(|| Partitions {
+            count: self.partition_count(saved_partitions, world_size, batch_size, &shards, &sampling),
+            rank,
+            world_size,
+        });
         Ok(LoaderConfig {
             shards,
             sampling,
+            batch_size,
             image_size: model.vision.image_size as u32,
             context_length: model.text.context_length as usize,
-            // Rank in the seed: in resampled mode this is what gives every rank its own draws.
-            seed: seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            // Per-rank streams: the rank in the seed gives every rank its own draws. The
+            // canonical stream's partitions draw their own, whoever runs them.
+            seed: match canonical {
+                true => seed,
+                false => seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            },
+            partitions,
             ..self.loader_settings()
         })
+    }
+
+    /// P for the canonical stream: the checkpoint's, else `data.partitions`, else the largest
+    /// count up to 64 that `world_size` divides, that divides the global micro-batch and (every
+    /// sample once per epoch) has a shard per partition. The loader refuses a count that
+    /// does not fit, naming the field.
+    fn partition_count(
+        &self,
+        saved: Option<usize>,
+        world_size: usize,
+        batch_size: usize,
+        shards: &[PathBuf],
+        sampling: &Sampling,
+    ) -> usize {
+        if let Some(saved) = saved {
+            return saved;
+        }
+        if self.partitions > 0 {
+            return self.partitions;
+        }
+        let global = batch_size * world_size;
+        let most = match sampling {
+            Sampling::EveryShard => shards.len().min(64),
+            Sampling::Resampled { .. } => 64,
+        };
+        (1..=most)
+            .rev()
+            .find(|&p| p % world_size == 0 && global % p == 0)
+            .unwrap_or(world_size)
     }
 
     /// Every sample once per epoch: this rank's round-robin share of the shards.
@@ -222,7 +332,12 @@ impl DataConfig {
 
     /// Resampled: all shards with their source weights, and this rank's batches per
     /// virtual epoch.
-    fn resampled_shards(&self, rank: usize, world_size: usize) -> Result<(Vec<PathBuf>, Sampling), TrainError> {
+    fn resampled_shards(
+        &self,
+        rank: usize,
+        world_size: usize,
+        batch_size: usize,
+    ) -> Result<(Vec<PathBuf>, Sampling), TrainError> {
         let sources = expand_sources(&self.train, self.train_weights.as_deref()).map_err(|e| match e {
             DataError::BadConfig { field, reason } if field == WEIGHTS_FIELD => {
                 TrainError::DataConfig(FieldError::new("data.train_weights", reason))
@@ -259,10 +374,7 @@ impl DataConfig {
                 size
             }
         };
-        let weighted = LoaderConfig::resampled(
-            &sources,
-            virtual_epoch_batches(epoch_samples, self.batch_size, world_size),
-        );
+        let weighted = LoaderConfig::resampled(&sources, virtual_epoch_batches(epoch_samples, batch_size, world_size));
         Ok((weighted.shards, weighted.sampling))
     }
 }

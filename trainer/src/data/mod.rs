@@ -8,8 +8,9 @@ pub mod config;
 use dataloader::{Loader, LoaderState, SkipCounts};
 
 pub use batch::{PixelNormalization, TensorBatch};
-pub use config::{DataConfig, NormalizeOn};
+pub use config::{DataConfig, NormalizeOn, StreamKind};
 
+use crate::field::FieldError;
 use crate::model::ModelConfig;
 use crate::TrainError;
 
@@ -32,38 +33,118 @@ pub struct TrainLoader {
     image_size: usize,
     /// Set with `data.normalize = "device"`: the loader yields u8 levels, normalised by this.
     device_normalization: Option<PixelNormalization>,
+    /// Partitions of the canonical stream (`None`: per-rank streams).
+    partitions: Option<usize>,
+    /// `data.dump_keys`: where each batch's keys go, and the next batch's number.
+    key_dump: Option<(std::io::BufWriter<std::fs::File>, u64)>,
+    rank: usize,
+    world_size: usize,
 }
 
 impl TrainLoader {
     /// Rank `rank`'s training loader for `model` (see [`DataConfig::loader_config`]). With
-    /// `position` (from [`TrainLoader::state`] in a checkpoint) it continues at exactly the
-    /// next sample the saved run would have read.
+    /// `saved` (every rank's [`TrainLoader::state`] from a checkpoint, in rank order) it
+    /// continues at exactly the next sample the saved run would have read: the canonical
+    /// stream on any worker count that divides its partition count, per-rank streams on the
+    /// same worker count.
     pub fn new(
         cfg: &DataConfig,
         model: &ModelConfig,
         seed: u64,
         rank: usize,
         world_size: usize,
-        position: Option<&serde_json::Value>,
+        saved: Option<&[serde_json::Value]>,
     ) -> Result<TrainLoader, TrainError> {
-        let lc = cfg.loader_config(model, seed, rank, world_size)?;
-        let loader = match position {
-            None => Loader::new(lc),
-            Some(position) => {
-                let state: LoaderState =
-                    serde_json::from_value(position.clone()).map_err(|source| TrainError::TrainState {
-                        what: format!("loader state of rank {rank}"),
-                        source,
-                    })?;
-                Loader::resume(lc, &state)
+        let states = match saved {
+            None => None,
+            Some(saved) => Some(
+                saved
+                    .iter()
+                    .enumerate()
+                    .map(|(saved_rank, state)| {
+                        serde_json::from_value::<LoaderState>(state.clone()).map_err(|source| TrainError::TrainState {
+                            what: format!("loader state of rank {saved_rank}"),
+                            source,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let saved_partitions = states.as_ref().and_then(|s| s.first()?.partition_count());
+        let lc = cfg.loader_config(model, seed, rank, world_size, saved_partitions)?;
+        let partitions = lc.partitions.map(|p| p.count);
+        let loader = match (&states, partitions) {
+            (None, _) => Loader::new(lc),
+            (Some(states), Some(_)) if saved_partitions.is_none() => {
+                return Err(TrainError::DataConfig(FieldError::new(
+                    "data.stream",
+                    format!(
+                        "the checkpoint's {} loader state(s) are per-rank streams; resume it with data.stream = \
+                         \"per_rank\" on {} worker(s)",
+                        states.len(),
+                        states.len()
+                    ),
+                )))
             }
+            (Some(states), Some(_)) => LoaderState::merge(states).and_then(|merged| Loader::resume(lc, &merged)),
+            (Some(states), None) => match states.get(rank) {
+                Some(state) => Loader::resume(lc, state),
+                None => {
+                    return Err(TrainError::DataConfig(FieldError::new(
+                        "data.stream",
+                        format!("the checkpoint has no loader state for rank {rank}"),
+                    )))
+                }
+            },
         }
         .map_err(TrainError::Loader)?;
         Ok(TrainLoader {
             loader,
             image_size: model.vision.image_size as usize,
             device_normalization: (cfg.normalize == NormalizeOn::Device).then(PixelNormalization::clip),
+            partitions,
+            key_dump: None,
+            rank,
+            world_size,
         })
+    }
+
+    /// Partitions of the canonical stream; `None` for per-rank streams.
+    pub fn partitions(&self) -> Option<usize> {
+        self.partitions
+    }
+
+    /// `data.dump_keys`: append every batch's sample keys, numbered from `first_batch`, to
+    /// `<dir>/rank<R>-of<W>-from<first_batch>.jsonl`.
+    pub fn dump_keys_to(&mut self, dir: &std::path::Path, first_batch: u64) -> Result<(), TrainError> {
+        let io = |source| TrainError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join(format!(
+            "rank{}-of{}-from{first_batch}.jsonl",
+            self.rank, self.world_size
+        ));
+        let file = std::fs::File::create(&path).map_err(|source| TrainError::Io { path, source })?;
+        self.key_dump = Some((std::io::BufWriter::new(file), first_batch));
+        Ok(())
+    }
+
+    fn dump_keys(&mut self, keys: &[String]) -> Result<(), TrainError> {
+        use std::io::Write;
+        let Some((out, batch)) = &mut self.key_dump else {
+            return Ok(());
+        };
+        let line =
+            serde_json::json!({ "batch": *batch, "rank": self.rank, "world_size": self.world_size, "keys": keys });
+        *batch += 1;
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|source| TrainError::Io {
+                path: "batch_keys".into(),
+                source,
+            })
     }
 
     /// The next batch as tensors, the images wrapping the loader's buffer without a copy (see
@@ -73,6 +154,7 @@ impl TrainLoader {
         let batch = self.loader.next_batch().ok_or_else(|| TrainError::NoUsableBatch {
             skipped: self.loader.skip_counts().to_json().to_string(),
         })?;
+        self.dump_keys(&batch.keys)?;
         let size = batch.len();
         Ok(match &self.device_normalization {
             None => TensorBatch::from_loader(batch.images, &batch.tokens, size, self.image_size, batch.epoch),
@@ -275,9 +357,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_shards(dir.path(), 8, 8);
         let mut cfg = data_config(&dir.path().display().to_string());
-        // One shard for three ranks: refused when every sample is read once per epoch ...
+        // One shard for three ranks: refused when every sample is read once per epoch, by
+        // per-rank streams (a shard per rank) and the canonical one (a shard per partition) ...
+        let err = error_of(TrainLoader::new(&cfg, &nano(), 7, 1, 3, None));
+        assert!(err.contains("data.partitions") && err.contains("resampled"), "{err}");
+        cfg.stream = StreamKind::PerRank;
         let err = error_of(TrainLoader::new(&cfg, &nano(), 7, 1, 3, None));
         assert!(err.contains("data.resampled"), "{err}");
+        cfg.stream = StreamKind::Canonical;
         // ... fine when shards are drawn with replacement, each rank its own stream.
         cfg.resampled = true;
         cfg.epoch_samples = Some(12);
@@ -380,14 +467,21 @@ mod tests {
         let expected: Vec<Vec<f32>> = (0..5)
             .map(|_| Vec::<f32>::try_from(loader.next_batch().unwrap().images.flatten(0, -1)).unwrap())
             .collect();
-        let mut resumed = TrainLoader::new(&cfg, &nano(), 3, 0, 1, Some(&state)).unwrap();
+        let mut resumed = TrainLoader::new(&cfg, &nano(), 3, 0, 1, Some(std::slice::from_ref(&state))).unwrap();
         let got: Vec<Vec<f32>> = (0..5)
             .map(|_| Vec::<f32>::try_from(resumed.next_batch().unwrap().images.flatten(0, -1)).unwrap())
             .collect();
         assert_eq!(got, expected);
         // Another epoch length does not fit the saved position.
         cfg.epoch_samples = Some(8);
-        let err = error_of(TrainLoader::new(&cfg, &nano(), 3, 0, 1, Some(&state)));
+        let err = error_of(TrainLoader::new(
+            &cfg,
+            &nano(),
+            3,
+            0,
+            1,
+            Some(std::slice::from_ref(&state)),
+        ));
         assert!(err.contains("epoch_batches"), "{err}");
     }
 }

@@ -119,6 +119,16 @@ impl Optimizer {
         }
     }
 
+    /// Restores a sharded optimizer from the shards a run on another worker count saved
+    /// (every rank's, in rank order); see [`ShardedAdamW::load_resharded`]. A replicated
+    /// optimizer's state does not depend on the worker count: it takes rank 0's.
+    pub fn load_resharded(&mut self, mut saved: Vec<Vec<(String, Tensor)>>) -> Result<(), OptimStateMismatch> {
+        match self {
+            Optimizer::Replicated { adamw, .. } => adamw.load_state_tensors(saved.swap_remove(0)),
+            Optimizer::Sharded(sharded) => sharded.load_resharded(saved),
+        }
+    }
+
     /// Restores what [`Optimizer::state_tensors`] wrote.
     pub fn load_state_tensors(&mut self, named: Vec<(String, Tensor)>) -> Result<(), OptimStateMismatch> {
         match self {

@@ -236,6 +236,60 @@ impl ShardedAdamW {
         Ok(())
     }
 
+    /// Restores this rank's shard from the shards of a run on another worker count (`saved`,
+    /// every rank's [`ShardedAdamW::state_tensors`], in rank order): the saved moments are
+    /// laid end to end as the whole flat vector they split, and this rank takes its range of
+    /// it. Errors, changing nothing, when the shards are not one whole set for these
+    /// parameters.
+    pub fn load_resharded(&mut self, saved: Vec<Vec<(String, Tensor)>>) -> Result<(), OptimStateMismatch> {
+        let mismatch = |problem: String| OptimStateMismatch {
+            problems: vec![problem],
+        };
+        let world = saved.len();
+        let mut exp_avg = Vec::with_capacity(world);
+        let mut exp_avg_sq = Vec::with_capacity(world);
+        let mut steps = Vec::with_capacity(world);
+        for (rank, named) in saved.into_iter().enumerate() {
+            let mut by_name: std::collections::BTreeMap<String, Tensor> = named.into_iter().collect();
+            let layout = by_name
+                .get(LAYOUT_KEY)
+                .map(|t| Vec::<i64>::try_from(t.to_kind(Kind::Int64).flatten(0, -1)).unwrap_or_default())
+                .unwrap_or_default();
+            let want_shard = (self.total + world as i64 - 1) / world as i64;
+            if layout != [world as i64, rank as i64, self.total, want_shard] {
+                return Err(mismatch(format!(
+                    "{LAYOUT_KEY}: shard {rank} of {world} has layout {layout:?}, expected [{world}, {rank}, {}, \
+                     {want_shard}] for these parameters",
+                    self.total
+                )));
+            }
+            let mut take = |key: &str| {
+                by_name
+                    .remove(key)
+                    .ok_or_else(|| mismatch(format!("{key}: missing in shard {rank}")))
+            };
+            exp_avg.push(take(EXP_AVG_KEY)?);
+            exp_avg_sq.push(take(EXP_AVG_SQ_KEY)?);
+            let step = take(super::adamw::STEP_STATE_KEY)?;
+            steps.push(step.flatten(0, -1).int64_value(&[0]));
+        }
+        if steps.windows(2).any(|pair| pair[0] != pair[1]) {
+            return Err(mismatch(format!("the shards were saved at different steps: {steps:?}")));
+        }
+        let start = self.rank as i64 * self.shard_len;
+        let len = (self.total - start).clamp(0, self.shard_len);
+        for (destination, parts) in [(&self.exp_avg, exp_avg), (&self.exp_avg_sq, exp_avg_sq)] {
+            let whole = Tensor::cat(&parts, 0).narrow(0, 0, self.total);
+            let mut destination = destination.shallow_clone();
+            let _ = destination.zero_();
+            destination
+                .narrow(0, 0, len)
+                .copy_(&whole.narrow(0, start, len).to_device(destination.device()));
+        }
+        self.step = steps.first().copied().unwrap_or(0).max(0) as u64;
+        Ok(())
+    }
+
     /// Bytes of optimizer state this rank holds (the two moment shards).
     pub fn state_bytes(&self) -> usize {
         2 * self.shard_len as usize * self.exp_avg.kind().elt_size_in_bytes()

@@ -153,6 +153,13 @@ impl TrainConfig {
         }
     }
 
+    /// Samples per optimizer step over `world_size` workers: `data.global_batch`, or
+    /// `data.batch_size × data.accum_steps × workers`.
+    pub fn global_batch(&self, world_size: usize) -> Result<u64, TrainError> {
+        let micro = self.data.micro_batch(world_size).map_err(TrainError::Config)?;
+        Ok((micro * self.data.accum_steps * world_size) as u64)
+    }
+
     /// The run folder `<out_dir>/<name>`.
     pub fn run_dir(&self) -> PathBuf {
         self.out_dir.join(&self.name)

@@ -85,9 +85,12 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         cfg.seed,
         dist.rank,
         dist.world_size,
-        resumed.as_ref().map(|r| &r.loader),
+        resumed.as_ref().map(|r| r.loaders.as_slice()),
     )?;
-    let global_batch = (cfg.data.batch_size * cfg.data.accum_steps * dist.world_size) as u64;
+    if cfg.data.dump_keys {
+        loader.dump_keys_to(&run_dir.join("batch_keys"), progress.step * cfg.data.accum_steps as u64)?;
+    }
+    let global_batch = cfg.global_batch(dist.world_size)?;
     let last_step = cfg.schedule.steps;
     let mut metrics = Metrics::open(&run_dir, &cfg.log, dist.is_main(), &progress, last_step, global_batch)?;
     if dist.is_main() {
@@ -96,6 +99,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
             params = model_cfg.num_params(),
             workers = dist.world_size,
             global_batch,
+            data_partitions = loader.partitions(),
             steps = last_step,
             start_step = progress.step,
             "training"
