@@ -80,8 +80,10 @@ fn a_sharded_optimizer_trains_like_the_replicated_one_and_holds_a_share_of_it() 
             .zip(losses(dir.path(), &sharded))
             .enumerate()
         {
+            // Relative: a loss of ~2.6 is an f32 sum, whose last bits (3e-7 apart there)
+            // follow the order of the sums over ranks, which differs between the two.
             assert!(
-                (a - b).abs() <= TOLERANCE,
+                (a - b).abs() <= TOLERANCE * a.abs().max(1.0),
                 "{workers} workers, step {}: loss {a} vs {b}",
                 step + 1
             );

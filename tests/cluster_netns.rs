@@ -2,7 +2,9 @@
 //! each: `ferroclip launch --backend mpi --hosts A:1,B:1` (started inside A,
 //! with an rsh agent that enters B) trains the nano model over the link; then a
 //! run whose worker in B is killed is recovered by `--max-restarts 1` from its
-//! checkpoint and finishes.
+//! checkpoint and finishes; and when host B is gone altogether (its namespace deleted),
+//! `--min-nproc 1` restarts the run on A alone, resuming the 2-worker checkpoint on one
+//! worker with the same global batch (the canonical data stream).
 //!
 //! Needs root (it creates namespaces) and Open MPI. Safety (see docs/architecture.md
 //! §9, "Testing across hosts on one machine"): nothing here addresses the namespaces'
@@ -25,6 +27,11 @@ const ADDR_B: &str = "10.213.77.2/24";
 const SIGKILL: i32 = 9;
 
 fn config(steps: u64) -> String {
+    config_with(steps, "batch_size = 8")
+}
+
+/// [`config`] with `batch` as the batch setting of `[data]`.
+fn config_with(steps: u64, batch: &str) -> String {
     format!(
         r#"name = "t"
 model = "nano"
@@ -32,7 +39,7 @@ seed = 5
 threads = 1
 [data]
 train = "shards"
-batch_size = 8
+{batch}
 workers = 1
 [schedule]
 steps = {steps}
@@ -277,6 +284,60 @@ fn mpi_training_across_two_network_namespaces_survives_a_killed_host_worker() {
         "the restart did not resume: {resumed}"
     );
     assert!(dir.path().join("runs/b/logs/rank1.attempt1.log").is_file());
+
+    // 3. Host B is gone: its worker killed and its namespace deleted. With --min-nproc 1 the
+    //    launcher probes both hosts before the restart, drops B, says so, and restarts on A
+    //    alone; the 2-worker checkpoint resumes on 1 worker with the same global batch.
+    std::fs::write(dir.path().join("t.toml"), config_with(12, "global_batch = 16")).unwrap();
+    let child = launch_in_a(
+        &hosts,
+        dir.path(),
+        "c",
+        &["--max-restarts", "1", "--restart-backoff-s", "0.2", "--min-nproc", "1"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start the launcher in namespace A");
+    let metrics = dir.path().join("runs/c/metrics.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while last_logged_step(&metrics) < 3 {
+        assert!(Instant::now() < deadline, "run c never reached step 3");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank1 = tagged_pids(&tag, "OMPI_COMM_WORLD_RANK=1");
+    assert_eq!(rank1.len(), 1, "expected one rank-1 worker, found {rank1:?}");
+    let killed_after = last_logged_step(&metrics);
+    ip(&["netns", "del", &hosts.b]);
+    send_signal(rank1[0], SIGKILL);
+    let out = wait_output(child, Duration::from_secs(120));
+    let log = text(&out);
+    assert!(
+        out.status.success(),
+        "run c did not go on without host B after a kill after step {killed_after}:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "restart 1/1 with 1 worker(s) instead of 2 (--min-nproc 1): host {} does not answer",
+            hosts.b
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("runs/c/logs/hostfile")).unwrap(),
+        format!("{} slots=1\n", hosts.a)
+    );
+    assert_eq!(last_logged_step(&metrics), 12);
+    // Every step of both attempts had the global batch of 16.
+    assert_eq!(samples_seen(&metrics), 12 * 16);
+    let resumed = std::fs::read_to_string(dir.path().join("runs/c/logs/rank0.log")).unwrap();
+    assert!(
+        resumed.contains("resumed from"),
+        "the restart did not resume: {resumed}"
+    );
+    // Rank 1's log is the failed attempt's; the restart had no rank 1.
+    assert!(dir.path().join("runs/c/logs/rank1.attempt1.log").is_file());
+    assert!(!dir.path().join("runs/c/logs/rank1.log").exists());
     drop(hosts);
 }
 

@@ -25,7 +25,9 @@ use std::time::Instant;
 
 use dataloader::imaging::JpegDraft;
 use dataloader::imaging::{decode_rgb_with_image_crate, RandomResizedCrop};
-use dataloader::{decode_rgb, ImageTransform, Loader, LoaderConfig, PixelOutput, Tokenizer, DEFAULT_MAX_PIXELS};
+use dataloader::{
+    decode_rgb, ImageTransform, Loader, LoaderConfig, Partitions, PixelOutput, Tokenizer, DEFAULT_MAX_PIXELS,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -35,12 +37,13 @@ const CONTEXT_LENGTH: usize = 77;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: loader_bench (loader N | loader_u8 N | fused | raw | draft | resize) SHARD...";
+    let usage =
+        "usage: loader_bench (loader N | loader_u8 N | canonical N | canonical_u8 N | fused | raw | draft | resize) SHARD...";
     let Some(mode) = args.first() else {
         eprintln!("{usage}");
         std::process::exit(2);
     };
-    let (threads, shard_args) = if mode == "loader" || mode == "loader_u8" {
+    let (threads, shard_args) = if ["loader", "loader_u8", "canonical", "canonical_u8"].contains(&mode.as_str()) {
         let threads = args.get(1).and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| {
             eprintln!("{usage}");
             std::process::exit(2)
@@ -55,8 +58,10 @@ fn main() {
         std::process::exit(2);
     }
     match mode.as_str() {
-        "loader" => bench_loader(shards, threads, PixelOutput::NormalizedF32),
-        "loader_u8" => bench_loader(shards, threads, PixelOutput::RawU8),
+        "loader" => bench_loader(shards, threads, PixelOutput::NormalizedF32, None),
+        "loader_u8" => bench_loader(shards, threads, PixelOutput::RawU8, None),
+        "canonical" => bench_loader(shards, threads, PixelOutput::NormalizedF32, Some(CANONICAL_PARTITIONS)),
+        "canonical_u8" => bench_loader(shards, threads, PixelOutput::RawU8, Some(CANONICAL_PARTITIONS)),
         "fused" => bench_fused(&read_samples(&shards)),
         "raw" => bench_raw(&read_samples(&shards)),
         "draft" => bench_draft(&read_samples(&shards)),
@@ -156,8 +161,19 @@ fn report(name: &str, threads: usize, images: usize, seconds: f64, cpu_s: f64) {
     );
 }
 
-fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput) {
+/// Partitions of the `canonical` rows: the stream training reads by default, as one worker
+/// runs it (4 partitions of the 6 bench shards, chunks of 64 of each batch of 256).
+const CANONICAL_PARTITIONS: usize = 4;
+
+/// The Loader over `shards` with `threads` decode threads: per-thread streams, or with
+/// `partitions` a canonical stream of that many partitions read by one worker.
+fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput, partitions: Option<usize>) {
     let mut cfg = LoaderConfig::new(shards.clone(), true);
+    cfg.partitions = partitions.map(|count| Partitions {
+        count,
+        rank: 0,
+        world_size: 1,
+    });
     cfg.pixel_output = pixel_output;
     cfg.threads = threads;
     cfg.batch_size = BATCH_SIZE;
@@ -185,9 +201,11 @@ fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput)
         checksum += first_value + batch.tokens[1] as f64;
     }
     clock.report(
-        match pixel_output {
-            PixelOutput::NormalizedF32 => "ferroclip_loader",
-            PixelOutput::RawU8 => "ferroclip_loader_u8_no_normalize",
+        match (pixel_output, partitions.is_some()) {
+            (PixelOutput::NormalizedF32, false) => "ferroclip_loader",
+            (PixelOutput::RawU8, false) => "ferroclip_loader_u8_no_normalize",
+            (PixelOutput::NormalizedF32, true) => "ferroclip_loader_canonical",
+            (PixelOutput::RawU8, true) => "ferroclip_loader_canonical_u8_no_normalize",
         },
         threads,
         images,

@@ -104,6 +104,23 @@ pub enum LaunchError {
         /// Every failed attempt, first to last.
         attempts: Vec<FailedAttempt>,
     },
+    /// Hosts were gone before a restart and the others hold fewer than `--min-nproc`
+    /// workers.
+    #[error(
+        "cannot restart: {lost}, and the hosts that answer have {slots} slot(s), fewer than --min-nproc {min_nproc}; \
+         failed attempts:{list}",
+        list = list_attempts(.attempts)
+    )]
+    TooFewWorkers {
+        /// Slots on the hosts that answer.
+        slots: usize,
+        /// `--min-nproc`.
+        min_nproc: usize,
+        /// Which hosts are gone, in words.
+        lost: String,
+        /// Every failed attempt, first to last.
+        attempts: Vec<FailedAttempt>,
+    },
     /// The launcher was asked to stop (Ctrl-C / SIGTERM) and stopped the workers.
     #[error("interrupted by {name}; the workers were stopped", name = signal_name(*.signal))]
     Interrupted {

@@ -40,6 +40,7 @@ mod output;
 mod process;
 pub mod rendezvous;
 mod run_dir;
+mod shrink;
 mod signals;
 pub mod slurm;
 mod supervise;

@@ -14,6 +14,7 @@ use crate::error::{signal_name, FailedAttempt, LaunchError};
 use crate::local::{LaunchReport, LocalLaunch};
 use crate::output::Console;
 use crate::process::POLL;
+use crate::shrink::{self, Resize};
 use crate::signals::{self, StopHandle};
 
 /// When and how often a failed group is started again.
@@ -28,6 +29,10 @@ pub struct RestartPolicy {
     /// An attempt that ran at least this long before failing resets the doubling
     /// (it made progress; its failure is a new incident, not a crash loop).
     pub stable_after: Duration,
+    /// `--min-nproc`: before a restart of a multi-host mpi launch, drop the hosts that no
+    /// longer answer and restart on fewer workers, never fewer than this (`None`: always the
+    /// same group).
+    pub min_nproc: Option<usize>,
 }
 
 impl Default for RestartPolicy {
@@ -37,6 +42,7 @@ impl Default for RestartPolicy {
             backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(60),
             stable_after: Duration::from_secs(600),
+            min_nproc: None,
         }
     }
 }
@@ -95,8 +101,10 @@ impl SupervisedLaunch {
         let started = Instant::now();
         let mut failed_attempts: Vec<FailedAttempt> = Vec::new();
         let mut consecutive_failures = 0u32;
+        // The group the next attempt runs: the first one, or fewer workers once hosts are gone.
+        let mut group = self.launch.clone();
         for attempt in 1.. {
-            let mut launch = self.launch.clone();
+            let mut launch = group.clone();
             if attempt > 1 {
                 launch.args = with_resume_latest(&launch.args);
             }
@@ -144,8 +152,12 @@ impl SupervisedLaunch {
                 consecutive_failures + 1
             };
             let delay = self.policy.delay(consecutive_failures);
+            let resized = match self.policy.min_nproc {
+                Some(min_nproc) => resize_group(&mut group, self.launch.nproc, min_nproc, failed_attempts.clone())?,
+                None => String::new(),
+            };
             console.note(&format!(
-                "{failure} after {:.1}s; restart {}/{} in {}",
+                "{failure} after {:.1}s; restart {}/{}{resized} in {}",
                 ran_for.as_secs_f64(),
                 restarts_done + 1,
                 self.policy.max_restarts,
@@ -154,6 +166,44 @@ impl SupervisedLaunch {
             wait_unless_stopped(delay, stop)?;
         }
         unreachable!("the attempt loop returns")
+    }
+}
+
+/// Before a restart under `--min-nproc`: probes `group`'s hosts and, when some are gone,
+/// makes it the largest group the others can run (see [`crate::shrink`]). Returns what to
+/// add to the restart note (" with 2 workers instead of 4: host b does not answer"), or
+/// [`LaunchError::TooFewWorkers`] (with the failed attempts) when fewer than `min_nproc`
+/// are left.
+fn resize_group(
+    group: &mut LocalLaunch,
+    first_nproc: usize,
+    min_nproc: usize,
+    attempts: Vec<FailedAttempt>,
+) -> Result<String, LaunchError> {
+    let hosts_word = |lost: &[String]| match lost.len() {
+        1 => format!("host {} does not answer", lost[0]),
+        _ => format!("hosts {} do not answer", lost.join(", ")),
+    };
+    match shrink::resize_for_restart(group, first_nproc, min_nproc) {
+        Resize::Same => Ok(String::new()),
+        Resize::Shrunk { nproc, remaining, lost } => {
+            let note = format!(
+                " with {nproc} worker(s) instead of {} (--min-nproc {min_nproc}): {}",
+                group.nproc,
+                hosts_word(&lost)
+            );
+            group.nproc = nproc;
+            group.mpi_hosts.hosts = remaining;
+            // The hostfile is written again from the hosts that answer.
+            group.mpi_hosts.hostfile = None;
+            Ok(note)
+        }
+        Resize::TooFew { slots, lost } => Err(LaunchError::TooFewWorkers {
+            slots,
+            min_nproc,
+            lost: hosts_word(&lost),
+            attempts,
+        }),
     }
 }
 

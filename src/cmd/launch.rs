@@ -58,6 +58,13 @@ pub struct Args {
     /// Restart the whole group up to this many times when a worker fails (0: never).
     #[arg(long, default_value_t = 0)]
     max_restarts: usize,
+    /// mpi with --hosts/--hostfile: before a restart, drop the hosts that no longer answer
+    /// (probed through the rsh agent) and restart on the largest divisor of --nproc that
+    /// the others hold, but never fewer than this many workers. The run must be able to
+    /// continue on fewer workers: the canonical data stream (the default) with
+    /// `data.global_batch` set (its partition count is a multiple of --nproc).
+    #[arg(long)]
+    min_nproc: Option<usize>,
     /// Seconds to wait before the first restart; doubled per consecutive failure, at most 60.
     #[arg(long, default_value_t = 5.0)]
     restart_backoff_s: f64,
@@ -197,8 +204,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(min) = args.min_nproc {
+        if min == 0 || min > nproc {
+            anyhow::bail!("--min-nproc {min} must be between 1 and --nproc {nproc}");
+        }
+        if args.max_restarts == 0 {
+            anyhow::bail!("--min-nproc {min} needs --max-restarts: it decides how many workers a restart runs");
+        }
+        if !(backend == Backend::Mpi && launch.mpi_hosts.is_multi_host()) {
+            anyhow::bail!(
+                "--min-nproc {min} needs --backend mpi with --hosts or --hostfile: it restarts without the hosts that \
+                 are gone, and one machine has none to lose"
+            );
+        }
+    }
     let policy = RestartPolicy {
         max_restarts: args.max_restarts,
+        min_nproc: args.min_nproc,
         backoff: seconds("--restart-backoff-s", args.restart_backoff_s)?,
         ..RestartPolicy::default()
     };

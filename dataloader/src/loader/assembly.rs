@@ -168,7 +168,8 @@ impl StepAssembly {
 
     /// Hands over `part`'s chunk of `batch`, whose region (`region`, consumed) is filled.
     pub(super) fn complete<T>(&self, part: usize, batch: u64, region: ChunkRegion<T>, chunk: ChunkDone) {
-        drop(region);
+        // The region is given up here, before the slot can be taken.
+        let ChunkRegion { .. } = region;
         let mut state = self.lock();
         if let Some(slot) = state.slots.get_mut(&batch) {
             slot.parts[part] = Some(chunk);

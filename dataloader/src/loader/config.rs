@@ -255,7 +255,7 @@ impl LoaderConfig {
                     "a canonical stream drops each partition's last partial chunk of an epoch, so every batch is whole",
                 );
             }
-            if world_size == 0 || count % world_size != 0 {
+            if world_size == 0 || !count.is_multiple_of(world_size) {
                 return bad(
                     "partitions",
                     &format!("{count} partitions cannot be split evenly over {world_size} workers; the worker count must divide the partition count"),
@@ -264,7 +264,7 @@ impl LoaderConfig {
             if rank >= world_size {
                 return bad("partitions", &format!("rank {rank} of {world_size} workers"));
             }
-            if self.batch_size % partitions.per_rank() != 0 {
+            if !self.batch_size.is_multiple_of(partitions.per_rank()) {
                 return bad(
                     "batch_size",
                     &format!(

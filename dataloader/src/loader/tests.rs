@@ -848,3 +848,32 @@ fn partition_errors_name_the_numbers() {
         .to_string();
     assert!(e.contains("partitions"), "{e}");
 }
+
+#[test]
+fn a_partition_whose_shard_is_all_bad_tries_its_next_epoch_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 shards, one of them all undecodable, 4 partitions: every epoch one partition gets
+    // the bad shard, reads nothing, and starts its next epoch with another shard.
+    let flaws: Vec<(usize, usize, Flaw)> = (0..6).map(|i| (2, i, Flaw::UndecodableImage)).collect();
+    let mut cfg = LoaderConfig::new(write_shards(dir.path(), 4, 6, &flaws), true);
+    cfg.image_size = 8;
+    cfg.context_length = 16;
+    cfg.shuffle_buffer = 3;
+    cfg.seed = 4;
+    assert_same_global_batches(&cfg, 4, 8, 12);
+    let (one, states) = global_batches(&cfg, 4, 1, 8, 2, 12, None);
+    assert!(one[0]
+        .iter()
+        .all(|batch| batch.keys.iter().all(|key| !key.starts_with("s2/"))));
+    let skips = states[0][12].skip_counts().unwrap();
+    assert!(skips.get(SkipReason::UndecodableImage) >= 6, "{skips}");
+    // Without any usable sample the stream ends instead of spinning.
+    let all_bad: Vec<(usize, usize, Flaw)> = (0..2)
+        .flat_map(|s| (0..3).map(move |i| (s, i, Flaw::UndecodableImage)))
+        .collect();
+    std::fs::create_dir_all(dir.path().join("bad")).unwrap();
+    let mut bad = LoaderConfig::new(write_shards(&dir.path().join("bad"), 2, 3, &all_bad), true);
+    bad.image_size = 8;
+    let mut loader = Loader::new(partitioned(&bad, 2, 0, 1, 2, 1)).unwrap();
+    assert!(loader.next_batch().is_none());
+}

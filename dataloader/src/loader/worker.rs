@@ -27,6 +27,11 @@ use crate::tokenizer::Tokenizer;
 /// a fraction `p` of the weight on good shards a false stop has probability `(1 - p)^1000`.
 pub(super) const MAX_DRAWS_WITHOUT_SAMPLE: usize = 1000;
 
+/// A partition of a canonical stream gives up after this many epochs in a row without a
+/// usable sample. Its shards are dealt anew every epoch, so with a fraction `f` of the shards
+/// unusable a false stop has probability about `f^32`.
+pub(super) const MAX_EMPTY_EPOCHS: u32 = 32;
+
 /// What a worker sends: a batch plus the skips counted since its previous message and its
 /// position right after the batch, or its end.
 pub(super) enum Message {
@@ -155,6 +160,7 @@ impl Worker {
     pub(super) fn run(self, start: ThreadCursor) {
         let mut skips_left = SkipCounts::new();
         let mut cursor = start;
+        let mut empty_epochs = 0;
         loop {
             let epoch = cursor.epoch;
             let shards = epoch_shards(&self.cfg, self.threads, self.thread, epoch);
@@ -183,11 +189,29 @@ impl Worker {
                 break;
             }
             if state.samples == 0 {
-                tracing::warn!(
-                    thread = self.thread,
-                    "loader thread stops: no usable sample in its {listed} shard(s)"
+                empty_epochs += 1;
+                // A partition of a canonical stream cannot stop while others go on (every batch
+                // needs its chunk): its next epoch deals it other shards, so it tries again, up
+                // to a bound that only data without any usable sample reaches.
+                if self.cfg.partitions.is_none() || empty_epochs >= MAX_EMPTY_EPOCHS {
+                    tracing::warn!(
+                        thread = self.thread,
+                        "loader thread stops: no usable sample in its {listed} shard(s){}",
+                        if empty_epochs > 1 {
+                            format!(", {empty_epochs} epochs in a row")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    break;
+                }
+                tracing::debug!(
+                    partition = self.thread,
+                    epoch,
+                    "no usable sample in this epoch's shards"
                 );
-                break;
+            } else {
+                empty_epochs = 0;
             }
             cursor = ThreadCursor::epoch_start(epoch + 1);
         }

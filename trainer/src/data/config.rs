@@ -380,7 +380,7 @@ impl DataConfig {
 }
 
 /// The `[data]` name of a [`LoaderConfig`] field.
-fn section_field(loader_field: &str) -> String {
+pub(crate) fn section_field(loader_field: &str) -> String {
     match loader_field {
         "threads" => "data.workers".into(),
         field => format!("data.{field}"),

@@ -5,7 +5,7 @@
 pub mod batch;
 pub mod config;
 
-use dataloader::{Loader, LoaderState, SkipCounts};
+use dataloader::{DataError, Loader, LoaderState, SkipCounts};
 
 pub use batch::{PixelNormalization, TensorBatch};
 pub use config::{DataConfig, NormalizeOn, StreamKind};
@@ -97,7 +97,13 @@ impl TrainLoader {
                 }
             },
         }
-        .map_err(TrainError::Loader)?;
+        .map_err(|e| match e {
+            // What the loader refuses in the settings of [data] is named as [data] names it.
+            DataError::BadConfig { field, reason } if ["partitions", "batch_size", "drop_last"].contains(&field) => {
+                TrainError::DataConfig(FieldError::new(config::section_field(field), reason))
+            }
+            other => TrainError::Loader(other),
+        })?;
         Ok(TrainLoader {
             loader,
             image_size: model.vision.image_size as usize,
