@@ -233,18 +233,19 @@ fn resumed_step(log: &str, prefix: &str) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn a_four_worker_run_killed_and_resumed_on_two_workers_ends_as_the_uninterrupted_one() {
+/// A 4-worker run SIGKILLed after step 12 and resumed on 2 workers ends as an uninterrupted
+/// 4-worker run, batch for batch; `settings` are extra `--set`s for every run.
+fn killed_on_four_resumed_on_two(settings: &[&str]) {
     require_mpirun();
     let dir = setup();
     let dir = dir.path();
-    run(dir, 4, "ref", &[]);
+    run(dir, 4, "ref", settings);
 
-    let tag_value = format!("elastic-{}", std::process::id());
+    let tag_value = format!("elastic-{}-{}", std::process::id(), settings.join(","));
     let tag = format!("FERROCLIP_TEST_TAG={tag_value}");
     let _cleanup = KillTagged(tag.clone());
     let child = ferroclip(dir)
-        .args(run_args(4, "b", &[]))
+        .args(run_args(4, "b", settings))
         .env("FERROCLIP_TEST_TAG", &tag_value)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -266,7 +267,8 @@ fn a_four_worker_run_killed_and_resumed_on_two_workers_ends_as_the_uninterrupted
     );
 
     // Resumed on 2 workers: the same global batch of 8, now 4 per worker.
-    let out = run(dir, 2, "b", &["--resume", "latest"]);
+    let resume: Vec<&str> = settings.iter().copied().chain(["--resume", "latest"]).collect();
+    let out = run(dir, 2, "b", &resume);
     let log = output_text(&out);
     let resumed_at = resumed_step(&log, "runs/b/checkpoints/step_");
     assert!(
@@ -290,11 +292,19 @@ fn a_four_worker_run_killed_and_resumed_on_two_workers_ends_as_the_uninterrupted
     assert_same_training(dir, "ref", "b");
 
     // A worker count that does not divide the 4 partitions is refused, naming both numbers.
-    let out = ferroclip(dir)
-        .args(run_args(3, "b", &["--resume", "latest"]))
-        .output()
-        .unwrap();
+    let out = ferroclip(dir).args(run_args(3, "b", &resume)).output().unwrap();
     let log = output_text(&out);
     assert!(!out.status.success());
     assert!(log.contains("4 partitions") && log.contains("3 workers"), "{log}");
+}
+
+#[test]
+fn a_four_worker_run_killed_and_resumed_on_two_workers_ends_as_the_uninterrupted_one() {
+    killed_on_four_resumed_on_two(&[]);
+}
+
+#[test]
+fn a_sharded_optimizer_is_regathered_when_a_run_resumes_on_fewer_workers() {
+    // The 4 saved optimizer shards become 2 (ShardedAdamW::load_resharded).
+    killed_on_four_resumed_on_two(&["--set=optim.shard=true"]);
 }

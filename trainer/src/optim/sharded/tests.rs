@@ -155,3 +155,66 @@ fn a_shard_reloads_only_into_its_own_layout() {
         assert!(err.contains("shard.layout"), "{err}");
     }
 }
+
+/// The flat first and second moments of a whole set of shards' states, in rank order.
+fn whole_moments(states: &[Vec<(String, Tensor)>], total: i64) -> (Vec<f32>, Vec<f32>) {
+    let take = |key: &str| {
+        let parts: Vec<Tensor> = states
+            .iter()
+            .map(|s| s.iter().find(|(n, _)| n == key).expect(key).1.shallow_clone())
+            .collect();
+        Vec::<f32>::try_from(Tensor::cat(&parts, 0).narrow(0, 0, total)).expect("f32")
+    };
+    (take(EXP_AVG_KEY), take(EXP_AVG_SQ_KEY))
+}
+
+#[test]
+fn shards_of_one_worker_count_regather_onto_another() {
+    let total: i64 = params().iter().map(|(_, t)| t.numel() as i64).sum();
+    let copy = |s: &[(String, Tensor)]| s.iter().map(|(n, t)| (n.clone(), t.copy())).collect::<Vec<_>>();
+    // Three ranks take 4 steps and save their shards.
+    let saved: Vec<Vec<(String, Tensor)>> = LocalGroup::run(3, |coll| {
+        let named = params();
+        let mut opt = ShardedAdamW::new(
+            named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())),
+            &cfg(),
+            coll.rank(),
+            3,
+        );
+        let sorted = sorted_view(&named);
+        for step in 0..4 {
+            let grads = Gradients::from_tensors(sorted.iter().map(|(_, p)| grad(p, coll.rank(), step)).collect());
+            opt.sync_and_step(&grads, cfg().lr, coll).expect("step");
+        }
+        copy(&opt.state_tensors())
+    });
+    let want = whole_moments(&saved, total);
+    assert!(want.0.iter().any(|v| *v != 0.0), "the moments moved");
+    // Two, four and one ranks take them up: the same whole moments, the same step count.
+    for world in [2usize, 4, 1] {
+        let states: Vec<Vec<(String, Tensor)>> = (0..world)
+            .map(|rank| {
+                let named = params();
+                let mut opt = ShardedAdamW::new(
+                    named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())),
+                    &cfg(),
+                    rank,
+                    world,
+                );
+                opt.load_resharded(saved.iter().map(|s| copy(s)).collect())
+                    .expect("regather");
+                assert_eq!(opt.steps(), 4);
+                copy(&opt.state_tensors())
+            })
+            .collect();
+        assert_eq!(whole_moments(&states, total), want, "{world} ranks");
+    }
+    // An incomplete set (a shard missing) is refused, naming the layout.
+    let named = params();
+    let mut opt = ShardedAdamW::new(named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())), &cfg(), 0, 2);
+    let err = opt
+        .load_resharded(saved[..2].iter().map(|s| copy(s)).collect())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shard.layout"), "{err}");
+}
