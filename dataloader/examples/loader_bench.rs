@@ -60,8 +60,8 @@ fn main() {
     match mode.as_str() {
         "loader" => bench_loader(shards, threads, PixelOutput::NormalizedF32, None),
         "loader_u8" => bench_loader(shards, threads, PixelOutput::RawU8, None),
-        "canonical" => bench_loader(shards, threads, PixelOutput::NormalizedF32, Some(CANONICAL_PARTITIONS)),
-        "canonical_u8" => bench_loader(shards, threads, PixelOutput::RawU8, Some(CANONICAL_PARTITIONS)),
+        "canonical" => bench_loader(shards, threads, PixelOutput::NormalizedF32, Some(canonical_partitions())),
+        "canonical_u8" => bench_loader(shards, threads, PixelOutput::RawU8, Some(canonical_partitions())),
         "fused" => bench_fused(&read_samples(&shards)),
         "raw" => bench_raw(&read_samples(&shards)),
         "draft" => bench_draft(&read_samples(&shards)),
@@ -165,6 +165,14 @@ fn report(name: &str, threads: usize, images: usize, seconds: f64, cpu_s: f64) {
 /// runs it (4 partitions of the 6 bench shards, chunks of 64 of each batch of 256).
 const CANONICAL_PARTITIONS: usize = 4;
 
+/// [`CANONICAL_PARTITIONS`], or `LOADER_BENCH_PARTITIONS` (to see what the count costs).
+fn canonical_partitions() -> usize {
+    std::env::var("LOADER_BENCH_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CANONICAL_PARTITIONS)
+}
+
 /// The Loader over `shards` with `threads` decode threads: per-thread streams, or with
 /// `partitions` a canonical stream of that many partitions read by one worker.
 fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput, partitions: Option<usize>) {
@@ -176,12 +184,22 @@ fn bench_loader(shards: Vec<PathBuf>, threads: usize, pixel_output: PixelOutput,
     });
     cfg.pixel_output = pixel_output;
     cfg.threads = threads;
+    if let Some(buffer) = std::env::var("LOADER_BENCH_SHUFFLE").ok().and_then(|v| v.parse().ok()) {
+        cfg.shuffle_buffer = buffer;
+    }
     cfg.batch_size = BATCH_SIZE;
     cfg.image_size = IMAGE_SIZE;
     cfg.context_length = CONTEXT_LENGTH;
     // One pass: the sample count of the shards, less each thread's dropped partial batch.
     let total: u64 = dataloader::count_samples(&shards).unwrap_or(0);
     let batches = (total as usize / BATCH_SIZE).saturating_sub(threads).max(1);
+    // LOADER_BENCH_BATCHES: a longer run (train mode never ends), so that the batches the
+    // workers build ahead when the run stops (two per thread, or two global batches of a
+    // canonical stream) weigh less.
+    let batches = std::env::var("LOADER_BENCH_BATCHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(batches);
     let clock = Stopwatch::start();
     let mut loader = match Loader::new(cfg) {
         Ok(loader) => loader,

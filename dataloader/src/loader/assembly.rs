@@ -246,7 +246,7 @@ pub(super) struct DecodePermits {
 }
 
 /// A held permit; released when dropped.
-pub(super) struct Permit<'a>(&'a DecodePermits);
+pub(super) struct Permit(Arc<DecodePermits>);
 
 impl DecodePermits {
     pub(super) fn new(permits: usize) -> Self {
@@ -256,8 +256,10 @@ impl DecodePermits {
         }
     }
 
-    /// Waits for a permit. Holders never wait on anything while holding one, so this ends.
-    pub(super) fn acquire(&self) -> Permit<'_> {
+    /// Waits for a permit. A worker holds one while it decodes a chunk (so a thread keeps
+    /// its caches warm over a whole chunk, instead of handing over after every sample) and
+    /// never waits on another worker while holding it, so this ends.
+    pub(super) fn acquire(self: &Arc<Self>) -> Permit {
         let mut free = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         while *free == 0 {
             free = self
@@ -266,11 +268,11 @@ impl DecodePermits {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
         }
         *free -= 1;
-        Permit(self)
+        Permit(Arc::clone(self))
     }
 }
 
-impl Drop for Permit<'_> {
+impl Drop for Permit {
     fn drop(&mut self) {
         *self.0.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += 1;
         self.0.released.notify_one();

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::assembly::{ChunkDone, ChunkRegion, DecodePermits, StepAssembly};
+use super::assembly::{ChunkDone, ChunkRegion, DecodePermits, Permit, StepAssembly};
 use super::batch::{decode_sample_into, Batch};
 use super::config::{LoaderConfig, PixelOutput};
 use super::pool::{BatchImages, BufferPool};
@@ -97,6 +97,8 @@ struct PendingBatch {
     region: Option<ChunkRegion<f32>>,
     /// The same in u8 mode.
     region_u8: Option<ChunkRegion<u8>>,
+    /// The decode permit held while the chunk is filled (canonical stream).
+    permit: Option<Permit>,
 }
 
 impl PendingBatch {
@@ -429,7 +431,9 @@ impl Worker {
                         let Some(region) = &mut pending.region else {
                             return ControlFlow::Break(Halt::Disconnected);
                         };
-                        let _permit = permits.acquire();
+                        if pending.permit.is_none() {
+                            pending.permit = Some(permits.acquire());
+                        }
                         self.decode_into(&raw, &mut augment_rng, &mut region.values_mut()[slot_range])
                     }
                     PixelOutput::RawU8 => {
@@ -439,7 +443,9 @@ impl Worker {
                         let Some(region) = &mut pending.region_u8 else {
                             return ControlFlow::Break(Halt::Disconnected);
                         };
-                        let _permit = permits.acquire();
+                        if pending.permit.is_none() {
+                            pending.permit = Some(permits.acquire());
+                        }
                         self.decode_into(&raw, &mut augment_rng, &mut region.values_mut()[slot_range])
                     }
                 };
@@ -540,6 +546,8 @@ impl Worker {
     /// `Break(EpochFull)` as [`Worker::send_batch`].
     fn complete_chunk(&self, state: &mut EpochState, assembly: &StepAssembly, part: usize) -> ControlFlow<Halt> {
         let mut pending = std::mem::take(&mut state.pending);
+        // Decoding is done: another partition may decode while this one hands over.
+        drop(pending.permit.take());
         let batch = self.chunks.get();
         let skips = std::mem::take(&mut state.skips);
         let epoch_full = self

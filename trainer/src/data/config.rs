@@ -30,11 +30,13 @@ pub struct DataConfig {
     /// without graphs for the loss, once with graphs for the backward pass), so memory
     /// holds one micro-batch's activations (docs/architecture.md §3).
     pub accum_steps: usize,
-    /// Background decode threads.
+    /// Samples decoding at once on each worker (per-rank streams: decode threads). The
+    /// canonical stream runs a thread per partition and lets this many decode at a time.
     pub workers: usize,
     /// Caption source: `"txt"` for the `.txt` member, or `"json:<field>"`.
     pub caption: String,
-    /// Shuffle buffer size in samples (0 = no shuffling).
+    /// Shuffle buffer size in samples (0 = no shuffling), per stream: per partition of
+    /// the canonical stream (a worker holds `partitions / workers` of them).
     pub shuffle_buffer: usize,
     /// Images with more pixels than this are skipped (decompression-bomb guard).
     pub max_pixels: u64,
