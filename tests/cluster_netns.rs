@@ -318,7 +318,7 @@ fn mpi_training_across_two_network_namespaces_survives_a_killed_host_worker() {
     );
     assert!(
         log.contains(&format!(
-            "restart 1/1 with 1 worker(s) instead of 2 (--min-nproc 1): host {} does not answer",
+            "restart 1/1 in 0.2s with 1 worker(s) instead of 2 (--min-nproc 1): host {} does not answer",
             hosts.b
         )),
         "{log}"

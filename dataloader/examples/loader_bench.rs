@@ -60,7 +60,12 @@ fn main() {
     match mode.as_str() {
         "loader" => bench_loader(shards, threads, PixelOutput::NormalizedF32, None),
         "loader_u8" => bench_loader(shards, threads, PixelOutput::RawU8, None),
-        "canonical" => bench_loader(shards, threads, PixelOutput::NormalizedF32, Some(canonical_partitions())),
+        "canonical" => bench_loader(
+            shards,
+            threads,
+            PixelOutput::NormalizedF32,
+            Some(canonical_partitions()),
+        ),
         "canonical_u8" => bench_loader(shards, threads, PixelOutput::RawU8, Some(canonical_partitions())),
         "fused" => bench_fused(&read_samples(&shards)),
         "raw" => bench_raw(&read_samples(&shards)),

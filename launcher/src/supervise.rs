@@ -157,7 +157,7 @@ impl SupervisedLaunch {
                 None => String::new(),
             };
             console.note(&format!(
-                "{failure} after {:.1}s; restart {}/{}{resized} in {}",
+                "{failure} after {:.1}s; restart {}/{} in {}{resized}",
                 ran_for.as_secs_f64(),
                 restarts_done + 1,
                 self.policy.max_restarts,
@@ -171,7 +171,8 @@ impl SupervisedLaunch {
 
 /// Before a restart under `--min-nproc`: probes `group`'s hosts and, when some are gone,
 /// makes it the largest group the others can run (see [`crate::shrink`]). Returns what to
-/// add to the restart note (" with 2 workers instead of 4: host b does not answer"), or
+/// add to the restart note (" with 2 worker(s) instead of 4 (--min-nproc 1): host b does not
+/// answer"), or
 /// [`LaunchError::TooFewWorkers`] (with the failed attempts) when fewer than `min_nproc`
 /// are left.
 fn resize_group(
