@@ -877,3 +877,37 @@ fn a_partition_whose_shard_is_all_bad_tries_its_next_epoch_and_the_stream_goes_o
     let mut loader = Loader::new(partitioned(&bad, 2, 0, 1, 2, 1)).unwrap();
     assert!(loader.next_batch().is_none());
 }
+
+#[test]
+fn partitioned_pipe_and_multi_source_shards_do_not_depend_on_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // Two sources (as a `::` spec expands), the second read through `pipe:cat`.
+    let mut shards = write_named_shards(&a, "a", 2, 5, &[(1, 2, Flaw::UndecodableImage)]);
+    shards.extend(
+        write_named_shards(&b, "b", 2, 6, &[])
+            .into_iter()
+            .map(|path| PathBuf::from(format!("pipe:cat {}", path.display()))),
+    );
+    let mut cfg = LoaderConfig::new(shards, true);
+    cfg.image_size = 8;
+    cfg.context_length = 16;
+    cfg.shuffle_buffer = 3;
+    cfg.seed = 2;
+    assert_same_global_batches(&cfg, 4, 8, 8);
+    let (one, _) = global_batches(&cfg, 4, 1, 8, 1, 8, None);
+    assert!(one
+        .iter()
+        .flatten()
+        .any(|batch| batch.keys.iter().any(|k| k.starts_with('b'))));
+    // A state of 2 workers resumes on 4 through the pipes (read again up to their offsets).
+    let (_, states) = global_batches(&cfg, 4, 2, 8, 1, 3, None);
+    let merged = LoaderState::merge(&[states[0][3].clone(), states[1][3].clone()]).unwrap();
+    let (rest, _) = global_batches(&cfg, 4, 4, 8, 1, 5, Some(&merged));
+    for step in 0..5 {
+        assert_eq!(joined(&rest, step).0, one[0][3 + step].keys, "batch {}", 3 + step);
+    }
+}
