@@ -311,6 +311,10 @@ impl Worker {
                         self.report_skip(&skip, state);
                     }
                     Ok((raw, span)) => {
+                        if let ControlFlow::Break(halt) = self.claim_chunk(&mut state.pending) {
+                            flow = ControlFlow::Break(halt);
+                            return ControlFlow::Break(());
+                        }
                         state.offset = span.next;
                         if buffer_size <= 1 {
                             flow = self.process(raw, state);
@@ -417,39 +421,20 @@ impl Worker {
                     self.decode_into(&raw, &mut augment_rng, &mut pending.images_u8[slot_range])
                 }
             },
-            Output::Assembly {
-                assembly,
-                part,
-                permits,
-            } => {
-                let batch = self.chunks.get();
-                let decoded = match self.cfg.pixel_output {
+            Output::Assembly { .. } => {
+                // Normally claimed when the chunk's first sample was read; again here for
+                // samples drained from the buffer at an epoch's end.
+                self.claim_chunk(pending)?;
+                match self.cfg.pixel_output {
                     PixelOutput::NormalizedF32 => {
-                        if pending.region.is_none() {
-                            pending.region = assembly.begin(*part, batch);
-                        }
-                        let Some(region) = &mut pending.region else {
-                            return ControlFlow::Break(Halt::Disconnected);
-                        };
-                        if pending.permit.is_none() {
-                            pending.permit = Some(permits.acquire());
-                        }
+                        let region = pending.region.as_mut().expect("claimed");
                         self.decode_into(&raw, &mut augment_rng, &mut region.values_mut()[slot_range])
                     }
                     PixelOutput::RawU8 => {
-                        if pending.region_u8.is_none() {
-                            pending.region_u8 = assembly.begin(*part, batch);
-                        }
-                        let Some(region) = &mut pending.region_u8 else {
-                            return ControlFlow::Break(Halt::Disconnected);
-                        };
-                        if pending.permit.is_none() {
-                            pending.permit = Some(permits.acquire());
-                        }
+                        let region = pending.region_u8.as_mut().expect("claimed");
                         self.decode_into(&raw, &mut augment_rng, &mut region.values_mut()[slot_range])
                     }
-                };
-                decoded
+                }
             }
         };
         match decoded {
@@ -472,6 +457,44 @@ impl Worker {
                 tracing::debug!(shard = %raw.shard.display(), key = %raw.key, "skipped sample: {reason}");
                 state.skips.add(reason);
             }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Canonical stream: the pending chunk's region of its batch and a decode permit, taken
+    /// (in that order: a worker waiting for its region must not hold a permit another
+    /// partition needs) before the chunk's first sample is read, and kept until the chunk is
+    /// handed over. So reading and decoding together run on at most `threads` partitions at
+    /// once, as with per-thread streams, and `data.workers` bounds the CPUs the loader uses.
+    fn claim_chunk(&self, pending: &mut PendingBatch) -> ControlFlow<Halt> {
+        let Output::Assembly {
+            assembly,
+            part,
+            permits,
+        } = &self.output
+        else {
+            return ControlFlow::Continue(());
+        };
+        let batch = self.chunks.get();
+        let claimed = match self.cfg.pixel_output {
+            PixelOutput::NormalizedF32 => {
+                if pending.region.is_none() {
+                    pending.region = assembly.begin(*part, batch);
+                }
+                pending.region.is_some()
+            }
+            PixelOutput::RawU8 => {
+                if pending.region_u8.is_none() {
+                    pending.region_u8 = assembly.begin(*part, batch);
+                }
+                pending.region_u8.is_some()
+            }
+        };
+        if !claimed {
+            return ControlFlow::Break(Halt::Disconnected);
+        }
+        if pending.permit.is_none() {
+            pending.permit = Some(permits.acquire());
         }
         ControlFlow::Continue(())
     }
