@@ -30,8 +30,9 @@ pub struct DataConfig {
     /// without graphs for the loss, once with graphs for the backward pass), so memory
     /// holds one micro-batch's activations (docs/architecture.md §3).
     pub accum_steps: usize,
-    /// Samples decoding at once on each worker (per-rank streams: decode threads). The
-    /// canonical stream runs a thread per partition and lets this many decode at a time.
+    /// Loader threads working at once on each worker (per-rank streams: the decode
+    /// threads). The canonical stream runs a thread per partition and lets this many read and
+    /// decode at a time.
     pub workers: usize,
     /// Caption source: `"txt"` for the `.txt` member, or `"json:<field>"`.
     pub caption: String,
