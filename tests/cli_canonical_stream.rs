@@ -10,11 +10,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    assert_ok, f32_tensors, last_logged_step, max_abs_diff, output_text, require_mpirun, send_signal, tagged_pids,
-    write_shape_shards, KillTagged,
+    assert_ok, f32_tensors, last_logged_step, max_abs_diff, output_text, require_mpirun, resumed_step, send_signal,
+    tagged_pids, wait_for_step, write_shape_shards, KillTagged,
 };
 
 const STEPS: usize = 20;
@@ -208,29 +208,6 @@ fn two_and_four_workers_train_exactly_as_one_with_the_whole_batch() {
         worst > 1e-3 && diff > 1e-3,
         "per-rank streams should differ: losses {worst}, weights {diff}"
     );
-}
-
-/// Polls until `metrics` shows at least `step`, or panics after `limit`.
-fn wait_for_step(metrics: &Path, step: u64, limit: Duration) {
-    let start = Instant::now();
-    while last_logged_step(metrics) < step {
-        assert!(start.elapsed() < limit, "run never reached step {step}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The step of the `resumed from <prefix><8 digits>` line in `log`.
-fn resumed_step(log: &str, prefix: &str) -> u64 {
-    let marker = format!("resumed from {prefix}");
-    let at = log
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no '{marker}…' line in:\n{log}"));
-    log[at + marker.len()..]
-        .chars()
-        .take(8)
-        .collect::<String>()
-        .parse()
-        .unwrap()
 }
 
 /// A 4-worker run SIGKILLed after step 12 and resumed on 2 workers ends as an uninterrupted

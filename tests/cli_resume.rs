@@ -8,9 +8,12 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{last_logged_step, require_mpirun, send_signal, tagged_pids, write_shape_shards, KillTagged};
+use common::{
+    last_logged_step, require_mpirun, resumed_step, send_signal, tagged_pids, wait_for_step, write_shape_shards,
+    KillTagged,
+};
 
 const SIGKILL: i32 = 9;
 const SIGTERM: i32 = 15;
@@ -91,15 +94,6 @@ fn random_kill_step(lo: u64, hi: u64) -> u64 {
         .subsec_nanos() as u64;
     let candidates: Vec<u64> = (lo..hi).filter(|s| s % 4 != 0).collect();
     candidates[nanos as usize % candidates.len()]
-}
-
-/// Polls until `metrics` shows at least `step`, or panics after `limit`.
-fn wait_for_step(metrics: &Path, step: u64, limit: Duration) {
-    let start = Instant::now();
-    while last_logged_step(metrics) < step {
-        assert!(start.elapsed() < limit, "run never reached step {step}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn launch_args(run: &str) -> Vec<String> {
@@ -187,20 +181,6 @@ fn sigkill_then_restart_is_identical(settings: &[&str]) {
     );
     // The metrics file reads as one run: each step once, same losses bit for bit.
     assert_eq!(losses(dir.path(), "ref"), losses(dir.path(), "b"));
-}
-
-/// The step of the `resumed from <prefix><8 digits>` line in `log`; panics without one.
-fn resumed_step(log: &str, prefix: &str) -> u64 {
-    let marker = format!("resumed from {prefix}");
-    let at = log
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no '{marker}…' line in:\n{log}"));
-    log[at + marker.len()..]
-        .chars()
-        .take(8)
-        .collect::<String>()
-        .parse()
-        .expect("an 8-digit step")
 }
 
 #[test]

@@ -260,3 +260,26 @@ pub fn max_abs_diff(
         .flat_map(|(n, x)| x.iter().zip(&b[n]).map(|(p, q)| (p - q).abs() as f64))
         .fold(0.0, f64::max)
 }
+
+/// Polls until `metrics` shows at least `step`, or panics after `limit`.
+pub fn wait_for_step(metrics: &Path, step: u64, limit: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while last_logged_step(metrics) < step {
+        assert!(start.elapsed() < limit, "run never reached step {step}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The step of the `resumed from <prefix><8 digits>` line in `log`; panics without one.
+pub fn resumed_step(log: &str, prefix: &str) -> u64 {
+    let marker = format!("resumed from {prefix}");
+    let at = log
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no '{marker}…' line in:\n{log}"));
+    log[at + marker.len()..]
+        .chars()
+        .take(8)
+        .collect::<String>()
+        .parse()
+        .expect("an 8-digit step")
+}

@@ -274,7 +274,7 @@ impl Loader {
             partition_skips,
             ended,
             image_size: cfg.image_size,
-            context_length: if cfg.context_length > 0 { cfg.context_length } else { 0 },
+            context_length: cfg.context_length,
         })
     }
 
@@ -360,14 +360,8 @@ impl Loader {
         } = assembled;
         let samples: usize = parts.iter().map(|part| part.keys.len()).sum();
         let mut batch = Batch {
-            images: BatchImages {
-                values: images,
-                pool: Some(Arc::clone(&self.pool)),
-            },
-            images_u8: BatchImages {
-                values: images_u8,
-                pool: Some(Arc::clone(&self.pool_u8)),
-            },
+            images: BatchImages::pooled(images, &self.pool),
+            images_u8: BatchImages::pooled(images_u8, &self.pool_u8),
             tokens: Vec::new(),
             captions: Vec::with_capacity(samples),
             labels: Vec::with_capacity(samples),

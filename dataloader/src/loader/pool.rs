@@ -19,6 +19,14 @@ pub struct BatchImages<T: OutputPixel = f32> {
 }
 
 impl<T: OutputPixel> BatchImages<T> {
+    /// `values`, going back to `pool` when dropped.
+    pub(super) fn pooled(values: Vec<T>, pool: &Arc<BufferPool<T>>) -> Self {
+        Self {
+            values,
+            pool: Some(Arc::clone(pool)),
+        }
+    }
+
     /// The values as a plain vector, no longer recycled.
     pub fn into_vec(mut self) -> Vec<T> {
         std::mem::take(&mut self.values)

@@ -849,17 +849,23 @@ fn partition_errors_name_the_numbers() {
     assert!(e.contains("partitions"), "{e}");
 }
 
+/// Train mode over `shards`: 8-pixel images, 16-token captions, a shuffle buffer of 3.
+fn tiny_train_config(shards: Vec<PathBuf>, seed: u64) -> LoaderConfig {
+    let mut cfg = LoaderConfig::new(shards, true);
+    cfg.image_size = 8;
+    cfg.context_length = 16;
+    cfg.shuffle_buffer = 3;
+    cfg.seed = seed;
+    cfg
+}
+
 #[test]
 fn a_partition_whose_shard_is_all_bad_tries_its_next_epoch_and_the_stream_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     // 4 shards, one of them all undecodable, 4 partitions: every epoch one partition gets
     // the bad shard, reads nothing, and starts its next epoch with another shard.
     let flaws: Vec<(usize, usize, Flaw)> = (0..6).map(|i| (2, i, Flaw::UndecodableImage)).collect();
-    let mut cfg = LoaderConfig::new(write_shards(dir.path(), 4, 6, &flaws), true);
-    cfg.image_size = 8;
-    cfg.context_length = 16;
-    cfg.shuffle_buffer = 3;
-    cfg.seed = 4;
+    let cfg = tiny_train_config(write_shards(dir.path(), 4, 6, &flaws), 4);
     assert_same_global_batches(&cfg, 4, 8, 12);
     let (one, states) = global_batches(&cfg, 4, 1, 8, 2, 12, None);
     assert!(one[0]
@@ -892,11 +898,7 @@ fn partitioned_pipe_and_multi_source_shards_do_not_depend_on_workers() {
             .into_iter()
             .map(|path| PathBuf::from(format!("pipe:cat {}", path.display()))),
     );
-    let mut cfg = LoaderConfig::new(shards, true);
-    cfg.image_size = 8;
-    cfg.context_length = 16;
-    cfg.shuffle_buffer = 3;
-    cfg.seed = 2;
+    let cfg = tiny_train_config(shards, 2);
     assert_same_global_batches(&cfg, 4, 8, 8);
     let (one, _) = global_batches(&cfg, 4, 1, 8, 1, 8, None);
     assert!(one

@@ -527,14 +527,8 @@ impl Worker {
         let mut images_u8 = pending.images_u8;
         images_u8.truncate(len);
         let batch = Batch {
-            images: BatchImages {
-                values: images,
-                pool: Some(Arc::clone(&self.pool)),
-            },
-            images_u8: BatchImages {
-                values: images_u8,
-                pool: Some(Arc::clone(&self.pool_u8)),
-            },
+            images: BatchImages::pooled(images, &self.pool),
+            images_u8: BatchImages::pooled(images_u8, &self.pool_u8),
             tokens: pending.tokens,
             captions: pending.captions,
             labels: pending.labels,
@@ -544,16 +538,7 @@ impl Worker {
             context_length,
         };
         let skips = std::mem::take(&mut state.skips);
-        // Only whole batches are sent in resampled mode (it never drains a partial one), so
-        // the samples so far are a whole number of batches.
-        let epoch_full = self
-            .epoch_batches
-            .is_some_and(|batches| state.samples >= batches.saturating_mul(self.cfg.batch_size as u64));
-        let cursor = if epoch_full {
-            ThreadCursor::epoch_start(state.epoch + 1)
-        } else {
-            state.cursor()
-        };
+        let (cursor, epoch_full) = self.position_after_batch(state);
         let message = BatchMessage { batch, skips, cursor };
         let Output::Channel(sender) = &self.output else {
             unreachable!("send_batch handles the channel output");
@@ -565,6 +550,20 @@ impl Worker {
         }
     }
 
+    /// The position right after the batch (or chunk) just built, and whether it completed a
+    /// virtual epoch (the position is then the next epoch's start). Only whole batches are
+    /// made in resampled mode (it never drains a partial one), so the samples so far are a
+    /// whole number of batches.
+    fn position_after_batch(&self, state: &EpochState) -> (ThreadCursor, bool) {
+        let epoch_full = self
+            .epoch_batches
+            .is_some_and(|batches| state.samples >= batches.saturating_mul(self.cfg.stream_batch() as u64));
+        match epoch_full {
+            true => (ThreadCursor::epoch_start(state.epoch + 1), true),
+            false => (state.cursor(), false),
+        }
+    }
+
     /// Hand the pending chunk to the assembly with the position after it (canonical stream);
     /// `Break(EpochFull)` as [`Worker::send_batch`].
     fn complete_chunk(&self, state: &mut EpochState, assembly: &StepAssembly, part: usize) -> ControlFlow<Halt> {
@@ -573,14 +572,7 @@ impl Worker {
         drop(pending.permit.take());
         let batch = self.chunks.get();
         let skips = std::mem::take(&mut state.skips);
-        let epoch_full = self
-            .epoch_batches
-            .is_some_and(|batches| state.samples >= batches.saturating_mul(self.cfg.stream_batch() as u64));
-        let cursor = if epoch_full {
-            ThreadCursor::epoch_start(state.epoch + 1)
-        } else {
-            state.cursor()
-        };
+        let (cursor, epoch_full) = self.position_after_batch(state);
         let chunk = ChunkDone {
             tokens: pending.tokens,
             captions: pending.captions,
