@@ -38,6 +38,8 @@ enum Cmd {
     Data(cmd::data::Args),
     /// Tokenize lines from stdin with the CLIP BPE tokenizer (one JSON id list per line).
     Tokenize(cmd::tokenize::Args),
+    /// Write a new job secret (for `launch --nnodes --secret-file`) to a file only you can read.
+    Secret(cmd::secret::Args),
 }
 
 fn main() {
@@ -64,6 +66,7 @@ fn main() {
         Cmd::Curate(a) => cmd::curate::run(a),
         Cmd::Data(a) => cmd::data::run(a),
         Cmd::Tokenize(a) => cmd::tokenize::run(a),
+        Cmd::Secret(a) => cmd::secret::run(a),
     };
     if let Err(e) = result {
         // A closed stdout (e.g. `| head`) is a clean exit, not an error.

@@ -25,6 +25,10 @@ pub enum LaunchError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The job secret for the workers' rendezvous could not be had (a bad
+    /// `FERROCLIP_JOB_SECRET[_FILE]`, or no randomness).
+    #[error("job secret: {0}")]
+    Secret(#[from] protocol::AuthError),
     /// No free TCP port for the rendezvous could be found.
     #[error("cannot reserve a free port on 127.0.0.1 for MASTER_PORT: {0}")]
     NoFreePort(std::io::Error),

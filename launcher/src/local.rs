@@ -214,6 +214,13 @@ impl LocalLaunch {
             ),
             None => (0, self.nproc, "127.0.0.1".to_string(), free_port()?, &[][..]),
         };
+        // One node: a secret drawn for this start of the workers, unless the user gave one
+        // (then the workers inherit it). Multi-node placements carry the job's own secret.
+        let fresh_secret = match (&self.placement, protocol::JobSecret::from_env()) {
+            (None, Ok(None)) => Some(protocol::JobSecret::generate()?.to_hex()),
+            (None, Err(e)) => return Err(e.into()),
+            _ => None,
+        };
         let mut group = Group::default();
         let mut readers = Vec::new();
         let mut logs = Vec::new();
@@ -229,6 +236,9 @@ impl LocalLaunch {
                 .env(env::MASTER_ADDR, &master_addr)
                 .env(env::MASTER_PORT, master_port.to_string())
                 .env(HEARTBEAT_DIR_ENV, self.heartbeat_dir());
+            if let Some(secret) = &fresh_secret {
+                cmd.env(env::JOB_SECRET, secret);
+            }
             for (name, value) in extra_env {
                 cmd.env(name, value);
             }

@@ -110,9 +110,9 @@ impl StaticLaunch {
             Some(tokio::spawn(rendezvous::serve(
                 self.listen(&node).await?,
                 ServerSpec {
-                    nnodes: node.nnodes,
                     arrival_timeout: node.timeout,
                     heartbeat_timeout: node.heartbeat_timeout,
+                    ..ServerSpec::new(node.nnodes, node.secret.clone())
                 },
             )))
         } else {
@@ -225,6 +225,7 @@ impl StaticLaunch {
         let mut env = vec![
             (env::RENDEZVOUS.to_string(), node.master.clone()),
             (env::RUN_TOKEN.to_string(), world.run_token.clone()),
+            (env::JOB_SECRET.to_string(), node.secret.to_hex()),
             (env::NODE_RANK.to_string(), world.node_rank.to_string()),
             (env::NNODES.to_string(), node.nnodes.to_string()),
             (
@@ -313,6 +314,10 @@ mod tests {
             .port()
     }
 
+    fn test_secret() -> protocol::JobSecret {
+        protocol::JobSecret::from_hex(&"5e".repeat(32), "test").unwrap()
+    }
+
     fn node_launch(script: &str, dir: &std::path::Path, master: &str, node_rank: usize, nnodes: usize) -> StaticLaunch {
         let mut launch = LocalLaunch::new(
             "sh",
@@ -328,7 +333,7 @@ mod tests {
                 timeout: Duration::from_secs(10),
                 heartbeat_interval: Duration::from_millis(100),
                 heartbeat_timeout: Duration::from_secs(3),
-                ..NodeSpec::new(master, node_rank, nnodes, 0)
+                ..NodeSpec::new(master, node_rank, nnodes, 0, test_secret())
             },
             bind_iface: None,
         }

@@ -29,6 +29,13 @@ pub const RENDEZVOUS: &str = "FERROCLIP_RENDEZVOUS";
 /// The run token the rendezvous master drew for this run; a worker's relay request must
 /// carry it (set under `launch --nnodes`).
 pub const RUN_TOKEN: &str = "FERROCLIP_RUN_TOKEN";
+/// The job's shared secret, hex: every rendezvous peer proves it knows it
+/// ([`crate::auth`]). Set by `ferroclip launch` for its workers (drawn per job on one node;
+/// given by the user for `--nnodes`); takes precedence over [`JOB_SECRET_FILE`].
+pub const JOB_SECRET: &str = "FERROCLIP_JOB_SECRET";
+/// A file holding the job's secret (hex, readable by its owner only), as `ferroclip secret`
+/// writes it and `ferroclip submit` makes one per job.
+pub const JOB_SECRET_FILE: &str = "FERROCLIP_JOB_SECRET_FILE";
 /// Seconds the workers' rendezvous waits for every rank (default 300; set by the launcher
 /// from `--rendezvous-timeout-s`).
 pub const RENDEZVOUS_TIMEOUT_S: &str = "FERROCLIP_RENDEZVOUS_TIMEOUT_S";
@@ -37,5 +44,6 @@ pub const NODE_RANK: &str = "FERROCLIP_NODE_RANK";
 /// The number of nodes (set under `launch --nnodes`; informational).
 pub const NNODES: &str = "FERROCLIP_NNODES";
 /// Fault injection for tests, `<step>:<marker file>`: the trainer aborts half-way through
-/// the checkpoint of that step (once: the marker file records that it did).
+/// the checkpoint of that step (once: the marker file records that it did). Read only by
+/// builds with the trainer's `fault-injection` feature (`cargo test`), never by a release.
 pub const FAULT_ABORT_IN_SAVE: &str = "FERROCLIP_FAULT_ABORT_IN_SAVE";

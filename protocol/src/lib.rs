@@ -1,7 +1,8 @@
 //! What `ferroclip launch` and its workers agree on, defined once: the environment
 //! variables the launcher sets and the workers read ([`env`]), and the rendezvous wire
 //! protocol ([`message`]: the launchers' JSON lines and the workers' relay requests;
-//! [`hello`]: the workers' own rank-0 TCP exchange). See docs/architecture.md §10.
+//! [`hello`]: the workers' own rank-0 TCP exchange; [`auth`]: the job secret and the
+//! challenge–response that opens every connection of both). See docs/architecture.md §10.
 //!
 //! The launcher (which owns the async, tokio side of the connections) and the trainer
 //! (which speaks the worker half, blocking) both depend on this crate; it depends on
@@ -21,8 +22,10 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod env;
 pub mod hello;
 pub mod message;
 
-pub use message::{from_hex, to_hex, Message, NodeInfo, MAX_LINE, NCCL_ID_KEY, VERSION};
+pub use auth::{AuthError, JobSecret};
+pub use message::{from_hex, to_hex, Message, NodeInfo, MAX_AUTH_LINE, MAX_LINE, NCCL_ID_KEY, VERSION};

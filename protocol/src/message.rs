@@ -1,7 +1,9 @@
 //! The rendezvous messages: one JSON object per line, tagged by `"type"`.
 //!
-//! Launchers (nodes) send `register`, `heartbeat`, `barrier`, `done`; the master
-//! answers `world`, `heartbeat`, `barrier_done`, `finished` or `abort`.
+//! Every connection opens with the handshake of [`crate::auth`]: the master sends
+//! `challenge`, the peer answers `auth`, the master `authenticated` (or `error`, and
+//! closes). Then launchers (nodes) send `register`, `heartbeat`, `barrier`, `done`; the
+//! master answers `world`, `heartbeat`, `barrier_done`, `finished` or `abort`.
 //! Workers (the trainer's NCCL bootstrap) open their own short connection and
 //! send one `publish` or `fetch`, answered by `value` or `error`.
 //!
@@ -16,6 +18,8 @@ pub const VERSION: u32 = 1;
 
 /// The longest line the launchers accept (a guard against a peer that is not ours).
 pub const MAX_LINE: u64 = 1 << 20;
+/// The longest line read before a peer has authenticated (an `auth` is ~180 bytes).
+pub const MAX_AUTH_LINE: u64 = 1024;
 
 /// The relay key under which global rank 0 publishes the NCCL unique id.
 pub const NCCL_ID_KEY: &str = "nccl_unique_id";
@@ -37,6 +41,25 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
+    /// Master → peer, first on every connection: the master's nonce.
+    Challenge {
+        /// [`crate::auth::NONCE_BYTES`] random bytes, hex.
+        nonce_hex: String,
+    },
+    /// Peer → master, the answer to `challenge`: the peer's nonce and its proof
+    /// ([`crate::JobSecret::client_proof`] with an empty claim).
+    Auth {
+        /// The peer's nonce, hex.
+        nonce_hex: String,
+        /// The proof, hex.
+        mac_hex: String,
+    },
+    /// Master → peer: the proof held; the master's own ([`crate::JobSecret::server_proof`]
+    /// with an empty reply).
+    Authenticated {
+        /// The master's proof, hex.
+        mac_hex: String,
+    },
     /// Node → master, first message of a node.
     Register {
         /// The sender's [`VERSION`].

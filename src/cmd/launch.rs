@@ -106,6 +106,11 @@ pub struct Args {
     /// Static multi-node launch: use this local address for the rendezvous.
     #[arg(long, requires = "nnodes")]
     bind_addr: Option<std::net::IpAddr>,
+    /// Static multi-node launch: the job's secret, a file readable by its owner only, the same
+    /// on every node (make one with `ferroclip secret FILE`); instead, FERROCLIP_JOB_SECRET or
+    /// FERROCLIP_JOB_SECRET_FILE may hold it. Nodes and workers prove it to the rendezvous.
+    #[arg(long, requires = "nnodes")]
+    secret_file: Option<PathBuf>,
     /// Static multi-node launch: seconds to reach the master and for all nodes to arrive.
     #[arg(long, default_value_t = launcher::rendezvous::DEFAULT_RENDEZVOUS_TIMEOUT.as_secs_f64())]
     rendezvous_timeout_s: f64,
@@ -184,7 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bind,
             timeout: seconds("--rendezvous-timeout-s", args.rendezvous_timeout_s)?,
             heartbeat_timeout: seconds("--node-heartbeat-timeout-s", args.node_heartbeat_timeout_s)?,
-            ..NodeSpec::new(master, node_rank, nnodes, nproc)
+            ..NodeSpec::new(master, node_rank, nnodes, nproc, job_secret(args.secret_file.as_deref())?)
         };
         let report = StaticLaunch {
             launch,
@@ -242,4 +247,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds, got {value}"))
+}
+
+/// The secret every node of a static multi-node launch shares: `--secret-file`, else the
+/// environment; an error saying how to make one when there is none (never a default: a
+/// rendezvous open to anyone who can reach the port is what the secret is there to prevent).
+fn job_secret(secret_file: Option<&std::path::Path>) -> anyhow::Result<protocol::JobSecret> {
+    if let Some(path) = secret_file {
+        return Ok(protocol::JobSecret::read_file(path)?);
+    }
+    protocol::JobSecret::from_env()?.with_context(|| {
+        format!(
+            "a static multi-node launch (--nnodes) needs the job's secret on every node: \
+             make one with `ferroclip secret FILE`, copy it to each node, and pass --secret-file FILE \
+             (or set {} / {})",
+            protocol::env::JOB_SECRET_FILE,
+            protocol::env::JOB_SECRET
+        )
+    })
 }

@@ -128,6 +128,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // sbatch opens the output file before the job starts: the logs folder must exist.
     let logs = run.root().join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    if spec.backend == SlurmBackend::Nccl {
+        ensure_job_secret(&spec.secret_file())?;
+    }
     let script_path = run.root().join(slurm::SCRIPT_FILE);
     let script = spec.render();
     std::fs::write(&script_path, &script).with_context(|| format!("cannot write {}", script_path.display()))?;
@@ -155,4 +158,15 @@ fn path_text(flag: &str, path: &std::path::Path) -> anyhow::Result<String> {
     path.to_str()
         .map(str::to_string)
         .with_context(|| format!("{flag} {} is not UTF-8", path.display()))
+}
+
+/// The nccl backend's job secret in the run folder: a new one on the first submission, the
+/// same one (checked: still readable by its owner only) when the run is submitted again.
+fn ensure_job_secret(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() {
+        protocol::JobSecret::read_file(path)?;
+    } else {
+        protocol::JobSecret::generate()?.write_new_file(path)?;
+    }
+    Ok(())
 }

@@ -56,6 +56,19 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
         0,
     );
     expect_equal("all_gather transposed", &gathered_t, &want_t)?;
+    // Ranks passing different batch sizes: an error on every rank naming the odd one out
+    // (rank r passes r + 2 rows), and the world is still usable afterwards.
+    let uneven = Tensor::zeros([rank + 2, 3], (Kind::Float, cpu));
+    match mpi.all_gather(&uneven) {
+        Ok(t) => return Err(format!("all_gather of uneven batches gave {:?}", t.size())),
+        Err(e) => {
+            let text = e.to_string();
+            if !(text.contains("rank 0 passed (2, 3) f32") && text.contains("rank 1 passed (3, 3) f32")) {
+                return Err(format!("uneven all_gather: the error does not name the ranks: {text}"));
+            }
+        }
+    }
+    expect_equal("all_gather after a refused one", &mpi.all_gather(&local).map_err(err)?, &want)?;
 
     // all_reduce_sum_ over f32, f64, i64, i32: (r + 1) * arange sums to rank_sum * arange.
     for kind in [Kind::Float, Kind::Double, Kind::Int64, Kind::Int] {

@@ -158,7 +158,7 @@ fn train_single(loss: LossKind, data: &Data) -> BTreeMap<String, Vec<f32>> {
     let mut opt = AdamW::new(vs.variables(), &optim());
     for step in 0..STEPS {
         let batch = data.batch(step, 0, GLOBAL);
-        let (img, txt, scale) = model.forward(&batch.images, &batch.tokens, true);
+        let (img, txt, scale) = model.forward(&batch.images(), &batch.tokens, true);
         let value = match (loss, model.logit_bias()) {
             (LossKind::Siglip, Some(bias)) => siglip_loss(&img, &txt, &scale, bias),
             _ => clip_loss(&img, &txt, &scale),
@@ -206,7 +206,7 @@ fn train_rank(
                 let mut sum = None::<trainer::optim::Gradients>;
                 for _ in 0..ACCUM {
                     let batch = batches.next_batch().expect("batch");
-                    let (img, txt, scale) = model.forward(&batch.images, &batch.tokens, true);
+                    let (img, txt, scale) = model.forward(&batch.images(), &batch.tokens, true);
                     let rank_loss = loss
                         .global_loss(&img, &txt, &scale, model.logit_bias(), coll)
                         .expect("micro-batch loss");

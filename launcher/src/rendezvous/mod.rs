@@ -1,7 +1,8 @@
 //! The multi-node rendezvous of a static (torchrun-style) launch, over TCP with tokio.
 //!
 //! Node 0's launcher serves it at `--master ADDR:PORT` ([`serve`]); every node's
-//! launcher (node 0's included) joins it ([`join`]): it registers its node rank,
+//! launcher (node 0's included) joins it ([`join`]): it proves the job secret (a
+//! challenge–response, [`protocol::auth`]; so does every worker's relay request), registers its node rank,
 //! worker count and address, and once all `nnodes` have arrived the master
 //! assigns global ranks in node order and hands each node its [`World`]
 //! (world size, first global rank, a run token shared by the run). Then:
@@ -25,7 +26,7 @@ mod wire;
 pub(crate) use node::resolve as resolve_master;
 pub use node::{fetch, join, publish, NodeSession, NodeSpec};
 pub use protocol::{NodeInfo, NCCL_ID_KEY};
-pub use server::{serve, ServerSpec};
+pub use server::{serve, Rejection, Rejections, ServerSpec};
 pub use types::{
     RendezvousError, World, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_RENDEZVOUS_TIMEOUT,
 };

@@ -1,5 +1,5 @@
-//! A node's side: connect to the master (retrying until the deadline),
-//! register, receive the world, then barriers, heartbeats and the final report;
+//! A node's side: connect to the master (retrying until the deadline), prove the
+//! job secret and check the master's proof, register, receive the world, then barriers, heartbeats and the final report;
 //! and the workers' relay requests (`publish`, `fetch`).
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -10,12 +10,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use protocol::{from_hex, to_hex, Message, VERSION};
+use protocol::{from_hex, to_hex, JobSecret, Message, VERSION};
 
 use super::types::{
     RendezvousError, World, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_RENDEZVOUS_TIMEOUT,
 };
-use super::wire::{read_message, write_message};
+use super::wire::{authenticate_to_master, read_message, write_message};
 
 /// Pause between connection attempts while the master is not listening yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -45,16 +45,25 @@ pub struct NodeSpec {
     pub heartbeat_interval: Duration,
     /// A master silent this long is lost.
     pub heartbeat_timeout: Duration,
+    /// The job's secret (`--secret-file`, `FERROCLIP_JOB_SECRET[_FILE]`), the same on every node.
+    pub secret: JobSecret,
 }
 
 impl NodeSpec {
-    /// Node `node_rank` of `nnodes` with `nproc` workers, default timeouts.
-    pub fn new(master: impl Into<String>, node_rank: usize, nnodes: usize, nproc: usize) -> Self {
+    /// Node `node_rank` of `nnodes` with `nproc` workers sharing `secret`, default timeouts.
+    pub fn new(
+        master: impl Into<String>,
+        node_rank: usize,
+        nnodes: usize,
+        nproc: usize,
+        secret: JobSecret,
+    ) -> Self {
         Self {
             master: master.into(),
             node_rank,
             nnodes,
             nproc,
+            secret,
             bind: None,
             timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -172,6 +181,10 @@ pub async fn join(spec: &NodeSpec) -> Result<NodeSession, RendezvousError> {
     };
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
+    tokio::time::timeout_at(started + spec.timeout, authenticate_to_master(&mut read, &mut write, &spec.secret))
+        .await
+        .unwrap_or_else(|_| Err("no handshake before the deadline".into()))
+        .map_err(|reason| lost(format!("the master {reason}")))?;
     let register = Message::Register {
         version: VERSION,
         node_rank: spec.node_rank,
@@ -369,8 +382,14 @@ impl NodeSession {
     }
 }
 
-/// One relay request on its own connection, answered within `timeout`.
-async fn relay(master: &str, request: Message, timeout: Duration) -> Result<Vec<u8>, RendezvousError> {
+/// One relay request on its own connection (after the handshake over `secret`), answered
+/// within `timeout`.
+async fn relay(
+    master: &str,
+    secret: &JobSecret,
+    request: Message,
+    timeout: Duration,
+) -> Result<Vec<u8>, RendezvousError> {
     let relay_error = |reason: String| RendezvousError::Relay {
         addr: master.to_string(),
         reason,
@@ -379,6 +398,10 @@ async fn relay(master: &str, request: Message, timeout: Duration) -> Result<Vec<
     let stream = connect(master, None, deadline).await?;
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
+    tokio::time::timeout_at(deadline, authenticate_to_master(&mut read, &mut write, secret))
+        .await
+        .unwrap_or_else(|_| Err("no handshake before the deadline".into()))
+        .map_err(|reason| relay_error(format!("the master {reason}")))?;
     write_message(&mut write, &request)
         .await
         .map_err(|e| relay_error(format!("sending the request: {e}")))?;
@@ -400,6 +423,7 @@ async fn relay(master: &str, request: Message, timeout: Duration) -> Result<Vec<
 /// the NCCL unique id).
 pub async fn publish(
     master: &str,
+    secret: &JobSecret,
     token: &str,
     key: &str,
     value: &[u8],
@@ -410,14 +434,20 @@ pub async fn publish(
         key: key.into(),
         value_hex: to_hex(value),
     };
-    relay(master, request, timeout).await.map(|_| ())
+    relay(master, secret, request, timeout).await.map(|_| ())
 }
 
 /// Waits (up to `timeout`) for the value under `key` in the run's relay.
-pub async fn fetch(master: &str, token: &str, key: &str, timeout: Duration) -> Result<Vec<u8>, RendezvousError> {
+pub async fn fetch(
+    master: &str,
+    secret: &JobSecret,
+    token: &str,
+    key: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, RendezvousError> {
     let request = Message::Fetch {
         token: token.into(),
         key: key.into(),
     };
-    relay(master, request, timeout).await
+    relay(master, secret, request, timeout).await
 }

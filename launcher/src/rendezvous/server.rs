@@ -1,31 +1,37 @@
 //! The master's side: accepts nodes until the world is complete, assigns global
 //! ranks, runs barriers, watches heartbeats and ends the run on every node when
-//! one fails; serves the workers' key–value relay meanwhile.
+//! one fails; serves the workers' key–value relay meanwhile. Every connection first
+//! proves the job secret ([`super::wire::authenticate_peer`]); one that does not is
+//! closed, logged and listed in [`ServerSpec::rejections`], and the run goes on.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use protocol::{from_hex, to_hex, Message, NodeInfo, VERSION};
+use protocol::{from_hex, to_hex, JobSecret, Message, NodeInfo, VERSION};
 
 use super::types::{
     RendezvousError, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_RENDEZVOUS_TIMEOUT,
 };
-use super::wire::{read_message, write_message};
+use super::wire::{authenticate_peer, read_message, write_message};
 
-/// How long a new connection may take to say what it is.
+/// How long a new connection may take to prove the secret and say what it is.
 const FIRST_MESSAGE_PATIENCE: Duration = Duration::from_secs(10);
+/// Connections not yet authenticated, at most; more are closed at once (a flood of
+/// connections costs the master this many small tasks, not memory without end).
+const MAX_PENDING_HANDSHAKES: usize = 256;
 /// How long the master waits for its last messages (abort, finished) to leave.
 const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the master expects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerSpec {
     /// `--nnodes`.
     pub nnodes: usize,
@@ -33,15 +39,51 @@ pub struct ServerSpec {
     pub arrival_timeout: Duration,
     /// A node silent this long (after the world formed) is lost.
     pub heartbeat_timeout: Duration,
+    /// The job's secret, which every node and worker proves it holds.
+    pub secret: JobSecret,
+    /// Where refused connections are listed (besides the log).
+    pub rejections: Rejections,
 }
 
 impl ServerSpec {
-    /// `nnodes` nodes with the default timeouts.
-    pub fn new(nnodes: usize) -> Self {
+    /// `nnodes` nodes sharing `secret`, with the default timeouts.
+    pub fn new(nnodes: usize, secret: JobSecret) -> Self {
         Self {
             nnodes,
             arrival_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            secret,
+            rejections: Rejections::default(),
+        }
+    }
+}
+
+/// A connection the master refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Where it came from.
+    pub peer: SocketAddr,
+    /// Why: no proof in time, garbage, a wrong proof, too many at once.
+    pub reason: String,
+}
+
+/// The master's list of refused connections, shared with whoever wants to read it.
+#[derive(Debug, Clone, Default)]
+pub struct Rejections(Arc<Mutex<Vec<Rejection>>>);
+
+impl Rejections {
+    /// Every refusal so far, oldest first.
+    pub fn list(&self) -> Vec<Rejection> {
+        self.0.lock().map(|list| list.clone()).unwrap_or_default()
+    }
+
+    fn record(&self, peer: SocketAddr, reason: String) {
+        eprintln!("[ferroclip launch] rendezvous: refused a connection from {peer}: {reason}");
+        if let Ok(mut list) = self.0.lock() {
+            // Bounded: a flood is summarised by its first refusals, not kept whole.
+            if list.len() < 10_000 {
+                list.push(Rejection { peer, reason });
+            }
         }
     }
 }
@@ -93,7 +135,12 @@ pub async fn serve(listener: TcpListener, spec: ServerSpec) -> Result<Vec<NodeIn
         values: watch::Sender::new(HashMap::new()),
     });
     let (events_tx, events) = mpsc::unbounded_channel();
-    let acceptor = tokio::spawn(accept_loop(listener, events_tx, relay.clone()));
+    let acceptor = tokio::spawn(accept_loop(
+        listener,
+        events_tx,
+        relay.clone(),
+        (spec.secret.clone(), spec.rejections.clone()),
+    ));
     let mut coordinator = Coordinator {
         spec,
         addr,
@@ -106,13 +153,32 @@ pub async fn serve(listener: TcpListener, spec: ServerSpec) -> Result<Vec<NodeIn
     result
 }
 
-async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>, relay: Arc<Relay>) {
+async fn accept_loop(
+    listener: TcpListener,
+    events: mpsc::UnboundedSender<Event>,
+    relay: Arc<Relay>,
+    (secret, rejections): (JobSecret, Rejections),
+) {
     let mut next_conn = 0u64;
+    let handshakes = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    drop(stream);
+                    rejections.record(peer, format!("{MAX_PENDING_HANDSHAKES} handshakes already in progress"));
+                    continue;
+                };
                 next_conn += 1;
-                tokio::spawn(handle_connection(stream, next_conn, events.clone(), relay.clone()));
+                let (events, relay, secret, rejections) =
+                    (events.clone(), relay.clone(), secret.clone(), rejections.clone());
+                tokio::spawn(async move {
+                    let authenticated = authenticate(stream, peer, &secret, &rejections).await;
+                    drop(permit);
+                    if let Some((read, write)) = authenticated {
+                        handle_connection(read, write, next_conn, events, relay).await;
+                    }
+                });
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -120,12 +186,46 @@ async fn accept_loop(listener: TcpListener, events: mpsc::UnboundedSender<Event>
     }
 }
 
-/// Reads the first message and either becomes a node connection (forwarding
-/// its messages as events) or answers one relay request.
-async fn handle_connection(stream: TcpStream, conn: u64, events: mpsc::UnboundedSender<Event>, relay: Arc<Relay>) {
+type ReadHalf = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type WriteHalf = tokio::net::tcp::OwnedWriteHalf;
+
+/// The connection's two halves once the peer proved the secret within
+/// [`FIRST_MESSAGE_PATIENCE`]; `None` (refused, recorded, closed) otherwise.
+async fn authenticate(
+    stream: TcpStream,
+    peer: SocketAddr,
+    secret: &JobSecret,
+    rejections: &Rejections,
+) -> Option<(ReadHalf, WriteHalf)> {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
+    let outcome = tokio::time::timeout(FIRST_MESSAGE_PATIENCE, authenticate_peer(&mut read, &mut write, secret))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no proof of the job secret within {:.0}s",
+                FIRST_MESSAGE_PATIENCE.as_secs_f64()
+            ))
+        });
+    match outcome {
+        Ok(()) => Some((read, write)),
+        Err(reason) => {
+            rejections.record(peer, reason);
+            None
+        }
+    }
+}
+
+/// Reads the first message of an authenticated peer and either becomes a node connection
+/// (forwarding its messages as events) or answers one relay request.
+async fn handle_connection(
+    mut read: ReadHalf,
+    mut write: WriteHalf,
+    conn: u64,
+    events: mpsc::UnboundedSender<Event>,
+    relay: Arc<Relay>,
+) {
     let first = match tokio::time::timeout(FIRST_MESSAGE_PATIENCE, read_message(&mut read)).await {
         Ok(Ok(Some(message))) => message,
         // Not one of ours (a port scan, a health check) or too slow: dropped.
@@ -172,10 +272,27 @@ async fn handle_connection(stream: TcpStream, conn: u64, events: mpsc::Unbounded
                     reason: format!("the value for {key:?} is not hex"),
                 },
                 (true, Some(value)) => {
-                    relay.values.send_modify(|values| {
-                        values.insert(key.clone(), value);
+                    // A value is set once: publishing it again is allowed (a retry), another
+                    // value under the same key is refused (it would swap the NCCL id under
+                    // ranks that already fetched it).
+                    let mut clash = false;
+                    relay.values.send_if_modified(|values| match values.get(&key) {
+                        Some(old) => {
+                            clash = *old != value;
+                            false
+                        }
+                        None => {
+                            values.insert(key.clone(), value);
+                            true
+                        }
                     });
-                    Message::Value { key, value_hex }
+                    if clash {
+                        Message::Error {
+                            reason: format!("{key:?} was already published with another value"),
+                        }
+                    } else {
+                        Message::Value { key, value_hex }
+                    }
                 }
             };
             let _ = write_message(&mut write, &reply).await;

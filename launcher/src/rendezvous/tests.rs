@@ -14,11 +14,15 @@ async fn start_server(spec: ServerSpec) -> (String, JoinHandle<Result<Vec<NodeIn
     (addr, tokio::spawn(serve(listener, spec)))
 }
 
+fn secret() -> protocol::JobSecret {
+    protocol::JobSecret::from_hex(&"5e".repeat(32), "test").unwrap()
+}
+
 fn fast_server(nnodes: usize) -> ServerSpec {
     ServerSpec {
-        nnodes,
         arrival_timeout: Duration::from_secs(10),
         heartbeat_timeout: Duration::from_secs(5),
+        ..ServerSpec::new(nnodes, secret())
     }
 }
 
@@ -27,7 +31,7 @@ fn node(master: &str, node_rank: usize, nnodes: usize, nproc: usize) -> NodeSpec
         timeout: Duration::from_secs(10),
         heartbeat_interval: Duration::from_millis(100),
         heartbeat_timeout: Duration::from_secs(5),
-        ..NodeSpec::new(master, node_rank, nnodes, nproc)
+        ..NodeSpec::new(master, node_rank, nnodes, nproc, secret())
     }
 }
 
@@ -110,25 +114,35 @@ async fn the_relay_hands_rank0s_id_to_fetchers_that_came_first() {
     let fetchers: Vec<_> = (0..2)
         .map(|_| {
             let (addr, token) = (addr.clone(), token.clone());
-            tokio::spawn(async move { fetch(&addr, &token, NCCL_ID_KEY, Duration::from_secs(10)).await })
+            tokio::spawn(async move { fetch(&addr, &secret(), &token, NCCL_ID_KEY, Duration::from_secs(10)).await })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let id: Vec<u8> = (0..128u32).map(|i| (i * 13 % 256) as u8).collect();
-    publish(&addr, &token, NCCL_ID_KEY, &id, Duration::from_secs(10))
+    publish(&addr, &secret(), &token, NCCL_ID_KEY, &id, Duration::from_secs(10))
         .await
         .expect("publish");
     for fetcher in fetchers {
         assert_eq!(fetcher.await.expect("task").expect("fetch"), id);
     }
-    let err = fetch(&addr, "another-run", NCCL_ID_KEY, Duration::from_secs(10))
+    let err = fetch(&addr, &secret(), "another-run", NCCL_ID_KEY, Duration::from_secs(10))
         .await
         .expect_err("stale token");
     assert!(err.to_string().contains("run token mismatch"), "{err}");
-    let err = fetch(&addr, &token, "never-published", Duration::from_millis(300))
+    let err = fetch(&addr, &secret(), &token, "never-published", Duration::from_millis(300))
         .await
         .expect_err("nothing published");
     assert!(err.to_string().contains("no answer within 0.3s"), "{err}");
+    // The id is set once: the same value again is a harmless retry, another is refused.
+    publish(&addr, &secret(), &token, NCCL_ID_KEY, &id, Duration::from_secs(10))
+        .await
+        .expect("republishing the same id");
+    let err = publish(&addr, &secret(), &token, NCCL_ID_KEY, b"swapped", Duration::from_secs(10))
+        .await
+        .expect_err("overwriting the id");
+    assert!(err.to_string().contains("already published with another value"), "{err}");
+    let fetched = fetch(&addr, &secret(), &token, NCCL_ID_KEY, Duration::from_secs(10)).await;
+    assert_eq!(fetched.expect("fetch"), id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +186,7 @@ async fn an_unreachable_master_is_named_within_the_timeout() {
     let started = std::time::Instant::now();
     let spec = NodeSpec {
         timeout: Duration::from_millis(700),
-        ..NodeSpec::new(&master, 1, 2, 1)
+        ..NodeSpec::new(&master, 1, 2, 1, secret())
     };
     let err = join(&spec).await.err().expect("nobody listens");
     let text = err.to_string();
@@ -186,7 +200,7 @@ async fn an_unreachable_master_is_named_within_the_timeout() {
         "took {took:?}"
     );
 
-    let err = join(&NodeSpec::new("no-port-here", 1, 2, 1))
+    let err = join(&NodeSpec::new("no-port-here", 1, 2, 1, secret()))
         .await
         .err()
         .expect("bad address");
@@ -228,7 +242,12 @@ async fn a_silent_node_is_lost_after_the_heartbeat_timeout() {
     })
     .await;
     // Node 1 registers by hand and then says nothing (a hung host keeps its socket open).
-    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let (read, mut silent) = silent.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    super::wire::authenticate_to_master(&mut read, &mut silent, &secret())
+        .await
+        .expect("handshake");
     silent
         .write_all(
             b"{\"type\":\"register\",\"version\":1,\"node_rank\":1,\"nnodes\":2,\"nproc\":1,\"addr\":\"10.9.9.9\"}\n",

@@ -21,4 +21,4 @@ pub use array::{index_ranges, ArraySpec, ARRAY_SCRIPT_FILE};
 pub use cli::{parse_sbatch_job_id, JobState, Slurm};
 pub use error::SlurmError;
 pub use record::{find_run, record_job, recorded_jobs, run_progress, RunProgress, JOB_RECORD, SCRIPT_FILE};
-pub use script::{shell_quote, SbatchOptions, SbatchSpec, SlurmBackend, DEFAULT_SIGNAL_LEAD_S};
+pub use script::{shell_quote, SbatchOptions, SbatchSpec, SlurmBackend, DEFAULT_SIGNAL_LEAD_S, SECRET_FILE};

@@ -103,7 +103,15 @@ pub struct SbatchSpec {
     pub train_args: Vec<String>,
 }
 
+/// The job secret's file name in the run folder (nccl backend).
+pub const SECRET_FILE: &str = "job.secret";
+
 impl SbatchSpec {
+    /// The job secret's file in the run folder (nccl backend; `ferroclip submit` writes it).
+    pub fn secret_file(&self) -> PathBuf {
+        self.run_dir.join(SECRET_FILE)
+    }
+
     /// Checks every option; the error names the first bad flag.
     pub fn validate(&self) -> Result<(), SlurmError> {
         let invalid = |flag, reason: &str| {
@@ -224,6 +232,13 @@ impl SbatchSpec {
         line("export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))");
         match self.backend {
             SlurmBackend::Nccl => {
+                line("# The job's secret (written by `ferroclip submit`, readable by you only): ranks prove it");
+                line("# to rank 0's rendezvous, which admits nobody else.");
+                line(&format!(
+                    "export {}={}",
+                    protocol::env::JOB_SECRET_FILE,
+                    shell_quote(&self.secret_file().display().to_string())
+                ));
                 line("# NCCL prints its version and any error; INFO shows the chosen network and rings.");
                 line("export NCCL_DEBUG=${NCCL_DEBUG:-WARN}");
                 line("# To pin NCCL to one network (e.g. InfiniBand), uncomment and name the interface:");

@@ -217,7 +217,9 @@ fn sync_file(path: &Path) -> Result<(), CheckpointError> {
 /// Fault injection for the kill-during-save test (tests/cli_resume.rs):
 /// `FERROCLIP_FAULT_ABORT_IN_SAVE=<step>:<marker file>` aborts the process
 /// half-way through writing checkpoint `<step>`, once — the marker records
-/// that it fired, so the restarted run saves normally.
+/// that it fired, so the restarted run saves normally. Compiled only with the
+/// `fault-injection` feature (test builds); otherwise a no-op the optimiser removes.
+#[cfg(feature = "fault-injection")]
 fn fault_abort_in_save(step: u64) {
     let Ok(spec) = std::env::var(protocol::env::FAULT_ABORT_IN_SAVE) else {
         return;
@@ -235,6 +237,9 @@ fn fault_abort_in_save(step: u64) {
     );
     std::process::abort();
 }
+
+#[cfg(not(feature = "fault-injection"))]
+fn fault_abort_in_save(_step: u64) {}
 
 /// Flushes a folder's entries (creations, renames) to disk. Opening a folder
 /// read-only and fsyncing it is how POSIX persists its entries.

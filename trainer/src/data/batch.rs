@@ -5,7 +5,10 @@
 //! The one `unsafe` of the data side is here, in `loader_buffer_tensor`: a tensor made
 //! over memory libtorch does not own. Its rule, kept by [`TensorBatch`]: the buffer
 //! lives as long as the batch, and the batch is dropped after every tensor that shares
-//! its memory (the train step drops them within the micro-batch).
+//! its memory. Safe code cannot get such a tensor: [`TensorBatch::images`] and
+//! [`TensorBatch::images_normalized`] copy where they would share the buffer, and the one
+//! accessor that does not copy, [`TensorBatch::model_input`], is `unsafe` (the train step
+//! calls it and drops what it made within the micro-batch).
 
 use tch::{Kind, Tensor};
 
@@ -79,14 +82,13 @@ unsafe fn loader_buffer_tensor(ptr: *const u8, len: usize, kind: Kind, size: usi
 /// the model's input on a device either way.
 ///
 /// From the loader (`TensorBatch::from_loader`, `TensorBatch::from_loader_u8`, made only by
-/// [`super::TrainLoader`]) `images`
-/// wraps the loader's buffer, which
-/// this struct owns, without a copy: `images` and every tensor that shares its memory (a
-/// view, or `to_device` onto the CPU, which returns the same storage) must be dropped before
-/// the batch. Copy it (`images.copy()`) to keep it longer. Moving it to a GPU copies.
+/// [`super::TrainLoader`]) the images wrap the loader's buffer, which this struct owns,
+/// without a copy. That tensor never leaves the batch through a safe call: a tensor sharing
+/// the buffer that outlived the batch would read freed (or reused) memory.
 pub struct TensorBatch {
-    /// Normalised f32 images, or u8 levels (then `normalization` is set).
-    pub images: Tensor,
+    /// Normalised f32 images, or u8 levels (then `normalization` is set); private because it
+    /// may wrap the loader buffer (see the type's note).
+    images: Tensor,
     /// Token ids, padded.
     pub tokens: Tensor,
     /// Samples in the batch.
@@ -207,13 +209,43 @@ impl TensorBatch {
         )
     }
 
-    /// The model's input on `device`: f32 images moved there, or u8 images moved there (a
-    /// quarter of the bytes) and then normalised there.
+    /// The images as stored (f32 normalised, or u8 levels when the batch normalises on the
+    /// device), in a tensor of their own: a copy when they wrap the loader buffer.
+    pub fn images(&self) -> Tensor {
+        match self.images_storage {
+            Some(_) => self.images.copy(),
+            None => self.images.shallow_clone(),
+        }
+    }
+
+    /// The model's input on `device` (see [`TensorBatch::model_input`]) in a tensor of its
+    /// own: where that would share the loader buffer (f32 images on the CPU), a copy.
     pub fn images_normalized(&self, device: tch::Device) -> Tensor {
+        // SAFETY: the result is copied below whenever it could share the loader buffer.
+        let input = unsafe { self.model_input(device) };
+        match (&self.images_storage, &self.normalization, device) {
+            (Some(_), None, tch::Device::Cpu) => input.copy(),
+            _ => input,
+        }
+    }
+
+    /// The model's input on `device`: f32 images moved there, or u8 images moved there (a
+    /// quarter of the bytes) and then normalised there. Without a copy where none is needed:
+    /// f32 images wrapping the loader buffer, asked for on the CPU, come back as that buffer.
+    ///
+    /// # Safety
+    /// The returned tensor may share the batch's loader buffer: it, every view of it and
+    /// every autograd graph that saved it must be dropped before the batch.
+    pub unsafe fn model_input(&self, device: tch::Device) -> Tensor {
         match &self.normalization {
             None => self.images.to_device(device),
             Some(normalization) => normalization.apply(&self.images.to_device(device)),
         }
+    }
+
+    /// Element type of the stored images (`Float`, or `Uint8` when normalised on the device).
+    pub fn images_kind(&self) -> Kind {
+        self.images.kind()
     }
 
     /// Whether `images` wraps the loader's buffer (no copy was made).

@@ -276,18 +276,26 @@ mod tests {
         for _ in 0..6 {
             let batch = loader.next_batch().unwrap();
             assert!(batch.wraps_loader_buffer());
-            assert_eq!(batch.images.size(), [2, 3, size, size]);
-            // A copy outlives the batch (whose buffer goes back to the loader for reuse).
-            let kept = batch.images.copy();
-            let values = Vec::<f32>::try_from(batch.images.flatten(0, -1)).unwrap();
+            // SAFETY: `shared` is dropped before `batch`.
+            let shared = unsafe { batch.model_input(Device::Cpu) };
+            assert_eq!(shared.size(), [2, 3, size, size]);
+            // The safe accessors copy: what they return outlives the batch (whose buffer
+            // goes back to the loader for reuse) and never points into the buffer.
+            let (kept, normalized) = (batch.images(), batch.images_normalized(Device::Cpu));
+            assert_ne!(kept.data_ptr(), shared.data_ptr(), "images() shares the loader buffer");
+            assert_ne!(normalized.data_ptr(), shared.data_ptr(), "images_normalized() shares it");
+            assert_eq!(shared.data_ptr(), shared.to_device(Device::Cpu).data_ptr());
+            let values = Vec::<f32>::try_from(shared.flatten(0, -1)).unwrap();
+            drop(shared);
             drop(batch);
             assert_eq!(Vec::<f32>::try_from(kept.flatten(0, -1)).unwrap(), values);
+            assert_eq!(Vec::<f32>::try_from(normalized.flatten(0, -1)).unwrap(), values);
         }
         // The same values as the copying constructor gives.
         let values: Vec<f32> = (0..2 * 3 * 4 * 4).map(|i| i as f32 * 0.5).collect();
         let wrapped = TensorBatch::from_loader(values.clone().into(), &[1, 2, 3, 4], 2, 4, 0);
         let copied = TensorBatch::from_flat(&values, &[1, 2, 3, 4], 2, 4, 0);
-        assert!(wrapped.images.equal(&copied.images));
+        assert!(wrapped.images().equal(&copied.images()));
         assert!(wrapped.tokens.equal(&copied.tokens));
         assert!(!copied.wraps_loader_buffer());
     }
@@ -305,15 +313,15 @@ mod tests {
             let want = on_loader.next_batch().unwrap();
             let got = on_device.next_batch().unwrap();
             assert!(got.wraps_loader_buffer());
-            assert_eq!(got.images.kind(), Kind::Uint8);
-            assert_eq!(got.images.size(), [2, 3, size, size]);
+            assert_eq!(got.images_kind(), Kind::Uint8);
+            assert_eq!(got.images().size(), [2, 3, size, size]);
             assert!(got.tokens.equal(&want.tokens));
             // f32 batches pass through unchanged.
-            assert!(want.images_normalized(Device::Cpu).equal(&want.images));
+            assert!(want.images_normalized(Device::Cpu).equal(&want.images()));
             let normalized = got.images_normalized(Device::Cpu);
             assert_eq!(normalized.kind(), Kind::Float);
             // Bit for bit: the loader and the device both compute level·scale + shift.
-            assert!(normalized.equal(&want.images));
+            assert!(normalized.equal(&want.images()));
         }
     }
 
@@ -378,14 +386,14 @@ mod tests {
             .map(|rank| {
                 let mut loader = TrainLoader::new(&cfg, &nano(), 7, rank, 3, None).unwrap();
                 let batch = loader.next_batch().unwrap();
-                Vec::<f32>::try_from(batch.images.flatten(0, -1)).unwrap()
+                Vec::<f32>::try_from(batch.images().flatten(0, -1)).unwrap()
             })
             .collect();
         assert_ne!(first_batches[0], first_batches[1]);
         assert_ne!(first_batches[1], first_batches[2]);
         // The same rank again: the same batch.
         let mut again = TrainLoader::new(&cfg, &nano(), 7, 2, 3, None).unwrap();
-        let batch = Vec::<f32>::try_from(again.next_batch().unwrap().images.flatten(0, -1)).unwrap();
+        let batch = Vec::<f32>::try_from(again.next_batch().unwrap().images().flatten(0, -1)).unwrap();
         assert_eq!(batch, first_batches[2]);
     }
 
@@ -471,11 +479,11 @@ mod tests {
         }
         let state = loader.state();
         let expected: Vec<Vec<f32>> = (0..5)
-            .map(|_| Vec::<f32>::try_from(loader.next_batch().unwrap().images.flatten(0, -1)).unwrap())
+            .map(|_| Vec::<f32>::try_from(loader.next_batch().unwrap().images().flatten(0, -1)).unwrap())
             .collect();
         let mut resumed = TrainLoader::new(&cfg, &nano(), 3, 0, 1, Some(std::slice::from_ref(&state))).unwrap();
         let got: Vec<Vec<f32>> = (0..5)
-            .map(|_| Vec::<f32>::try_from(resumed.next_batch().unwrap().images.flatten(0, -1)).unwrap())
+            .map(|_| Vec::<f32>::try_from(resumed.next_batch().unwrap().images().flatten(0, -1)).unwrap())
             .collect();
         assert_eq!(got, expected);
         // Another epoch length does not fit the saved position.

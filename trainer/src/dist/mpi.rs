@@ -130,6 +130,70 @@ fn count(op: &'static str, n: usize) -> Result<c_int, DistError> {
     c_int::try_from(n).map_err(|_| tensor_error(op, format!("{n} elements per rank exceed MPI's count limit")))
 }
 
+/// Dimensions a shape signature holds; tensors of more dimensions compare by their element
+/// count in the last slot.
+const SIGNATURE_DIMS: usize = 8;
+/// i64s of a shape signature: dimensions, kind, the sizes (padded), the element count.
+const SIGNATURE_LEN: usize = SIGNATURE_DIMS + 3;
+
+/// A tensor's shape and kind as fixed-size integers, for comparing across ranks.
+fn shape_signature(t: &Tensor) -> [i64; SIGNATURE_LEN] {
+    let mut signature = [0i64; SIGNATURE_LEN];
+    let size = t.size();
+    signature[0] = size.len() as i64;
+    signature[1] = kind_code(t.kind());
+    for (slot, dim) in signature[2..2 + SIGNATURE_DIMS].iter_mut().zip(&size) {
+        *slot = *dim;
+    }
+    signature[SIGNATURE_LEN - 1] = t.numel() as i64;
+    signature
+}
+
+/// A stable number per kind ([`datatype`] accepts only these).
+fn kind_code(kind: Kind) -> i64 {
+    match kind {
+        Kind::Float => 1,
+        Kind::Double => 2,
+        Kind::Int64 => 3,
+        Kind::Int => 4,
+        Kind::Uint8 => 5,
+        _ => 0,
+    }
+}
+
+/// The signature as `(4, 512) Float`.
+fn describe_signature(signature: &[i64]) -> String {
+    let dims = (signature[0].max(0) as usize).min(SIGNATURE_DIMS);
+    let sizes: Vec<String> = signature[2..2 + dims].iter().map(i64::to_string).collect();
+    let kind = match signature[1] {
+        1 => "f32",
+        2 => "f64",
+        3 => "i64",
+        4 => "i32",
+        5 => "u8",
+        _ => "other",
+    };
+    format!("({}) {kind}", sizes.join(", "))
+}
+
+/// `None` when every rank's signature equals rank 0's; else which ranks differ, and how.
+fn disagreement(signatures: &[&[i64]]) -> Option<String> {
+    let first = signatures[0];
+    let odd: Vec<String> = signatures
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| *s != &first)
+        .map(|(rank, s)| format!("rank {rank} passed {}", describe_signature(s)))
+        .collect();
+    (!odd.is_empty()).then(|| {
+        format!(
+            "ranks disagree on the tensor: rank 0 passed {} but {}",
+            describe_signature(first),
+            odd.join(", ")
+        )
+    })
+}
+
 impl Mpi {
     /// Initialises MPI (once per process) with `MPI_THREAD_SERIALIZED` and
     /// makes MPI errors return codes instead of aborting.
@@ -165,6 +229,36 @@ impl Mpi {
             .lock()
             .map_err(|_| backend_error("an earlier MPI call panicked".into()))?;
         call(self.universe.world().as_raw())
+    }
+
+    /// Errors, naming the ranks, unless every rank passes a tensor of the same shape and
+    /// kind: `MPI_Allgather` takes one count for all ranks, so a rank with a smaller batch
+    /// would otherwise make the gather fail with MPI's own message, or read short buffers.
+    /// Costs one all-gather of a few integers per rank.
+    fn check_same_shape(&self, op: &'static str, send: &Tensor) -> Result<(), DistError> {
+        let mine = shape_signature(send);
+        let mut all = vec![0i64; SIGNATURE_LEN * self.world_size];
+        let int64 = datatype(op, Kind::Int64)?;
+        self.with_comm(|comm| {
+            // SAFETY: `mine` holds SIGNATURE_LEN i64s and `all` world_size times as many;
+            // both live until the call returns.
+            check(op, unsafe {
+                ffi::MPI_Allgather(
+                    mine.as_ptr() as *const c_void,
+                    SIGNATURE_LEN as c_int,
+                    int64,
+                    all.as_mut_ptr() as *mut c_void,
+                    SIGNATURE_LEN as c_int,
+                    int64,
+                    comm,
+                )
+            })
+        })?;
+        let signatures: Vec<&[i64]> = all.chunks(SIGNATURE_LEN).collect();
+        match disagreement(&signatures) {
+            None => Ok(()),
+            Some(reason) => Err(tensor_error(op, reason)),
+        }
     }
 
     /// Makes all-reduce go through a scratch copy of the input instead of
@@ -230,6 +324,7 @@ impl Collective for Mpi {
         require_cpu(OP, t)?;
         let dtype = datatype(OP, t.kind())?;
         let (send, shape) = super::collective::gather_input(OP, t, self.world_size)?;
+        self.check_same_shape(OP, &send)?;
         let gathered = Tensor::empty(shape.as_slice(), (send.kind(), Device::Cpu));
         let per_rank = count(OP, send.numel())?;
         if per_rank == 0 {
@@ -358,3 +453,21 @@ impl Collective for Mpi {
 
 /// The message tag of [`Collective::ring_pass`] (every other operation is a collective).
 const RING_TAG: c_int = 7;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_signatures_name_the_ranks_that_differ() {
+        let a = shape_signature(&Tensor::zeros([4, 512], (Kind::Float, Device::Cpu)));
+        let b = shape_signature(&Tensor::zeros([3, 512], (Kind::Float, Device::Cpu)));
+        let c = shape_signature(&Tensor::zeros([4, 512], (Kind::Int64, Device::Cpu)));
+        assert_eq!(disagreement(&[&a, &a, &a]), None);
+        assert_eq!(
+            disagreement(&[&a, &b, &a, &c]).unwrap(),
+            "ranks disagree on the tensor: rank 0 passed (4, 512) f32 but rank 1 passed (3, 512) f32, \
+             rank 3 passed (4, 512) i64"
+        );
+    }
+}

@@ -208,8 +208,10 @@ impl<'a> TrainStep<'a> {
     /// Both towers on `batch` (on the device, under the run's precision): L2-normalised
     /// fp32 image and text features and the logit scale.
     fn encode(&self, batch: &TensorBatch) -> (Tensor, Tensor, Tensor) {
+        // SAFETY: `images` is dropped at the end of this call; the features are computed
+        // without a graph here (pass 1 of GradCache) or kept only while `batch` lives.
         let (images, tokens) = (
-            batch.images_normalized(self.device),
+            unsafe { batch.model_input(self.device) },
             batch.tokens.to_device(self.device),
         );
         with_precision(self.settings.precision, self.device, || {
@@ -219,9 +221,15 @@ impl<'a> TrainStep<'a> {
 
     /// [`TrainStep::encode`] for a backward pass, with activation checkpointing where the
     /// model config asks for it.
+    ///
+    /// The pass's graph may hold the batch's loader buffer: every caller drops the pass
+    /// (backpropagating consumes it) before the batch.
     fn encode_for_backward(&self, batch: &TensorBatch) -> ForwardPass {
+        // SAFETY: see above; `one_pass` declares the batch before the pass (dropped after
+        // it), `gradient_cached` keeps them as `(pass, batch)` and drops a micro-batch's
+        // pass inside the loop iteration that owns the batch.
         let (images, tokens) = (
-            batch.images_normalized(self.device),
+            unsafe { batch.model_input(self.device) },
             batch.tokens.to_device(self.device),
         );
         with_precision(self.settings.precision, self.device, || {
