@@ -30,11 +30,13 @@ pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_PNG: &str = "report.png";
 
 /// Input skip reasons the tar reader produces; anything else is counted as `other`.
-const INPUT_SKIP_REASONS: [SkipReason; 4] = [
+const INPUT_SKIP_REASONS: [SkipReason; 6] = [
     SkipReason::TruncatedMember,
     SkipReason::DuplicateMember,
     SkipReason::ShardReadError,
     SkipReason::UnreadableShard,
+    SkipReason::OversizedMember,
+    SkipReason::OversizedShard,
 ];
 
 /// What happened in one run (written as report.json).

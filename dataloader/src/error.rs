@@ -118,6 +118,12 @@ pub enum SkipReason {
     InvalidKey,
     /// A manifest key already used by an earlier row.
     DuplicateKey,
+    /// A sample with a tar member (or a manifest row with an image file) over the
+    /// `max_member_bytes` limit; the member is drained unread and the shard goes on.
+    OversizedMember,
+    /// A shard whose tar stream (after decompression) is longer than `max_shard_bytes`;
+    /// its rest is skipped.
+    OversizedShard,
 }
 
 impl SkipReason {
@@ -139,6 +145,8 @@ impl SkipReason {
             SkipReason::UnreadableImage => "unreadable_image",
             SkipReason::InvalidKey => "invalid_key",
             SkipReason::DuplicateKey => "duplicate_key",
+            SkipReason::OversizedMember => "oversized_member",
+            SkipReason::OversizedShard => "oversized_shard",
         }
     }
 }

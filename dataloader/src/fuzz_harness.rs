@@ -7,6 +7,9 @@
 //! reader's resume promise must hold (reading again from a sample's start offset yields that
 //! same sample first), and the two pixel outputs must agree: a sample decoded as u8 levels
 //! and as f32 gives the same outcome, and the levels normalise to exactly the f32 values.
+//! The reader runs with small [`ReadLimits`] ([`FUZZ_LIMITS`]) so that inputs of a few KiB
+//! reach the oversized-member and oversized-shard paths too; no sample may hold a member over
+//! the member limit.
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -16,13 +19,18 @@ use rand_chacha::ChaCha8Rng;
 use crate::chw::normalized_level;
 use crate::imaging::ImageTransform;
 use crate::loader::{decode_sample, decode_sample_into, label_of, CaptionSource};
-use crate::tar_reader::{for_each_sample_in_at, RawSample, SampleSpan, TarSkip};
+use crate::tar_reader::{for_each_sample_in_at_with_limits, RawSample, ReadLimits, SampleSpan, TarSkip};
 
 /// Size of a tar block: sample spans start on block boundaries.
 const TAR_BLOCK_BYTES: u64 = 512;
 
 /// Pixel limit while fuzzing: small, so a forged header cannot make one input slow.
 const FUZZ_MAX_PIXELS: u64 = 1 << 20;
+/// The reader's limits while fuzzing: small enough for fuzzer-sized inputs to cross them.
+pub const FUZZ_LIMITS: ReadLimits = ReadLimits {
+    max_member_bytes: 8 << 10,
+    max_shard_bytes: 48 << 10,
+};
 /// Items read from one input at most (a few bytes cannot hold more samples than this).
 const MAX_ITEMS: usize = 4096;
 /// Samples whose resume offset is re-read (each re-read parses the rest of the input again).
@@ -76,6 +84,18 @@ pub fn tar_reader_harness(bytes: &[u8]) -> HarnessReport {
             !sample.key.is_empty() && !sample.members.is_empty(),
             "empty sample {sample:?}"
         );
+        assert!(
+            sample
+                .members
+                .values()
+                .all(|data| data.len() as u64 <= FUZZ_LIMITS.max_member_bytes),
+            "sample {:?} holds a member over the member limit",
+            sample.key
+        );
+        assert!(
+            span.next <= FUZZ_LIMITS.max_shard_bytes + TAR_BLOCK_BYTES,
+            "span {span:?} ends past the shard limit"
+        );
         let _ = label_of(sample);
         for caption in [CaptionSource::Txt, CaptionSource::Json("caption".into())] {
             if decode_sample(sample, &caption, &transform, FUZZ_MAX_PIXELS, &mut rng).is_ok() {
@@ -128,7 +148,7 @@ fn check_pixel_outputs_agree(sample: &RawSample, seed: u64) {
 /// Every item the reader gives for `bytes` (which start `offset` bytes into the shard).
 fn read_items(shard: &Path, bytes: &[u8], offset: u64) -> Vec<Result<(RawSample, SampleSpan), TarSkip>> {
     let mut items = Vec::new();
-    for_each_sample_in_at(shard, bytes, offset, |item| {
+    for_each_sample_in_at_with_limits(shard, bytes, offset, FUZZ_LIMITS, |item| {
         items.push(item);
         if items.len() >= MAX_ITEMS {
             ControlFlow::Break(())

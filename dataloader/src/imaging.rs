@@ -23,14 +23,20 @@ use rand::Rng;
 use crate::chw;
 pub use crate::chw::{CLIP_MEAN, CLIP_STD};
 use crate::error::SkipReason;
+use crate::jpeg_structure::reaches_end_of_image;
 #[cfg(feature = "turbojpeg")]
-use crate::turbojpeg::TurboDecoder;
+use crate::turbojpeg::{TurboDecoder, TurboError};
 
 /// Default pixel limit for decoding (about 89 megapixels, PIL's decompression-bomb limit).
 pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
 /// A thread's decode buffer is freed after an image bigger than this (bytes), so one huge
 /// image does not pin its memory for the rest of the run.
 const MAX_KEPT_DECODE_BUFFER: usize = 64 << 20;
+/// Bytes a decoder may allocate per allowed pixel: 16-bit RGBA, the widest the `image`
+/// crate decodes to.
+const DECODE_BYTES_PER_PIXEL: u64 = 8;
+/// Allocation allowed beyond the pixels: ICC profiles, text chunks, decoder tables.
+const DECODE_ALLOC_MARGIN: u64 = 64 << 20;
 
 /// Why image bytes were rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +54,12 @@ impl DecodeError {
             reason: SkipReason::UndecodableImage,
             detail: detail.into(),
         }
+    }
+
+    /// A JPEG that libjpeg-turbo warned about: its pixels would be partly made up.
+    #[cfg(feature = "turbojpeg")]
+    fn corrupt_jpeg(error: &TurboError) -> Self {
+        Self::undecodable(format!("truncated or corrupt JPEG data: {}", error.message))
     }
 
     fn empty() -> Self {
@@ -131,7 +143,6 @@ fn with_workspace<T>(f: impl FnOnce(&mut Workspace) -> T) -> T {
     })
 }
 
-#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
 fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0xFF, 0xD8, 0xFF])
 }
@@ -152,9 +163,10 @@ fn check_pixel_limit(width: u32, height: u32, max_pixels: u64) -> Result<(), Dec
 /// Decode image bytes to 8-bit RGB; transparent pixels are composited onto white.
 ///
 /// Images with more than `max_pixels` pixels are rejected before their pixels are decoded.
-/// JPEGs go through libjpeg-turbo (with the `turbojpeg` feature), falling back to the `image`
-/// crate for what it rejects (CMYK, truncated or corrupt data), so that what the image crate
-/// can decode is never skipped.
+/// JPEGs go through libjpeg-turbo (with the `turbojpeg` feature). Truncated or corrupt JPEG
+/// data (anything libjpeg-turbo warns about) is rejected as PIL rejects it, not decoded with
+/// made-up pixels; what libjpeg-turbo cannot decode at all (CMYK to RGB) falls back to the
+/// `image` crate, which refuses JPEGs that do not reach their end-of-image marker.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::empty());
@@ -163,13 +175,20 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     if is_jpeg(bytes) {
         let turbo = with_workspace(|workspace| {
             let decoder = turbo_decoder(&mut workspace.turbo)?;
-            let (width, height) = decoder.dimensions(bytes).ok()?;
+            let (width, height) = match decoder.dimensions(bytes) {
+                Ok(dimensions) => dimensions,
+                Err(e) if e.warning => return Some(Err(DecodeError::corrupt_jpeg(&e))),
+                Err(_) => return None,
+            };
             if let Err(e) = check_pixel_limit(width, height, max_pixels) {
                 return Some(Err(e));
             }
             let mut pixels = Vec::new();
-            let (width, height) = decoder.decode_into(bytes, 1, &mut pixels).ok()?;
-            RgbImage::from_raw(width, height, pixels).map(Ok)
+            match decoder.decode_into(bytes, 1, &mut pixels) {
+                Ok((width, height)) => RgbImage::from_raw(width, height, pixels).map(Ok),
+                Err(e) if e.warning => Some(Err(DecodeError::corrupt_jpeg(&e))),
+                Err(_) => None,
+            }
         });
         if let Some(result) = turbo {
             return result;
@@ -178,26 +197,53 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     decode_rgb_with_image_crate(bytes, max_pixels)
 }
 
-/// [`decode_rgb`] through the `image` crate only (zune-jpeg for JPEG).
+/// [`decode_rgb`] through the `image` crate only (zune-jpeg for JPEG); a JPEG must reach its
+/// end-of-image marker.
 pub fn decode_rgb_with_image_crate(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::empty());
     }
     let reader = || {
-        ImageReader::new(Cursor::new(bytes))
+        let mut reader = ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
-            .map_err(|e| DecodeError::undecodable(e.to_string()))
+            .map_err(|e| DecodeError::undecodable(e.to_string()))?;
+        reader.limits(decode_limits(max_pixels));
+        Ok::<_, DecodeError>(reader)
     };
-    let (width, height) = reader()?
-        .into_dimensions()
-        .map_err(|e| DecodeError::undecodable(e.to_string()))?;
+    // Only the header is read here, so a forged size is rejected before any pixel buffer.
+    let (width, height) = reader()?.into_dimensions().map_err(limit_or_undecodable)?;
     check_pixel_limit(width, height, max_pixels)?;
-    let mut reader = reader()?;
-    // Dimensions were checked above; the decoder's own default allocation cap (512 MiB)
-    // would otherwise reject images that the configured pixel limit allows.
-    reader.limits(Limits::no_limits());
-    let decoded = reader.decode().map_err(|e| DecodeError::undecodable(e.to_string()))?;
+    if is_jpeg(bytes) && !reaches_end_of_image(bytes) {
+        // zune-jpeg would fill the missing part and succeed.
+        return Err(DecodeError::undecodable("truncated JPEG data: no end-of-image marker"));
+    }
+    let decoded = reader()?.decode().map_err(limit_or_undecodable)?;
     Ok(to_rgb_over_white(decoded))
+}
+
+/// The `image` crate's limits for images of at most `max_pixels` pixels: the dimensions are
+/// checked against `max_pixels` separately, and allocations are capped at what such an image
+/// needs at the widest pixel type plus a margin (the crate's default, 512 MiB, would reject
+/// images the pixel limit allows; no limit would let a forged header or chunk allocate freely).
+fn decode_limits(max_pixels: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(
+        max_pixels
+            .saturating_mul(DECODE_BYTES_PER_PIXEL)
+            .saturating_add(DECODE_ALLOC_MARGIN),
+    );
+    limits
+}
+
+/// An `image` crate error as a skip: a limit it hit means the image is too large.
+fn limit_or_undecodable(error: image::ImageError) -> DecodeError {
+    match error {
+        image::ImageError::Limits(_) => DecodeError {
+            reason: SkipReason::ImageTooLarge,
+            detail: error.to_string(),
+        },
+        other => DecodeError::undecodable(other.to_string()),
+    }
 }
 
 /// RGB copy of `image`; with an alpha channel, each pixel is blended over white.
@@ -447,19 +493,23 @@ impl ImageTransform {
         let Some(decoder) = turbo_decoder(&mut workspace.turbo) else {
             return TurboOutcome::NotHandled;
         };
-        let Ok((width, height)) = decoder.dimensions(bytes) else {
-            return TurboOutcome::NotHandled;
+        let (width, height) = match decoder.dimensions(bytes) {
+            Ok(dimensions) => dimensions,
+            Err(e) if e.warning => return TurboOutcome::Rejected(DecodeError::corrupt_jpeg(&e)),
+            Err(_) => return TurboOutcome::NotHandled,
         };
         if let Err(e) = check_pixel_limit(width, height, max_pixels) {
             return TurboOutcome::Rejected(e);
         }
         let region = self.source_region(width, height, rng);
         let eighths = self.jpeg_draft.eighths_for(region, self.size);
-        let Ok((decoded_width, decoded_height)) =
-            decoder.decode_scaled_into(bytes, (width, height), eighths, &mut workspace.decoded)
-        else {
-            return TurboOutcome::Failed((region, width, height));
-        };
+        let (decoded_width, decoded_height) =
+            match decoder.decode_scaled_into(bytes, (width, height), eighths, &mut workspace.decoded) {
+                Ok(decoded) => decoded,
+                // Truncated or corrupt: rejected at any scale, as a full decode rejects it.
+                Err(e) if e.warning => return TurboOutcome::Rejected(DecodeError::corrupt_jpeg(&e)),
+                Err(_) => return TurboOutcome::Failed((region, width, height)),
+            };
         resample_region(
             &workspace.decoded,
             decoded_width,
@@ -531,11 +581,12 @@ impl ImageTransform {
 enum TurboOutcome {
     /// Transformed into the output.
     Done,
-    /// A definite rejection (too many pixels).
+    /// A definite rejection (too many pixels, truncated or corrupt data).
     Rejected(DecodeError),
     /// Header unreadable or no decoder: the generic path decides, RNG untouched.
     NotHandled,
-    /// The crop was drawn (region, full width, full height) but decoding failed.
+    /// The crop was drawn (region, full width, full height) but libjpeg-turbo cannot decode
+    /// this JPEG (a fatal error, not a warning about the data).
     Failed((SourceRegion, u32, u32)),
 }
 

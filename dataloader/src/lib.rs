@@ -54,6 +54,7 @@ pub mod error;
 pub mod fuzz_harness;
 pub mod image_rewrite;
 pub mod imaging;
+mod jpeg_structure;
 pub mod loader;
 pub mod manifest;
 pub mod position;
@@ -77,7 +78,7 @@ pub use position::LoaderState;
 pub use shard_source::{open_shard, ShardKind, ShardOpenError, ShardStream};
 pub use shard_spec::{dataset_size, expand_shards, expand_sources, ShardSource};
 pub use sizes::count_samples;
-pub use tar_reader::RawSample;
+pub use tar_reader::{RawSample, ReadLimits, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_SHARD_BYTES};
 pub use writer::{
     parse_byte_size, Compression, KeyScheme, ShardSample, ShardWriter, WriteError, WriteSummary, WriterOptions,
 };

@@ -16,7 +16,7 @@
 //! path or a `file://` URL; `http(s)://` URLs are not downloaded and their rows are skipped),
 //! and [`ManifestColumns`] renames other columns to `image` / `caption` (img2dataset's
 //! `--url_col` / `--caption_col`).
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -26,6 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{DataError, SkipReason};
 use crate::imaging::{decode_rgb, sniff_extension};
+use crate::tar_reader::DEFAULT_MAX_MEMBER_BYTES;
 use crate::writer::ShardSample;
 
 /// Columns that hold the image path when there is no `image` column, in order of preference.
@@ -431,22 +432,55 @@ fn folder_row(dir: &Path, image: PathBuf, row: usize) -> Result<ManifestRow, (Sk
 
 impl ManifestRow {
     /// Read and check this row's image (it must decode within `max_pixels`) and build the
-    /// sample to write; the image bytes are kept as they are.
+    /// sample to write; the image bytes are kept as they are. An image file over
+    /// [`DEFAULT_MAX_MEMBER_BYTES`] is skipped (see [`Self::load_with_limit`]).
     pub fn load(&self, input: &Path, max_pixels: u64) -> Result<ShardSample, RowSkip> {
+        self.load_with_limit(input, max_pixels, DEFAULT_MAX_MEMBER_BYTES)
+    }
+
+    /// [`Self::load`] with the largest image file to read: a bigger one is skipped as
+    /// `oversized_member` (it would be an oversized tar member of the shard) without being
+    /// read into memory.
+    pub fn load_with_limit(
+        &self,
+        input: &Path,
+        max_pixels: u64,
+        max_member_bytes: u64,
+    ) -> Result<ShardSample, RowSkip> {
         let skip = |reason, detail: String| RowSkip {
             input: input.to_path_buf(),
             row: self.row,
             reason,
             detail: format!("{}: {detail}", self.image.display()),
         };
-        let bytes = std::fs::read(&self.image).map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             let reason = if e.kind() == std::io::ErrorKind::NotFound {
                 SkipReason::MissingImage
             } else {
                 SkipReason::UnreadableImage
             };
             skip(reason, e.to_string())
-        })?;
+        };
+        let oversized = |size: String| {
+            skip(
+                SkipReason::OversizedMember,
+                format!("{size} bytes, over max_member_bytes ({max_member_bytes})"),
+            )
+        };
+        let file = std::fs::File::open(&self.image).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len();
+        if size > max_member_bytes {
+            return Err(oversized(size.to_string()));
+        }
+        // The size read again as the bytes come: a file that grows, or a device, cannot
+        // make this read unbounded.
+        let mut bytes = Vec::new();
+        file.take(max_member_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if bytes.len() as u64 > max_member_bytes {
+            return Err(oversized(format!("more than {max_member_bytes}")));
+        }
         decode_rgb(&bytes, max_pixels).map_err(|e| skip(e.reason, e.detail))?;
         let ext =
             sniff_extension(&bytes).ok_or_else(|| skip(SkipReason::UndecodableImage, "unknown image format".into()))?;
@@ -464,6 +498,25 @@ impl ManifestRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_files_over_the_member_limit_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut png = Vec::new();
+        image::RgbImage::new(8, 8)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        std::fs::write(dir.path().join("a.png"), &png).unwrap();
+        let manifest = dir.path().join("m.jsonl");
+        std::fs::write(&manifest, r#"{"image": "a.png", "caption": "c"}"#).unwrap();
+        let row = read_manifest(&manifest).unwrap().next().unwrap().unwrap();
+        let size = png.len() as u64;
+        let err = row.load_with_limit(&manifest, 1000, size - 1).unwrap_err();
+        assert_eq!(err.reason, SkipReason::OversizedMember, "{}", err.detail);
+        assert!(err.detail.contains("max_member_bytes"), "{}", err.detail);
+        assert_eq!(row.load_with_limit(&manifest, 1000, size).unwrap().image, png);
+        assert_eq!(row.load(&manifest, 1000).unwrap().image, png);
+    }
 
     #[test]
     fn jsonl_rows_and_their_problems() {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, SkipCounts, SkipReason};
 use crate::loader::config::{CaptionSource, LoaderConfig, Sampling};
+use crate::tar_reader::{DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_SHARD_BYTES};
 
 /// A sample waiting in a shuffle buffer, by where to read it again.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -101,6 +102,21 @@ pub(crate) struct ConfigFingerprint {
     /// depend on how many ranks read the stream.
     #[serde(default)]
     pub partitioned: bool,
+    /// The member size limit (decides which samples are skipped); states saved before it
+    /// existed read as the default.
+    #[serde(default = "default_max_member_bytes")]
+    pub max_member_bytes: u64,
+    /// The shard stream limit, likewise.
+    #[serde(default = "default_max_shard_bytes")]
+    pub max_shard_bytes: u64,
+}
+
+fn default_max_member_bytes() -> u64 {
+    DEFAULT_MAX_MEMBER_BYTES
+}
+
+fn default_max_shard_bytes() -> u64 {
+    DEFAULT_MAX_SHARD_BYTES
 }
 
 impl ConfigFingerprint {
@@ -129,6 +145,8 @@ impl ConfigFingerprint {
                 Sampling::Resampled { shard_weights, .. } => hash_weights(shard_weights, cfg.shards.len()),
             },
             partitioned: cfg.partitions.is_some(),
+            max_member_bytes: cfg.max_member_bytes,
+            max_shard_bytes: cfg.max_shard_bytes,
         }
     }
 
@@ -200,6 +218,8 @@ impl ConfigFingerprint {
             shuffle_buffer,
             drop_last,
             max_pixels,
+            max_member_bytes,
+            max_shard_bytes,
             caption,
             epoch_batches,
             shard_weights_hash
@@ -394,7 +414,7 @@ pub(crate) fn skips_by_name(skips: &SkipCounts) -> BTreeMap<String, u64> {
 
 /// Every [`SkipReason`], for reading names back. `skip_reason_index` fails to compile when a
 /// reason is added, and a test checks this list against it.
-const ALL_SKIP_REASONS: [SkipReason; 15] = [
+const ALL_SKIP_REASONS: [SkipReason; 17] = [
     SkipReason::MissingImage,
     SkipReason::EmptyImage,
     SkipReason::UndecodableImage,
@@ -410,6 +430,8 @@ const ALL_SKIP_REASONS: [SkipReason; 15] = [
     SkipReason::UnreadableImage,
     SkipReason::InvalidKey,
     SkipReason::DuplicateKey,
+    SkipReason::OversizedMember,
+    SkipReason::OversizedShard,
 ];
 
 /// Position of `reason` in [`ALL_SKIP_REASONS`]; exhaustive on purpose (see there).
@@ -431,6 +453,8 @@ const fn skip_reason_index(reason: SkipReason) -> usize {
         SkipReason::UnreadableImage => 12,
         SkipReason::InvalidKey => 13,
         SkipReason::DuplicateKey => 14,
+        SkipReason::OversizedMember => 15,
+        SkipReason::OversizedShard => 16,
     }
 }
 

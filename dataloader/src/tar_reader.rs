@@ -4,6 +4,12 @@
 //! where it starts and where reading continues after it. Reading again from either offset
 //! ([`for_each_sample_at`], [`read_samples_at`]) gives the same samples and skips as the first
 //! pass did from that point on, which is what makes the loader's position resumable.
+//!
+//! What one shard may cost is bounded whatever its headers claim ([`ReadLimits`]): a member
+//! over `max_member_bytes` is drained without being buffered and its sample skipped as
+//! `oversized_member`; a tar stream (after decompression) longer than `max_shard_bytes` ends
+//! as `oversized_shard`. The bounds apply by absolute stream offset, so reading again from a
+//! span meets the same skips.
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -16,6 +22,33 @@ use crate::shard_source::{open_shard, ShardStream};
 
 /// Size of a tar block; headers start at multiples of it.
 const TAR_BLOCK: u64 = 512;
+
+/// Default [`ReadLimits::max_member_bytes`]: 64 MiB, far above any image a CLIP loader wants.
+pub const DEFAULT_MAX_MEMBER_BYTES: u64 = 64 << 20;
+/// Default [`ReadLimits::max_shard_bytes`]: 16 GiB of uncompressed tar per shard.
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 16 << 30;
+
+/// Bounds on what reading one shard may cost, whatever its headers claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// A member whose header gives more bytes is drained without being buffered, and the
+    /// sample it belongs to is skipped as `oversized_member`.
+    pub max_member_bytes: u64,
+    /// Once the shard's tar stream (after gzip/zstd decompression) gives more bytes than
+    /// this, the rest of the shard is skipped as `oversized_shard`: a decompression bomb
+    /// costs bounded time, not only bounded memory.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    /// [`DEFAULT_MAX_MEMBER_BYTES`] and [`DEFAULT_MAX_SHARD_BYTES`].
+    fn default() -> Self {
+        Self {
+            max_member_bytes: DEFAULT_MAX_MEMBER_BYTES,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
+    }
+}
 
 /// One sample as stored: its members' bytes by extension, not yet decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +119,8 @@ fn open_shard_at(path: &Path, offset: u64) -> std::io::Result<ShardStream> {
     Ok(stream)
 }
 
-/// Read the shard file at `shard` and call `visit` for each sample or skip, in file order.
+/// Read the shard file at `shard` and call `visit` for each sample or skip, in file order,
+/// with the default [`ReadLimits`].
 ///
 /// An unopenable shard gives one `UnreadableShard` skip. A read error or a truncated member
 /// ends the shard after reporting it; samples before it are delivered. `visit` returns
@@ -100,25 +134,38 @@ pub fn for_each_sample(shard: &Path, mut visit: impl FnMut(Result<RawSample, Tar
 pub fn for_each_sample_at(
     shard: &Path,
     offset: u64,
+    visit: impl FnMut(Result<(RawSample, SampleSpan), TarSkip>) -> ControlFlow<()>,
+) {
+    for_each_sample_at_with_limits(shard, offset, ReadLimits::default(), visit);
+}
+
+/// [`for_each_sample_at`] with the given limits.
+pub fn for_each_sample_at_with_limits(
+    shard: &Path,
+    offset: u64,
+    limits: ReadLimits,
     mut visit: impl FnMut(Result<(RawSample, SampleSpan), TarSkip>) -> ControlFlow<()>,
 ) {
     match open_shard_at(shard, offset) {
         Ok(mut stream) => {
             let mut stopped = false;
-            for_each_sample_in_at(shard, &mut stream, offset, |item| {
+            let ended = read_tar(shard, &mut stream, offset, limits, |item| {
                 let flow = visit(item);
                 stopped = flow.is_break();
                 flow
             });
             // The tar ends before its stream does: only finishing the stream checks
-            // a zstd/gzip checksum or a pipe command's exit status.
-            if let (false, Err(e)) = (stopped, stream.finish()) {
-                let _ = visit(Err(TarSkip {
-                    reason: SkipReason::ShardReadError,
-                    shard: shard.to_path_buf(),
-                    member: None,
-                    detail: e.to_string(),
-                }));
+            // a zstd/gzip checksum or a pipe command's exit status. Not after the shard was
+            // cut short on purpose: the rest was not meant to be read.
+            if ended == TarEnd::Finished && !stopped {
+                if let Err(e) = stream.finish() {
+                    let _ = visit(Err(TarSkip {
+                        reason: SkipReason::ShardReadError,
+                        shard: shard.to_path_buf(),
+                        member: None,
+                        detail: e.to_string(),
+                    }));
+                }
             }
         }
         Err(e) => {
@@ -133,11 +180,21 @@ pub fn for_each_sample_at(
 }
 
 /// The samples of `shard` that start at the given offsets ([`SampleSpan::start`] values from
-/// an earlier read), by start offset. The shard is read once, from the smallest offset to the
-/// largest; samples in between are read as bytes but not kept. An offset where no sample
-/// starts (the shard changed) is absent from the result; skips met on the way are ignored,
-/// since they were counted when the shard was first read.
+/// an earlier read), by start offset, with the default [`ReadLimits`]. The shard is read
+/// once, from the smallest offset to the largest; samples in between are read as bytes but
+/// not kept. An offset where no sample starts (the shard changed) is absent from the result;
+/// skips met on the way are ignored, since they were counted when the shard was first read.
 pub fn read_samples_at(shard: &Path, starts: &[u64]) -> Result<BTreeMap<u64, RawSample>, TarSkip> {
+    read_samples_at_with_limits(shard, starts, ReadLimits::default())
+}
+
+/// [`read_samples_at`] with the given limits (those of the first read, so the same samples
+/// are found).
+pub fn read_samples_at_with_limits(
+    shard: &Path,
+    starts: &[u64],
+    limits: ReadLimits,
+) -> Result<BTreeMap<u64, RawSample>, TarSkip> {
     let wanted: BTreeSet<u64> = starts.iter().copied().collect();
     let mut found = BTreeMap::new();
     let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
@@ -149,7 +206,7 @@ pub fn read_samples_at(shard: &Path, starts: &[u64]) -> Result<BTreeMap<u64, Raw
         member: None,
         detail: e.to_string(),
     })?;
-    for_each_sample_in_at(shard, reader, first, |item| {
+    read_tar(shard, reader, first, limits, |item| {
         if let Ok((sample, span)) = item {
             if wanted.contains(&span.start) {
                 found.insert(span.start, sample);
@@ -172,53 +229,120 @@ pub fn for_each_sample_in<R: Read>(
     for_each_sample_in_at(shard, reader, 0, |item| visit(item.map(|(sample, _)| sample)));
 }
 
-/// Counts the bytes the tar parser consumes, so entry boundaries are known exactly (the tar
-/// crate reads headers and data without read-ahead).
-struct CountingReader<R> {
-    inner: R,
-    position: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.position.set(self.position.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// A sample being assembled from consecutive members.
-struct PartialSample {
-    sample: RawSample,
-    start: u64,
-    /// The same extension appeared twice.
-    duplicate: bool,
-}
-
 /// Like [`for_each_sample_in`] with spans, for a `reader` whose first byte is at `offset` in
 /// the shard's tar stream (`offset` must be 0 or a header position).
 pub fn for_each_sample_in_at<R: Read>(
     shard: &Path,
     reader: R,
     offset: u64,
-    mut visit: impl FnMut(Result<(RawSample, SampleSpan), TarSkip>) -> ControlFlow<()>,
+    visit: impl FnMut(Result<(RawSample, SampleSpan), TarSkip>) -> ControlFlow<()>,
 ) {
+    for_each_sample_in_at_with_limits(shard, reader, offset, ReadLimits::default(), visit);
+}
+
+/// [`for_each_sample_in_at`] with the given limits.
+pub fn for_each_sample_in_at_with_limits<R: Read>(
+    shard: &Path,
+    reader: R,
+    offset: u64,
+    limits: ReadLimits,
+    visit: impl FnMut(Result<(RawSample, SampleSpan), TarSkip>) -> ControlFlow<()>,
+) {
+    read_tar(shard, reader, offset, limits, visit);
+}
+
+/// Counts the bytes the tar parser consumes, so entry boundaries are known exactly (the tar
+/// crate reads headers and data without read-ahead), and refuses to give more than
+/// `max_position`: past it, a read that still finds data fails and sets `over`.
+struct CountingReader<R> {
+    inner: R,
+    position: Rc<Cell<u64>>,
+    max_position: u64,
+    over: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let position = self.position.get();
+        if position >= self.max_position && !buf.is_empty() {
+            // At the limit: one more byte means the stream is longer than allowed (the end
+            // of the stream right here is fine).
+            if self.inner.read(&mut buf[..1])? == 0 {
+                return Ok(0);
+            }
+            self.over.set(true);
+            return Err(std::io::Error::other(format!(
+                "the tar stream is longer than max_shard_bytes ({} bytes)",
+                self.max_position
+            )));
+        }
+        let room = usize::try_from(self.max_position - position).unwrap_or(usize::MAX);
+        let len = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..len])?;
+        self.position.set(position + n as u64);
+        Ok(n)
+    }
+}
+
+/// What is wrong with a sample being assembled; it is skipped (once) when complete.
+struct Flaw {
+    reason: SkipReason,
+    member: String,
+    detail: String,
+}
+
+/// A sample being assembled from consecutive members.
+struct PartialSample {
+    sample: RawSample,
+    start: u64,
+    /// The first problem found (a repeated extension, an oversized member); `None` for a
+    /// good sample.
+    flaw: Option<Flaw>,
+}
+
+/// How [`read_tar`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TarEnd {
+    /// At the end of the archive, at an error, or because `visit` stopped it.
+    Finished,
+    /// The stream went past `max_shard_bytes`; its rest was left unread.
+    OverShardLimit,
+}
+
+/// The reader behind every public entry point: samples and skips of the tar stream in
+/// `reader`, whose first byte is at `offset` (0 or a header position).
+fn read_tar<R: Read>(
+    shard: &Path,
+    reader: R,
+    offset: u64,
+    limits: ReadLimits,
+    mut visit: impl FnMut(Result<(RawSample, SampleSpan), TarSkip>) -> ControlFlow<()>,
+) -> TarEnd {
+    let over = Rc::new(Cell::new(false));
     let skip = |reason, member: Option<&str>, detail: String| TarSkip {
-        reason,
+        // A read error caused by the shard limit is that limit, whatever the tar parser made
+        // of it.
+        reason: if over.get() { SkipReason::OversizedShard } else { reason },
         shard: shard.to_path_buf(),
         member: member.map(str::to_string),
         detail,
+    };
+    let end = || match over.get() {
+        true => TarEnd::OverShardLimit,
+        false => TarEnd::Finished,
     };
     let position = Rc::new(Cell::new(offset));
     let mut archive = tar::Archive::new(CountingReader {
         inner: reader,
         position: Rc::clone(&position),
+        max_position: limits.max_shard_bytes,
+        over: Rc::clone(&over),
     });
     let mut entries = match archive.entries() {
         Ok(entries) => entries,
         Err(e) => {
             let _ = visit(Err(skip(SkipReason::ShardReadError, None, e.to_string())));
-            return;
+            return end();
         }
     };
     // After an entry's data is fully read, the next entry's first header starts at the next
@@ -232,13 +356,17 @@ pub fn for_each_sample_in_at<R: Read>(
             Some(PartialSample {
                 sample,
                 start,
-                duplicate: false,
+                flaw: None,
             }) => visit(Ok((sample, SampleSpan { start, next }))),
-            Some(PartialSample { sample, .. }) => visit(Err(TarSkip {
-                reason: SkipReason::DuplicateMember,
+            Some(PartialSample {
+                sample,
+                flaw: Some(flaw),
+                ..
+            }) => visit(Err(TarSkip {
+                reason: flaw.reason,
                 shard: sample.shard,
-                member: Some(sample.key),
-                detail: "the same extension appears twice in one sample".into(),
+                member: Some(flaw.member),
+                detail: flaw.detail,
             })),
         }
     };
@@ -257,7 +385,7 @@ pub fn for_each_sample_in_at<R: Read>(
                 if emit(current.take(), entry_start, &mut visit).is_continue() {
                     let _ = visit(Err(skip(SkipReason::ShardReadError, None, e.to_string())));
                 }
-                return;
+                return end();
             }
         };
         let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -278,269 +406,64 @@ pub fn for_each_sample_in_at<R: Read>(
         if current.as_ref().is_some_and(|partial| partial.sample.key != key)
             && emit(current.take(), entry_start, &mut visit).is_break()
         {
-            return;
+            return TarEnd::Finished;
         }
         let expected = entry.size();
-        // Cap the up-front allocation: the header's size is data, not a promise.
-        let mut data = Vec::with_capacity(expected.min(1 << 24) as usize);
-        let read = entry.read_to_end(&mut data);
+        let oversized = expected > limits.max_member_bytes;
+        let mut data = Vec::new();
+        let read = if oversized {
+            // Drained through a fixed-size buffer: the header's size is data, not a promise.
+            std::io::copy(&mut entry, &mut std::io::sink())
+        } else {
+            // Cap the up-front allocation: a short member must not reserve its claimed size.
+            data.reserve(expected.min(1 << 24) as usize);
+            entry.read_to_end(&mut data).map(|n| n as u64)
+        };
         let truncated = match read {
-            Ok(n) if n as u64 == expected => None,
+            Ok(n) if n == expected => None,
             Ok(n) => Some(format!("member has {n} of {expected} bytes")),
             Err(e) => Some(e.to_string()),
         };
         if let Some(detail) = truncated {
             // The sample holding this member is incomplete; it is dropped and the shard ends.
             let _ = visit(Err(skip(SkipReason::TruncatedMember, Some(&path), detail)));
-            return;
+            return end();
         }
         next_entry_start = block_end();
-        match &mut current {
-            Some(partial) => {
-                if partial.sample.members.insert(ext, data).is_some() {
-                    partial.duplicate = true;
-                }
-            }
-            None => {
-                current = Some(PartialSample {
-                    sample: RawSample {
-                        key,
-                        shard: shard.to_path_buf(),
-                        members: BTreeMap::from([(ext, data)]),
-                    },
-                    start: entry_start,
-                    duplicate: false,
-                });
-            }
+        let flaw = oversized.then(|| Flaw {
+            reason: SkipReason::OversizedMember,
+            member: path.clone(),
+            detail: format!("{expected} bytes, over max_member_bytes ({})", limits.max_member_bytes),
+        });
+        let partial = current.get_or_insert_with(|| PartialSample {
+            sample: RawSample {
+                key,
+                shard: shard.to_path_buf(),
+                members: BTreeMap::new(),
+            },
+            start: entry_start,
+            flaw: None,
+        });
+        let repeated = partial.sample.members.contains_key(&ext);
+        if partial.flaw.is_none() {
+            partial.flaw = flaw.or_else(|| {
+                repeated.then(|| Flaw {
+                    reason: SkipReason::DuplicateMember,
+                    member: partial.sample.key.clone(),
+                    detail: "the same extension appears twice in one sample".into(),
+                })
+            });
+        }
+        if partial.flaw.is_some() {
+            // The sample is skipped: keep none of its bytes.
+            partial.sample.members.clear();
+        } else {
+            partial.sample.members.insert(ext, data);
         }
     }
     let _ = emit(current.take(), next_entry_start, &mut visit);
+    end()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (name, data) in members {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            builder.append_data(&mut header, name, *data).unwrap();
-        }
-        builder.into_inner().unwrap()
-    }
-
-    fn collect(bytes: &[u8]) -> Vec<Result<RawSample, TarSkip>> {
-        let mut out = Vec::new();
-        for_each_sample_in(Path::new("t.tar"), bytes, |item| {
-            out.push(item);
-            ControlFlow::Continue(())
-        });
-        out
-    }
-
-    #[test]
-    fn member_names_split_at_first_dot_of_basename() {
-        assert_eq!(
-            split_member_name("a.b/dir/000001.seg.PNG"),
-            Some(("a.b/dir/000001".into(), "seg.png".into()))
-        );
-        assert_eq!(split_member_name("x/noext"), None);
-        assert_eq!(split_member_name("x/.hidden"), None);
-        assert_eq!(split_member_name("x/key."), None);
-    }
-
-    #[test]
-    fn consecutive_members_group_into_samples() {
-        let bytes = tar_of(&[
-            ("d/1.jpg", b"J1"),
-            ("d/1.txt", b"T1"),
-            ("__index__", b"ignored"),
-            ("d/2.TXT", b"T2"),
-            ("d/2.cls", b"3"),
-        ]);
-        let items = collect(&bytes);
-        assert_eq!(items.len(), 2);
-        let first = items[0].as_ref().unwrap();
-        assert_eq!(first.key, "d/1");
-        assert_eq!(first.members["jpg"], b"J1");
-        assert_eq!(first.members["txt"], b"T1");
-        let second = items[1].as_ref().unwrap();
-        assert_eq!(second.key, "d/2");
-        assert_eq!(second.members.keys().collect::<Vec<_>>(), ["cls", "txt"]);
-    }
-
-    #[test]
-    fn truncated_tar_reports_and_ends() {
-        let bytes = tar_of(&[("1.txt", b"first"), ("2.txt", &[b'x'; 2000]), ("3.txt", b"third")]);
-        // Cut inside the second member's data.
-        let items = collect(&bytes[..512 + 512 + 512 + 700]);
-        assert_eq!(items.len(), 2);
-        assert_eq!(items[0].as_ref().unwrap().key, "1");
-        let skip = items[1].as_ref().unwrap_err();
-        assert_eq!(skip.reason, SkipReason::TruncatedMember);
-        assert_eq!(skip.member.as_deref(), Some("2.txt"));
-    }
-
-    #[test]
-    fn garbage_is_a_read_error_not_a_panic() {
-        let items = collect(&[0x55u8; 1500]);
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].as_ref().unwrap_err().reason, SkipReason::ShardReadError);
-    }
-
-    #[test]
-    fn duplicate_extension_skips_the_sample() {
-        let bytes = tar_of(&[("1.txt", b"a"), ("1.txt", b"b"), ("2.txt", b"c")]);
-        let items = collect(&bytes);
-        assert_eq!(items[0].as_ref().unwrap_err().reason, SkipReason::DuplicateMember);
-        assert_eq!(items[1].as_ref().unwrap().key, "2");
-    }
-
-    /// A PAX `x` header giving `path`, as Python's tarfile writes for long or non-ASCII names.
-    fn append_pax_path(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
-        let record_body = format!(" path={path}\n");
-        // The record length counts its own digits.
-        let mut len = record_body.len() + 1;
-        while format!("{len}{record_body}").len() != len {
-            len += 1;
-        }
-        let record = format!("{len}{record_body}");
-        let mut pax = tar::Header::new_ustar();
-        pax.set_entry_type(tar::EntryType::XHeader);
-        pax.set_path("PaxHeader/member").unwrap();
-        pax.set_size(record.len() as u64);
-        pax.set_mode(0o644);
-        pax.set_cksum();
-        builder.append(&pax, record.as_bytes()).unwrap();
-        let mut header = tar::Header::new_ustar();
-        header.set_path("short-name-ignored.bin").unwrap();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append(&header, data).unwrap();
-    }
-
-    fn collect_at(bytes: &[u8], offset: u64) -> Vec<Result<(RawSample, SampleSpan), TarSkip>> {
-        let mut out = Vec::new();
-        for_each_sample_in_at(Path::new("t.tar"), &bytes[offset as usize..], offset, |item| {
-            out.push(item);
-            ControlFlow::Continue(())
-        });
-        out
-    }
-
-    /// Samples with GNU long names, PAX paths, a directory, an ignored member and a bad one.
-    fn mixed_tar() -> Vec<u8> {
-        let long_dir = "d".repeat(120);
-        let mut builder = tar::Builder::new(Vec::new());
-        let add = |builder: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]| {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            builder.append_data(&mut header, name, data).unwrap();
-        };
-        add(&mut builder, "a.txt", b"A");
-        add(&mut builder, "a.png", &[7u8; 700]);
-        add(&mut builder, &format!("{long_dir}/b.txt"), b"B");
-        let mut dir = tar::Header::new_gnu();
-        dir.set_entry_type(tar::EntryType::Directory);
-        dir.set_size(0);
-        dir.set_mode(0o755);
-        builder.append_data(&mut dir, "somedir/", std::io::empty()).unwrap();
-        add(&mut builder, &format!("{long_dir}/b.png"), &[8u8; 1030]);
-        append_pax_path(&mut builder, "pax/c.txt", b"C");
-        append_pax_path(&mut builder, "pax/c.png", &[9u8; 513]);
-        add(&mut builder, "__index__", b"ignored");
-        add(&mut builder, "d.txt", b"D1");
-        add(&mut builder, "d.txt", b"D2");
-        add(&mut builder, "e.txt", b"E");
-        builder.into_inner().unwrap()
-    }
-
-    #[test]
-    fn reading_from_a_span_offset_continues_exactly() {
-        let bytes = mixed_tar();
-        let all = collect_at(&bytes, 0);
-        let keys: Vec<String> = all
-            .iter()
-            .map(|item| match item {
-                Ok((sample, _)) => sample.key.clone(),
-                Err(skip) => format!("skip:{}", skip.reason),
-            })
-            .collect();
-        let long_key = format!("{}/b", "d".repeat(120));
-        assert_eq!(keys, ["a", long_key.as_str(), "pax/c", "skip:duplicate_member", "e"]);
-        for (i, item) in all.iter().enumerate() {
-            let Ok((_, span)) = item else { continue };
-            assert_eq!(span.start % 512, 0);
-            assert_eq!(collect_at(&bytes, span.start), all[i..], "from the start of item {i}");
-            assert_eq!(collect_at(&bytes, span.next), all[i + 1..], "from after item {i}");
-        }
-    }
-
-    #[test]
-    fn read_samples_at_finds_samples_by_start() {
-        let bytes = mixed_tar();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("mixed.tar");
-        std::fs::write(&path, &bytes).unwrap();
-        let spans: Vec<(String, SampleSpan)> = collect_at(&bytes, 0)
-            .into_iter()
-            .filter_map(Result::ok)
-            .map(|(sample, span)| (sample.key, span))
-            .collect();
-        let (e_key, e_span) = &spans[3];
-        let (c_key, c_span) = &spans[2];
-        let inside_c = c_span.start + 512;
-        let found = read_samples_at(&path, &[e_span.start, c_span.start, inside_c]).unwrap();
-        assert_eq!(found.len(), 2, "no sample starts inside another");
-        assert_eq!(&found[&e_span.start].key, e_key);
-        assert_eq!(&found[&c_span.start].key, c_key);
-        assert_eq!(found[&c_span.start].members["png"], [9u8; 513]);
-        // The file-based reader agrees with the in-memory one from any offset.
-        let mut from_file = Vec::new();
-        for_each_sample_at(&path, c_span.start, |item| {
-            from_file.push(item);
-            ControlFlow::Continue(())
-        });
-        let mut from_memory = Vec::new();
-        let offset = c_span.start as usize;
-        for_each_sample_in_at(&path, &bytes[offset..], c_span.start, |item| {
-            from_memory.push(item);
-            ControlFlow::Continue(())
-        });
-        assert_eq!(from_file.len(), 3);
-        assert_eq!(from_file, from_memory);
-    }
-
-    #[test]
-    fn a_read_error_recurs_when_reading_again_from_the_span() {
-        let bytes = tar_of(&[("1.txt", b"first"), ("2.txt", b"second")]);
-        let mut broken = bytes.clone();
-        // Corrupt the second header's checksum field.
-        broken[1024 + 148] ^= 0x11;
-        let all = collect_at(&broken, 0);
-        assert_eq!(all.len(), 2);
-        let (_, span) = all[0].as_ref().unwrap();
-        assert_eq!(span.next, 1024);
-        let again = collect_at(&broken, span.next);
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].as_ref().unwrap_err().reason, SkipReason::ShardReadError);
-    }
-
-    #[test]
-    fn missing_shard_is_one_unreadable_skip() {
-        let mut items = Vec::new();
-        for_each_sample(Path::new("/nonexistent/shard.tar"), |item| {
-            items.push(item);
-            ControlFlow::Continue(())
-        });
-        assert_eq!(items.len(), 1);
-        let skip = items[0].as_ref().unwrap_err();
-        assert_eq!(skip.reason, SkipReason::UnreadableShard);
-        assert!(skip.to_string().contains("/nonexistent/shard.tar"));
-    }
-}
+mod tests;

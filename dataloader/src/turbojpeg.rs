@@ -4,12 +4,42 @@
 //!
 //! libjpeg-turbo is what PIL decodes with, and its defaults here (accurate integer IDCT,
 //! fancy upsampling) are PIL's, so full-size decodes give PIL's pixels.
+//!
+//! Decoding stops at the library's first warning (`TJFLAG_STOPONWARNING`): a premature end
+//! of data or corrupt entropy-coded data would otherwise decode "successfully" with the
+//! missing part filled in grey. [`TurboError::warning`] tells such data apart from what the
+//! library cannot decode at all (an unsupported colour conversion, say).
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int, c_uchar, c_ulong, c_void};
 
 type TjHandle = *mut c_void;
 /// TurboJPEG's `TJPF_RGB`: packed 8-bit R, G, B.
 const PIXEL_FORMAT_RGB: c_int = 0;
+/// `TJFLAG_STOPONWARNING` (turbojpeg.h of libjpeg-turbo 2.1.5, as linked by build.rs): a
+/// warning ends the decode with an error instead of finishing with made-up pixels.
+const FLAG_STOP_ON_WARNING: c_int = 8192;
+/// `TJERR_WARNING` from `tjGetErrorCode` (`TJERR_FATAL` is 1).
+const ERROR_CODE_WARNING: c_int = 0;
+
+/// A failed TurboJPEG call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TurboError {
+    /// The library's message.
+    pub message: String,
+    /// A warning turned into an error: the data is truncated or corrupt (and would have
+    /// decoded with made-up pixels). `false` for what the library cannot decode at all.
+    pub warning: bool,
+}
+
+impl TurboError {
+    fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            warning: false,
+        }
+    }
+}
 
 extern "C" {
     fn tjInitDecompress() -> TjHandle;
@@ -35,6 +65,7 @@ extern "C" {
         flags: c_int,
     ) -> c_int;
     fn tjGetErrorStr2(handle: TjHandle) -> *mut c_char;
+    fn tjGetErrorCode(handle: TjHandle) -> c_int;
 }
 
 /// A TurboJPEG decompressor (one per thread; it is not shared).
@@ -48,19 +79,24 @@ unsafe impl Send for TurboDecoder {}
 
 impl TurboDecoder {
     /// A new decompressor, or the library's message if it cannot be created.
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, TurboError> {
         // SAFETY: no arguments; a null return is handled.
         let handle = unsafe { tjInitDecompress() };
         if handle.is_null() {
-            return Err("tjInitDecompress failed".into());
+            return Err(TurboError::fatal("tjInitDecompress failed"));
         }
         Ok(Self { handle })
     }
 
-    /// The library's message for the failed call, after which the handle is replaced: a
+    /// The library's error for the failed call, after which the handle is replaced: a
     /// TurboJPEG 2.x handle can keep state from a failed decode that breaks the next one.
-    fn fail(&mut self) -> String {
-        let message = self.last_error();
+    fn fail(&mut self) -> TurboError {
+        // SAFETY: the handle is valid; the call only reads its error state.
+        let warning = unsafe { tjGetErrorCode(self.handle) } == ERROR_CODE_WARNING;
+        let error = TurboError {
+            message: self.last_error(),
+            warning,
+        };
         // SAFETY: no arguments; a null return keeps the old handle, which is still valid.
         let fresh = unsafe { tjInitDecompress() };
         if !fresh.is_null() {
@@ -70,7 +106,7 @@ impl TurboDecoder {
             }
             self.handle = fresh;
         }
-        message
+        error
     }
 
     fn last_error(&self) -> String {
@@ -87,7 +123,7 @@ impl TurboDecoder {
     }
 
     /// Width and height from the JPEG header, without decoding pixels.
-    pub fn dimensions(&mut self, jpeg: &[u8]) -> Result<(u32, u32), String> {
+    pub fn dimensions(&mut self, jpeg: &[u8]) -> Result<(u32, u32), TurboError> {
         let (mut width, mut height, mut subsampling, mut colorspace) = (0, 0, 0, 0);
         // SAFETY: pointer and length describe `jpeg`; the out-pointers are live locals.
         let status = unsafe {
@@ -105,7 +141,7 @@ impl TurboDecoder {
             return Err(self.fail());
         }
         if width <= 0 || height <= 0 {
-            return Err(format!("zero dimension {width}x{height}"));
+            return Err(TurboError::fatal(format!("zero dimension {width}x{height}")));
         }
         Ok((width as u32, height as u32))
     }
@@ -113,10 +149,16 @@ impl TurboDecoder {
     /// Decode to packed RGB at 1/`denominator` scale (1, 2, 4 or 8) into `pixels` (resized
     /// to fit; its allocation is reused). Returns the decoded width and height, which are
     /// the full ones divided by `denominator`, rounded up. Library warnings (a truncated
-    /// file, corrupt data) are errors: the pixels would be partly made up.
-    pub fn decode_into(&mut self, jpeg: &[u8], denominator: u32, pixels: &mut Vec<u8>) -> Result<(u32, u32), String> {
+    /// file, corrupt data) are errors with [`TurboError::warning`] set: the pixels would be
+    /// partly made up.
+    pub fn decode_into(
+        &mut self,
+        jpeg: &[u8],
+        denominator: u32,
+        pixels: &mut Vec<u8>,
+    ) -> Result<(u32, u32), TurboError> {
         if !matches!(denominator, 1 | 2 | 4 | 8) {
-            return Err(format!("unsupported scale 1/{denominator}"));
+            return Err(TurboError::fatal(format!("unsupported scale 1/{denominator}")));
         }
         let dimensions = self.dimensions(jpeg)?;
         self.decode_scaled_into(jpeg, dimensions, 8 / denominator, pixels)
@@ -126,16 +168,17 @@ impl TurboDecoder {
     /// M/8) into `pixels`, for a JPEG whose header said `(width, height)` (from
     /// [`Self::dimensions`]). `pixels` is resized to fit and its allocation reused; every
     /// byte is overwritten on success. Returns the decoded size, the full one times
-    /// `eighths`/8 rounded up (TurboJPEG's `TJSCALED`). Library warnings are errors.
+    /// `eighths`/8 rounded up (TurboJPEG's `TJSCALED`). Library warnings are errors, as in
+    /// [`Self::decode_into`].
     pub fn decode_scaled_into(
         &mut self,
         jpeg: &[u8],
         (width, height): (u32, u32),
         eighths: u32,
         pixels: &mut Vec<u8>,
-    ) -> Result<(u32, u32), String> {
+    ) -> Result<(u32, u32), TurboError> {
         if !(1..=8).contains(&eighths) {
-            return Err(format!("unsupported scale {eighths}/8"));
+            return Err(TurboError::fatal(format!("unsupported scale {eighths}/8")));
         }
         let scaled = |full: u32| ((u64::from(full) * u64::from(eighths)).div_ceil(8)) as u32;
         let (scaled_width, scaled_height) = (scaled(width), scaled(height));
@@ -158,7 +201,7 @@ impl TurboDecoder {
                 0,
                 scaled_height as c_int,
                 PIXEL_FORMAT_RGB,
-                0,
+                FLAG_STOP_ON_WARNING,
             )
         };
         if status != 0 {
@@ -208,7 +251,10 @@ mod tests {
         let bytes = jpeg(64, 64);
         let mut decoder = TurboDecoder::new().unwrap();
         let mut pixels = Vec::new();
-        assert!(decoder.decode_into(&bytes[..bytes.len() / 2], 1, &mut pixels).is_err());
+        let cut = decoder
+            .decode_into(&bytes[..bytes.len() / 2], 1, &mut pixels)
+            .unwrap_err();
+        assert!(cut.warning, "a cut JPEG is a warning (premature end): {cut:?}");
         assert!(decoder.decode_into(b"\xff\xd8\xff not a jpeg", 1, &mut pixels).is_err());
         assert!(decoder.dimensions(&[]).is_err());
         // The handle still works after errors.

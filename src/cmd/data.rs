@@ -180,7 +180,10 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
                 Err(skip) => {
                     if matches!(
                         skip.reason,
-                        SkipReason::TruncatedMember | SkipReason::ShardReadError | SkipReason::UnreadableShard
+                        SkipReason::TruncatedMember
+                            | SkipReason::ShardReadError
+                            | SkipReason::UnreadableShard
+                            | SkipReason::OversizedShard
                     ) {
                         failed_shards.insert(skip.shard);
                     }

@@ -324,14 +324,190 @@ fn decode_and_apply_rejects_bad_bytes_with_reasons() {
         SkipReason::UndecodableImage
     );
     assert_eq!(reason(&jpeg, 256 * 192 - 1, &mut rng), SkipReason::ImageTooLarge);
-    // A truncated JPEG is left to the image crate, which pads the missing rows: the
-    // same decision as before libjpeg-turbo was used.
+    // A truncated JPEG is refused by both decoders (see cut_jpegs_are_rejected_on_every_path).
     let truncated = &jpeg[..jpeg.len() / 3];
     assert_eq!(
-        transform
-            .decode_and_apply(truncated, DEFAULT_MAX_PIXELS, &mut rng)
-            .is_ok(),
-        decode_rgb_with_image_crate(truncated, DEFAULT_MAX_PIXELS).is_ok()
+        reason(truncated, DEFAULT_MAX_PIXELS, &mut rng),
+        SkipReason::UndecodableImage
     );
+    assert!(decode_rgb_with_image_crate(truncated, DEFAULT_MAX_PIXELS).is_err());
     assert!(transform.decode_and_apply(&jpeg, 256 * 192, &mut rng).is_ok());
+}
+
+/// A 256×256 JPEG with photo-like texture (smooth gradients, noise, edges), as a real photo
+/// has: every MCU carries data, so a cut anywhere leaves rows missing.
+fn textured_jpeg() -> Vec<u8> {
+    let mut noise = ChaCha8Rng::seed_from_u64(11);
+    let image = RgbImage::from_fn(256, 256, |x, y| {
+        let wave = ((f64::from(x) / 9.0).sin() * 40.0 + (f64::from(y) / 13.0).cos() * 40.0) as i32;
+        let edge = if (x / 32 + y / 48) % 2 == 0 { 60 } else { 0 };
+        let grain: i32 = noise.gen_range(-20..20);
+        let level = |base: i32| (base + wave + edge + grain).clamp(0, 255) as u8;
+        Rgb([level(x as i32 / 2 + 40), level(y as i32 / 2 + 30), level(120)])
+    });
+    let mut bytes = Vec::new();
+    DynamicImage::ImageRgb8(image)
+        .write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .unwrap();
+    bytes
+}
+
+/// The JPEG cut at 25%, 50%, 75%, 90% and without its final EOI marker, by name.
+fn cut_points(jpeg: &[u8]) -> Vec<(String, &[u8])> {
+    let mut cuts: Vec<(String, &[u8])> = [25, 50, 75, 90]
+        .iter()
+        .map(|&percent| (format!("{percent}%"), &jpeg[..jpeg.len() * percent / 100]))
+        .collect();
+    assert_eq!(jpeg[jpeg.len() - 2..], [0xFF, 0xD9], "ends with EOI");
+    cuts.push(("without EOI".into(), &jpeg[..jpeg.len() - 2]));
+    cuts
+}
+
+#[test]
+fn cut_jpegs_are_rejected_on_every_path() {
+    for (name, jpeg) in [("fixture", fixture("jpeg_input.jpg")), ("textured", textured_jpeg())] {
+        // Negative control: whole, it decodes on every path.
+        assert!(decode_rgb(&jpeg, DEFAULT_MAX_PIXELS).is_ok(), "{name}");
+        assert!(decode_rgb_with_image_crate(&jpeg, DEFAULT_MAX_PIXELS).is_ok(), "{name}");
+        // eval(64) decodes at a reduced scale, train(200) at full size.
+        for transform in [ImageTransform::eval(64), ImageTransform::train(200)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            assert!(
+                transform.decode_and_apply(&jpeg, DEFAULT_MAX_PIXELS, &mut rng).is_ok(),
+                "{name}"
+            );
+        }
+        let mut through = Vec::new();
+        for (cut, bytes) in cut_points(&jpeg) {
+            let mut outcomes = vec![
+                ("decode_rgb", decode_rgb(bytes, DEFAULT_MAX_PIXELS).map(|_| ())),
+                (
+                    "image crate",
+                    decode_rgb_with_image_crate(bytes, DEFAULT_MAX_PIXELS).map(|_| ()),
+                ),
+            ];
+            for (path, transform) in [
+                ("reduced", ImageTransform::eval(64)),
+                ("full", ImageTransform::train(200)),
+            ] {
+                let mut rng = ChaCha8Rng::seed_from_u64(1);
+                outcomes.push((
+                    path,
+                    transform
+                        .decode_and_apply(bytes, DEFAULT_MAX_PIXELS, &mut rng)
+                        .map(|_| ()),
+                ));
+            }
+            for (path, outcome) in outcomes {
+                match outcome {
+                    Err(e) if e.reason == SkipReason::UndecodableImage =>
+                    {
+                        #[cfg(feature = "turbojpeg")]
+                        if path != "image crate" {
+                            assert!(e.detail.contains("truncated"), "{name} {cut} {path}: {e}");
+                        }
+                    }
+                    other => through.push(format!("{name} cut {cut} via {path}: {other:?}")),
+                }
+            }
+        }
+        assert!(through.is_empty(), "cut JPEGs got through:\n{}", through.join("\n"));
+    }
+}
+
+/// `jpeg` with its SOF0 frame header claiming `width`×`height`.
+fn with_sof_size(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut forged = jpeg.to_vec();
+    let sof = forged
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG");
+    // FFC0, length (2), precision (1), height (2), width (2).
+    forged[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    forged[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    forged
+}
+
+/// A PNG chunk: length, type, data, CRC.
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut crc = flate2::Crc::new();
+    crc.update(kind);
+    crc.update(data);
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(kind);
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(&crc.sum().to_be_bytes());
+    chunk
+}
+
+/// An 8-bit RGB PNG claiming `width`×`height`, whose IDAT is `raw` zlib-compressed.
+fn forged_png(width: u32, height: u32, raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    zlib.write_all(raw).unwrap();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png.extend(png_chunk(b"IDAT", &zlib.finish().unwrap()));
+    png.extend(png_chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn forged_huge_headers_are_too_large_before_decoding() {
+    let started = std::time::Instant::now();
+    let jpeg = with_sof_size(&textured_jpeg(), 65000, 65000);
+    let png = forged_png(100_000, 100_000, &[0u8; 64]);
+    for (name, bytes) in [("jpeg 65000x65000", &jpeg), ("png 100000x100000", &png)] {
+        assert_eq!(
+            decode_rgb(bytes, DEFAULT_MAX_PIXELS).unwrap_err().reason,
+            SkipReason::ImageTooLarge,
+            "{name}"
+        );
+        assert_eq!(
+            decode_rgb_with_image_crate(bytes, DEFAULT_MAX_PIXELS)
+                .unwrap_err()
+                .reason,
+            SkipReason::ImageTooLarge,
+            "{name}"
+        );
+        for transform in [ImageTransform::eval(64), ImageTransform::train(64)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let err = transform
+                .decode_and_apply(bytes, DEFAULT_MAX_PIXELS, &mut rng)
+                .unwrap_err();
+            assert_eq!(err.reason, SkipReason::ImageTooLarge, "{name}: {err}");
+        }
+    }
+    // Rejected from the header: no time spent on pixels that are not there.
+    assert!(started.elapsed().as_secs_f64() < 5.0, "{:?}", started.elapsed());
+    // Negative control: the same forged PNG at a size the data fits is decoded.
+    let row = |y: u8| [&[0u8][..], &[y; 3 * 4]].concat();
+    let small = forged_png(4, 2, &[row(10), row(200)].concat());
+    assert_eq!(
+        decode_rgb(&small, DEFAULT_MAX_PIXELS).unwrap().get_pixel(0, 1),
+        &Rgb([200, 200, 200])
+    );
+}
+
+#[test]
+fn png_with_a_zlib_bomb_idat_is_bounded() {
+    // 64×64 RGB needs 64 × (1 + 192) bytes; the IDAT inflates to 64 MiB of zeros (~64 KiB
+    // compressed). The decoder stops at what the image needs or fails; either way quickly.
+    let png = forged_png(64, 64, &vec![0u8; 64 << 20]);
+    assert!(png.len() < 200_000, "{}", png.len());
+    let started = std::time::Instant::now();
+    let outcome = decode_rgb(&png, DEFAULT_MAX_PIXELS);
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "zlib-bomb PNG: {:?} in {seconds:.3}s",
+        outcome.as_ref().map(|i| i.dimensions())
+    );
+    match outcome {
+        Ok(image) => assert_eq!(image.dimensions(), (64, 64)),
+        Err(e) => assert_eq!(e.reason, SkipReason::UndecodableImage, "{e}"),
+    }
+    assert!(seconds < 5.0, "{seconds}s");
 }

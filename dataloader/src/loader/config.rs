@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use crate::error::DataError;
 use crate::imaging::DEFAULT_MAX_PIXELS;
 use crate::shard_spec::ShardSource;
+use crate::tar_reader::{ReadLimits, DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_SHARD_BYTES};
 
 /// Where a sample's caption(s) come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +122,12 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Images with more pixels are skipped as `image_too_large`.
     pub max_pixels: u64,
+    /// A tar member with more bytes is drained unread and its sample skipped as
+    /// `oversized_member` (default [`DEFAULT_MAX_MEMBER_BYTES`], 64 MiB).
+    pub max_member_bytes: u64,
+    /// A shard whose tar stream (after decompression) gives more bytes has its rest skipped
+    /// as `oversized_shard` (default [`DEFAULT_MAX_SHARD_BYTES`], 16 GiB).
+    pub max_shard_bytes: u64,
     /// f32 normalised images (default) or u8 levels; does not change which samples come, so
     /// a loader may resume with the other setting.
     pub pixel_output: PixelOutput,
@@ -149,8 +156,18 @@ impl LoaderConfig {
             shuffle_buffer: if train { 1000 } else { 0 },
             drop_last: train,
             max_pixels: DEFAULT_MAX_PIXELS,
+            max_member_bytes: DEFAULT_MAX_MEMBER_BYTES,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
             pixel_output: PixelOutput::NormalizedF32,
             partitions: None,
+        }
+    }
+
+    /// The tar reader's limits from [`Self::max_member_bytes`] and [`Self::max_shard_bytes`].
+    pub fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            max_member_bytes: self.max_member_bytes,
+            max_shard_bytes: self.max_shard_bytes,
         }
     }
 
@@ -233,6 +250,12 @@ impl LoaderConfig {
         }
         if self.max_pixels == 0 {
             return bad("max_pixels", "must be at least 1");
+        }
+        if self.max_member_bytes == 0 {
+            return bad("max_member_bytes", "must be at least 1");
+        }
+        if self.max_shard_bytes == 0 {
+            return bad("max_shard_bytes", "must be at least 1");
         }
         if matches!(&self.caption, CaptionSource::Json(field) if field.is_empty()) {
             return bad("caption", "empty JSON field name");

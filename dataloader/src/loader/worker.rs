@@ -19,7 +19,7 @@ use super::sampling::{derive_seed, epoch_shards, EpochShards, DOMAIN_AUGMENT, DO
 use crate::error::{SkipCounts, SkipReason};
 use crate::imaging::{ImageTransform, OutputPixel};
 use crate::position::{SampleRef, ThreadCursor};
-use crate::tar_reader::{for_each_sample_at, read_samples_at, RawSample, TarSkip};
+use crate::tar_reader::{for_each_sample_at_with_limits, read_samples_at_with_limits, RawSample, TarSkip};
 use crate::tokenizer::Tokenizer;
 
 /// A worker gives up after this many shard draws in a row without a usable sample (plus one
@@ -258,7 +258,7 @@ impl Worker {
             let Some(path) = shards.get(shard) else {
                 continue;
             };
-            match read_samples_at(path, &starts) {
+            match read_samples_at_with_limits(path, &starts, self.cfg.read_limits()) {
                 Ok(samples) => found.extend(
                     samples
                         .into_iter()
@@ -301,7 +301,7 @@ impl Worker {
             state.shard = index;
             state.offset = offset;
             let mut flow = ControlFlow::Continue(());
-            for_each_sample_at(shard, offset, |item| {
+            for_each_sample_at_with_limits(shard, offset, self.cfg.read_limits(), |item| {
                 if self.stop.load(Ordering::Relaxed) {
                     flow = ControlFlow::Break(Halt::Disconnected);
                     return ControlFlow::Break(());
@@ -373,7 +373,10 @@ impl Worker {
         state.skips.add(skip.reason);
         let shard_level = matches!(
             skip.reason,
-            SkipReason::UnreadableShard | SkipReason::ShardReadError | SkipReason::TruncatedMember
+            SkipReason::UnreadableShard
+                | SkipReason::ShardReadError
+                | SkipReason::TruncatedMember
+                | SkipReason::OversizedShard
         );
         if !shard_level {
             tracing::debug!("skipped: {skip}");

@@ -83,6 +83,9 @@ struct OpenShard {
     name: String,
 }
 
+/// A sample's members as written: (member name, bytes), borrowed where unchanged.
+type Members<'s> = Vec<(String, Cow<'s, [u8]>)>;
+
 /// Writes samples into numbered shards; see the module docs.
 pub struct ShardWriter {
     out_dir: PathBuf,
@@ -235,7 +238,7 @@ impl ShardWriter {
     }
 
     /// The key and members `sample` would get if written now.
-    fn sample_members<'s>(&self, sample: &'s ShardSample) -> Result<(String, Vec<(String, Cow<'s, [u8]>)>), DataError> {
+    fn sample_members<'s>(&self, sample: &'s ShardSample) -> Result<(String, Members<'s>), DataError> {
         let key = match &sample.key {
             Some(key) => key.clone(),
             None => self.next_generated_key(),
