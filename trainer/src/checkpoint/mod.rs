@@ -9,6 +9,7 @@
 
 pub mod export;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 
 pub use export::{export_open_clip, locate_checkpoint, model_config_from_run_config, CheckpointFiles, OpenClipExport};

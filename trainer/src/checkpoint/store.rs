@@ -27,6 +27,8 @@ use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
+use super::state::MAX_STATE_BYTES;
+pub use super::state::{CheckpointState, FileDigest};
 use crate::model::weights::{load_safetensors, save_safetensors, WeightsError};
 
 /// Version of the folder layout and `state.json` written by this code.
@@ -92,46 +94,18 @@ pub enum CheckpointError {
     },
 }
 
-/// Size and SHA-256 of one file of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    /// Length in bytes.
-    pub bytes: u64,
-    /// Lower-case hex SHA-256 of the content.
-    pub sha256: String,
-}
 
-/// What `state.json` holds: progress, the data position of every rank, counters,
-/// and the checksums of the other files.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckpointState {
-    /// Layout version ([`FORMAT`]).
-    pub format: u32,
-    /// Optimizer steps done.
-    pub step: u64,
-    /// Training samples consumed over all ranks.
-    pub samples_seen: u64,
-    /// Number of ranks that wrote `loader`.
-    pub world_size: usize,
-    /// Lower-case hex SHA-256 of `config.toml`; set by [`Checkpoints::save`].
-    pub config_hash: String,
-    /// Data-loader position, one entry per rank (opaque here).
-    pub loader: Vec<serde_json::Value>,
-    /// Run counters such as skipped steps (opaque here).
-    pub counters: serde_json::Value,
-    /// File name → digest of every other file in the folder; set by
-    /// [`Checkpoints::save`].
-    #[serde(default)]
-    pub files: BTreeMap<String, FileDigest>,
-    /// The optimizer state is one file per rank ([`optim_shard_file`], `optim.shard`)
-    /// instead of [`OPTIM_FILE`].
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub optim_shards: bool,
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
+/// Up to `limit` bytes of the file at `path`; a longer file is an error (its length named).
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("longer than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The file of rank `rank`'s optimizer shard in a checkpoint folder.
@@ -597,37 +571,10 @@ impl Checkpoint {
             message,
         };
         let state_path = dir.join(STATE_FILE);
-        let state_bytes = fs::read(&state_path).map_err(|e| corrupt(format!("cannot read {STATE_FILE}: {e}")))?;
-        let state: CheckpointState =
-            serde_json::from_slice(&state_bytes).map_err(|e| corrupt(format!("{STATE_FILE} is not valid: {e}")))?;
-        if state.format != FORMAT {
-            return Err(corrupt(format!(
-                "{STATE_FILE} has format {}, this build reads format {FORMAT}",
-                state.format
-            )));
-        }
-        let optim_files: Vec<String> = match state.optim_shards {
-            true => (0..state.world_size).map(optim_shard_file).collect(),
-            false => vec![OPTIM_FILE.to_string()],
-        };
-        let missing: Vec<String> = [MODEL_FILE.to_string(), CONFIG_FILE.to_string()]
-            .into_iter()
-            .chain(optim_files)
-            .filter(|f| !state.files.contains_key(f))
-            .collect();
-        if !missing.is_empty() {
-            return Err(corrupt(format!(
-                "{STATE_FILE} lists no checksum for {}",
-                missing.join(", ")
-            )));
-        }
+        let state_bytes = read_bounded(&state_path, MAX_STATE_BYTES)
+            .map_err(|e| corrupt(format!("cannot read {STATE_FILE}: {e}")))?;
+        let state = CheckpointState::parse(&state_bytes).map_err(corrupt)?;
         for (name, expected) in &state.files {
-            // Names come from a file: only plain names inside the folder.
-            if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
-                return Err(corrupt(format!(
-                    "{STATE_FILE} lists a file outside the folder: {name:?}"
-                )));
-            }
             let path = dir.join(name);
             let actual = digest_file(&path).map_err(|e| corrupt(format!("cannot read {name}: {e}")))?;
             if actual.bytes != expected.bytes {

@@ -41,6 +41,12 @@ pub struct DataConfig {
     pub shuffle_buffer: usize,
     /// Images with more pixels than this are skipped (decompression-bomb guard).
     pub max_pixels: u64,
+    /// A tar member (image, caption, …) larger than this is skipped unread, with its sample,
+    /// as `oversized_member` (default 64 MiB): no member is ever held whole beyond it.
+    pub max_member_bytes: u64,
+    /// A shard stream that decompresses to more than this is cut there, as `oversized_shard`
+    /// (default 16 GiB): a compression bomb costs bounded time, not only bounded memory.
+    pub max_shard_bytes: u64,
     /// Draw shards with replacement (OpenCLIP's `--dataset-resampled`): every rank draws its
     /// own stream from all shards, and an epoch is `epoch_samples` samples. Off: every sample
     /// once per epoch, shards split across ranks.
@@ -114,6 +120,8 @@ impl Default for DataConfig {
             caption: "txt".into(),
             shuffle_buffer: 1000,
             max_pixels: 64 * 1024 * 1024,
+            max_member_bytes: dataloader::DEFAULT_MAX_MEMBER_BYTES,
+            max_shard_bytes: dataloader::DEFAULT_MAX_SHARD_BYTES,
             resampled: false,
             train_weights: None,
             epoch_samples: None,
@@ -208,6 +216,8 @@ impl DataConfig {
         lc.shuffle_buffer = self.shuffle_buffer;
         lc.drop_last = true;
         lc.max_pixels = self.max_pixels;
+        lc.max_member_bytes = self.max_member_bytes;
+        lc.max_shard_bytes = self.max_shard_bytes;
         lc.caption = caption_source(&self.caption);
         lc.pixel_output = match self.normalize {
             NormalizeOn::Loader => PixelOutput::NormalizedF32,

@@ -252,10 +252,12 @@ mod tests {
     fn loader_setting_errors_name_the_data_field() {
         // The loader checks these settings (written once, in LoaderConfig::validate_settings);
         // the section reports them under its own names, before any shard is read.
-        let cases: [(&str, fn(&mut DataConfig)); 4] = [
+        let cases: [(&str, fn(&mut DataConfig)); 6] = [
             ("data.batch_size: must be at least 1", |c| c.batch_size = 0),
             ("data.workers: must be at least 1", |c| c.workers = 0),
             ("data.max_pixels: must be at least 1", |c| c.max_pixels = 0),
+            ("data.max_member_bytes: must be at least 1", |c| c.max_member_bytes = 0),
+            ("data.max_shard_bytes: must be at least 1", |c| c.max_shard_bytes = 0),
             ("data.caption: empty JSON field name", |c| c.caption = "json:".into()),
         ];
         for (want, break_it) in cases {
