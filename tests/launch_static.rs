@@ -85,7 +85,8 @@ fn two_launchers_form_a_world_with_global_ranks() {
     let _guard = KillTagged(format!("FERROCLIP_TEST_TAG={tag}"));
     let master = format!("127.0.0.1:{}", free_port());
     let secret = secret_file(dir.path(), "job.secret");
-    let script = "echo rank $RANK of $WORLD_SIZE local $LOCAL_RANK via $FERROCLIP_RENDEZVOUS secret $FERROCLIP_JOB_SECRET";
+    let script =
+        "echo rank $RANK of $WORLD_SIZE local $LOCAL_RANK via $FERROCLIP_RENDEZVOUS secret $FERROCLIP_JOB_SECRET";
     let nodes = [
         node(dir.path(), &tag, &master, 1, script),
         node(dir.path(), &tag, &master, 0, script),
@@ -98,7 +99,10 @@ fn two_launchers_form_a_world_with_global_ranks() {
     // Workers get the job's secret (their relay requests prove it too).
     let secret = std::fs::read_to_string(secret).unwrap();
     let log = std::fs::read_to_string(dir.path().join("logs1/rank3.log")).unwrap();
-    assert_eq!(log.trim(), format!("rank 3 of 4 local 1 via {master} secret {}", secret.trim()));
+    assert_eq!(
+        log.trim(),
+        format!("rank 3 of 4 local 1 via {master} secret {}", secret.trim())
+    );
 }
 
 #[test]
@@ -107,9 +111,16 @@ fn a_node_without_the_jobs_secret_is_refused() {
     let tag = format!("static-secret-{}", std::process::id());
     let _guard = KillTagged(format!("FERROCLIP_TEST_TAG={tag}"));
     let master = format!("127.0.0.1:{}", free_port());
-    let (ours, theirs) = (secret_file(dir.path(), "ours.secret"), secret_file(dir.path(), "theirs.secret"));
+    let (ours, theirs) = (
+        secret_file(dir.path(), "ours.secret"),
+        secret_file(dir.path(), "theirs.secret"),
+    );
     // `ferroclip secret` never overwrites, and writes a file only its owner reads.
-    let again = Command::new(env!("CARGO_BIN_EXE_ferroclip")).arg("secret").arg(&ours).output().unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
+        .arg("secret")
+        .arg(&ours)
+        .output()
+        .unwrap();
     assert!(!again.status.success());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&ours).unwrap().permissions().mode() & 0o777, 0o600);
@@ -122,18 +133,34 @@ fn a_node_without_the_jobs_secret_is_refused() {
     assert!(stderr1.contains("refused our proof of the job secret"), "{stderr1}");
     assert!(stderr0.contains("refused a connection from 127.0.0.1"), "{stderr0}");
     assert!(stderr0.contains("node rank(s) 1 never arrived"), "{stderr0}");
-    assert!(!dir.path().join("logs0/rank0.log").exists(), "workers started without a world");
+    assert!(
+        !dir.path().join("logs0/rank0.log").exists(),
+        "workers started without a world"
+    );
 
     // No secret at all: a clear error before anything listens.
     let out = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(["launch", "--nnodes", "2", "--node-rank", "0", "--master", &master, "--nproc", "1"])
+        .args([
+            "launch",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "0",
+            "--master",
+            &master,
+            "--nproc",
+            "1",
+        ])
         .args(["--worker-cmd", "true"])
         .env_remove("FERROCLIP_JOB_SECRET")
         .env_remove("FERROCLIP_JOB_SECRET_FILE")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("ferroclip secret FILE"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("ferroclip secret FILE"),
+        "{stderr}"
+    );
 }
 
 #[test]

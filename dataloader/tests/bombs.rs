@@ -302,3 +302,21 @@ fn bad_limits_are_refused_by_name() {
     assert_eq!(dataloader::DEFAULT_MAX_MEMBER_BYTES, 64 << 20);
     assert_eq!(dataloader::DEFAULT_MAX_SHARD_BYTES, 16 << 30);
 }
+
+#[test]
+fn batches_larger_than_memory_are_refused_before_allocation() {
+    let mut cfg = LoaderConfig::new(vec!["a.tar".into()], true);
+    cfg.batch_size = 1_000_000_000_000;
+    let err = cfg.validate_settings().unwrap_err().to_string();
+    assert!(
+        err.contains("batch_size") && err.contains("more than this machine's"),
+        "{err}"
+    );
+    cfg.batch_size = 1 << 62;
+    let err = cfg.validate_settings().unwrap_err().to_string();
+    assert!(err.contains("batch_size") && err.contains("overflows"), "{err}");
+    // An ordinary batch passes.
+    cfg.batch_size = 256;
+    cfg.validate_settings().unwrap();
+    assert_eq!(cfg.batch_bytes(), Some(256 * (224 * 224 * 3 * 4 + 77 * 8)));
+}

@@ -234,12 +234,21 @@ mod tests {
         let proof = secret.client_proof(&ns, &nc, b"rank 1");
         assert!(secret.check_client_proof(&ns, &nc, b"rank 1", &proof));
         assert!(!other.check_client_proof(&ns, &nc, b"rank 1", &proof), "another secret");
-        assert!(!secret.check_client_proof(&nonce().unwrap(), &nc, b"rank 1", &proof), "a replay");
+        assert!(
+            !secret.check_client_proof(&nonce().unwrap(), &nc, b"rank 1", &proof),
+            "a replay"
+        );
         assert!(!secret.check_client_proof(&ns, &nc, b"rank 2", &proof), "another claim");
         assert!(!secret.check_server_proof(&ns, &nc, b"rank 1", &proof), "roles differ");
-        assert!(!secret.check_client_proof(&ns, &nc, b"rank 1", &proof[..31]), "a cut proof");
+        assert!(
+            !secret.check_client_proof(&ns, &nc, b"rank 1", &proof[..31]),
+            "a cut proof"
+        );
         // Length prefixes: moving a byte between parts changes the proof.
-        assert_ne!(secret.client_proof(b"ab", b"c", b""), secret.client_proof(b"a", b"bc", b""));
+        assert_ne!(
+            secret.client_proof(b"ab", b"c", b""),
+            secret.client_proof(b"a", b"bc", b"")
+        );
     }
 
     #[test]
@@ -247,16 +256,25 @@ mod tests {
         let secret = JobSecret::generate().unwrap();
         assert_eq!(JobSecret::from_hex(&secret.to_hex(), "x").unwrap(), secret);
         let short = JobSecret::from_hex("00ff", env::JOB_SECRET).unwrap_err().to_string();
-        assert!(short.starts_with("FERROCLIP_JOB_SECRET: a secret of 2 bytes is too short"), "{short}");
+        assert!(
+            short.starts_with("FERROCLIP_JOB_SECRET: a secret of 2 bytes is too short"),
+            "{short}"
+        );
         let not_hex = JobSecret::from_hex("zz", "x").unwrap_err().to_string();
         assert!(not_hex.contains("hex"), "{not_hex}");
-        assert!(!format!("{secret:?}").contains(&secret.to_hex()[..8]), "Debug shows the secret");
+        assert!(
+            !format!("{secret:?}").contains(&secret.to_hex()[..8]),
+            "Debug shows the secret"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("job.secret");
         secret.write_new_file(&path).unwrap();
         assert_eq!(JobSecret::read_file(&path).unwrap(), secret);
-        assert!(secret.write_new_file(&path).is_err(), "an existing secret file was overwritten");
+        assert!(
+            secret.write_new_file(&path).is_err(),
+            "an existing secret file was overwritten"
+        );
         let lookup = |name: &str| (name == env::JOB_SECRET_FILE).then(|| path.display().to_string());
         assert_eq!(JobSecret::from_lookup(&lookup).unwrap(), Some(secret.clone()));
         assert_eq!(JobSecret::from_lookup(&|_| None).unwrap(), None);

@@ -189,7 +189,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bind,
             timeout: seconds("--rendezvous-timeout-s", args.rendezvous_timeout_s)?,
             heartbeat_timeout: seconds("--node-heartbeat-timeout-s", args.node_heartbeat_timeout_s)?,
-            ..NodeSpec::new(master, node_rank, nnodes, nproc, job_secret(args.secret_file.as_deref())?)
+            ..NodeSpec::new(
+                master,
+                node_rank,
+                nnodes,
+                nproc,
+                job_secret(args.secret_file.as_deref())?,
+            )
         };
         let report = StaticLaunch {
             launch,

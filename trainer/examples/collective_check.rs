@@ -68,7 +68,11 @@ fn check_all(mpi: &mut Mpi) -> Result<(), String> {
             }
         }
     }
-    expect_equal("all_gather after a refused one", &mpi.all_gather(&local).map_err(err)?, &want)?;
+    expect_equal(
+        "all_gather after a refused one",
+        &mpi.all_gather(&local).map_err(err)?,
+        &want,
+    )?;
 
     // all_reduce_sum_ over f32, f64, i64, i32: (r + 1) * arange sums to rank_sum * arange.
     for kind in [Kind::Float, Kind::Double, Kind::Int64, Kind::Int] {

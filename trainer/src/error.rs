@@ -13,12 +13,19 @@ use crate::model::weights::WeightsError;
 use crate::model::ModelSpecError;
 use crate::optim::OptimStateMismatch;
 
+impl From<FieldError> for TrainError {
+    fn from(error: FieldError) -> Self {
+        TrainError::Config(error)
+    }
+}
+
 /// What can go wrong while configuring or running training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// A config value is invalid; the error names the field.
+    /// A config value is invalid; the error names the field. (Not a `#[source]`: the message
+    /// is already in the text, and [`error_chain`] would print it twice.)
     #[error("config: {0}")]
-    Config(#[from] FieldError),
+    Config(FieldError),
     /// A config file does not parse, or a value in it has the wrong type or name.
     #[error("config: {}: {reason}", path.display())]
     ConfigFile {

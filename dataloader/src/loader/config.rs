@@ -229,6 +229,42 @@ impl LoaderConfig {
         }
     }
 
+    /// Bytes of one batch's pixels and token ids (f32 pixels, the larger output), or `None`
+    /// when that does not fit in a u64.
+    pub fn batch_bytes(&self) -> Option<u64> {
+        let side = u64::from(self.image_size);
+        let per_image = side.checked_mul(side)?.checked_mul(3 * 4)?;
+        let per_caption = (self.context_length as u64).checked_mul(8)?;
+        (self.batch_size as u64).checked_mul(per_image.checked_add(per_caption)?)
+    }
+
+    /// A batch larger than this machine's memory is refused here, with the figures, instead
+    /// of aborting the process when its buffer is allocated.
+    fn check_batch_fits_memory(&self) -> Result<(), DataError> {
+        let too_big = |reason: String| {
+            Err(DataError::BadConfig {
+                field: "batch_size",
+                reason,
+            })
+        };
+        let Some(bytes) = self.batch_bytes() else {
+            return too_big(format!(
+                "{} samples of {} px: the batch's size in bytes overflows",
+                self.batch_size, self.image_size
+            ));
+        };
+        match physical_memory_bytes() {
+            Some(memory) if bytes > memory => too_big(format!(
+                "{} samples of {} px are {:.1} GiB of pixels and tokens per batch, more than this machine's {:.1} GiB of memory",
+                self.batch_size,
+                self.image_size,
+                bytes as f64 / (1u64 << 30) as f64,
+                memory as f64 / (1u64 << 30) as f64
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The checks of [`LoaderConfig::validate`] that need no shard list: what a config
     /// section can check before its shard spec is expanded (the trainer's `[data]` runs
     /// them on the settings it gives the loader, so each check is written once).
@@ -260,6 +296,7 @@ impl LoaderConfig {
         if matches!(&self.caption, CaptionSource::Json(field) if field.is_empty()) {
             return bad("caption", "empty JSON field name");
         }
+        self.check_batch_fits_memory()?;
         if let Some(partitions) = &self.partitions {
             let Partitions {
                 count,
@@ -328,4 +365,18 @@ impl LoaderConfig {
         }
         Ok(())
     }
+}
+
+/// This machine's physical memory (`MemTotal` of /proc/meminfo), when the OS says.
+fn physical_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }

@@ -51,13 +51,7 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// Node `node_rank` of `nnodes` with `nproc` workers sharing `secret`, default timeouts.
-    pub fn new(
-        master: impl Into<String>,
-        node_rank: usize,
-        nnodes: usize,
-        nproc: usize,
-        secret: JobSecret,
-    ) -> Self {
+    pub fn new(master: impl Into<String>, node_rank: usize, nnodes: usize, nproc: usize, secret: JobSecret) -> Self {
         Self {
             master: master.into(),
             node_rank,
@@ -181,10 +175,13 @@ pub async fn join(spec: &NodeSpec) -> Result<NodeSession, RendezvousError> {
     };
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
-    tokio::time::timeout_at(started + spec.timeout, authenticate_to_master(&mut read, &mut write, &spec.secret))
-        .await
-        .unwrap_or_else(|_| Err("no handshake before the deadline".into()))
-        .map_err(|reason| lost(format!("the master {reason}")))?;
+    tokio::time::timeout_at(
+        started + spec.timeout,
+        authenticate_to_master(&mut read, &mut write, &spec.secret),
+    )
+    .await
+    .unwrap_or_else(|_| Err("no handshake before the deadline".into()))
+    .map_err(|reason| lost(format!("the master {reason}")))?;
     let register = Message::Register {
         version: VERSION,
         node_rank: spec.node_rank,

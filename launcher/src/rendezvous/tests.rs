@@ -137,10 +137,20 @@ async fn the_relay_hands_rank0s_id_to_fetchers_that_came_first() {
     publish(&addr, &secret(), &token, NCCL_ID_KEY, &id, Duration::from_secs(10))
         .await
         .expect("republishing the same id");
-    let err = publish(&addr, &secret(), &token, NCCL_ID_KEY, b"swapped", Duration::from_secs(10))
-        .await
-        .expect_err("overwriting the id");
-    assert!(err.to_string().contains("already published with another value"), "{err}");
+    let err = publish(
+        &addr,
+        &secret(),
+        &token,
+        NCCL_ID_KEY,
+        b"swapped",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect_err("overwriting the id");
+    assert!(
+        err.to_string().contains("already published with another value"),
+        "{err}"
+    );
     let fetched = fetch(&addr, &secret(), &token, NCCL_ID_KEY, Duration::from_secs(10)).await;
     assert_eq!(fetched.expect("fetch"), id);
 }

@@ -7,7 +7,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{optim_shard_file, CONFIG_FILE, FORMAT, MODEL_FILE, OPTIM_FILE, STATE_FILE};
+/// Version of the folder layout and `state.json` written by this code.
+pub const FORMAT: u32 = 1;
+/// Model weights, open_clip names (see [`crate::model::weights`]).
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Optimizer state tensors, by name.
+pub const OPTIM_FILE: &str = "optim.safetensors";
+/// The resolved config the run was started with.
+pub const CONFIG_FILE: &str = "config.toml";
+/// [`CheckpointState`] as JSON.
+pub const STATE_FILE: &str = "state.json";
+/// The file of rank `rank`'s optimizer shard in a checkpoint folder.
+pub fn optim_shard_file(rank: usize) -> String {
+    format!("optim.rank{rank}.safetensors")
+}
 
 /// The largest `state.json` read (real ones are a few KB per rank).
 pub const MAX_STATE_BYTES: u64 = 64 << 20;
@@ -34,14 +47,14 @@ pub struct CheckpointState {
     pub samples_seen: u64,
     /// Number of ranks that wrote `loader`.
     pub world_size: usize,
-    /// Lower-case hex SHA-256 of `config.toml`; set by [`Checkpoints::save`].
+    /// Lower-case hex SHA-256 of `config.toml`; set by `Checkpoints::save`.
     pub config_hash: String,
     /// Data-loader position, one entry per rank (opaque here).
     pub loader: Vec<serde_json::Value>,
     /// Run counters such as skipped steps (opaque here).
     pub counters: serde_json::Value,
     /// File name → digest of every other file in the folder; set by
-    /// [`Checkpoints::save`].
+    /// `Checkpoints::save`.
     #[serde(default)]
     pub files: BTreeMap<String, FileDigest>,
     /// The optimizer state is one file per rank ([`optim_shard_file`], `optim.shard`)
@@ -88,7 +101,11 @@ impl CheckpointState {
                 state.files.len()
             ));
         }
-        let missing: Vec<String> = state.required_files().into_iter().filter(|f| !state.files.contains_key(f)).collect();
+        let missing: Vec<String> = state
+            .required_files()
+            .into_iter()
+            .filter(|f| !state.files.contains_key(f))
+            .collect();
         if !missing.is_empty() {
             return Err(format!("{STATE_FILE} lists no checksum for {}", missing.join(", ")));
         }
@@ -102,7 +119,10 @@ impl CheckpointState {
             true => (0..self.world_size).map(optim_shard_file).collect(),
             false => vec![OPTIM_FILE.to_string()],
         };
-        [MODEL_FILE.to_string(), CONFIG_FILE.to_string()].into_iter().chain(optim).collect()
+        [MODEL_FILE.to_string(), CONFIG_FILE.to_string()]
+            .into_iter()
+            .chain(optim)
+            .collect()
     }
 }
 
@@ -135,10 +155,13 @@ mod tests {
             ("lists no checksum for model.safetensors", |v| {
                 v["files"].as_object_mut().unwrap().remove("model.safetensors");
             }),
-            ("claims optimizer shards of 1000000000000000000 ranks but lists 3 files", |v| {
-                v["optim_shards"] = true.into();
-                v["world_size"] = 1_000_000_000_000_000_000u64.into();
-            }),
+            (
+                "claims optimizer shards of 1000000000000000000 ranks but lists 3 files",
+                |v| {
+                    v["optim_shards"] = true.into();
+                    v["world_size"] = 1_000_000_000_000_000_000u64.into();
+                },
+            ),
             ("is not valid: unknown field `surprise`", |v| v["surprise"] = 1.into()),
         ];
         for (want, edit) in cases {

@@ -28,19 +28,11 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use super::state::MAX_STATE_BYTES;
-pub use super::state::{CheckpointState, FileDigest};
+pub use super::state::{
+    optim_shard_file, CheckpointState, FileDigest, CONFIG_FILE, FORMAT, MODEL_FILE, OPTIM_FILE, STATE_FILE,
+};
 use crate::model::weights::{load_safetensors, save_safetensors, WeightsError};
 
-/// Version of the folder layout and `state.json` written by this code.
-pub const FORMAT: u32 = 1;
-/// Model weights, open_clip names (see [`crate::model::weights`]).
-pub const MODEL_FILE: &str = "model.safetensors";
-/// Optimizer state tensors, by name.
-pub const OPTIM_FILE: &str = "optim.safetensors";
-/// The resolved config the run was started with.
-pub const CONFIG_FILE: &str = "config.toml";
-/// [`CheckpointState`] as JSON.
-pub const STATE_FILE: &str = "state.json";
 /// The pointer file in the root naming the newest checkpoint folder.
 pub const LATEST_FILE: &str = "latest";
 /// Suffix of folders and files being written; leftovers are removed.
@@ -94,24 +86,21 @@ pub enum CheckpointError {
     },
 }
 
-
 /// Up to `limit` bytes of the file at `path`; a longer file is an error (its length named).
 fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let too_long = || io::Error::new(io::ErrorKind::InvalidData, format!("longer than {limit} bytes"));
+    // Refused by its length before a byte is read; `take` covers a file that grows meanwhile.
+    if fs::metadata(path)?.len() > limit {
+        return Err(too_long());
+    }
     let mut bytes = Vec::new();
     File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("longer than {limit} bytes"),
-        ));
+        return Err(too_long());
     }
     Ok(bytes)
 }
 
-/// The file of rank `rank`'s optimizer shard in a checkpoint folder.
-pub fn optim_shard_file(rank: usize) -> String {
-    format!("optim.rank{rank}.safetensors")
-}
 
 impl CheckpointState {
     /// A state at `step` with the current [`FORMAT`]; hash and files are filled

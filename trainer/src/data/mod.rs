@@ -100,7 +100,14 @@ impl TrainLoader {
         .map_err(|e| match e {
             // What the loader refuses in the settings of [data] is named as [data] names it.
             DataError::BadConfig { field, reason } if ["partitions", "batch_size", "drop_last"].contains(&field) => {
-                TrainError::DataConfig(FieldError::new(config::section_field(field), reason))
+                // The per-worker batch comes from data.global_batch when that is set.
+                let named = match (field, cfg.global_batch) {
+                    ("batch_size", Some(global)) => {
+                        format!("data.global_batch ({global} over {world_size} worker(s))")
+                    }
+                    _ => config::section_field(field),
+                };
+                TrainError::DataConfig(FieldError::new(named, reason))
             }
             other => TrainError::Loader(other),
         })?;
@@ -285,7 +292,11 @@ mod tests {
             // goes back to the loader for reuse) and never points into the buffer.
             let (kept, normalized) = (batch.images(), batch.images_normalized(Device::Cpu));
             assert_ne!(kept.data_ptr(), shared.data_ptr(), "images() shares the loader buffer");
-            assert_ne!(normalized.data_ptr(), shared.data_ptr(), "images_normalized() shares it");
+            assert_ne!(
+                normalized.data_ptr(),
+                shared.data_ptr(),
+                "images_normalized() shares it"
+            );
             assert_eq!(shared.data_ptr(), shared.to_device(Device::Cpu).data_ptr());
             let values = Vec::<f32>::try_from(shared.flatten(0, -1)).unwrap();
             drop(shared);

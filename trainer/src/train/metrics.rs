@@ -124,7 +124,8 @@ impl Metrics {
             window: Window::new(),
             run_start: Instant::now(),
             start_samples: progress.samples_seen,
-            losses: Vec::with_capacity(last_step.saturating_sub(progress.step) as usize),
+            // Grown as steps are done: `schedule.steps` is the user's word, not memory to take.
+            losses: Vec::new(),
         })
     }
 

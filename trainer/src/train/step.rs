@@ -153,7 +153,7 @@ impl<'a> TrainStep<'a> {
         // its graph: it is backpropagated right after the loss, so only the other K − 1 are
         // encoded twice (the memory of one micro-batch's activations is pass 2's anyway).
         let last = self.settings.accum_steps - 1;
-        let mut micro_batches = Vec::with_capacity(last);
+        let mut micro_batches = Vec::with_capacity(last.min(1024));
         let (mut images, mut texts) = (Vec::new(), Vec::new());
         let mut kept = None;
         for index in 0..self.settings.accum_steps {

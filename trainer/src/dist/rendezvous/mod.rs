@@ -24,29 +24,23 @@
 //! [`protocol::Message`], which the launcher's rendezvous speaks too), after the same
 //! challenge–response over the job secret ([`relay`]).
 
+mod net;
 mod rank0;
 mod relay;
 
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use protocol::{env, JobSecret};
 
 use super::DistError;
 
+use net::rendezvous_error;
 pub use rank0::{fetch, serve, Rejection, ServeReport};
-
-/// Pause between connection attempts while rank 0 is not listening yet.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
+pub use relay::Relay;
 /// Default for how long the rendezvous waits for all ranks.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn rendezvous_error(reason: String) -> DistError {
-    DistError::Backend {
-        backend: "rendezvous",
-        reason,
-    }
-}
 
 /// Where rank 0 listens and how long everyone waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,15 +57,6 @@ pub struct Rendezvous {
     /// The job's secret (`FERROCLIP_JOB_SECRET` or `FERROCLIP_JOB_SECRET_FILE`), which
     /// every peer proves it holds.
     pub secret: JobSecret,
-}
-
-/// The launcher's rendezvous relay and this run's token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relay {
-    /// `HOST:PORT` of the launcher's rendezvous server (`FERROCLIP_RENDEZVOUS`).
-    pub addr: String,
-    /// The run token the launcher handed out (`FERROCLIP_RUN_TOKEN`).
-    pub token: String,
 }
 
 /// The relay key of the payload (the NCCL unique id), as the launcher names it.
@@ -228,32 +213,5 @@ impl Rendezvous {
     }
 }
 
-/// A connection to the first of `addrs` that answers, retrying until `deadline`; on time-out
-/// the last attempt's error (`no_attempt` when there was none).
-fn connect_with_retries(addrs: &[SocketAddr], deadline: Instant, no_attempt: String) -> Result<TcpStream, String> {
-    let mut last_error = no_attempt;
-    loop {
-        if let Some(stream) = addrs.iter().find_map(|addr| {
-            TcpStream::connect_timeout(addr, remaining(deadline).min(Duration::from_secs(5)))
-                .map_err(|e| last_error = format!("{addr}: {e}"))
-                .ok()
-        }) {
-            return Ok(stream);
-        }
-        if Instant::now() >= deadline {
-            return Err(last_error);
-        }
-        std::thread::sleep(RETRY_PAUSE);
-    }
-}
-
-/// Time left until `deadline`, never zero (a zero timeout means "block forever" to std).
-fn remaining(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1))
-}
-
 #[cfg(test)]
 mod tests;
-

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use protocol::auth::{nonce, MAC_BYTES, NONCE_BYTES};
 use protocol::hello::{
-    decode_challenge, decode_hello, decode_payload_len, encode_challenge, encode_hello, encode_payload,
-    AUTH_HELLO_LEN, CHALLENGE_LEN, HELLO_LEN, MAX_PAYLOAD, PAYLOAD_LEN_BYTES,
+    decode_challenge, decode_hello, decode_payload_len, encode_challenge, encode_hello, encode_payload, AUTH_HELLO_LEN,
+    CHALLENGE_LEN, HELLO_LEN, MAX_PAYLOAD, PAYLOAD_LEN_BYTES,
 };
 use protocol::JobSecret;
 
-use super::{connect_with_retries, remaining, rendezvous_error};
+use super::net::{connect_with_retries, remaining, rendezvous_error};
 use crate::dist::DistError;
 
 /// How long a connection may take to answer the challenge.
@@ -154,7 +154,12 @@ fn refused_note(report: &ServeReport) -> String {
 }
 
 /// Records an admitted rank, or the error when the job's ranks disagree.
-fn admit(arrived: &mut BTreeMap<u32, Admitted>, admitted: Admitted, world: u32, peer: SocketAddr) -> Result<(), DistError> {
+fn admit(
+    arrived: &mut BTreeMap<u32, Admitted>,
+    admitted: Admitted,
+    world: u32,
+    peer: SocketAddr,
+) -> Result<(), DistError> {
     let (rank, claimed_world) = (admitted.rank, admitted.world);
     if claimed_world != world {
         return Err(rendezvous_error(format!(

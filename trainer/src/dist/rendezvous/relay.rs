@@ -8,8 +8,21 @@ use protocol::auth::nonce;
 use protocol::hello::MAX_PAYLOAD;
 use protocol::{env, from_hex, to_hex, JobSecret, Message, MAX_AUTH_LINE};
 
-use super::{connect_with_retries, remaining, rendezvous_error, Relay, RELAY_KEY};
+use super::net::{connect_with_retries, remaining, rendezvous_error};
 use crate::dist::DistError;
+
+/// The relay key of the payload (the NCCL unique id), as the launcher names it.
+const RELAY_KEY: &str = protocol::NCCL_ID_KEY;
+
+/// The launcher's rendezvous relay and this run's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// `HOST:PORT` of the launcher's rendezvous server (`FERROCLIP_RENDEZVOUS`).
+    pub addr: String,
+    /// The run token the launcher handed out (`FERROCLIP_RUN_TOKEN`).
+    pub token: String,
+}
+
 
 /// One request to the launcher's relay: `publish` (with `value`) or `fetch`;
 /// returns the value the relay answers with. Connects with retries until

@@ -1,6 +1,7 @@
 use super::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 
 use protocol::{from_hex, to_hex, Message};
 
@@ -26,7 +27,7 @@ fn every_rank_gets_rank0s_payload() {
         })
         .collect();
     let report = serve(&listener, 4, &payload, &secret(), deadline).expect("serve");
-assert_eq!(report.rejected, vec![]);
+    assert_eq!(report.rejected, vec![]);
     for client in clients {
         let got = client.join().expect("client thread").expect("fetch");
         assert_eq!(got, payload);
@@ -112,7 +113,10 @@ fn stray_connections_are_ignored_and_bad_worlds_rejected() {
     let report = report.expect("serve despite the strays");
     let mut reasons: Vec<&str> = report.rejected.iter().map(|r| r.reason.as_str()).collect();
     reasons.sort();
-    assert_eq!(reasons, ["closed before answering the challenge", "not a ferroclip hello"]);
+    assert_eq!(
+        reasons,
+        ["closed before answering the challenge", "not a ferroclip hello"]
+    );
     drop(strays);
     assert_eq!(client.join().expect("thread").expect("fetch"), b"id".to_vec());
 
@@ -152,8 +156,12 @@ fn fake_relay(token: &'static str, connections: usize) -> (String, std::thread::
                 continue; // refused: closed without an answer, as the launcher does
             }
             let proof = secret().server_proof(&server_nonce, &client_nonce, b"");
-            let authenticated = Message::Authenticated { mac_hex: to_hex(&proof) };
-            stream.write_all(&authenticated.to_line().unwrap()).expect("authenticated");
+            let authenticated = Message::Authenticated {
+                mac_hex: to_hex(&proof),
+            };
+            stream
+                .write_all(&authenticated.to_line().unwrap())
+                .expect("authenticated");
             line.clear();
             reader.read_line(&mut line).expect("read");
             requests.push(line.trim_end().to_string());
@@ -216,9 +224,8 @@ fn under_a_multi_node_launcher_the_payload_goes_through_its_relay() {
     }
     let requests = server.join().expect("server");
     assert!(
-        requests.contains(
-            &r#"{"key":"nccl_unique_id","token":"tok","type":"publish","value_hex":"0001feff"}"#.to_string()
-        ),
+        requests
+            .contains(&r#"{"key":"nccl_unique_id","token":"tok","type":"publish","value_hex":"0001feff"}"#.to_string()),
         "{requests:?}"
     );
 
@@ -236,13 +243,23 @@ fn under_a_multi_node_launcher_the_payload_goes_through_its_relay() {
     // A worker with another job's secret is refused before it can ask for anything.
     let (addr, server) = fake_relay("tok", 1);
     let stranger = Rendezvous {
-        relay: Some(Relay { addr, token: "tok".into() }),
+        relay: Some(Relay {
+            addr,
+            token: "tok".into(),
+        }),
         secret: JobSecret::from_hex(&"cd".repeat(32), "test").unwrap(),
         ..stale
     };
     let err = stranger.broadcast_from_rank0(1, 3, None).expect_err("wrong secret");
-    assert!(err.to_string().contains("closed the connection after our proof"), "{err}");
-    assert_eq!(server.join().expect("server"), Vec::<String>::new(), "a request got past the handshake");
+    assert!(
+        err.to_string().contains("closed the connection after our proof"),
+        "{err}"
+    );
+    assert_eq!(
+        server.join().expect("server"),
+        Vec::<String>::new(),
+        "a request got past the handshake"
+    );
 
     let missing_token = Rendezvous::from_lookup(&|name| match name {
         "MASTER_ADDR" => Some("h".into()),
@@ -260,9 +277,9 @@ fn under_a_multi_node_launcher_the_payload_goes_through_its_relay() {
 #[test]
 fn environment_is_validated() {
     let env = |vars: &[(&str, &str)]| {
-        let mut map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        map.entry("FERROCLIP_JOB_SECRET".into()).or_insert_with(|| "ab".repeat(32));
+        let mut map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        map.entry("FERROCLIP_JOB_SECRET".into())
+            .or_insert_with(|| "ab".repeat(32));
         Rendezvous::from_lookup(&|name| map.get(name).cloned())
     };
     let rdv = env(&[("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "29500")]).expect("valid");
@@ -295,7 +312,11 @@ fn environment_is_validated() {
             "FERROCLIP_JOB_SECRET",
         ),
         (
-            vec![("MASTER_ADDR", "h"), ("MASTER_PORT", "1"), ("FERROCLIP_JOB_SECRET", "0011")],
+            vec![
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "1"),
+                ("FERROCLIP_JOB_SECRET", "0011"),
+            ],
             "FERROCLIP_JOB_SECRET",
         ),
     ] {
