@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod env;
+pub mod fuzz_harness;
 pub mod hello;
 pub mod message;
 

@@ -126,6 +126,21 @@ impl CheckpointState {
     }
 }
 
+/// The fuzzing harness of [`CheckpointState::parse`] (`fuzz/fuzz_targets/checkpoint_state.rs`
+/// under libFuzzer; the seeded test below on stable Rust): arbitrary bytes as `state.json`.
+/// Nothing may panic; a state that parses names at most as many required files as it lists
+/// (plus the model and config), and writes back to bytes that parse to the same state.
+/// Returns whether the bytes parsed.
+pub fn state_json_harness(data: &[u8]) -> bool {
+    let Ok(state) = CheckpointState::parse(data) else {
+        return false;
+    };
+    assert!(state.required_files().len() <= state.files.len() + 2);
+    let again = serde_json::to_vec(&state).expect("a parsed state serialises");
+    assert_eq!(CheckpointState::parse(&again).expect("its own bytes parse"), state);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +185,54 @@ mod tests {
         }
         let huge = vec![b' '; MAX_STATE_BYTES as usize + 1];
         assert!(CheckpointState::parse(&huge).unwrap_err().contains("more than"));
+    }
+
+    /// [`state_json_harness`] on 5,000 seeded mutations of a real state (bit flips, cuts,
+    /// spliced spans, numbers swapped for huge ones), as CI's stand-in for the fuzzer.
+    #[test]
+    fn the_state_parser_survives_seeded_mutations() {
+        let seed = state_json(|v| v["optim_shards"] = false.into());
+        let mut x = 0x5eed_u64;
+        let mut next = move |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n.max(1) as u64) as usize
+        };
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..5_000 {
+            let mut input = seed.clone();
+            for _ in 0..1 + next(3) {
+                let len = input.len();
+                match next(5) {
+                    _ if len == 0 => input.push(b'{'),
+                    0 => {
+                        let at = next(len);
+                        input[at] ^= 1 << next(8);
+                    }
+                    1 => input.truncate(next(len + 1)),
+                    2 => {
+                        let (a, b) = (next(len), next(len));
+                        let span = input[a.min(b)..a.max(b)].to_vec();
+                        let at = next(input.len() + 1);
+                        input.splice(at..at, span);
+                    }
+                    3 => {
+                        let digits = input.iter().position(|c| c.is_ascii_digit()).unwrap_or(0);
+                        input.splice(digits..digits, b"99999999999999999999".iter().copied());
+                    }
+                    _ => {
+                        let at = next(len + 1);
+                        input.insert(at, b"{}[]\":,./0"[next(10)]);
+                    }
+                }
+            }
+            if state_json_harness(&input) {
+                parsed += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(parsed > 50 && refused > 50, "parsed {parsed}, refused {refused}");
     }
 }

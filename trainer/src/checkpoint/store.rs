@@ -101,7 +101,6 @@ fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-
 impl CheckpointState {
     /// A state at `step` with the current [`FORMAT`]; hash and files are filled
     /// in by [`Checkpoints::save`].

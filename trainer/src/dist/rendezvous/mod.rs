@@ -41,7 +41,6 @@ pub use relay::Relay;
 /// Default for how long the rendezvous waits for all ranks.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-
 /// Where rank 0 listens and how long everyone waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendezvous {

@@ -18,7 +18,11 @@ pub(super) fn rendezvous_error(reason: String) -> DistError {
 
 /// A connection to the first of `addrs` that answers, retrying until `deadline`; on time-out
 /// the last attempt's error (`no_attempt` when there was none).
-pub(super) fn connect_with_retries(addrs: &[SocketAddr], deadline: Instant, no_attempt: String) -> Result<TcpStream, String> {
+pub(super) fn connect_with_retries(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    no_attempt: String,
+) -> Result<TcpStream, String> {
     let mut last_error = no_attempt;
     loop {
         if let Some(stream) = addrs.iter().find_map(|addr| {
@@ -41,4 +45,3 @@ pub(super) fn remaining(deadline: Instant) -> Duration {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
 }
-

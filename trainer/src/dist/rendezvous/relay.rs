@@ -23,7 +23,6 @@ pub struct Relay {
     pub token: String,
 }
 
-
 /// One request to the launcher's relay: `publish` (with `value`) or `fetch`;
 /// returns the value the relay answers with. Connects with retries until
 /// `deadline`, proves the job secret and checks the relay's proof, then waits for the
