@@ -368,6 +368,41 @@ fn dry_run_for_4_nodes_of_8_gpus_writes_the_script_without_slurm() {
     }
     assert!(work.path().join("runs/b32/logs").is_dir());
     assert!(!work.path().join("runs/b32/slurm_jobs.txt").exists());
+    // NCCL ranks prove a job secret to rank 0's rendezvous: a new one in the run folder,
+    // readable by its owner only, exported by the script, and the same one next time.
+    let secret_line = lines
+        .iter()
+        .find(|l| l.starts_with("export FERROCLIP_JOB_SECRET_FILE="))
+        .unwrap_or_else(|| panic!("no secret export in\n{script}"));
+    assert!(secret_line.ends_with("runs/b32/job.secret"), "{secret_line}");
+    let secret_path = work.path().join("runs/b32/job.secret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let secret = std::fs::read_to_string(&secret_path).unwrap();
+    assert_eq!(secret.trim().len(), 64, "{secret}");
+    let again = ferroclip(work.path())
+        .env("PATH", work.path())
+        .args([
+            "submit",
+            "--config",
+            "b32.toml",
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        std::fs::read_to_string(&secret_path).unwrap(),
+        secret,
+        "a resubmission changed the secret"
+    );
     // The script is valid bash.
     let syntax = Command::new("bash")
         .arg("-n")

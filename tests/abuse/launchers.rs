@@ -110,6 +110,7 @@ async fn l2_oversized_garbage_and_early_requests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l3_silent_connections_do_not_stall_the_world() {
+    crate::raise_open_file_limit();
     let (addr, _spec, _server) = master(2, Duration::from_secs(10)).await;
     let mut silent = Vec::new();
     for _ in 0..100 {
@@ -166,5 +167,49 @@ async fn l4_the_relay_refuses_strangers_and_overwrites() {
         "L4",
         "relay: strangers; overwriting the NCCL id",
         "2 strangers refused; overwrite refused; id unchanged",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l5_a_flood_past_the_handshake_limit_delays_the_world_only_while_it_lasts() {
+    crate::raise_open_file_limit();
+    let (addr, spec, _server) = master(1, Duration::from_secs(20)).await;
+    // 300 silent connections: 256 fill the master's handshakes in progress, 44 are turned away.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let spec0 = NodeSpec {
+        timeout: Duration::from_secs(20),
+        ..node(&addr, 0, 1, secret())
+    };
+    let joining = tokio::spawn(async move { join(&spec0).await.map(|s| s.world().world_size) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(flood);
+    assert_eq!(joining.await.unwrap().expect("the node joins once the flood stops"), 1);
+    let waited = started.elapsed();
+    let turned_away = spec
+        .rejections
+        .list()
+        .iter()
+        .filter(|r| r.reason.contains("handshakes already in progress"))
+        .count();
+    assert!(
+        turned_away > 44,
+        "the node was never turned away: {turned_away} refusals"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "joined {waited:?} after the flood began"
+    );
+    row(
+        "L5",
+        "300 silent connections (limit 256), dropped after 1 s",
+        &format!(
+            "{turned_away} turned away (the node's retries among them); world formed {:.1} s after it started",
+            waited.as_secs_f64()
+        ),
     );
 }

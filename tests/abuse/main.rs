@@ -8,10 +8,12 @@
 //! | R2 | … a valid answer recorded on one connection, replayed on another | refused (the nonce differs) |
 //! | R3 | … 48 silent connections held open while the ranks arrive | the ranks are admitted at once; nothing waits on the silent ones |
 //! | R4 | … garbage: an HTTP request, 1 MiB of noise, a hello without a proof | each refused; the world forms |
+//! | R5 | … a flood past the limit of handshakes in progress (64) | connections beyond it turned away; a rank retries and gets in once the flood stops |
 //! | L1 | launchers' rendezvous: a node with another job's secret | refused, listed with its address; the other nodes' world forms |
 //! | L2 | … before authenticating: a 2 MiB line, JSON garbage, a `register` | each refused after at most 1 KiB |
 //! | L3 | … 100 silent connections | the world forms at once |
 //! | L4 | … relay: a worker with another secret; overwriting the published NCCL id | refused; the id is unchanged |
+//! | L5 | … a flood past the limit of handshakes in progress (256) | the same as R5 for a node |
 //! | D1 | a `.tar.zst` shard whose member inflates to 4 GiB | skipped as `oversized_member`, the next sample read, peak RSS bounded |
 //! | D2 | a PNG claiming 100000 × 100000 px; a JPEG claiming 65000 × 65000 | skipped as `image_too_large` before decoding |
 //! | D3 | JPEGs cut at 25–90 % or missing their end marker | every one skipped as `undecodable_image` (as PIL refuses them) |
@@ -91,4 +93,17 @@ pub fn ferroclip() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroclip"));
     cmd.env("RUST_LOG", "warn");
     cmd
+}
+
+/// Raises this process's soft limit of open files to its hard limit: the flood tests hold
+/// hundreds of connections, both ends of each in this process, beside the other tests.
+pub fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct; no other preconditions.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

@@ -94,6 +94,7 @@ fn r2_a_replayed_answer_is_refused() {
 
 #[test]
 fn r3_silent_connections_do_not_stall_the_ranks() {
+    crate::raise_open_file_limit();
     let (addr, server) = rank0(4, b"nccl-id");
     let silent: Vec<TcpStream> = (0..48).map(|_| TcpStream::connect(addr).unwrap()).collect();
     settle();
@@ -161,5 +162,43 @@ fn r4_garbage_is_refused_and_the_world_forms() {
         "R4",
         "HTTP, 1 MiB noise, hello without proof",
         &format!("3 refused: {reasons:?}; world formed"),
+    );
+}
+
+#[test]
+fn r5_a_flood_past_the_handshake_limit_delays_a_rank_only_while_it_lasts() {
+    crate::raise_open_file_limit();
+    let (addr, server) = rank0(2, b"nccl-id");
+    // 80 silent connections: 64 fill rank 0's handshakes in progress, 16 are turned away.
+    let flood: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    settle();
+    let started = Instant::now();
+    let real = rank(addr, 1, 2);
+    // The rank is turned away and tries again until the flood stops.
+    std::thread::sleep(Duration::from_secs(1));
+    drop(flood);
+    assert_eq!(real.join().unwrap(), b"nccl-id");
+    let waited = started.elapsed();
+    let report = server.join().unwrap();
+    let turned_away = report
+        .rejected
+        .iter()
+        .filter(|r| r.reason.contains("handshakes already in progress"))
+        .count();
+    assert!(
+        turned_away > 16,
+        "the rank was never turned away: {turned_away} refusals"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "admitted {waited:?} after the flood began"
+    );
+    row(
+        "R5",
+        "80 silent connections (limit 64), dropped after 1 s",
+        &format!(
+            "{turned_away} turned away (the rank's retries among them); rank admitted {:.1} s after it started",
+            waited.as_secs_f64()
+        ),
     );
 }

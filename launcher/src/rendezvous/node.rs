@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::BufReader;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -106,6 +107,35 @@ pub(crate) async fn resolve(master: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
+/// A connection to `master` that passed the handshake over `secret`: the local address
+/// and the two halves. Connects again while the master turns connections away unread (at
+/// its limit of handshakes in progress). `Err(Ok(reason))`: the handshake failed (the
+/// reason names the master's part); `Err(Err(e))`: the master could not be reached.
+async fn authenticated_connect(
+    master: &str,
+    bind: Option<IpAddr>,
+    secret: &JobSecret,
+    deadline: Instant,
+) -> Result<(std::io::Result<SocketAddr>, MasterReader, OwnedWriteHalf), Result<String, RendezvousError>> {
+    loop {
+        let stream = connect(master, bind, deadline).await.map_err(Err)?;
+        let local = stream.local_addr();
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::new(read);
+        let outcome = tokio::time::timeout_at(deadline, authenticate_to_master(&mut read, &mut write, secret))
+            .await
+            .unwrap_or_else(|_| Err("no handshake before the deadline".into()));
+        match outcome {
+            Ok(()) => return Ok((local, read, write)),
+            Err(e) if e.turned_away && Instant::now() + RETRY_PAUSE < deadline => tokio::time::sleep(RETRY_PAUSE).await,
+            Err(e) => return Err(Ok(format!("the master {}", e.reason))),
+        }
+    }
+}
+
+/// The read half of a connection to the master, buffered.
+type MasterReader = BufReader<OwnedReadHalf>;
+
 /// Connects to `master` from `bind` (if given), retrying until `deadline`.
 async fn connect(master: &str, bind: Option<IpAddr>, deadline: Instant) -> Result<TcpStream, RendezvousError> {
     let started = Instant::now();
@@ -163,25 +193,22 @@ async fn connect_once(addr: SocketAddr, bind: Option<IpAddr>) -> std::io::Result
 /// a node waits a few seconds longer so that it hears the master's verdict).
 pub async fn join(spec: &NodeSpec) -> Result<NodeSession, RendezvousError> {
     let started = Instant::now();
-    let stream = connect(&spec.master, spec.bind, started + spec.timeout).await?;
     let lost = |reason: String| RendezvousError::MasterLost {
         addr: spec.master.clone(),
         reason,
     };
-    let addr = match (spec.bind, stream.local_addr()) {
+    let (stream, mut read, mut write) =
+        authenticated_connect(&spec.master, spec.bind, &spec.secret, started + spec.timeout)
+            .await
+            .map_err(|e| match e {
+                Ok(reason) => lost(reason),
+                Err(unreachable) => unreachable,
+            })?;
+    let addr = match (spec.bind, stream) {
         (Some(ip), _) => ip.to_string(),
         (None, Ok(local)) => local.ip().to_string(),
         (None, Err(e)) => return Err(lost(e.to_string())),
     };
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    tokio::time::timeout_at(
-        started + spec.timeout,
-        authenticate_to_master(&mut read, &mut write, &spec.secret),
-    )
-    .await
-    .unwrap_or_else(|_| Err("no handshake before the deadline".into()))
-    .map_err(|reason| lost(format!("the master {reason}")))?;
     let register = Message::Register {
         version: VERSION,
         node_rank: spec.node_rank,
@@ -392,13 +419,13 @@ async fn relay(
         reason,
     };
     let deadline = Instant::now() + timeout;
-    let stream = connect(master, None, deadline).await?;
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    tokio::time::timeout_at(deadline, authenticate_to_master(&mut read, &mut write, secret))
-        .await
-        .unwrap_or_else(|_| Err("no handshake before the deadline".into()))
-        .map_err(|reason| relay_error(format!("the master {reason}")))?;
+    let (_, mut read, mut write) =
+        authenticated_connect(master, None, secret, deadline)
+            .await
+            .map_err(|e| match e {
+                Ok(reason) => relay_error(reason),
+                Err(unreachable) => unreachable,
+            })?;
     write_message(&mut write, &request)
         .await
         .map_err(|e| relay_error(format!("sending the request: {e}")))?;

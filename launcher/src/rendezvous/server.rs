@@ -27,6 +27,10 @@ const FIRST_MESSAGE_PATIENCE: Duration = Duration::from_secs(10);
 /// Connections not yet authenticated, at most; more are closed at once (a flood of
 /// connections costs the master this many small tasks, not memory without end).
 const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Refusals logged one by one; after these, one line says the rest are not.
+const MAX_LOGGED_REJECTIONS: usize = 100;
+/// Refusals kept in [`Rejections`].
+const MAX_KEPT_REJECTIONS: usize = 10_000;
 /// How long the master waits for its last messages (abort, finished) to leave.
 const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -78,12 +82,21 @@ impl Rejections {
     }
 
     fn record(&self, peer: SocketAddr, reason: String) {
-        eprintln!("[ferroclip launch] rendezvous: refused a connection from {peer}: {reason}");
-        if let Ok(mut list) = self.0.lock() {
-            // Bounded: a flood is summarised by its first refusals, not kept whole.
-            if list.len() < 10_000 {
-                list.push(Rejection { peer, reason });
+        let Ok(mut list) = self.0.lock() else {
+            return;
+        };
+        // Bounded: a flood is logged and kept by its first refusals, not whole.
+        match list.len() {
+            n if n < MAX_LOGGED_REJECTIONS => {
+                eprintln!("[ferroclip launch] rendezvous: refused a connection from {peer}: {reason}")
             }
+            n if n == MAX_LOGGED_REJECTIONS => {
+                eprintln!("[ferroclip launch] rendezvous: refused {n} connections; further refusals are not logged")
+            }
+            _ => {}
+        }
+        if list.len() < MAX_KEPT_REJECTIONS {
+            list.push(Rejection { peer, reason });
         }
     }
 }

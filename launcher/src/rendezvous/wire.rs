@@ -72,9 +72,37 @@ where
         .map_err(|e| format!("answering the proof: {e}"))
 }
 
+/// Why a peer's handshake failed.
+#[derive(Debug)]
+pub(crate) struct HandshakeError {
+    /// The master closed the connection before its challenge: turned away unread (it was at
+    /// its limit of handshakes in progress), worth another try.
+    pub turned_away: bool,
+    /// What went wrong, for the caller's error naming the master.
+    pub reason: String,
+}
+
+impl From<String> for HandshakeError {
+    fn from(reason: String) -> Self {
+        Self {
+            turned_away: false,
+            reason,
+        }
+    }
+}
+
+impl From<&str> for HandshakeError {
+    fn from(reason: &str) -> Self {
+        reason.to_string().into()
+    }
+}
+
 /// A peer's half of the handshake: answer the master's challenge and check its proof.
-/// `Err` says what went wrong, for the caller's error naming the master.
-pub(crate) async fn authenticate_to_master<R, W>(read: &mut R, write: &mut W, secret: &JobSecret) -> Result<(), String>
+pub(crate) async fn authenticate_to_master<R, W>(
+    read: &mut R,
+    write: &mut W,
+    secret: &JobSecret,
+) -> Result<(), HandshakeError>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -83,9 +111,20 @@ where
         Ok(Some(Message::Challenge { nonce_hex })) => {
             from_hex(&nonce_hex).ok_or("the master's challenge is not hex")?
         }
-        Ok(Some(other)) => return Err(format!("expected a challenge, got {}", message_type(&other))),
-        Ok(None) => return Err("closed the connection before its challenge".into()),
-        Err(e) => return Err(format!("no challenge: {e}")),
+        Ok(Some(other)) => return Err(format!("expected a challenge, got {}", message_type(&other)).into()),
+        Ok(None) => {
+            return Err(HandshakeError {
+                turned_away: true,
+                reason: "closed the connection before its challenge".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            return Err(HandshakeError {
+                turned_away: true,
+                reason: format!("reset the connection before its challenge: {e}"),
+            })
+        }
+        Err(e) => return Err(format!("no challenge: {e}").into()),
     };
     let client_nonce = nonce().map_err(|e| e.to_string())?;
     let auth = Message::Auth {
@@ -108,7 +147,7 @@ where
             "refused our proof of the job secret (do all nodes have the same FERROCLIP_JOB_SECRET / --secret-file?)"
                 .into(),
         ),
-        Ok(Some(other)) => Err(format!("expected its proof, got {}", message_type(&other))),
+        Ok(Some(other)) => Err(format!("expected its proof, got {}", message_type(&other)).into()),
     }
 }
 

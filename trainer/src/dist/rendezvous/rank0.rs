@@ -18,6 +18,8 @@ use protocol::JobSecret;
 use super::net::{connect_with_retries, remaining, rendezvous_error};
 use crate::dist::DistError;
 
+/// Pause before a rank tries again after rank 0 turned its connection away unread.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a connection may take to answer the challenge.
 const HELLO_PATIENCE: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; a connection beyond them is closed unanswered (a flood
@@ -33,17 +35,33 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// Refusals logged one by one; after these, one line says the rest are only counted.
+const MAX_LOGGED_REJECTIONS: usize = 100;
+/// Refusals kept in [`ServeReport::rejected`].
+const MAX_KEPT_REJECTIONS: usize = 10_000;
+
 /// What rank 0's exchange saw besides the ranks it admitted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServeReport {
-    /// Every connection refused, in the order they were.
+    /// The connections refused, in the order they were (the first 10,000).
     pub rejected: Vec<Rejection>,
+    /// Every connection refused.
+    pub refused: usize,
 }
 
 impl ServeReport {
     fn reject(&mut self, peer: SocketAddr, reason: String) {
-        tracing::warn!(%peer, %reason, "rendezvous: refused a connection");
-        self.rejected.push(Rejection { peer, reason });
+        self.refused += 1;
+        match self.refused {
+            n if n <= MAX_LOGGED_REJECTIONS => tracing::warn!(%peer, %reason, "rendezvous: refused a connection"),
+            n if n == MAX_LOGGED_REJECTIONS + 1 => {
+                tracing::warn!("rendezvous: refused {n} connections; further refusals are only counted")
+            }
+            _ => {}
+        }
+        if self.rejected.len() < MAX_KEPT_REJECTIONS {
+            self.rejected.push(Rejection { peer, reason });
+        }
     }
 }
 
@@ -145,10 +163,8 @@ fn refused_note(report: &ServeReport) -> String {
     match report.rejected.last() {
         None => String::new(),
         Some(last) => format!(
-            "; refused {} connection(s) that did not prove the job secret (last from {}: {})",
-            report.rejected.len(),
-            last.peer,
-            last.reason
+            "; refused {} connection(s) that did not prove the job secret (last kept from {}: {})",
+            report.refused, last.peer, last.reason
         ),
     }
 }
@@ -240,11 +256,6 @@ pub fn fetch(
     if addrs.is_empty() {
         return Err(rendezvous_error("MASTER_ADDR resolves to no address".into()));
     }
-    let mut stream = connect_with_retries(addrs, deadline, String::new()).map_err(|last_error| {
-        rendezvous_error(format!(
-            "rank {rank}: timed out connecting to rank 0 (last attempt: {last_error})"
-        ))
-    })?;
     let io = |what: &str, e: std::io::Error| {
         let reason = if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
             "timed out (is every rank started?)".to_string()
@@ -257,13 +268,29 @@ pub fn fetch(
         };
         rendezvous_error(format!("rank {rank}: {what}: {reason}"))
     };
-    stream
-        .set_read_timeout(Some(remaining(deadline)))
-        .map_err(|e| io("socket", e))?;
-    let mut challenge = [0u8; CHALLENGE_LEN];
-    stream
-        .read_exact(&mut challenge)
-        .map_err(|e| io("waiting for rank 0's challenge", e))?;
+    // A connection closed before rank 0's challenge was turned away unread (rank 0 at its
+    // limit of handshakes in progress, e.g. under a flood of connections): try again.
+    let (mut stream, challenge) = loop {
+        let mut stream = connect_with_retries(addrs, deadline, String::new()).map_err(|last_error| {
+            rendezvous_error(format!(
+                "rank {rank}: timed out connecting to rank 0 (last attempt: {last_error})"
+            ))
+        })?;
+        stream
+            .set_read_timeout(Some(remaining(deadline)))
+            .map_err(|e| io("socket", e))?;
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        match stream.read_exact(&mut challenge) {
+            Ok(()) => break (stream, challenge),
+            Err(e)
+                if matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset)
+                    && Instant::now() + RETRY_PAUSE < deadline =>
+            {
+                std::thread::sleep(RETRY_PAUSE)
+            }
+            Err(e) => return Err(io("waiting for rank 0's challenge", e)),
+        }
+    };
     let server_nonce = decode_challenge(&challenge).ok_or_else(|| {
         rendezvous_error(format!(
             "rank {rank}: what answers at MASTER_ADDR:MASTER_PORT is not a ferroclip rank 0 (no challenge)"
