@@ -30,7 +30,10 @@ keep_last = 3
 fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
+        // In cargo's scratch folder for tests (target/tmp), made afresh by each test process.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("abuse-checkpoint-template");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         write_shape_shards(&dir.join("shards"), 48, 24);
         std::fs::write(dir.join("t.toml"), CONFIG).unwrap();
         let mut cmd = ferroclip();
