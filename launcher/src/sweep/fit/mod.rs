@@ -43,4 +43,6 @@ pub use results_csv::{fit_results_csv, fit_results_csv_with, read_results_csv};
 pub use scaling::fit_scaling;
 
 #[cfg(test)]
+mod accuracy_tests;
+#[cfg(test)]
 mod tests;

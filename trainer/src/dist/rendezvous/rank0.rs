@@ -119,12 +119,19 @@ pub fn serve(
                     continue;
                 }
                 pending.fetch_add(1, Ordering::SeqCst);
-                let (tx, pending, secret) = (outcomes_tx.clone(), pending.clone(), secret.clone());
-                std::thread::spawn(move || {
-                    let outcome = handshake(stream, &secret, deadline);
+                let (tx, pending_now, secret) = (outcomes_tx.clone(), pending.clone(), secret.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("rendezvous-handshake".into())
+                    .spawn(move || {
+                        let outcome = handshake(stream, &secret, deadline);
+                        pending_now.fetch_sub(1, Ordering::SeqCst);
+                        let _ = tx.send((peer, outcome));
+                    });
+                if let Err(e) = spawned {
+                    // Out of threads (a flood, or a crowded host): this connection is dropped.
                     pending.fetch_sub(1, Ordering::SeqCst);
-                    let _ = tx.send((peer, outcome));
-                });
+                    report.reject(peer, format!("no thread for its handshake: {e}"));
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
                 if Instant::now() >= deadline {
@@ -140,7 +147,14 @@ pub fn serve(
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(rendezvous_error(format!("accept: {e}"))),
+            // Out of file descriptors and the like (a flood of connections): back off and
+            // go on, so that the ranks still get in once it passes.
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    return Err(rendezvous_error(format!("accept: {e}")));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     let frame = encode_payload(payload);
