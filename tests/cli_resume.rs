@@ -258,6 +258,17 @@ fn a_gradient_cached_tiled_run_resumes_identically_after_sigterm() {
 }
 
 #[test]
+fn a_const_cooldown_run_resumes_identically_after_sigterm() {
+    // Constant lr, then a 1 − √x cooldown over the last 15 of 30 steps: the stop lands before
+    // or inside the cooldown, and the resumed run must continue the schedule where it was.
+    sigterm_then_resume_is_identical(&[
+        "schedule.kind=const-cooldown",
+        "schedule.cooldown_fraction=0.5",
+        "schedule.cooldown=1-sqrt",
+    ]);
+}
+
+#[test]
 fn a_kill_while_writing_a_checkpoint_falls_back_to_the_previous_one() {
     require_mpirun();
     let dir = setup(14);

@@ -193,7 +193,9 @@ mod tests {
     #[test]
     fn states_with_long_floats_round_trip_exactly() {
         let input = state_json(|v| v["loader"] = serde_json::json!([{"shards_hash": 0}]));
-        let text = String::from_utf8(input).unwrap().replace("{\"shards_hash\":0}", "{\"shards_hash\":131548953116.5144568}");
+        let text = String::from_utf8(input)
+            .unwrap()
+            .replace("{\"shards_hash\":0}", "{\"shards_hash\":131548953116.5144568}");
         assert!(state_json_harness(text.as_bytes()));
     }
 
