@@ -1,28 +1,14 @@
 //! K1: absurd numbers in a train config: a clear error naming the field, or a normal run —
 //! never a panic, an abort on a failed allocation, or memory taken for the number's sake.
-use crate::common::write_shape_shards;
+use crate::common::{write_shape_shards, SWEEP_BASE_TOML};
 use crate::{ferroclip, row, run_measured};
-
-const CONFIG: &str = r#"name = "t"
-model = "nano"
-seed = 1
-threads = 1
-[data]
-train = "shards"
-batch_size = 8
-workers = 1
-[optim]
-lr = 2e-3
-[schedule]
-steps = 2
-warmup_steps = 1
-"#;
 
 #[test]
 fn k1_huge_values_are_refused_by_name_or_run_normally() {
     let dir = tempfile::tempdir().unwrap();
     write_shape_shards(&dir.path().join("shards"), 16, 16);
-    std::fs::write(dir.path().join("t.toml"), CONFIG).unwrap();
+    // The sweep tests' base config: `nano` on `shards/`, 2 steps of 8 samples, run "base".
+    std::fs::write(dir.path().join("t.toml"), SWEEP_BASE_TOML).unwrap();
     // (override, what must happen: Err(field named) or Ok(a normal run))
     let cases: [(&str, Result<(), &str>); 7] = [
         ("data.batch_size=1000000000000", Err("data.batch_size")),
@@ -78,7 +64,7 @@ fn k1_huge_values_are_refused_by_name_or_run_normally() {
 /// A run with an endless schedule, stopped by SIGTERM after its first logged step (it then
 /// checkpoints and exits 143, which counts as a normal run here).
 fn long_run(dir: &std::path::Path, set: &str) -> crate::Measured {
-    let metrics = dir.join("runs/t/metrics.jsonl");
+    let metrics = dir.join("runs/base/metrics.jsonl");
     let _ = std::fs::remove_dir_all(dir.join("runs"));
     let dir = dir.to_path_buf();
     let stopper = {

@@ -34,20 +34,25 @@ fn every_rank_gets_rank0s_payload() {
     }
 }
 
-#[test]
-fn client_started_before_rank0_retries() {
-    // Reserve a port, free it, let the client try first, then listen on it.
+/// A rendezvous of this job on 127.0.0.1 at a port that was free a moment ago.
+fn on_a_free_loopback_port(timeout: Duration) -> Rendezvous {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let rdv = Rendezvous {
+    Rendezvous {
         host: "127.0.0.1".into(),
         port,
-        timeout: Duration::from_secs(20),
+        timeout,
         relay: None,
         secret: secret(),
-    };
+    }
+}
+
+#[test]
+fn client_started_before_rank0_retries() {
+    // A port that was free, the client trying first, then rank 0 listening on it.
+    let rdv = on_a_free_loopback_port(Duration::from_secs(20));
     let client = {
         let rdv = rdv.clone();
         std::thread::spawn(move || rdv.broadcast_from_rank0(1, 2, None))
@@ -346,17 +351,7 @@ fn ranks_with_another_secret_are_refused_and_named_at_the_deadline() {
 
 #[test]
 fn rank0_listens_only_at_master_addr() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let rdv = Rendezvous {
-        host: "127.0.0.1".into(),
-        port,
-        timeout: Duration::from_secs(5),
-        relay: None,
-        secret: secret(),
-    };
+    let rdv = on_a_free_loopback_port(Duration::from_secs(5));
     let listener = rdv.listen().expect("listen");
     assert_eq!(listener.local_addr().unwrap().ip().to_string(), "127.0.0.1");
     drop(listener);
