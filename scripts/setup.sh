@@ -4,7 +4,9 @@
 #   - .venv: libtorch from the PyPI torch==2.11.0 wheel (no CUDA deps) plus the two
 #     small CUDA runtime wheels libtorch_cpu links against (tch 0.24.0 needs 2.11.0)
 #   - data/npm: the emoji image packs used by the demo (npm)
-#   - Debian: OpenMPI (openmpi-bin, libopenmpi-dev) and libclang-dev for the `mpi` feature;
+#   - .venv also: the Python test tools (maturin builds the `ferroclip` wheel, pytest and
+#     numpy test it, tensorboard's event reader checks the event files a run writes)
+#   - Debian: chromium renders `ferroclip report` pages in the tests; OpenMPI (openmpi-bin, libopenmpi-dev) and libclang-dev for the `mpi` feature;
 #     wordnet-base (WordNet 3.0) for MetaCLIP metadata and K-LITE glosses
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -12,6 +14,7 @@ cd "$root"
 
 TORCH_VERSION=2.11.0
 PY_WHEELS=(torch==$TORCH_VERSION nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85)
+PY_TOOLS=(maturin==1.16.0 numpy==2.4.6 pytest==9.2.0 tensorboard==2.21.0)
 NPM_PACKS=(emoji-datasource-google@16.0.0 emoji-datasource-twitter@16.0.0 emojibase-data@16.0.3)
 
 say() { printf '[setup] %s\n' "$*" >&2; }
@@ -24,7 +27,7 @@ need g++ || missing_debs+=(g++)
 need npm || missing_debs+=(npm)
 need python3 || missing_debs+=(python3 python3-venv)
 # OpenMPI (the CPU collectives backend and mpirun) and libclang (bindgen in mpi-sys).
-for deb in openmpi-bin libopenmpi-dev libclang-dev wordnet-base slurm-wlm munge iproute2 libturbojpeg0-dev; do
+for deb in openmpi-bin libopenmpi-dev libclang-dev wordnet-base slurm-wlm munge iproute2 libturbojpeg0-dev chromium; do
   dpkg -s "$deb" >/dev/null 2>&1 || missing_debs+=("$deb")
 done
 if [ ${#missing_debs[@]} -gt 0 ]; then
@@ -42,6 +45,17 @@ if [ "$(installed_torch)" != "$TORCH_VERSION" ] || [ ! -f .venv/lib/python3.11/s
 fi
 [ -f .venv/lib/python3.11/site-packages/torch/lib/libtorch_cpu.so ] \
   || { say "libtorch missing after install: .venv/lib/python3.11/site-packages/torch/lib/libtorch_cpu.so"; exit 1; }
+
+# Python test tools (with their dependencies).
+have_py_tools() {
+  for p in "${PY_TOOLS[@]}"; do
+    [ "$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('${p%==*}'))" 2>/dev/null)" = "${p#*==}" ] || return 1
+  done
+}
+if ! have_py_tools; then
+  say "installing ${PY_TOOLS[*]} into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check "${PY_TOOLS[@]}"
+fi
 
 # Emoji data packs from npm.
 have_npm_packs() {
