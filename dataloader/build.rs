@@ -1,5 +1,7 @@
 //! Links libjpeg-turbo's TurboJPEG library statically when the `turbojpeg` feature is on, so
-//! the binary carries no run-time dependency on it (the GPU machines do not have it).
+//! the binary carries no run-time dependency on it (the GPU machines do not have it). With
+//! `turbojpeg-shared` it links the shared library instead: Debian's static archive is not
+//! position-independent, so a shared object (the Python extension) cannot take it in.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -30,16 +32,18 @@ fn main() {
     ] {
         candidates.push(dir.into());
     }
-    match candidates
-        .iter()
-        .find(|dir| Path::new(dir).join("libturbojpeg.a").is_file())
-    {
+    let shared = std::env::var_os("CARGO_FEATURE_TURBOJPEG_SHARED").is_some();
+    let (file, kind) = match shared {
+        true => ("libturbojpeg.so", "dylib"),
+        false => ("libturbojpeg.a", "static"),
+    };
+    match candidates.iter().find(|dir| Path::new(dir).join(file).is_file()) {
         Some(dir) => {
             println!("cargo:rustc-link-search=native={}", dir.display());
-            println!("cargo:rustc-link-lib=static=turbojpeg");
+            println!("cargo:rustc-link-lib={kind}=turbojpeg");
         }
         None => panic!(
-            "libturbojpeg.a not found (searched {candidates:?}): install Debian's libturbojpeg0-dev \
+            "{file} not found (searched {candidates:?}): install Debian's libturbojpeg0-dev \
              (scripts/setup.sh does), set TURBOJPEG_LIB_DIR, or build dataloader without the \
              `turbojpeg` feature"
         ),

@@ -6,6 +6,8 @@
 #   - data/npm: the emoji image packs used by the demo (npm)
 #   - .venv also: the Python test tools (maturin builds the `ferroclip` wheel, pytest and
 #     numpy test it, tensorboard's event reader checks the event files a run writes)
+#   - .venv also: the `ferroclip` Python package (python/, built by maturin from this
+#     checkout; reinstalled when what it contains changes)
 #   - Debian: chromium renders `ferroclip report` pages in the tests; OpenMPI (openmpi-bin, libopenmpi-dev) and libclang-dev for the `mpi` feature;
 #     wordnet-base (WordNet 3.0) for MetaCLIP metadata and K-LITE glosses
 set -euo pipefail
@@ -55,6 +57,27 @@ have_py_tools() {
 if ! have_py_tools; then
   say "installing ${PY_TOOLS[*]} into .venv"
   .venv/bin/pip install -q --disable-pip-version-check "${PY_TOOLS[@]}"
+fi
+
+# The ferroclip Python package, built from this checkout (cargo makes a second run cheap).
+# The wheel's content (not its bytes: zip timestamps differ) decides whether to reinstall.
+say "building the ferroclip Python wheel (python/)"
+rm -f target/wheels/ferroclip-*.whl
+built=$(cd python && CARGO_TARGET_DIR="$root/target" ../.venv/bin/maturin build --release --quiet \
+  --compatibility linux -o "$root/target/wheels" 2>&1) || { printf '%s\n' "$built" >&2; exit 1; }
+wheel=$(ls target/wheels/ferroclip-*.whl)
+wheel_digest() {
+  python3 -c 'import hashlib, sys, zipfile
+z = zipfile.ZipFile(sys.argv[1]); h = hashlib.sha256()
+for n in sorted(z.namelist()):
+    if ".dist-info/" not in n: h.update(n.encode() + z.read(n))
+print(h.hexdigest())' "$1"
+}
+digest=$(wheel_digest "$wheel")
+if [ "$(cat .venv/ferroclip-wheel.digest 2>/dev/null)" != "$digest" ]; then
+  say "installing $wheel into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --force-reinstall "$wheel"
+  echo "$digest" > .venv/ferroclip-wheel.digest
 fi
 
 # Emoji data packs from npm.

@@ -16,3 +16,5 @@ cargo build --workspace --all-targets
 cargo check -p trainer --features nccl --all-targets
 cargo check --no-default-features --features nccl --bin ferroclip
 cargo test --workspace -- --test-threads=2
+# The Python package (built and installed into .venv by setup.sh) against the binary just built.
+FERROCLIP_BIN="$root/target/debug/ferroclip" .venv/bin/python -m pytest -q python/tests

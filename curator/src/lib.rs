@@ -6,6 +6,7 @@
 //!   Rewrite(sample)`; randomness per sample from [`SampleRng`] (seed, key).
 //! - [`run_pipeline`]: stages over shards on threads → mirrored output shards, `sizes.json`,
 //!   `report.json` ([`CurateReport`]) and `report.png`.
+//! - [`curate_samples`]: the same stages over samples held in memory (the Python face).
 //! - [`align`]: ALIGN's image/alt-text filters, exact and pHash near-duplicate removal ([`AlignStage`]).
 //! - [`dfn`]: DFN model-score filtering (DataComp's top-fraction rule); scorer from the binary.
 //! - [`metaclip`]: MetaCLIP metadata (WordNet + user lists), substring [`Matcher`] and balancing.
@@ -27,6 +28,7 @@ pub mod dfn;
 pub mod error;
 mod fields;
 mod hash;
+pub mod in_memory;
 pub mod klite;
 pub mod metaclip;
 pub mod pipeline;
@@ -40,6 +42,7 @@ pub use align::{AlignConfig, AlignStage, ImageEmbedder};
 pub use config::{CurateConfig, DfnBuilder, EmbedderBuilder, StageConfig};
 pub use dfn::{DfnConfig, DfnStage, PairScorer};
 pub use error::CurateError;
+pub use in_memory::{curate_samples, SampleOutcome};
 pub use klite::{GlossDictionary, KliteConfig, KliteStage};
 pub use metaclip::{Matcher, MetaclipConfig, MetaclipStage, Metadata};
 pub use pipeline::{run_pipeline, CurateReport, StageReport, REPORT_JSON, REPORT_PNG};

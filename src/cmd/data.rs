@@ -1,4 +1,5 @@
-//! `ferroclip data inspect SPEC`: the check a user runs on a new dataset before a long job.
+//! `ferroclip data inspect SPEC`: the check a user runs on a new dataset before a long job
+//! (and `ferroclip data dump`, in data_dump.rs: the loader's batches as files).
 //!
 //! Two passes over the shards:
 //! 1. the loader in eval mode (decode, resize + center crop, normalise, tokenize — what a
@@ -31,6 +32,9 @@ enum DataCmd {
     /// Read every sample through the loader and report counts, skips by reason, and image size
     /// and caption length distributions.
     Inspect(InspectArgs),
+    /// Write the loader's batches as .npy and JSON files (to look at, or to compare with
+    /// another loader).
+    Dump(super::data_dump::DumpArgs),
 }
 
 /// Arguments of `ferroclip data inspect`.
@@ -53,6 +57,7 @@ struct InspectArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         DataCmd::Inspect(a) => inspect(a),
+        DataCmd::Dump(a) => super::data_dump::dump(a),
     }
 }
 

@@ -8,6 +8,7 @@ use trainer::eval::{self, EvalModel};
 use trainer::tch::Tensor;
 
 use super::eval::ModelArgs;
+use super::npy::npy_header;
 
 /// Image file extensions taken from a folder given to `--images`.
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
@@ -47,7 +48,7 @@ impl Output {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut writer = BufWriter::new(file);
         if ext == "npy" {
-            writer.write_all(&npy_header(rows, dim))?;
+            writer.write_all(&npy_header("<f4", &[rows, dim]))?;
             Ok(Output::Npy(writer))
         } else {
             Ok(Output::JsonLines(writer))
@@ -79,23 +80,6 @@ impl Output {
         }
         Ok(())
     }
-}
-
-/// A NumPy `.npy` version 1.0 header for a C-order little-endian float32 (rows, dim) array:
-/// magic, version, header length, then the dict padded with spaces to a multiple of 64 bytes
-/// and ending in a newline.
-fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    let unpadded = 10 + dict.len() + 1;
-    let padding = (64 - unpadded % 64) % 64;
-    let header_len = dict.len() + padding + 1;
-    let mut out = Vec::with_capacity(10 + header_len);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header_len as u16).to_le_bytes());
-    out.extend_from_slice(dict.as_bytes());
-    out.extend(std::iter::repeat_n(b' ', padding));
-    out.push(b'\n');
-    out
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -199,17 +183,6 @@ fn list_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn npy_header_is_aligned_and_describes_the_array() {
-        let header = npy_header(3, 512);
-        assert_eq!(header.len() % 64, 0);
-        assert_eq!(&header[..8], b"\x93NUMPY\x01\x00");
-        let len = u16::from_le_bytes([header[8], header[9]]) as usize;
-        assert_eq!(10 + len, header.len());
-        let dict = std::str::from_utf8(&header[10..]).unwrap();
-        assert!(dict.contains("'shape': (3, 512)") && dict.ends_with('\n'), "{dict}");
-    }
 
     #[test]
     fn folders_expand_to_sorted_image_files() {

@@ -34,6 +34,7 @@ mod assembly;
 mod batch;
 pub(crate) mod config;
 mod pool;
+pub mod ranks;
 mod sampling;
 mod worker;
 

@@ -287,7 +287,7 @@ impl DataConfig {
             // canonical stream's partitions draw their own, whoever runs them.
             seed: match canonical {
                 true => seed,
-                false => seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                false => dataloader::loader::ranks::rank_seed(seed, rank),
             },
             partitions,
             ..self.loader_settings()
@@ -312,15 +312,7 @@ impl DataConfig {
         if self.partitions > 0 {
             return self.partitions;
         }
-        let global = batch_size * world_size;
-        let most = match sampling {
-            Sampling::EveryShard => shards.len().min(64),
-            Sampling::Resampled { .. } => 64,
-        };
-        (1..=most)
-            .rev()
-            .find(|&p| p % world_size == 0 && global % p == 0)
-            .unwrap_or(world_size)
+        dataloader::loader::ranks::default_partition_count(world_size, batch_size, shards.len(), sampling)
     }
 
     /// Every sample once per epoch: this rank's round-robin share of the shards.
@@ -339,8 +331,10 @@ impl DataConfig {
                 ),
             )));
         }
-        let shards = all.into_iter().skip(rank).step_by(world_size).collect();
-        Ok((shards, Sampling::EveryShard))
+        Ok((
+            dataloader::loader::ranks::round_robin_share(&all, rank, world_size),
+            Sampling::EveryShard,
+        ))
     }
 
     /// Resampled: all shards with their source weights, and this rank's batches per
