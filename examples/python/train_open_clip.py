@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import time
 
 import torch
@@ -44,9 +44,25 @@ def build_model(name: str) -> CLIP:
 
 
 def cpu_seconds() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    """CPU seconds of this process and its live children (DataLoader workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick  # ppid, utime + stime
+
+    me = os.getpid()
+    total = stat(me)[1]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                ppid, seconds = stat(entry)
+            except OSError:
+                continue
+            if ppid == me:
+                total += seconds
+    return total
 
 
 def ferroclip_batches(args, image_size: int, context_length: int, device: torch.device):
@@ -69,7 +85,13 @@ def ferroclip_batches(args, image_size: int, context_length: int, device: torch.
 
 def open_clip_batches(args, model, context_length: int, device: torch.device):
     import argparse as ap
+    import open_clip_train.data as open_clip_data
     from open_clip_train.data import get_wds_dataset
+
+    # webdataset 1.0.2 yields an empty dict at the end of each tar, which open_clip_train
+    # 3.3.0's group_by_keys_nothrow cannot read (KeyError: 'fname'); drop those first.
+    expand = open_clip_data.tar_file_expander
+    open_clip_data.tar_file_expander = lambda *a, **k: (s for s in expand(*a, **k) if s)
 
     preprocess = open_clip.image_transform(model.visual.image_size, is_train=True)
     tokenizer = lambda texts: open_clip.tokenize(texts, context_length=context_length)  # noqa: E731

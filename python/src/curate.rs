@@ -3,6 +3,7 @@
 //!
 //! - `match_entries(texts, metadata)`: the MetaCLIP entries each text matches
 //!   (`ferroclip curate match`).
+//! - `align_text_filter(texts)`: ALIGN's text rules over texts alone.
 //! - `curate_samples(samples, config=|toml=)`: a curate config's stages over samples given
 //!   as webdataset-style dicts (`{"__key__": ..., "txt": ..., "jpg": bytes}`).
 //! - `curate_shards(input, output, config=|toml=)`: the whole pipeline over shards, as
@@ -13,7 +14,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use curator::align::align_text_rules;
 use curator::metaclip::{Matcher, Metadata, DEFAULT_WORDNET_DIR};
+use curator::AlignConfig;
 use curator::{curate_samples as run_on_samples, CurateConfig, NamedStage, SampleOutcome, SingleProcess};
 use dataloader::RawSample;
 use pyo3::exceptions::PyValueError;
@@ -70,6 +73,34 @@ fn metadata_from(metadata: &Bound<'_, PyAny>, wordnet_dir: &str) -> PyResult<Met
             })?)
         }
     })
+}
+
+/// ALIGN's text rules over `texts` alone: for each text `None` (kept) or the reason the
+/// `align` stage would drop it for when its image passes (`caption_too_long`,
+/// `text_length`, `rare_token`; the vocabulary is counted over `texts`). Defaults are ALIGN's.
+#[pyfunction]
+#[pyo3(signature = (texts, *, min_unigrams=None, max_unigrams=None, rare_token_top_k=None, max_caption_bytes=None))]
+pub fn align_text_filter(
+    py: Python<'_>,
+    texts: Vec<String>,
+    min_unigrams: Option<usize>,
+    max_unigrams: Option<usize>,
+    rare_token_top_k: Option<u64>,
+    max_caption_bytes: Option<usize>,
+) -> PyResult<Vec<Option<&'static str>>> {
+    let defaults = AlignConfig::default();
+    let cfg = AlignConfig {
+        min_unigrams: min_unigrams.unwrap_or(defaults.min_unigrams),
+        max_unigrams: max_unigrams.unwrap_or(defaults.max_unigrams),
+        rare_token_top_k: rare_token_top_k.unwrap_or(defaults.rare_token_top_k),
+        max_caption_bytes: max_caption_bytes.unwrap_or(defaults.max_caption_bytes),
+        ..defaults
+    };
+    cfg.validate("align_text_filter").map_err(curate_error)?;
+    Ok(py.detach(|| {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        align_text_rules(&refs, &cfg)
+    }))
 }
 
 /// The config from a file (`config`) or TOML text (`toml`), and the folder its relative

@@ -20,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CurateError", py.get_type::<errors::CurateError>())?;
     m.add_function(wrap_pyfunction!(tokenize::tokenize, m)?)?;
     m.add_function(wrap_pyfunction!(curate::match_entries, m)?)?;
+    m.add_function(wrap_pyfunction!(curate::align_text_filter, m)?)?;
     m.add_function(wrap_pyfunction!(curate::curate_samples, m)?)?;
     m.add_function(wrap_pyfunction!(curate::curate_shards, m)?)?;
     m.add("CLIP_MEAN", dataloader::CLIP_MEAN.to_vec())?;

@@ -111,6 +111,32 @@ def test_curation_equals_ferroclip_curate(ferroclip_bin, tmp_path, emoji_shards)
     assert set(kept_sample) >= {"__key__", "jpg", "txt"} and isinstance(kept_sample["jpg"], bytes)
 
 
+def test_align_text_filter_decides_as_the_align_stage(emoji_shards):
+    # Real images that all pass the image rules, texts per image and duplicates not limited:
+    # the stage's decisions are then the text rules' alone. Captions that repeat (frequent
+    # n-grams), are short, or carry a word of their own (rare at a small vocabulary).
+    samples = shard_samples(Path(emoji_shards).parent)
+    captions = ["cat", "a photo of a cat", "a photo of a dog", "a photo of a {}", "a cat on a mat"]
+    for i, sample in enumerate(samples):
+        sample["txt"] = captions[i % 5].format(f"thing{i}").encode()
+    toml = """[[stage]]
+kind = "align"
+shorter_side_above = 16
+min_unigrams = 2
+rare_token_top_k = 12
+max_images_per_text = 1000
+drop_duplicates = false
+drop_near_duplicates = false
+"""
+    stage = ferroclip.curate.curate_samples(samples, toml=toml)
+    texts = [s["txt"].decode() for s in samples]
+    rules = ferroclip.curate.align_text_filter(texts, min_unigrams=2, rare_token_top_k=12)
+    assert [r.get("reason") for r in stage] == rules
+    assert rules.count("rare_token") == 48 and rules.count("text_length") == 48 and rules.count(None) == 144
+    with pytest.raises(ferroclip.CurateError, match="min_unigrams"):
+        ferroclip.curate.align_text_filter(["a b c"], min_unigrams=5, max_unigrams=4)
+
+
 def test_match_entries_equals_curate_match(ferroclip_bin):
     texts = ["A cat in New York.", "two dogs and 3 birds", "nothing matches here zzz", "a red apple"]
     stdout = run([ferroclip_bin, "curate", "match", "--metadata", "wordnet"], input="\n".join(texts) + "\n")

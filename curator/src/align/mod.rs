@@ -58,6 +58,7 @@ pub mod mih;
 mod observed;
 pub mod phash;
 pub mod text;
+mod text_rules;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
@@ -79,6 +80,8 @@ pub use config::{
 pub use embed::ImageEmbedder;
 use embed::{CosineIndex, EmbedQueue};
 use observed::{lock, Candidate, Observed};
+pub use text_rules::align_text_rules;
+use text_rules::kth_largest;
 
 const DROP_REASONS: &[&str] = &[
     "missing_image",
@@ -322,17 +325,6 @@ fn image_hash(bytes: &[u8]) -> u128 {
     let mut first = [0u8; 16];
     first.copy_from_slice(&digest[..16]);
     u128::from_be_bytes(first)
-}
-
-/// The `k`-th largest of `values` (1-based); 0 when there are fewer than `k`, so that every
-/// value is at least it.
-fn kth_largest(mut values: Vec<u64>, k: u64) -> u64 {
-    let Ok(k) = usize::try_from(k) else { return 0 };
-    if k == 0 || values.len() < k {
-        return 0;
-    }
-    let (_, kth, _) = values.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
-    *kth
 }
 
 impl Stage for AlignStage {

@@ -3,7 +3,7 @@
 #   1. loader only: ferroclip.Loader from Python vs open_clip's webdataset pipeline
 #      (scripts/bench/loader/python_peer.py), 1 and 2 cores, batch 256 at 224 px;
 #   2. examples/python/train_open_clip.py (open_clip's tiny CLIP, ClipLoss, AdamW) fed by
-#      each: step time and the share of it spent waiting for data, 2 loader workers.
+#      each: step time and the share of it spent waiting for data, 1 and 2 loader workers.
 # Needs scripts/setup.sh (the wheel) and .venv-ref; installs the wheel (and pandas, which
 # open_clip_train.data imports) into .venv-ref. Shards: scripts/bench/loader's 6,000 JPEGs.
 set -euo pipefail
@@ -23,9 +23,11 @@ for threads in 1 2; do
   $py scripts/bench/python_loader/loader_only.py "$threads" "${shards[@]}"
   $py scripts/bench/loader/python_peer.py pipeline "$threads" "${shards[@]}" 2>/dev/null
 done
-echo "## open_clip's tiny CLIP trained 40 steps of 128 at 64 px, 2 loader workers, 1 torch thread"
+echo "## open_clip's tiny CLIP trained 40 steps of 128 at 64 px, 1 torch thread, 1 and 2 loader workers"
 spec="$data/{00000..00005}.tar"
-for loader in ferroclip open_clip; do
-  $py examples/python/train_open_clip.py --shards "$spec" --loader "$loader" --model tiny \
-    --batch-size 128 --steps 40 --workers 2 --torch-threads 1 --log-every 1000 2>/dev/null | tail -1
+for workers in 1 2; do
+  for loader in ferroclip open_clip; do
+    $py examples/python/train_open_clip.py --shards "$spec" --loader "$loader" --model tiny \
+      --batch-size 128 --steps 40 --workers "$workers" --torch-threads 1 --log-every 1000 2>/dev/null | tail -1
+  done
 done
