@@ -5,6 +5,7 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod launch;
+pub mod report;
 pub mod secret;
 pub mod shard;
 pub mod status;
