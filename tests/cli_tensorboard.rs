@@ -2,7 +2,8 @@
 //! (tests/tools/tb_scalars.py through .venv/bin/python, tensorboard 2.21.0 from
 //! scripts/setup.sh): every number of every metrics.jsonl line is there at its step, also
 //! after a resume that logs some steps again; the throughput fields (TFLOP/s, and MFU
-//! when `log.peak_tflops` states a peak) are logged every window.
+//! when `log.peak_tflops` states a peak) are logged every window; `ferroclip eval` of the
+//! run's weights adds `eval/<task>/<metric>` at their step.
 mod common;
 
 use std::path::Path;
@@ -108,7 +109,8 @@ fn assert_tensorboard_matches_metrics(run: &Path) -> Vec<Value> {
             assert_eq!(at_step, vec![value as f32 as f64], "{tag} at step {step}");
         }
     }
-    for (tag, series) in tb {
+    let train_tags = tb.iter().filter(|(tag, _)| tag.starts_with("train/"));
+    for (tag, series) in train_tags.clone() {
         let tb_steps: Vec<u64> = series
             .as_array()
             .unwrap()
@@ -117,7 +119,7 @@ fn assert_tensorboard_matches_metrics(run: &Path) -> Vec<Value> {
             .collect();
         assert_eq!(tb_steps, steps, "{tag}: steps in tb/ are the metrics file's");
     }
-    assert_eq!(tb.len(), expected_tags, "no tags beyond the metrics file's");
+    assert_eq!(train_tags.count(), expected_tags, "no tags beyond the metrics file's");
     records
 }
 
@@ -153,6 +155,22 @@ fn tensorboard_holds_every_logged_scalar_also_after_a_resume() {
         assert_eq!(r["recompute_tflops"], 0.0, "no checkpointing, no GradCache");
     }
     let first_lr = read_tensorboard(&run.join("tb"))["train/lr"].clone();
+    // An eval of the step-6 checkpoint, about to be replaced by the resume below.
+    common::write_disc_zeroshot(dir.path());
+    let eval = [
+        "eval",
+        "--zeroshot",
+        "zs",
+        "--classnames",
+        "classes.txt",
+        "--checkpoint",
+    ];
+    common::assert_ok(&ferroclip(
+        dir.path(),
+        &[&eval[..], &["runs/t/checkpoints/step_00000006"]].concat(),
+    ));
+    assert_eq!(eval_acc1(&run).len(), 1);
+    assert_eq!(read_tensorboard(&run.join("tb"))["eval/zeroshot/acc1"][0][0], 6);
 
     // Resume from step 3: steps 4..=7 are logged again (other timings, so other
     // samples/s); tb/ must hold the new values only.
@@ -168,10 +186,41 @@ fn tensorboard_holds_every_logged_scalar_also_after_a_resume() {
     );
     common::assert_ok(&out);
     let files = std::fs::read_dir(run.join("tb")).unwrap().count();
-    assert_eq!(files, 2, "one event file per process start");
+    assert_eq!(
+        files, 3,
+        "one event file per process start: two of training, one of eval"
+    );
     let resumed = assert_tensorboard_matches_metrics(&run);
     assert_eq!(resumed.len(), 7);
     assert_eq!(read_tensorboard(&run.join("tb"))["train/lr"], first_lr, "same schedule");
+    // The eval of the replaced step-6 weights is gone from both; an eval of the final
+    // weights is at step 7 in both.
+    assert!(eval_acc1(&run).is_empty());
+    assert!(read_tensorboard(&run.join("tb")).get("eval/zeroshot/acc1").is_none());
+    common::assert_ok(&ferroclip(dir.path(), &[&eval[..], &["runs/t"]].concat()));
+    let acc1 = eval_acc1(&run);
+    assert_eq!(acc1.len(), 1);
+    assert_eq!(acc1[0].0, 7);
+    let tb = read_tensorboard(&run.join("tb"));
+    assert_eq!(
+        tb["eval/zeroshot/acc1"],
+        serde_json::json!([[7, acc1[0].1 as f32 as f64]])
+    );
+}
+
+/// (step, zero-shot acc1) of each line of the run's eval.jsonl.
+fn eval_acc1(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("eval.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["zeroshot"]["metrics"]["acc1"].as_f64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]

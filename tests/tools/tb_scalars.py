@@ -24,6 +24,8 @@ def main(folder):
         tag: [[e.step, number(e.value)] for e in acc.Scalars(tag)]
         for tag in acc.Tags()["scalars"]
     }
+    # A tag whose every value was purged (orphaned by a restart) stays listed: leave it out.
+    out = {tag: values for tag, values in out.items() if values}
     json.dump(out, sys.stdout, sort_keys=True)
 
 

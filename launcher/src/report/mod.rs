@@ -31,7 +31,9 @@ pub fn write_report(run: &RunDir) -> Result<PathBuf, ReportError> {
 const STYLE: &str = "body{font-family:sans-serif;margin:24px;color:#222;max-width:1200px}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}\
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart .title{font-size:14px;font-weight:bold}\
-.chart .tick,.chart .legend{font-size:11px;fill:#444}.note{color:#777;font-style:italic}\
+.chart .tick{font-size:11px;fill:#444}figure.plot{margin:0}\
+.legend{font-size:12px;color:#444;max-width:496px;padding-left:64px}.legend span{margin-right:14px;white-space:nowrap}\
+.swatch{display:inline-block;width:14px;height:4px;margin-right:4px;vertical-align:middle}.note{color:#777;font-style:italic}\
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}\
 pre{background:#f6f6f6;padding:8px;overflow:auto}";
 
@@ -70,10 +72,11 @@ fn charts(out: &mut String, data: &RunData) {
         series("recompute", data.series("recompute_tflops")),
     ];
     chart_or_note(out, "TFLOP/s (all workers)", &flops, none);
-    let mfu = [
-        series("MFU", scaled(data.series("mfu"), 100.0)),
-        series("HFU (with recompute)", scaled(data.series("hfu"), 100.0)),
-    ];
+    let mut mfu = vec![series("MFU", scaled(data.series("mfu"), 100.0))];
+    // HFU is MFU plus recomputation: shown only when there is some.
+    if data.series("recompute_tflops").iter().any(|p| p.1 > 0.0) {
+        mfu.push(series("HFU (with recompute)", scaled(data.series("hfu"), 100.0)));
+    }
     chart_or_note(
         out,
         "MFU %",
@@ -108,12 +111,25 @@ fn charts(out: &mut String, data: &RunData) {
     out.push_str("</div>");
 }
 
+/// A JSON value for a table cell: integers as they are, other numbers to 5 significant
+/// digits (a loss of 2.0393269062042236 reads 2.0393, 0.75 stays 0.75).
+fn number(value: &serde_json::Value) -> String {
+    match value.as_f64() {
+        Some(v) if !value.is_i64() && !value.is_u64() && v != 0.0 && v.is_finite() => {
+            let digits = (4 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+            let text = format!("{v:.digits$}");
+            match text.contains('.') {
+                true => text.trim_end_matches('0').trim_end_matches('.').to_string(),
+                false => text,
+            }
+        }
+        _ => value.to_string(),
+    }
+}
+
 fn summary(out: &mut String, run: &RunDir, data: &RunData) {
     let last = data.metrics.values().next_back();
-    let field = |key: &str| {
-        last.and_then(|r| r.get(key))
-            .map_or("-".to_string(), ToString::to_string)
-    };
+    let field = |key: &str| last.and_then(|r| r.get(key)).map_or("-".to_string(), number);
     let _ = write!(
         out,
         "<table><tr><th>folder</th><td>{}</td></tr><tr><th>last logged step</th><td>{}</td></tr>\
@@ -243,6 +259,7 @@ mod tests {
             assert!(html.contains(&format!("<title>{}</title>", escape(title))), "{title}");
         }
         assert!(html.contains("MFU %: not logged"), "no MFU without a peak");
+        assert!(html.contains("<th>last loss</th><td>0.75</td>"), "5 significant digits");
         assert!(html.contains("&lt;b&gt;x&lt;/b&gt;") && !html.contains("<b>x"));
         assert!(
             html.contains("<td>decode</td><td>4</td>"),

@@ -1,5 +1,5 @@
 //! Line charts as inline SVG text, for the run report: axes with rounded ticks, one
-//! `<path class="series">` per series, a legend. No script, no external resource, so
+//! `<path class="series">` per series, a legend under it. No script, no external resource, so
 //! the page renders anywhere (also offline).
 
 use std::fmt::Write as _;
@@ -129,6 +129,7 @@ pub fn line_chart(title: &str, series: &[Series]) -> Option<String> {
         LEFT + plot_w / 2.0,
         HEIGHT - 4.0
     );
+    let mut legend = String::new();
     for (i, s) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         // Runs of finite points; a NaN or infinity (a diverged step) breaks the line.
@@ -153,21 +154,20 @@ pub fn line_chart(title: &str, series: &[Series]) -> Option<String> {
             r#"<path class="series" d="{}" fill="none" stroke="{colour}" stroke-width="2.5" stroke-linecap="round" stroke-linejoin="round"/>"#,
             d.trim_end()
         );
+        // The legend is HTML under the chart: it wraps instead of covering the lines.
         if series.len() > 1 {
-            let ly = TOP + 14.0 + 16.0 * i as f64;
             let _ = write!(
-                svg,
-                r#"<rect x="{:.1}" y="{:.1}" width="10" height="3" fill="{colour}"/><text x="{:.1}" y="{:.1}" class="legend">{}</text>"#,
-                LEFT + plot_w - 150.0,
-                ly - 4.0,
-                LEFT + plot_w - 135.0,
-                ly,
+                legend,
+                r#"<span><i class="swatch" style="background:{colour}"></i>{}</span> "#,
                 escape(&s.label)
             );
         }
     }
     svg.push_str("</svg>");
-    Some(svg)
+    Some(format!(
+        r#"<figure class="plot">{svg}<figcaption class="legend">{}</figcaption></figure>"#,
+        legend.trim_end()
+    ))
 }
 
 #[cfg(test)]

@@ -133,6 +133,12 @@ impl Metrics {
     ) -> Result<Self, TrainError> {
         let writer = is_main
             .then(|| -> Result<_, TrainError> {
+                // Eval results (`ferroclip eval` of this run's weights) past the start are of
+                // weights about to be replaced: dropped like the metrics lines.
+                let evals = run_dir.join("eval.jsonl");
+                if evals.exists() {
+                    MetricsWriter::resume(&evals, progress.step)?;
+                }
                 Ok((
                     MetricsWriter::resume(&run_dir.join("metrics.jsonl"), progress.step)?,
                     EventWriter::open(&run_dir.join("tb"), progress.step)?,
