@@ -110,6 +110,19 @@ fn report_renders_in_chromium_with_every_chart() {
     assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
 
     let profile = tempfile::tempdir().unwrap();
+    // The check can fail: Chromium reports a malformed SVG path on its console.
+    let broken = root.join("broken.html");
+    std::fs::write(
+        &broken,
+        r#"<html><body><svg><path d="M0 NaN L1 1"/></svg></body></html>"#,
+    )
+    .unwrap();
+    let (_, stderr) = chromium(&broken, profile.path(), "--dump-dom");
+    assert!(
+        !console_lines(&stderr).is_empty(),
+        "no console message for a broken page:\n{stderr}"
+    );
+
     let (dom, stderr) = chromium(&page, profile.path(), "--dump-dom");
     assert!(
         console_lines(&stderr).is_empty(),

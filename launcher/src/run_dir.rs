@@ -70,7 +70,7 @@ impl RunDir {
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| v.get("step")?.as_u64())
-            .last()?;
+            .next_back()?;
         Some((run, last))
     }
 }

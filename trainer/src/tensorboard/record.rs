@@ -141,8 +141,9 @@ mod tests {
         assert_eq!(&framed[..8], &3u64.to_le_bytes());
         assert_eq!(&framed[8..12], &masked_crc32c(&3u64.to_le_bytes()).to_le_bytes());
         assert_eq!(&framed[12..15], b"abc");
-        // TensorFlow's mask: rotate right by 15, add 0xa282ead8.
+        // TensorFlow's mask, written as TensorFlow writes it: rotate right by 15, add 0xa282ead8.
         let crc = crc32c(b"abc");
+        #[allow(clippy::manual_rotate)]
         let masked = ((crc >> 15) | (crc << 17)).wrapping_add(0xa282ead8);
         assert_eq!(&framed[15..], &masked.to_le_bytes());
     }

@@ -128,7 +128,8 @@ impl Metrics {
         cfg: &LogConfig,
         is_main: bool,
         progress: &Progress,
-        (last_step, global_batch): (u64, u64),
+        last_step: u64,
+        global_batch: u64,
         throughput: Throughput,
     ) -> Result<Self, TrainError> {
         let writer = is_main

@@ -102,7 +102,8 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         &cfg.log,
         dist.is_main(),
         &progress,
-        (last_step, global_batch),
+        last_step,
+        global_batch,
         throughput,
     )?;
     if dist.is_main() {
