@@ -248,3 +248,40 @@ fn without_a_peak_on_the_cpu_mfu_is_not_logged() {
         common::output_text(&out)
     );
 }
+
+#[test]
+fn recomputation_is_logged_apart_from_the_model_flops() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_shape_shards(&dir.path().join("shards"), 24, 12);
+    std::fs::write(dir.path().join("t.toml"), config(2)).unwrap();
+    common::assert_ok(&ferroclip(dir.path(), &["train", "--config", "t.toml"]));
+    // The resolved config has the model inline, so its checkpointing can be switched on.
+    let resolved = std::fs::read_to_string(dir.path().join("runs/t/config.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("g.toml"),
+        resolved.replace("name = \"t\"", "name = \"g\""),
+    )
+    .unwrap();
+    let sets = ["--set", "model.grad_checkpointing=true", "--set", "data.accum_steps=2"];
+    common::assert_ok(&ferroclip(
+        dir.path(),
+        &[&["train", "--config", "g.toml"][..], &sets].concat(),
+    ));
+    let line = std::fs::read_to_string(dir.path().join("runs/g/metrics.jsonl")).unwrap();
+    let r: Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+
+    let mut model = trainer::ModelConfig::preset("nano").unwrap();
+    model.grad_checkpointing = true;
+    let forward = trainer::model::macs::forward_macs(&model).total() as f64;
+    let checkpointing = trainer::model::macs::recompute_macs(&model).total() as f64;
+    // Checkpointing: the stem and all blocks but the last again; GradCache over 2
+    // micro-batches: one of them encoded twice, half a forward per sample.
+    let expected = (checkpointing + 0.5 * forward) / (3.0 * forward);
+    let ratio = r["recompute_tflops"].as_f64().unwrap() / r["tflops"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{ratio} vs {expected}: {r}");
+    let (mfu, hfu) = (r["mfu"].as_f64().unwrap(), r["hfu"].as_f64().unwrap());
+    assert!(
+        (hfu / mfu - (1.0 + expected)).abs() < 1e-9,
+        "HFU adds the recomputation: {r}"
+    );
+}
