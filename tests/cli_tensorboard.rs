@@ -46,13 +46,22 @@ fn ferroclip(dir: &Path, args: &[&str]) -> Output {
         .expect("run ferroclip")
 }
 
-/// `{tag: [[step, value], ...]}` as TensorBoard reads `dir`.
+/// `{tag: [[step, value], ...]}` as TensorBoard's EventAccumulator reads `dir`.
 fn read_tensorboard(dir: &Path) -> Value {
+    tb_scalars(&[dir.as_os_str()])
+}
+
+/// `{tag: [[step, value], ...]}` of every scalar event in `dir`'s files, in file name order.
+fn read_raw_events(dir: &Path) -> Value {
+    tb_scalars(&["--raw".as_ref(), dir.as_os_str()])
+}
+
+fn tb_scalars(args: &[&std::ffi::OsStr]) -> Value {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     let out = Command::new(&python)
         .arg(root.join("tests/tools/tb_scalars.py"))
-        .arg(dir)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()));
     assert!(
@@ -165,12 +174,21 @@ fn tensorboard_holds_every_logged_scalar_also_after_a_resume() {
         "classes.txt",
         "--checkpoint",
     ];
-    common::assert_ok(&ferroclip(
-        dir.path(),
-        &[&eval[..], &["runs/t/checkpoints/step_00000006"]].concat(),
-    ));
-    assert_eq!(eval_acc1(&run).len(), 1);
-    assert_eq!(read_tensorboard(&run.join("tb"))["eval/zeroshot/acc1"][0][0], 6);
+    // Evals of the step-3 and step-6 checkpoints; the resume below replaces the step-6 weights.
+    for checkpoint in ["runs/t/checkpoints/step_00000003", "runs/t/checkpoints/step_00000006"] {
+        common::assert_ok(&ferroclip(dir.path(), &[&eval[..], &[checkpoint]].concat()));
+    }
+    let steps = |evals: &[(u64, f64)]| evals.iter().map(|e| e.0).collect::<Vec<_>>();
+    assert_eq!(steps(&eval_acc1(&run)), [3, 6]);
+    let tb_steps = |tb: &Value| {
+        tb["eval/zeroshot/acc1"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(tb_steps(&read_tensorboard(&run.join("tb"))), [3, 6]);
 
     // Resume from step 3: steps 4..=7 are logged again (other timings, so other
     // samples/s); tb/ must hold the new values only.
@@ -188,23 +206,34 @@ fn tensorboard_holds_every_logged_scalar_also_after_a_resume() {
     let files = std::fs::read_dir(run.join("tb")).unwrap().count();
     assert_eq!(
         files, 3,
-        "one event file per process start: two of training, one of eval"
+        "one event file per training process start, one of the evals kept"
     );
     let resumed = assert_tensorboard_matches_metrics(&run);
     assert_eq!(resumed.len(), 7);
     assert_eq!(read_tensorboard(&run.join("tb"))["train/lr"], first_lr, "same schedule");
-    // The eval of the replaced step-6 weights is gone from both; an eval of the final
-    // weights is at step 7 in both.
-    assert!(eval_acc1(&run).is_empty());
-    assert!(read_tensorboard(&run.join("tb")).get("eval/zeroshot/acc1").is_none());
+    // The eval of the replaced step-6 weights is gone from eval.jsonl and from tb/, for the
+    // accumulator (which purges at a restart mark) and in the raw events (what TensorBoard's
+    // data server reads: it purges a tag only when that tag's steps go back).
+    let acc1 = eval_acc1(&run);
+    assert_eq!(steps(&acc1), [3]);
+    let only_step_3 = serde_json::json!([[3, acc1[0].1 as f32 as f64]]);
+    assert_eq!(read_tensorboard(&run.join("tb"))["eval/zeroshot/acc1"], only_step_3);
+    assert_eq!(read_raw_events(&run.join("tb"))["eval/zeroshot/acc1"], only_step_3);
+    // An eval of the final weights lands at step 7.
     common::assert_ok(&ferroclip(dir.path(), &[&eval[..], &["runs/t"]].concat()));
     let acc1 = eval_acc1(&run);
-    assert_eq!(acc1.len(), 1);
-    assert_eq!(acc1[0].0, 7);
-    let tb = read_tensorboard(&run.join("tb"));
+    assert_eq!(steps(&acc1), [3, 7]);
+    let both: Vec<Value> = acc1
+        .iter()
+        .map(|&(s, v)| serde_json::json!([s, v as f32 as f64]))
+        .collect();
     assert_eq!(
-        tb["eval/zeroshot/acc1"],
-        serde_json::json!([[7, acc1[0].1 as f32 as f64]])
+        read_tensorboard(&run.join("tb"))["eval/zeroshot/acc1"],
+        Value::from(both.clone())
+    );
+    assert_eq!(
+        read_raw_events(&run.join("tb"))["eval/zeroshot/acc1"],
+        Value::from(both)
     );
 }
 

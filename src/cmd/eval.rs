@@ -197,10 +197,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// (`step` and the `--out` JSON) and TensorBoard scalars `eval/<task>/<metric>` in its tb/,
 /// at the step of the weights. `ferroclip report` plots them.
 fn record_in_run(run: &RunDir, step: u64, output: serde_json::Map<String, Value>) -> anyhow::Result<()> {
-    let metrics: serde_json::Map<String, Value> = output
-        .iter()
-        .filter_map(|(task, v)| Some((task.clone(), v.get("metrics")?.clone())))
-        .collect();
     let mut record = serde_json::Map::from_iter([("step".to_string(), json!(step))]);
     record.extend(output);
     let path = run.eval();
@@ -209,9 +205,10 @@ fn record_in_run(run: &RunDir, step: u64, output: serde_json::Map<String, Value>
         .append(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(file, "{}", Value::Object(record)).with_context(|| format!("writing {}", path.display()))?;
-    let scalars = trainer::tensorboard::scalars_of("eval", &Value::Object(metrics));
-    trainer::tensorboard::EventWriter::append(&run.tensorboard())?.scalars(step, &scalars)?;
+    let record = Value::Object(record);
+    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))?;
+    let scalars = trainer::tensorboard::eval_scalars(&record);
+    trainer::tensorboard::EventWriter::for_evals(&run.tensorboard())?.scalars(step, &scalars)?;
     println!(
         "recorded at step {step} in {} and {}",
         path.display(),

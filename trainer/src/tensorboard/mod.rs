@@ -7,10 +7,15 @@
 //!
 //! Restarts: every process start writes a new file, named so that files sort in the
 //! order they were written, and a resumed run's file starts with a SessionLog.START
-//! event at the first step it logs; TensorBoard's readers then drop the values the
-//! interrupted process logged at that step or later (as `metrics.jsonl` drops those
-//! lines, [`crate::train::metrics::MetricsWriter::resume`]), so no step has two values.
-//! A run started from scratch removes the event files of an earlier run of that name.
+//! event at the first step it logs. TensorBoard's event reader (`EventAccumulator`) then
+//! drops every value the interrupted process logged at that step or later; its data
+//! server (what `tensorboard --logdir` serves) drops a tag's older values when the tag's
+//! steps go back, which the resumed run's first values do. Either way no step has two
+//! values, as `metrics.jsonl` has no two lines for a step
+//! ([`crate::train::metrics::MetricsWriter::resume`]). Eval results, whose tags the
+//! resumed run does not log again, are in files of their own (`*.eval`), rewritten on a
+//! resume without the evals past it ([`rewrite_evals`]). A run started from scratch
+//! removes the event files of an earlier run of that name.
 
 pub mod record;
 
@@ -23,6 +28,9 @@ use crate::TrainError;
 
 /// The part of a file name that marks an event file (TensorBoard's own test).
 const EVENTS_MARKER: &str = "tfevents";
+
+/// The end of the name of an event file of eval results.
+const EVAL_SUFFIX: &str = ".eval";
 
 /// Appends events to one event file, each flushed as written (a crashed run keeps
 /// everything it logged).
@@ -38,9 +46,9 @@ impl EventWriter {
         Self::create(dir, Some(start_step))
     }
 
-    /// A new event file in `dir` beside the ones there, for events of another process
-    /// about the same run (`ferroclip eval` of one of its checkpoints): no restart mark.
-    pub fn append(dir: &Path) -> Result<Self, TrainError> {
+    /// A new eval event file (`*.eval`) in `dir` beside the ones there, for the results of
+    /// `ferroclip eval` of the run's weights: no restart mark.
+    pub fn for_evals(dir: &Path) -> Result<Self, TrainError> {
         Self::create(dir, None)
     }
 
@@ -52,7 +60,8 @@ impl EventWriter {
                 std::fs::remove_file(old).map_err(TrainError::io(old))?;
             }
         }
-        let path = dir.join(file_name(now(), existing.len()));
+        let suffix = if start_step.is_none() { EVAL_SUFFIX } else { "" };
+        let path = dir.join(file_name(now(), existing.len()) + suffix);
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -117,9 +126,40 @@ fn collect(tag: &str, value: &serde_json::Value, out: &mut Vec<(String, f64)>) {
     }
 }
 
+/// The scalars of a line of `eval.jsonl` (`{"step": .., "<task>": {"metrics": {..}}}`):
+/// `eval/<task>/<metric>`.
+pub fn eval_scalars(record: &serde_json::Value) -> Vec<(String, f64)> {
+    let metrics: serde_json::Map<String, serde_json::Value> = record
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(task, v)| Some((task.clone(), v.get("metrics")?.clone())))
+        .collect();
+    scalars_of("eval", &serde_json::Value::Object(metrics))
+}
+
+/// Replaces the eval event files in `dir` by one holding `evals` (step, scalars), or by
+/// none when there are none: a resumed run keeps only the evals of weights it keeps.
+pub fn rewrite_evals(dir: &Path, evals: &[(u64, Vec<(String, f64)>)]) -> Result<(), TrainError> {
+    for old in event_files(dir)? {
+        if old.to_string_lossy().ends_with(EVAL_SUFFIX) {
+            std::fs::remove_file(&old).map_err(TrainError::io(&old))?;
+        }
+    }
+    if evals.is_empty() {
+        return Ok(());
+    }
+    let mut writer = EventWriter::for_evals(dir)?;
+    for (step, scalars) in evals {
+        writer.scalars(*step, scalars)?;
+    }
+    Ok(())
+}
+
 /// `events.out.tfevents.<unix seconds>.<sequence>.<host>.<pid>`: the seconds and the
 /// number of files already there (both zero-padded) make names sort in writing order,
 /// also for two starts within one second; TensorBoard reads a folder's files in name order.
+/// Eval files end in [`EVAL_SUFFIX`].
 fn file_name(wall_time: f64, sequence: usize) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().replace(['/', ' '], "_"))

@@ -134,15 +134,11 @@ impl Metrics {
     ) -> Result<Self, TrainError> {
         let writer = is_main
             .then(|| -> Result<_, TrainError> {
-                // Eval results (`ferroclip eval` of this run's weights) past the start are of
-                // weights about to be replaced: dropped like the metrics lines.
-                let evals = run_dir.join("eval.jsonl");
-                if evals.exists() {
-                    MetricsWriter::resume(&evals, progress.step)?;
-                }
+                let events = EventWriter::open(&run_dir.join("tb"), progress.step)?;
+                drop_evals_past(run_dir, progress.step)?;
                 Ok((
                     MetricsWriter::resume(&run_dir.join("metrics.jsonl"), progress.step)?,
-                    EventWriter::open(&run_dir.join("tb"), progress.step)?,
+                    events,
                 ))
             })
             .transpose()?;
@@ -254,6 +250,25 @@ impl Metrics {
             is_main,
         }
     }
+}
+
+/// Eval results (`ferroclip eval` of this run's weights) past `step` are of weights about to
+/// be replaced: their lines of `eval.jsonl` go, like the metrics lines, and the eval event
+/// files in `tb/` are written again with the lines kept (at step 0 there are none: a new
+/// run's [`EventWriter::open`] has removed every event file).
+fn drop_evals_past(run_dir: &Path, step: u64) -> Result<(), TrainError> {
+    let path = run_dir.join("eval.jsonl");
+    if !path.exists() {
+        return Ok(());
+    }
+    MetricsWriter::resume(&path, step)?;
+    let text = std::fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+    let kept: Vec<(u64, Vec<(String, f64)>)> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|record| Some((record.get("step")?.as_u64()?, tensorboard::eval_scalars(&record))))
+        .collect();
+    tensorboard::rewrite_evals(&run_dir.join("tb"), &kept)
 }
 
 /// Appends JSON lines to a run's metrics file.
