@@ -268,4 +268,12 @@ mod tests {
         assert!(html.contains("checkpoints/step_4") && html.contains("latest"));
         assert!(!html.contains("<script") && !html.contains("src="), "self-contained");
     }
+
+    #[test]
+    fn a_run_without_files_yet_gets_a_page_of_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let html = std::fs::read_to_string(write_report(&RunDir::new(dir.path())).unwrap()).unwrap();
+        assert!(html.contains("loss: not logged yet") && html.contains("no config.toml"));
+        assert!(!html.contains("<svg"), "no chart without data");
+    }
 }
