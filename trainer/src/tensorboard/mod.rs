@@ -7,8 +7,8 @@
 //!
 //! Restarts: every process start writes a new file, named so that files sort in the
 //! order they were written, and a resumed run's file starts with a SessionLog.START
-//! event at the first step it logs. TensorBoard's event reader (`EventAccumulator`) then
-//! drops every value the interrupted process logged at that step or later; its data
+//! event at the step after its checkpoint. TensorBoard's event reader (`EventAccumulator`)
+//! then drops every value the interrupted process logged at that step or later; its data
 //! server (what `tensorboard --logdir` serves) drops a tag's older values when the tag's
 //! steps go back, which the resumed run's first values do. Either way no step has two
 //! values, as `metrics.jsonl` has no two lines for a step
