@@ -33,6 +33,9 @@ $bin eval --checkpoint runs/demo-tiny \
   --zeroshot $data/shards/zeroshot --classnames $data/classnames.txt --templates $data/templates.txt \
   --retrieval $data/shards/retrieval --out runs/demo-tiny/eval.json
 
+say "report (charts of the metrics and eval results; TensorBoard: tensorboard --logdir runs/demo-tiny/tb)"
+$bin report runs/demo-tiny
+
 say "summary"
 python3 - <<'PY'
 import json
@@ -44,7 +47,7 @@ zs, rt = ev["zeroshot"], ev["retrieval"]
 print(f"trained: CLIP 'tiny' (configs/models/tiny.toml) from scratch, {last['step']} steps, "
       f"{last['samples_seen']} samples seen = {last['samples_seen'] / train_n:.0f} passes over "
       f"{train_n} Google-style emoji captioned with their names, tags and categories; "
-      f"final loss {last['loss']:.3f}, {last['samples_per_s']:.0f} samples/s")
+      f"final loss {last['loss']:.3f}, {last['samples_per_s']:.0f} samples/s ({last['tflops']:.3f} model TFLOP/s)")
 print(f"evaluated on {zs['num_samples']} Twitter-style emoji (an image style never seen in training):")
 z, zc = zs["metrics"], zs["chance"]
 print(f"  zero-shot into {zs['num_classes']} emoji categories: top-1 {z['acc1']:.1%} (chance {zc['acc1']:.1%}), "
@@ -54,5 +57,5 @@ print(f"  retrieval among {rt['num_images']} images / {rt['num_texts']} name cap
       f"text->image R@1 {r['image_retrieval_recall@1']:.1%} (chance {rc['image_retrieval_recall@1']:.2%}), "
       f"image->text R@1 {r['text_retrieval_recall@1']:.1%} (chance {rc['text_retrieval_recall@1']:.2%}), "
       f"R@10 {r['image_retrieval_recall@10']:.1%} / {r['text_retrieval_recall@10']:.1%}")
-print("files: runs/demo-tiny/{config.toml,metrics.jsonl,model.safetensors,eval.json}")
+print("files: runs/demo-tiny/{config.toml,metrics.jsonl,eval.jsonl,tb/,report.html,model.safetensors,eval.json}")
 PY

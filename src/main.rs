@@ -23,6 +23,8 @@ enum Cmd {
     Submit(cmd::submit::Args),
     /// Show a submitted run's SLURM state, last metrics and newest checkpoint.
     Status(cmd::status::Args),
+    /// Write runs/<name>/report.html: charts of the metrics, eval results, config, checkpoints.
+    Report(cmd::report::Args),
     /// Zero-shot classification and retrieval evaluation of a checkpoint.
     Eval(cmd::eval::Args),
     /// Write normalised image or text embeddings.
@@ -59,6 +61,7 @@ fn main() {
         Cmd::Launch(a) => cmd::launch::run(a),
         Cmd::Submit(a) => cmd::submit::run(a),
         Cmd::Status(a) => cmd::status::run(a),
+        Cmd::Report(a) => cmd::report::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Export(a) => cmd::export::run(a),

@@ -18,7 +18,8 @@
 //! - [`StaticLaunch`]: one node of a torchrun-style multi-node launch; node 0
 //!   serves the tokio [`rendezvous`] that forms the world, relays the NCCL
 //!   unique id and watches the nodes' heartbeats.
-//! - [`RunDir`] is the run-directory layout that the trainer writes.
+//! - [`RunDir`] is the run-directory layout that the trainer writes; [`report`] makes
+//!   a run folder into one HTML page.
 //! - [`slurm`] writes and submits sbatch scripts and reads a job's state.
 //!
 //! ```no_run
@@ -39,6 +40,7 @@ mod multinode;
 mod output;
 mod process;
 pub mod rendezvous;
+pub mod report;
 mod run_dir;
 mod shrink;
 mod signals;

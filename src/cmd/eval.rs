@@ -2,9 +2,11 @@
 //! shards, with CLIP_benchmark's metric definitions and key names.
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use launcher::RunDir;
 use serde_json::{json, Value};
 use trainer::eval::{self, EvalModel, RetrievalReport, ZeroShotReport};
 use trainer::tch::Device;
@@ -182,9 +184,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     print!("{table}");
     if let Some(path) = &args.out {
-        let text = serde_json::to_string_pretty(&Value::Object(output))?;
+        let text = serde_json::to_string_pretty(&Value::Object(output.clone()))?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some((run, step)) = args.model.checkpoint.as_deref().and_then(RunDir::of_weights) {
+        record_in_run(&run, step, output)?;
+    }
+    Ok(())
+}
+
+/// The results of an eval of a run's weights, kept with the run: a line of its eval.jsonl
+/// (`step` and the `--out` JSON) and TensorBoard scalars `eval/<task>/<metric>` in its tb/,
+/// at the step of the weights. `ferroclip report` plots them.
+fn record_in_run(run: &RunDir, step: u64, output: serde_json::Map<String, Value>) -> anyhow::Result<()> {
+    let mut record = serde_json::Map::from_iter([("step".to_string(), json!(step))]);
+    record.extend(output);
+    let path = run.eval();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let record = Value::Object(record);
+    writeln!(file, "{record}").with_context(|| format!("writing {}", path.display()))?;
+    let scalars = trainer::tensorboard::eval_scalars(&record);
+    trainer::tensorboard::EventWriter::for_evals(&run.tensorboard())?.scalars(step, &scalars)?;
+    println!(
+        "recorded at step {step} in {} and {}",
+        path.display(),
+        run.tensorboard().display()
+    );
     Ok(())
 }
 

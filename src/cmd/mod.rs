@@ -7,6 +7,7 @@ pub mod eval;
 pub mod export;
 pub mod launch;
 mod npy;
+pub mod report;
 pub mod secret;
 pub mod shard;
 pub mod status;

@@ -43,5 +43,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if progress.finished {
         println!("finished: {}", run.final_weights().display());
     }
+    // The page is written on demand (`ferroclip report`): link it when it is there.
+    if run.report().is_file() {
+        let page = std::path::absolute(run.report()).unwrap_or_else(|_| run.report());
+        println!("report: file://{}", page.display());
+    } else {
+        println!("report: none yet (ferroclip report {})", args.run.display());
+    }
     Ok(())
 }

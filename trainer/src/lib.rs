@@ -7,6 +7,7 @@
 //! - [`dist`]: ranks and collectives (solo, in-process, MPI, NCCL);
 //! - [`checkpoint`]: checkpoint folders, the train loop's snapshots, export;
 //! - [`train`]: one worker's run, top to bottom;
+//! - [`tensorboard`]: TensorBoard event files of the logged scalars;
 //! - [`eval`]: zero-shot classification and retrieval;
 //! - [`precision`]: bf16 autocast.
 //!
@@ -23,6 +24,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod precision;
+pub mod tensorboard;
 pub mod train;
 pub use error::TrainError;
 pub use field::FieldError;

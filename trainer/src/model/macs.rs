@@ -7,7 +7,8 @@
 //! plus attention's two products Q·Kᵀ and A·V counted in full (also under the text
 //! tower's causal mask). LayerNorm, GELU, softmax, embedding lookups and additions
 //! are not counted. Training costs about 3× this (forward + backward); that factor
-//! is left out, as the study did.
+//! is left out, as the study did. [`recompute_macs`] counts the extra forward work of
+//! activation checkpointing apart (throughput and MFU, `crate::train::throughput`).
 //!
 //! ```
 //! let nano = trainer::ModelConfig::preset("nano")?;
@@ -60,6 +61,30 @@ pub fn forward_macs(cfg: &ModelConfig) -> MacCount {
 
     let text =
         dim(t.layers) * block_macs(dim(t.context_length), dim(t.width), dim(t.mlp_width())) + dim(t.width) * embed; // text_projection of the end-of-text token
+    MacCount { image, text }
+}
+
+/// The MACs per sample that activation checkpointing (`model.grad_checkpointing`,
+/// [`super::recompute`]) adds to a training step: in each checkpointed tower the backward
+/// pass runs the stem and every block but the last forward again (the last block and the
+/// head keep their graph). Counted apart from [`forward_macs`], the model's own work.
+pub fn recompute_macs(cfg: &ModelConfig) -> MacCount {
+    let v = &cfg.vision;
+    let t = &cfg.text;
+    let dim = |x: i64| x.max(0) as u64;
+    let image = if cfg.vision_checkpointing() {
+        let patches = dim(v.grid_size() * v.grid_size());
+        let patch_conv = patches * dim(v.width) * 3 * dim(v.patch_size * v.patch_size);
+        patch_conv + dim(v.layers - 1) * block_macs(dim(v.num_tokens()), dim(v.width), dim(v.mlp_width()))
+    } else {
+        0
+    };
+    // The text stem is an embedding lookup: no MACs.
+    let text = if cfg.text_checkpointing() {
+        dim(t.layers - 1) * block_macs(dim(t.context_length), dim(t.width), dim(t.mlp_width()))
+    } else {
+        0
+    };
     MacCount { image, text }
 }
 
@@ -140,6 +165,30 @@ mod tests {
         let text = 2 * text_block + 64 * 32;
         let macs = forward_macs(&ModelConfig::preset("nano").unwrap());
         assert_eq!(macs, MacCount { image, text });
+    }
+
+    #[test]
+    fn recompute_is_the_stem_and_all_blocks_but_the_last_of_checkpointed_towers() {
+        let mut cfg = ModelConfig::preset("nano").unwrap();
+        assert_eq!(recompute_macs(&cfg), MacCount { image: 0, text: 0 });
+        // nano: 2 blocks per tower, so one block (and the image stem) is run again.
+        let conv = 16 * 64 * 192;
+        let vision_block = 17 * 64 * 192 + 2 * 17 * 17 * 64 + 17 * 64 * 64 + 2 * 17 * 64 * 256;
+        let text_block = 32 * 64 * 192 + 2 * 32 * 32 * 64 + 32 * 64 * 64 + 2 * 32 * 64 * 256;
+        cfg.grad_checkpointing = true;
+        let both = MacCount {
+            image: conv + vision_block,
+            text: text_block,
+        };
+        assert_eq!(recompute_macs(&cfg), both);
+        cfg.text.grad_checkpointing = Some(false);
+        assert_eq!(
+            recompute_macs(&cfg),
+            MacCount {
+                image: both.image,
+                text: 0
+            }
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! What a run reports: every `log.every` steps a line on the console and in
-//! `metrics.jsonl` (rank 0; flushed as written so a crashed run keeps everything it
-//! logged), and at the end a [`TrainSummary`].
+//! What a run reports: every `log.every` steps a line on the console, in
+//! `metrics.jsonl` and as TensorBoard scalars in `tb/` (rank 0; flushed as written so a
+//! crashed run keeps everything it logged), and at the end a [`TrainSummary`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::step::StepOutcome;
+use super::throughput::Throughput;
 use crate::checkpoint::Progress;
 use crate::data::TrainLoader;
 use crate::field::FieldError;
 use crate::model::Clip;
+use crate::tensorboard::{self, EventWriter};
 use crate::TrainError;
 
 /// The `[log]` section.
@@ -23,11 +25,18 @@ use crate::TrainError;
 pub struct LogConfig {
     /// Log (and append to metrics.jsonl) every this many steps.
     pub every: u64,
+    /// Peak TFLOP/s of one worker, for MFU (`mfu`, `hfu` in the metrics). Unset: a bf16
+    /// run on a known GPU (H100, H200, A100) uses its dense bf16 peak; otherwise no MFU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_tflops: Option<f64>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { every: 10 }
+        Self {
+            every: 10,
+            peak_tflops: None,
+        }
     }
 }
 
@@ -36,6 +45,12 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.every == 0 {
             return Err(FieldError::new("log.every", "must be > 0"));
+        }
+        if let Some(peak) = self.peak_tflops.filter(|p| !(p.is_finite() && *p > 0.0)) {
+            return Err(FieldError::new(
+                "log.peak_tflops",
+                format!("{peak} must be a positive number of TFLOP/s"),
+            ));
         }
         Ok(())
     }
@@ -69,8 +84,10 @@ pub struct TrainSummary {
 /// The run's reporting: the log decision every step, the window the next log line
 /// averages over, and the losses the summary is made of.
 pub struct Metrics {
-    /// `metrics.jsonl`, on rank 0 only.
-    writer: Option<MetricsWriter>,
+    /// `metrics.jsonl` and the TensorBoard event file, on rank 0 only.
+    writer: Option<(MetricsWriter, EventWriter)>,
+    /// FLOPs per sample and the peak, for the throughput fields.
+    throughput: Throughput,
     every: u64,
     last_step: u64,
     /// Samples of the global batch (one step's worth, over all ranks).
@@ -104,7 +121,8 @@ impl Window {
 impl Metrics {
     /// Reporting of a run in `run_dir` that starts at `progress` and ends at `last_step`,
     /// each step `global_batch` samples; `is_main` writes `metrics.jsonl` (continued
-    /// after a resume, see [`MetricsWriter::resume`]).
+    /// after a resume, see [`MetricsWriter::resume`]) and a new event file in `tb/`
+    /// ([`crate::tensorboard`]).
     pub fn open(
         run_dir: &Path,
         cfg: &LogConfig,
@@ -112,12 +130,21 @@ impl Metrics {
         progress: &Progress,
         last_step: u64,
         global_batch: u64,
+        throughput: Throughput,
     ) -> Result<Self, TrainError> {
         let writer = is_main
-            .then(|| MetricsWriter::resume(&run_dir.join("metrics.jsonl"), progress.step))
+            .then(|| -> Result<_, TrainError> {
+                let events = EventWriter::open(&run_dir.join("tb"), progress.step)?;
+                drop_evals_past(run_dir, progress.step)?;
+                Ok((
+                    MetricsWriter::resume(&run_dir.join("metrics.jsonl"), progress.step)?,
+                    events,
+                ))
+            })
             .transpose()?;
         Ok(Self {
             writer,
+            throughput,
             every: cfg.every,
             last_step,
             global_batch,
@@ -146,7 +173,7 @@ impl Metrics {
         self.window.data_wait_s += outcome.data_wait_s;
         self.window.comm_s += outcome.comm_s;
         let step = progress.step;
-        let Some(writer) = self
+        let Some((writer, events)) = self
             .writer
             .as_mut()
             .filter(|_| step % self.every == 0 || step == self.last_step)
@@ -157,7 +184,7 @@ impl Metrics {
         let secs = window.start.elapsed().as_secs_f64();
         let samples_per_s = window.samples as f64 / secs;
         let logit_scale = model.logit_scale().exp().double_value(&[]);
-        let record = serde_json::json!({
+        let mut record = serde_json::json!({
             "step": step,
             "epoch": outcome.epoch,
             "samples_seen": progress.samples_seen,
@@ -171,14 +198,22 @@ impl Metrics {
             "skipped_steps": progress.skipped_steps,
             "skipped_samples": loader.skip_counts(),
         });
+        let throughput = self.throughput.fields(samples_per_s);
+        let mfu = throughput
+            .get("mfu")
+            .and_then(serde_json::Value::as_f64)
+            .map_or(String::new(), |mfu| format!("  MFU {:.1}%", 100.0 * mfu));
+        let tflops = throughput["tflops"].as_f64().unwrap_or(f64::NAN);
+        record.as_object_mut().expect("a JSON object").extend(throughput);
         info!(
-            "step {step:>6}/{}  loss {:.4}  lr {lr:.2e}  scale {logit_scale:.2}  {samples_per_s:.1} samples/s  data wait {:.0}%  comm {:.0}%",
+            "step {step:>6}/{}  loss {:.4}  lr {lr:.2e}  scale {logit_scale:.2}  {samples_per_s:.1} samples/s  {tflops:.3} TFLOP/s{mfu}  data wait {:.0}%  comm {:.0}%",
             self.last_step,
             outcome.loss,
             100.0 * window.data_wait_s / secs,
             100.0 * window.comm_s / secs
         );
         writer.write(&record)?;
+        events.scalars(step, &tensorboard::scalars_of("train", &record))?;
         self.window = Window::new();
         Ok(())
     }
@@ -215,6 +250,25 @@ impl Metrics {
             is_main,
         }
     }
+}
+
+/// Eval results (`ferroclip eval` of this run's weights) past `step` are of weights about to
+/// be replaced: their lines of `eval.jsonl` go, like the metrics lines, and the eval event
+/// files in `tb/` are written again with the lines kept (at step 0 there are none: a new
+/// run's [`EventWriter::open`] has removed every event file).
+fn drop_evals_past(run_dir: &Path, step: u64) -> Result<(), TrainError> {
+    let path = run_dir.join("eval.jsonl");
+    if !path.exists() {
+        return Ok(());
+    }
+    MetricsWriter::resume(&path, step)?;
+    let text = std::fs::read_to_string(&path).map_err(TrainError::io(&path))?;
+    let kept: Vec<(u64, Vec<(String, f64)>)> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|record| Some((record.get("step")?.as_u64()?, tensorboard::eval_scalars(&record))))
+        .collect();
+    tensorboard::rewrite_evals(&run_dir.join("tb"), &kept)
 }
 
 /// Appends JSON lines to a run's metrics file.

@@ -6,7 +6,8 @@
 //!   open_clip weights, or the seed's initialisation);
 //! - [`step`]: one optimizer step (micro-batches, global loss, gradient all-reduce,
 //!   update or skip), with [`ddp`] for the gradient exchange;
-//! - [`metrics`]: the log decision, `metrics.jsonl`, the summary;
+//! - [`metrics`]: the log decision, `metrics.jsonl` and `tb/`, the summary;
+//! - [`throughput`]: FLOPs per sample, TFLOP/s and MFU;
 //! - [`stop`]: why a run stops early (a signal, divergence), each with a checkpoint;
 //! - [`heartbeat`]: liveness for the launcher;
 //! - checkpoints themselves: [`crate::checkpoint::Checkpointer`].
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod setup;
 pub mod step;
 pub mod stop;
+pub mod throughput;
 
 use tch::nn;
 use tracing::info;
@@ -34,6 +36,7 @@ use metrics::Metrics;
 pub use metrics::TrainSummary;
 use step::TrainStep;
 use stop::StopRequest;
+use throughput::{Peak, Throughput};
 
 /// How to start a run, beside its config.
 #[derive(Debug, Clone, Default)]
@@ -92,8 +95,19 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     }
     let global_batch = cfg.global_batch(dist.world_size)?;
     let last_step = cfg.schedule.steps;
-    let mut metrics = Metrics::open(&run_dir, &cfg.log, dist.is_main(), &progress, last_step, global_batch)?;
+    let peak = Peak::resolve(cfg.log.peak_tflops, device, cfg.precision);
+    let throughput = Throughput::new(&model_cfg, cfg.data.accum_steps, dist.world_size, peak.as_ref());
+    let mut metrics = Metrics::open(
+        &run_dir,
+        &cfg.log,
+        dist.is_main(),
+        &progress,
+        last_step,
+        global_batch,
+        throughput,
+    )?;
     if dist.is_main() {
+        throughput::log_peak(peak.as_ref());
         info!(
             run = %run_dir.display(),
             params = model_cfg.num_params(),
