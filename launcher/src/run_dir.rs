@@ -43,9 +43,9 @@ impl RunDir {
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
-    /// The checkpoint folder of step `n`.
+    /// The checkpoint folder of step `n`, named as the trainer names it (`step_00000040`).
     pub fn checkpoint(&self, step: u64) -> PathBuf {
-        self.checkpoints().join(format!("step_{step}"))
+        self.checkpoints().join(format!("step_{step:08}"))
     }
     /// The final weights of a finished run.
     pub fn final_weights(&self) -> PathBuf {
@@ -83,7 +83,7 @@ mod tests {
         let r = RunDir::new("runs/x");
         assert_eq!(r.metrics(), PathBuf::from("runs/x/metrics.jsonl"));
         assert_eq!(r.rank_log(3), PathBuf::from("runs/x/logs/rank3.log"));
-        assert_eq!(r.checkpoint(40), PathBuf::from("runs/x/checkpoints/step_40"));
+        assert_eq!(r.checkpoint(40), PathBuf::from("runs/x/checkpoints/step_00000040"));
         assert_eq!(r.tensorboard(), PathBuf::from("runs/x/tb"));
         assert_eq!(r.report(), PathBuf::from("runs/x/report.html"));
     }

@@ -243,7 +243,7 @@ mod tests {
         std::fs::write(run.metrics(), lines).unwrap();
         std::fs::write(run.config(), "name = \"<b>x</b>\"\n").unwrap();
         std::fs::create_dir_all(run.checkpoint(4)).unwrap();
-        std::fs::write(run.checkpoints().join("latest"), "step_4\n").unwrap();
+        std::fs::write(run.checkpoints().join("latest"), "step_00000004\n").unwrap();
         std::fs::write(run.eval(), "{\"step\":4,\"zeroshot\":{\"metrics\":{\"acc1\":0.5}}}\n").unwrap();
         let path = write_report(&run).unwrap();
         let html = std::fs::read_to_string(&path).unwrap();
@@ -265,7 +265,7 @@ mod tests {
             html.contains("<td>decode</td><td>4</td>"),
             "the last line's skip counts"
         );
-        assert!(html.contains("checkpoints/step_4") && html.contains("latest"));
+        assert!(html.contains("checkpoints/step_00000004") && html.contains("latest"));
         assert!(!html.contains("<script") && !html.contains("src="), "self-contained");
     }
 
