@@ -181,6 +181,10 @@ fn sigkill_then_restart_is_identical(settings: &[&str]) {
     );
     // The metrics file reads as one run: each step once, same losses bit for bit.
     assert_eq!(losses(dir.path(), "ref"), losses(dir.path(), "b"));
+    // A moving average of the weights, when kept, continued exactly too.
+    let ema = |run: &str| std::fs::read(dir.path().join("runs").join(run).join("ema.safetensors")).ok();
+    assert_eq!(ema("ref"), ema("b"), "the weights' moving average differs");
+    assert_eq!(ema("ref").is_some(), settings.iter().any(|s| s.starts_with("optim.ema_decay")));
 }
 
 #[test]
@@ -190,8 +194,8 @@ fn sigkill_at_a_random_step_then_restart_gives_identical_weights() {
 
 #[test]
 fn a_sharded_optimizer_run_restarts_identically_after_sigkill() {
-    // Each rank writes and reloads its own optimizer shard.
-    sigkill_then_restart_is_identical(&["optim.shard=true"]);
+    // Each rank writes and reloads its own optimizer shard; rank 0 the weights' average.
+    sigkill_then_restart_is_identical(&["optim.shard=true", "optim.ema_decay=0.9"]);
 }
 
 /// A single-process run stopped by SIGTERM after step 5 saves a checkpoint, resumes from it

@@ -30,6 +30,10 @@ pub struct ModelArgs {
     /// Device: cpu, cuda or cuda:N (default: cuda if available, else cpu).
     #[arg(long)]
     device: Option<String>,
+    /// With --checkpoint: evaluate the moving average of the weights (`ema.safetensors`,
+    /// `optim.ema_decay`); recorded in the run as `ema_<task>`.
+    #[arg(long, requires = "checkpoint")]
+    ema: bool,
 }
 
 impl ModelArgs {
@@ -37,9 +41,11 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<EvalModel> {
         let device = parse_device(self.device.as_deref())?;
         match (&self.checkpoint, &self.model_config, &self.weights) {
-            (Some(dir), _, _) => {
-                eval::load_checkpoint(dir, device).with_context(|| format!("loading checkpoint {}", dir.display()))
-            }
+            (Some(dir), _, _) => trainer::checkpoint::locate_checkpoint(dir)
+                .and_then(|files| if self.ema { files.ema() } else { Ok(files) })
+                .map_err(anyhow::Error::from)
+                .and_then(|files| Ok(eval::load_checkpoint_files(files, device)?))
+                .with_context(|| format!("loading checkpoint {}", dir.display())),
             (None, Some(config), Some(weights)) => {
                 let config = eval::load_model_config(config)?;
                 Ok(EvalModel::load(config, weights, device)?)
@@ -51,7 +57,7 @@ impl ModelArgs {
     /// What was loaded, for the output file.
     pub fn describe(&self) -> Value {
         match &self.checkpoint {
-            Some(dir) => json!({ "checkpoint": dir }),
+            Some(dir) => json!({ "checkpoint": dir, "ema": self.ema }),
             None => json!({ "model_config": self.model_config, "weights": self.weights }),
         }
     }
@@ -188,6 +194,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some((run, step)) = args.model.checkpoint.as_deref().and_then(RunDir::of_weights) {
+        let output = match args.model.ema {
+            true => output.into_iter().map(|(task, v)| (format!("ema_{task}"), v)).collect(),
+            false => output,
+        };
         record_in_run(&run, step, output)?;
     }
     Ok(())

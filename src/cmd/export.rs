@@ -15,11 +15,16 @@ pub struct Args {
     /// Output folder (created if needed); its two files are overwritten.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Export the moving average of the weights (`ema.safetensors`, `optim.ema_decay`).
+    #[arg(long)]
+    ema: bool,
 }
 
 /// Writes the export and prints where it came from and how to load it in open_clip.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let export = checkpoint::export_open_clip(&args.checkpoint, &args.out)
+    let export = checkpoint::locate_checkpoint(&args.checkpoint)
+        .and_then(|files| if args.ema { files.ema() } else { Ok(files) })
+        .and_then(|files| checkpoint::export_open_clip_files(files, &args.out))
         .with_context(|| format!("exporting {}", args.checkpoint.display()))?;
     let dir = args.out.canonicalize().unwrap_or_else(|_| args.out.clone());
     let dir = dir.display();

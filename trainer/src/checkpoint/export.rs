@@ -25,6 +25,22 @@ pub struct CheckpointFiles {
     pub config: PathBuf,
 }
 
+impl CheckpointFiles {
+    /// The same checkpoint with the moving average of its weights (`ema.safetensors`,
+    /// `optim.ema_decay`) as the weights.
+    pub fn ema(mut self) -> Result<Self, InteropError> {
+        let path = self.dir.join(crate::optim::EMA_FILE);
+        if !path.is_file() {
+            return Err(InteropError::Missing {
+                what: "moving-average weights (ema.safetensors: the run needs optim.ema_decay)",
+                path,
+            });
+        }
+        self.weights = path;
+        Ok(self)
+    }
+}
+
 /// Finds the weights and config of `path`, which is a run folder
 /// (`runs/<name>/`), a checkpoint folder (`runs/<name>/checkpoints/step_N/`), or a
 /// `checkpoints` folder, whose `latest` file names the newest step folder. A run
@@ -148,7 +164,11 @@ pub struct OpenClipExport {
 /// from the run's config, so a checkpoint that does not match its config fails
 /// here, naming the keys, rather than later in open_clip.
 pub fn export_open_clip(checkpoint: &Path, out: &Path) -> Result<OpenClipExport, InteropError> {
-    let source = locate_checkpoint(checkpoint)?;
+    export_open_clip_files(locate_checkpoint(checkpoint)?, out)
+}
+
+/// [`export_open_clip`] of located files (e.g. [`CheckpointFiles::ema`]).
+pub fn export_open_clip_files(source: CheckpointFiles, out: &Path) -> Result<OpenClipExport, InteropError> {
     let model = model_config_from_run_config(&source.config)?;
     let vs = VarStore::new(Device::Cpu);
     let _clip = Clip::new(&vs.root(), &model);

@@ -12,7 +12,10 @@ pub mod snapshot;
 pub mod state;
 pub mod store;
 
-pub use export::{export_open_clip, locate_checkpoint, model_config_from_run_config, CheckpointFiles, OpenClipExport};
+pub use export::{
+    export_open_clip, export_open_clip_files, locate_checkpoint, model_config_from_run_config, CheckpointFiles,
+    OpenClipExport,
+};
 pub use snapshot::{Checkpointer, Progress, ResumeFrom, Resumed, TrainState};
 pub use store::{
     config_compatibility, sha256_hex, step_dir_name, Checkpoint, CheckpointConfig, CheckpointError, CheckpointState,

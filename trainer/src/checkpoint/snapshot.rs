@@ -1,5 +1,6 @@
 //! The train loop's side of checkpoints (docs/architecture.md §6): what goes into one
-//! (weights, AdamW state, every rank's loader position, counters), when one is saved,
+//! (weights, AdamW state, the weights' moving average when there is one, every rank's
+//! loader position, counters), when one is saved,
 //! and how a run picks one up again. Storage, checksums and retention live in
 //! [`super::store`].
 
@@ -15,7 +16,7 @@ use super::store::{
 };
 use crate::data::TrainLoader;
 use crate::dist::{Collective, DistError};
-use crate::optim::Optimizer;
+use crate::optim::{Ema, Optimizer, EMA_FILE};
 use crate::TrainError;
 
 /// Where a run starts from.
@@ -87,6 +88,8 @@ pub struct TrainState<'a> {
     pub optimizer: &'a Optimizer,
     /// This rank's training loader.
     pub loader: &'a TrainLoader,
+    /// The moving average of the weights (`optim.ema_decay`), if the run keeps one.
+    pub ema: Option<&'a Ema>,
 }
 
 /// The train loop's checkpoints: where they go, when one is due, and the collective save
@@ -148,20 +151,24 @@ impl<'a> Checkpointer<'a> {
                     source,
                 })?;
                 let checkpoint_state = CheckpointState::new(progress.step, progress.samples_seen, loader, counters);
+                let ema: Vec<(&str, Vec<(String, Tensor)>)> =
+                    state.ema.iter().map(|ema| (EMA_FILE, ema.named())).collect();
                 let dir = match shards {
-                    None => self.checkpoints.save(
+                    None => self.checkpoints.save_with(
                         state.vs,
                         &state.optimizer.state_tensors(),
+                        &ema,
                         self.config_toml,
                         checkpoint_state,
                     )?,
-                    Some(files) => self.checkpoints.commit(
-                        &self.checkpoints.tmp_dir(progress.step),
-                        state.vs,
-                        self.config_toml,
-                        checkpoint_state,
-                        files,
-                    )?,
+                    Some(mut files) => {
+                        let tmp_dir = self.checkpoints.tmp_dir(progress.step);
+                        for (file, tensors) in &ema {
+                            files.insert(file.to_string(), write_optim(&tmp_dir, file, tensors)?);
+                        }
+                        self.checkpoints
+                            .commit(&tmp_dir, state.vs, self.config_toml, checkpoint_state, files)?
+                    }
                 };
                 info!(checkpoint = %dir.display(), seconds = started.elapsed().as_secs_f64(), "saved checkpoint");
                 Some(dir)
@@ -233,13 +240,15 @@ impl<'a> Checkpointer<'a> {
 
     /// Finds the checkpoint to resume from (rank 0 chooses for `Latest`, all ranks
     /// follow), checks it against the current config and world, and loads weights and
-    /// optimizer state into `vs` and `optimizer`. `Ok(None)`: nothing to resume, start
-    /// fresh.
+    /// optimizer state into `vs` and `optimizer`, and the weights' moving average into
+    /// `ema` (from the checkpoint's `ema.safetensors`; a checkpoint without one starts the
+    /// average at its weights). `Ok(None)`: nothing to resume, start fresh.
     pub fn resume(
         &self,
         from: &ResumeFrom,
         vs: &VarStore,
         optimizer: &mut Optimizer,
+        ema: Option<&mut Ema>,
     ) -> Result<Option<Resumed>, TrainError> {
         let Some(checkpoint) = self.find(from)? else {
             if self.coll.rank() == 0 {
@@ -260,6 +269,17 @@ impl<'a> Checkpointer<'a> {
             // whole in the checkpoint, and the optimizer state is regathered from every shard.
             checkpoint.load_weights(vs)?;
             optimizer.load_resharded(checkpoint.optim_shards()?)?;
+        }
+        if let Some(ema) = ema {
+            match checkpoint.load_tensor_file(EMA_FILE)? {
+                Some(saved) => ema.load(saved)?,
+                None => {
+                    ema.reset_to_params();
+                    if rank == 0 {
+                        warn!(checkpoint = %checkpoint.dir.display(), "the checkpoint has no {EMA_FILE}: the moving average starts at its weights");
+                    }
+                }
+            }
         }
         let progress: Progress =
             serde_json::from_value(checkpoint.state.counters.clone()).map_err(|source| TrainError::TrainState {

@@ -304,16 +304,27 @@ impl Checkpoints {
         config_toml: &str,
         state: CheckpointState,
     ) -> Result<PathBuf, CheckpointError> {
+        self.save_with(vs, optim, &[], config_toml, state)
+    }
+
+    /// [`Checkpoints::save`] with more tensor files beside the optimizer's (`ema.safetensors`:
+    /// (file name, tensors)), listed with their digests in `state.json` like the others.
+    pub fn save_with(
+        &self,
+        vs: &VarStore,
+        optim: &[(String, Tensor)],
+        extra: &[(&str, Vec<(String, Tensor)>)],
+        config_toml: &str,
+        state: CheckpointState,
+    ) -> Result<PathBuf, CheckpointError> {
         let tmp_dir = self.begin(state.step)?;
-        let optim_digest = write_optim(&tmp_dir, OPTIM_FILE, optim)?;
+        let mut files: BTreeMap<String, FileDigest> =
+            [(OPTIM_FILE.to_string(), write_optim(&tmp_dir, OPTIM_FILE, optim)?)].into();
+        for (file, tensors) in extra {
+            files.insert(file.to_string(), write_optim(&tmp_dir, file, tensors)?);
+        }
         fault_abort_in_save(state.step);
-        self.commit(
-            &tmp_dir,
-            vs,
-            config_toml,
-            state,
-            [(OPTIM_FILE.to_string(), optim_digest)].into(),
-        )
+        self.commit(&tmp_dir, vs, config_toml, state, files)
     }
 
     /// The folder checkpoint `step` is written into before it is committed: `step_<n>.tmp`.
@@ -606,6 +617,20 @@ impl Checkpoint {
             path: optim_path,
             message: e.to_string(),
         })
+    }
+
+    /// The tensors of `file` (`ema.safetensors`), when the checkpoint lists it; on the CPU.
+    pub fn load_tensor_file(&self, file: &str) -> Result<Option<Vec<(String, Tensor)>>, CheckpointError> {
+        if !self.state.files.contains_key(file) {
+            return Ok(None);
+        }
+        let path = self.dir.join(file);
+        Tensor::read_safetensors(&path)
+            .map(Some)
+            .map_err(|e| CheckpointError::Tensors {
+                path,
+                message: e.to_string(),
+            })
     }
 
     /// Loads the model weights into `vs`.

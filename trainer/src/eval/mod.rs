@@ -16,7 +16,7 @@ pub mod tasks;
 
 pub use data::{load_image_file, map_in_threads, read_eval_set, EvalBatch, EvalSkips, Needs};
 pub use error::EvalError;
-pub use model::{load_checkpoint, load_model_config, EvalModel};
+pub use model::{load_checkpoint, load_checkpoint_files, load_model_config, EvalModel};
 pub use tasks::{evaluate_retrieval, evaluate_zeroshot, RetrievalReport, ZeroShotReport};
 
 pub use metrics::{

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::error::EvalError;
 use super::metrics::l2_normalize;
 use crate::checkpoint::export::{locate_checkpoint, model_config_from_run_table, read_run_config};
-use crate::checkpoint::model_config_from_run_config;
+use crate::checkpoint::{model_config_from_run_config, CheckpointFiles};
 use crate::model::weights;
 use crate::model::Clip;
 use crate::model::ModelConfig;
@@ -95,7 +95,12 @@ impl EvalModel {
 /// `config.toml` (in the weights' folder or up to two folders above it, so
 /// `runs/x/checkpoints/step_100/` finds `runs/x/config.toml`).
 pub fn load_checkpoint(dir: &Path, device: Device) -> Result<EvalModel, EvalError> {
-    let files = locate_checkpoint(dir)?;
+    load_checkpoint_files(locate_checkpoint(dir)?, device)
+}
+
+/// [`load_checkpoint`] of located files (e.g. the moving average,
+/// [`crate::checkpoint::CheckpointFiles::ema`]).
+pub fn load_checkpoint_files(files: CheckpointFiles, device: Device) -> Result<EvalModel, EvalError> {
     let config = model_config_from_run_config(&files.config)?;
     EvalModel::load(config, &files.weights, device)
 }

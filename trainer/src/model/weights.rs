@@ -92,8 +92,17 @@ pub fn is_buffer_key(name: &str) -> bool {
 /// its open_clip name. Writes `path` + `.tmp` first and renames it, so a crash
 /// never leaves a truncated file at `path`.
 pub fn save_safetensors(vs: &VarStore, path: impl AsRef<Path>) -> Result<(), WeightsError> {
+    save_named_safetensors(vs.variables(), path)
+}
+
+/// Writes `named` tensors to `path` as safetensors (CPU, contiguous, sorted by name), through
+/// `path` + `.tmp` and a rename, as [`save_safetensors`] does.
+pub fn save_named_safetensors(
+    named: impl IntoIterator<Item = (String, Tensor)>,
+    path: impl AsRef<Path>,
+) -> Result<(), WeightsError> {
     let path = path.as_ref();
-    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    let variables: BTreeMap<String, Tensor> = named.into_iter().collect();
     let tensors: Vec<(String, Tensor)> = variables
         .into_iter()
         .map(|(name, t)| (name, t.detach().to_device(Device::Cpu).contiguous()))

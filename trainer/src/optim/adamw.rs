@@ -37,6 +37,10 @@ pub struct OptimConfig {
     /// bytes on the wire, bf16 sums; the weights and AdamW state stay fp32). bf16 needs a
     /// backend that sums bf16 (NCCL; MPI refuses it) and the replicated optimizer.
     pub grad_reduce: GradReduce,
+    /// Keep an exponential moving average of the weights with this decay (in (0, 1), e.g.
+    /// 0.999): updated after every step, saved as `ema.safetensors`. Unset: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 /// The dtype of the gradient all-reduce (`optim.grad_reduce`).
@@ -62,6 +66,7 @@ impl Default for OptimConfig {
             decay_embeddings: false,
             shard: false,
             grad_reduce: GradReduce::Fp32,
+            ema_decay: None,
         }
     }
 }
@@ -91,6 +96,9 @@ impl OptimConfig {
                  reduce-scattered in fp32"
                     .into(),
             );
+        }
+        if let Some(decay) = self.ema_decay.filter(|d| !(*d > 0.0 && *d < 1.0)) {
+            return bad("ema_decay", format!("must be in (0, 1), e.g. 0.999, got {decay}"));
         }
         if !(self.grad_clip_norm >= 0.0) {
             return bad(

@@ -1,15 +1,17 @@
 //! The optimizer side of a step: [`AdamW`] over named tensors (its state is
 //! checkpointable safetensors), the same AdamW with its state sharded over the ranks
 //! ([`ShardedAdamW`], ZeRO stage 1), the gradient all-reduce ([`GradSync`]), both behind
-//! [`Optimizer`], the [`Gradients`] they consume, and the learning-rate schedule. The `[optim]` and `[schedule]` sections of a train config live here.
+//! [`Optimizer`], the [`Gradients`] they consume, and the learning-rate schedule, and the [`Ema`] of the weights. The `[optim]` and `[schedule]` sections of a train config live here.
 
 pub mod adamw;
+pub mod ema;
 pub mod optimizer;
 pub mod schedule;
 pub mod sharded;
 pub mod sync;
 
 pub use adamw::{decays, AdamW, GradReduce, Gradients, OptimConfig, OptimStateMismatch};
+pub use ema::{Ema, EMA_FILE};
 pub use optimizer::{Optimizer, UpdateReport};
 pub use schedule::ScheduleConfig;
 pub use sharded::ShardedAdamW;

@@ -28,7 +28,7 @@ use crate::checkpoint::{Checkpointer, Progress, ResumeFrom, TrainState};
 use crate::data::TrainLoader;
 use crate::dist::{self, Dist};
 use crate::model::Clip;
-use crate::optim::Optimizer;
+use crate::optim::{Ema, Optimizer};
 use crate::TrainError;
 use config::TrainConfig;
 use heartbeat::Heartbeat;
@@ -77,8 +77,18 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
     let model = Clip::new(&vs.root(), &model_cfg);
     let optimizer = Optimizer::new(vs.variables(), &cfg.optim, dist.rank, dist.world_size);
     let mut step = TrainStep::new(&model, optimizer, cfg.step_settings(), coll, device);
+    let mut ema = cfg.optim.ema_decay.map(|decay| Ema::new(vs.variables(), decay));
     let checkpointer = Checkpointer::new(&run_dir, &cfg.checkpoint, &config_toml, coll, device);
-    let resumed = setup::start_from(cfg, opts, &checkpointer, &vs, step.optimizer_mut(), &dist, coll)?;
+    let resumed = setup::start_from(
+        cfg,
+        opts,
+        &checkpointer,
+        &vs,
+        step.optimizer_mut(),
+        ema.as_mut(),
+        &dist,
+        coll,
+    )?;
     let mut progress = resumed.as_ref().map_or(Progress::default(), |r| r.progress);
 
     // The data, continuing where the checkpoint's loaders stood.
@@ -125,12 +135,16 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         let lr = cfg.schedule.lr_at(progress.step, cfg.optim.lr);
         let outcome = step.run(&mut loader, lr)?;
         progress.record_step(outcome.stepped, global_batch);
+        if let (Some(ema), true) = (ema.as_mut(), outcome.stepped) {
+            ema.update();
+        }
         heartbeat.beat(progress.step);
         metrics.record(&outcome, &progress, lr, &model, &loader)?;
         let state = TrainState {
             vs: &vs,
             optimizer: step.optimizer(),
             loader: &loader,
+            ema: ema.as_ref(),
         };
         stop::unless_finite(&outcome, progress, cfg.max_nonfinite_steps, &checkpointer, &state)?;
         stop.unless_signalled(progress, &checkpointer, &state, coll, device)?;
@@ -139,7 +153,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
 
     // The finish: the final weights, once every rank is done.
     if dist.is_main() {
-        setup::save_final_weights(&vs, &run_dir)?;
+        setup::save_final_weights(&vs, ema.as_ref(), &run_dir)?;
     }
     coll.barrier()?;
     Ok(metrics.summary(run_dir, &progress, resumed.map(|r| r.dir), dist.is_main()))

@@ -12,7 +12,7 @@ use super::RunOptions;
 use crate::checkpoint::{Checkpointer, Resumed};
 use crate::dist::{Collective, Dist};
 use crate::model::{open_clip, weights};
-use crate::optim::Optimizer;
+use crate::optim::{Ema, Optimizer, EMA_FILE};
 use crate::TrainError;
 
 /// The config as it runs (the model written out in full), as TOML: what `config.toml`
@@ -50,11 +50,12 @@ pub fn start_from(
     checkpointer: &Checkpointer,
     vs: &VarStore,
     optimizer: &mut Optimizer,
+    mut ema: Option<&mut Ema>,
     dist: &Dist,
     coll: &dyn Collective,
 ) -> Result<Option<Resumed>, TrainError> {
     let resumed = match &opts.resume {
-        Some(from) => checkpointer.resume(from, vs, optimizer)?,
+        Some(from) => checkpointer.resume(from, vs, optimizer, ema.as_deref_mut())?,
         None => None,
     };
     if resumed.is_none() {
@@ -66,18 +67,31 @@ pub fn start_from(
             info!(from = %path.display(), "initialised from open_clip weights: {report:?}");
         }
         ddp::broadcast_parameters(vs, coll)?;
+        // The average starts at the weights the run starts from.
+        if let Some(ema) = ema {
+            ema.reset_to_params();
+        }
     }
     ddp::verify_parameters_equal(vs, coll)?;
     Ok(resumed)
 }
 
-/// Writes the trained weights as `model.safetensors` in the run folder (rank 0).
-pub fn save_final_weights(vs: &VarStore, run_dir: &Path) -> Result<(), TrainError> {
+/// Writes the trained weights as `model.safetensors` in the run folder (rank 0), and their
+/// moving average, if kept, as `ema.safetensors` (same tensor names).
+pub fn save_final_weights(vs: &VarStore, ema: Option<&Ema>, run_dir: &Path) -> Result<(), TrainError> {
     let path = run_dir.join("model.safetensors");
     weights::save_safetensors(vs, &path).map_err(|source| TrainError::SaveWeights {
         path: path.clone(),
         source,
     })?;
     info!(weights = %path.display(), "saved final weights");
+    if let Some(ema) = ema {
+        let path = run_dir.join(EMA_FILE);
+        weights::save_named_safetensors(ema.named(), &path).map_err(|source| TrainError::SaveWeights {
+            path: path.clone(),
+            source,
+        })?;
+        info!(weights = %path.display(), "saved the weights' moving average");
+    }
     Ok(())
 }
