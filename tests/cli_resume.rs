@@ -184,7 +184,10 @@ fn sigkill_then_restart_is_identical(settings: &[&str]) {
     // A moving average of the weights, when kept, continued exactly too.
     let ema = |run: &str| std::fs::read(dir.path().join("runs").join(run).join("ema.safetensors")).ok();
     assert_eq!(ema("ref"), ema("b"), "the weights' moving average differs");
-    assert_eq!(ema("ref").is_some(), settings.iter().any(|s| s.starts_with("optim.ema_decay")));
+    assert_eq!(
+        ema("ref").is_some(),
+        settings.iter().any(|s| s.starts_with("optim.ema_decay"))
+    );
 }
 
 #[test]

@@ -127,6 +127,27 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [SkipReason; 17] = [
+        SkipReason::MissingImage,
+        SkipReason::EmptyImage,
+        SkipReason::UndecodableImage,
+        SkipReason::ImageTooLarge,
+        SkipReason::MissingCaption,
+        SkipReason::InvalidCaption,
+        SkipReason::InvalidLabel,
+        SkipReason::TruncatedMember,
+        SkipReason::DuplicateMember,
+        SkipReason::ShardReadError,
+        SkipReason::UnreadableShard,
+        SkipReason::InvalidRow,
+        SkipReason::UnreadableImage,
+        SkipReason::InvalidKey,
+        SkipReason::DuplicateKey,
+        SkipReason::OversizedMember,
+        SkipReason::OversizedShard,
+    ];
+
     /// Stable snake_case name, used in logs and metrics files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -170,7 +191,13 @@ impl SkipCounts {
     }
     /// Count one skip for `reason`.
     pub fn add(&mut self, reason: SkipReason) {
-        *self.counts.entry(reason).or_insert(0) += 1;
+        self.add_n(reason, 1);
+    }
+    /// Count `n` skips for `reason`.
+    pub fn add_n(&mut self, reason: SkipReason, n: u64) {
+        if n > 0 {
+            *self.counts.entry(reason).or_insert(0) += n;
+        }
     }
     /// Add all counts of `other`.
     pub fn merge(&mut self, other: &SkipCounts) {

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use trainer::eval::{self, EvalModel, RetrievalReport, ZeroShotReport};
 use trainer::tch::Device;
 
-/// The template used when no `--templates` file is given.
-const DEFAULT_TEMPLATE: &str = "a photo of a {c}.";
+// The template used when no `--templates` file is given.
+use eval::config::DEFAULT_TEMPLATE;
 
 /// Which model to load: a run/checkpoint folder, or a config plus weights.
 #[derive(clap::Args, Debug)]
@@ -245,49 +245,14 @@ fn class_glosses(classnames: &[String], wordnet_dir: &Path) -> anyhow::Result<Ha
     Ok(glosses)
 }
 
-/// Class names, one per line (trailing blank lines ignored); a blank line inside would
-/// shift every later label, so it is an error.
+/// Class names, one per line (see [`eval::config::read_classnames`]).
 fn read_classnames(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading class names {}", path.display()))?;
-    let mut names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
-    while names.last().is_some_and(|n| n.is_empty()) {
-        names.pop();
-    }
-    if let Some(line) = names.iter().position(|n| n.is_empty()) {
-        bail!(
-            "class names {}: line {} is empty (labels are line numbers, so every line must name a class)",
-            path.display(),
-            line + 1
-        );
-    }
-    if names.is_empty() {
-        bail!("class names {}: no class names", path.display());
-    }
-    Ok(names)
+    eval::config::read_classnames(path).map_err(|e| anyhow::anyhow!("class names {}", e.reason))
 }
 
 /// Templates, one per non-blank line, each with a `{c}` placeholder.
 fn read_templates(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading templates {}", path.display()))?;
-    let mut templates = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if !line.contains("{c}") {
-            bail!(
-                "templates {}: line {} ({line:?}) has no {{c}} placeholder for the class name",
-                path.display(),
-                number + 1
-            );
-        }
-        templates.push(line.to_string());
-    }
-    if templates.is_empty() {
-        bail!("templates {}: no templates", path.display());
-    }
-    Ok(templates)
+    eval::config::read_templates(path).map_err(|e| anyhow::anyhow!("templates {}", e.reason))
 }
 
 fn write_rows(out: &mut String, metrics: &BTreeMap<String, f64>, chance: &BTreeMap<String, f64>, order: &[String]) {

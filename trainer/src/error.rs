@@ -99,6 +99,9 @@ pub enum TrainError {
     /// Rank discovery or a collective operation failed.
     #[error("distributed")]
     Dist(#[from] DistError),
+    /// Evaluation during training (`[eval]`) failed.
+    #[error("eval")]
+    Eval(#[from] crate::eval::error::TrainEvalError),
     /// Saving, finding or loading a checkpoint failed.
     #[error("checkpoint")]
     Checkpoint(#[from] CheckpointError),

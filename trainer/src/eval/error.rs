@@ -88,3 +88,23 @@ pub enum EvalError {
     #[error("tensor operation failed")]
     Tensor(#[from] tch::TchError),
 }
+
+/// Why an evaluation during training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainEvalError {
+    /// The section or a file it names.
+    #[error(transparent)]
+    Config(#[from] crate::field::FieldError),
+    /// The evaluation itself.
+    #[error("evaluation at step {step}")]
+    Eval {
+        /// The step.
+        step: u64,
+        /// What failed.
+        source: EvalError,
+    },
+    /// Gathering the features.
+    #[error("gathering eval features")]
+    Dist(#[from] crate::dist::DistError),
+}
+

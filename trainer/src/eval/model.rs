@@ -57,6 +57,47 @@ impl EvalModel {
     /// L2-normalised embeddings (B, E) on the CPU of `count` CLIP-normalised CHW images
     /// laid out contiguously in `images`.
     pub fn embed_images(&self, images: &[f32], count: usize) -> Tensor {
+        self.encoder().embed_images(images, count)
+    }
+
+    /// L2-normalised embeddings (T, E) on the CPU of `texts`, encoded `batch_size` at a time.
+    pub fn embed_texts(&self, texts: &[String], batch_size: usize) -> Tensor {
+        self.encoder().embed_texts(texts, batch_size)
+    }
+
+    /// The model as an [`Encoder`].
+    pub fn encoder(&self) -> Encoder<'_> {
+        Encoder {
+            clip: &self.clip,
+            config: &self.config,
+            device: self.device,
+            tokenizer: &self.tokenizer,
+        }
+    }
+}
+
+/// A model that embeds eval data: a loaded [`EvalModel`]'s, or the one a run is training
+/// (evaluated in place, without gradients, in eval mode).
+pub struct Encoder<'a> {
+    /// The model.
+    pub clip: &'a Clip,
+    /// Its config.
+    pub config: &'a ModelConfig,
+    /// Where it runs.
+    pub device: Device,
+    /// The tokenizer for its texts.
+    pub tokenizer: &'a Tokenizer,
+}
+
+impl Encoder<'_> {
+    /// Image side length the model expects.
+    pub fn image_size(&self) -> u32 {
+        self.config.vision.image_size as u32
+    }
+
+    /// L2-normalised embeddings (B, E) on the CPU of `count` CLIP-normalised CHW images
+    /// laid out contiguously in `images`.
+    pub fn embed_images(&self, images: &[f32], count: usize) -> Tensor {
         let size = self.config.vision.image_size;
         let _guard = tch::no_grad_guard();
         let batch = Tensor::from_slice(images)

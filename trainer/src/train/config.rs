@@ -14,6 +14,7 @@ use super::metrics::LogConfig;
 use super::step::StepSettings;
 use crate::checkpoint::CheckpointConfig;
 use crate::data::DataConfig;
+use crate::eval::EvalConfig;
 use crate::field::FieldError;
 use crate::loss::LossKind;
 use crate::model::ModelSpec;
@@ -65,6 +66,9 @@ pub struct TrainConfig {
     /// Checkpointing.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Evaluation while training (zero-shot, retrieval), on every rank.
+    #[serde(default, skip_serializing_if = "EvalConfig::is_default")]
+    pub eval: EvalConfig,
     /// Start from these open_clip weights (a safetensors state_dict) instead of
     /// a random init; the model config must match their shapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,6 +135,7 @@ impl TrainConfig {
         self.schedule.validate()?;
         self.log.validate()?;
         self.checkpoint.validate()?;
+        self.eval.validate()?;
         Ok(())
     }
 

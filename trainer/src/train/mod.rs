@@ -6,6 +6,7 @@
 //!   open_clip weights, or the seed's initialisation);
 //! - [`step`]: one optimizer step (micro-batches, global loss, gradient all-reduce,
 //!   update or skip), with [`ddp`] for the gradient exchange;
+//! - [`evaluate`]: the eval decision (`[eval]`, on every rank, results from rank 0);
 //! - [`metrics`]: the log decision, `metrics.jsonl` and `tb/`, the summary;
 //! - [`throughput`]: FLOPs per sample, TFLOP/s and MFU;
 //! - [`stop`]: why a run stops early (a signal, divergence), each with a checkpoint;
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod ddp;
+pub mod evaluate;
 pub mod heartbeat;
 pub mod metrics;
 pub mod setup;
@@ -31,6 +33,7 @@ use crate::model::Clip;
 use crate::optim::{Ema, Optimizer};
 use crate::TrainError;
 use config::TrainConfig;
+use evaluate::RunEval;
 use heartbeat::Heartbeat;
 use metrics::Metrics;
 pub use metrics::TrainSummary;
@@ -116,6 +119,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         global_batch,
         throughput,
     )?;
+    let mut evals = RunEval::new(&cfg.eval, &run_dir, dist.is_main())?;
     if dist.is_main() {
         throughput::log_peak(peak.as_ref());
         info!(
@@ -140,6 +144,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<TrainSummary, Train
         }
         heartbeat.beat(progress.step);
         metrics.record(&outcome, &progress, lr, &model, &loader)?;
+        evals.maybe_run(progress.step, last_step, &model, &model_cfg, coll, device)?;
         let state = TrainState {
             vs: &vs,
             optimizer: step.optimizer(),
