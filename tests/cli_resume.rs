@@ -387,3 +387,42 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_a_checkpoint() {
     assert_eq!(last["skipped_steps"], 4, "{metrics}");
     assert!(dir.path().join("runs/t/checkpoints/latest").is_file(), "{log}");
 }
+
+#[test]
+fn a_cooldown_branched_from_a_constant_run_equals_an_independent_const_cooldown_run() {
+    // The cheap scaling sweep (Hägele et al. 2024): one constant-lr run, and a cooldown
+    // branched from its checkpoint at the step the cooldown starts. Constant and
+    // const-cooldown schedules agree before it, so the branch is the whole run, bit for bit.
+    let dir = setup(20);
+    let train = |run: &str, extra: &[&str]| {
+        let mut cmd = ferroclip(dir.path());
+        cmd.args(["train", "--config", "t.toml", "--set", &format!("name={run}")]);
+        for setting in extra {
+            cmd.args(["--set", setting]);
+        }
+        cmd
+    };
+    let cooldown = ["schedule.kind=const-cooldown", "schedule.cooldown_fraction=0.4"];
+    let constant = run(&mut train(
+        "constant",
+        &["schedule.kind=const", "checkpoint.keep_last=10"],
+    ));
+    assert!(constant.status.success(), "{}", text(&constant));
+    let independent = run(&mut train("independent", &cooldown));
+    assert!(independent.status.success(), "{}", text(&independent));
+    // The cooldown of 0.4 × 20 steps starts after step 12, a checkpoint of the constant run.
+    let branched = run(train("branched", &cooldown).args(["--resume", "runs/constant/checkpoints/step_00000012"]));
+    assert!(branched.status.success(), "{}", text(&branched));
+    assert_eq!(resumed_step(&text(&branched), "runs/constant/checkpoints/step_"), 12);
+    assert!(
+        text(&branched).contains("schedule.kind"),
+        "the schedule change is reported"
+    );
+    assert_eq!(weights(dir.path(), "independent"), weights(dir.path(), "branched"));
+    assert_eq!(
+        losses(dir.path(), "independent")[12..],
+        losses(dir.path(), "branched")[..]
+    );
+    // ... and the cooldown mattered: the constant run ends elsewhere.
+    assert_ne!(weights(dir.path(), "constant"), weights(dir.path(), "branched"));
+}

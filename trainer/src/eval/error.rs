@@ -107,4 +107,3 @@ pub enum TrainEvalError {
     #[error("gathering eval features")]
     Dist(#[from] crate::dist::DistError),
 }
-
