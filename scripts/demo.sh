@@ -25,7 +25,12 @@ $bin shard --input $data/eval_zeroshot.jsonl --output $data/shards/zeroshot --sa
 
 say "training tiny CLIP on Google-style emoji with 2 local workers (configs/train/demo.toml)"
 start=$(date +%s)
-$bin launch --nproc 2 --backend mpi --log-dir runs/demo-tiny/logs -- --config configs/train/demo.toml "$@"
+# [eval] while training, on both workers (each embeds one of the two shards of each set):
+# every 250 steps and at the end, into runs/demo-tiny/eval.jsonl, tb/ and the report.
+$bin launch --nproc 2 --backend mpi --log-dir runs/demo-tiny/logs -- --config configs/train/demo.toml \
+  --set eval.every=250 --set "eval.zeroshot=\"$data/shards/zeroshot\"" \
+  --set "eval.classnames=\"$data/classnames.txt\"" --set "eval.templates=\"$data/templates.txt\"" \
+  --set "eval.retrieval=\"$data/shards/retrieval\"" "$@"
 echo "training took $(( $(date +%s) - start )) s"
 
 say "evaluating on Twitter-style emoji (held-out image style)"

@@ -31,3 +31,8 @@ for workers in 1 2; do
       --batch-size 128 --steps 40 --workers "$workers" --torch-threads 1 --log-every 1000 2>/dev/null | tail -1
   done
 done
+echo "## the same with 2 torch threads and 1 loader worker: the loader competes with the step for the cores"
+for loader in ferroclip open_clip; do
+  $py examples/python/train_open_clip.py --shards "$spec" --loader "$loader" --model tiny \
+    --batch-size 128 --steps 30 --workers 1 --torch-threads 2 --log-every 1000 2>/dev/null | tail -1
+done
