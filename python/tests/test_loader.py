@@ -184,3 +184,22 @@ def test_the_gil_is_released_while_waiting_for_a_batch(emoji_shards):
     counter.join()
     assert waited > 0.05, f"the batch came too fast ({waited:.3f} s) to tell"
     assert during > 1000, f"only {during} ticks in {waited:.2f} s: next() held the GIL"
+
+
+def test_the_type_stubs_list_what_the_module_has():
+    # The stubs (ferroclip/_native.pyi, shipped with py.typed) name every public object of
+    # the extension, and nothing it does not have.
+    import ast
+    from pathlib import Path
+
+    import ferroclip._native as native
+
+    stub = ast.parse((Path(ferroclip.__file__).parent / "_native.pyi").read_text())
+    stubbed = set()
+    for node in stub.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            stubbed.add(node.name)
+        elif isinstance(node, ast.AnnAssign):
+            stubbed.add(node.target.id)
+    public = {name for name in dir(native) if not name.startswith("_")}
+    assert stubbed == public
