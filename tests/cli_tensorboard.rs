@@ -48,28 +48,12 @@ fn ferroclip(dir: &Path, args: &[&str]) -> Output {
 
 /// `{tag: [[step, value], ...]}` as TensorBoard's EventAccumulator reads `dir`.
 fn read_tensorboard(dir: &Path) -> Value {
-    tb_scalars(&[dir.as_os_str()])
+    common::tb_scalars(&[dir.as_os_str()])
 }
 
 /// `{tag: [[step, value], ...]}` of every scalar event in `dir`'s files, in file name order.
 fn read_raw_events(dir: &Path) -> Value {
-    tb_scalars(&["--raw".as_ref(), dir.as_os_str()])
-}
-
-fn tb_scalars(args: &[&std::ffi::OsStr]) -> Value {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    let out = Command::new(&python)
-        .arg(root.join("tests/tools/tb_scalars.py"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()));
-    assert!(
-        out.status.success(),
-        "tensorboard's reader failed (scripts/setup.sh installs tensorboard into .venv):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("reader output is JSON")
+    common::tb_scalars(&["--raw".as_ref(), dir.as_os_str()])
 }
 
 /// Every number of the record (nested objects as `key/inner`), as the writer tags them.

@@ -164,14 +164,7 @@ fn two_ranks_evaluate_during_training_as_one_process_does_afterwards() {
     assert_ne!(lines[0]["retrieval"]["metrics"], lines[1]["retrieval"]["metrics"]);
 
     // TensorBoard's own reader sees the same numbers at their steps, and the cost.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let read = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/tools/tb_scalars.py"))
-        .arg(d.join("runs/t/tb"))
-        .output()
-        .expect("tensorboard's reader (scripts/setup.sh installs it)");
-    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
-    let tb: Value = serde_json::from_slice(&read.stdout).unwrap();
+    let tb = common::tb_scalars(&[d.join("runs/t/tb").as_os_str()]);
     let acc1 = &tb["eval/zeroshot/acc1"];
     assert_eq!(acc1[0][0], 3);
     assert_eq!(acc1[1][0], 6);

@@ -414,25 +414,7 @@ pub(crate) fn skips_by_name(skips: &SkipCounts) -> BTreeMap<String, u64> {
 
 /// Every [`SkipReason`], for reading names back. `skip_reason_index` fails to compile when a
 /// reason is added, and a test checks this list against it.
-const ALL_SKIP_REASONS: [SkipReason; 17] = [
-    SkipReason::MissingImage,
-    SkipReason::EmptyImage,
-    SkipReason::UndecodableImage,
-    SkipReason::ImageTooLarge,
-    SkipReason::MissingCaption,
-    SkipReason::InvalidCaption,
-    SkipReason::InvalidLabel,
-    SkipReason::TruncatedMember,
-    SkipReason::DuplicateMember,
-    SkipReason::ShardReadError,
-    SkipReason::UnreadableShard,
-    SkipReason::InvalidRow,
-    SkipReason::UnreadableImage,
-    SkipReason::InvalidKey,
-    SkipReason::DuplicateKey,
-    SkipReason::OversizedMember,
-    SkipReason::OversizedShard,
-];
+const ALL_SKIP_REASONS: [SkipReason; 17] = SkipReason::ALL;
 
 /// Position of `reason` in [`ALL_SKIP_REASONS`]; exhaustive on purpose (see there).
 #[cfg_attr(not(test), allow(dead_code))]

@@ -25,23 +25,17 @@ const STATE_FORMAT: &str = "ferroclip.Loader/1";
 /// A running (or not yet started) Rust loader and what Python has taken from it.
 struct Stream {
     config: LoaderConfig,
-    /// Started on the first batch or state request.
+    /// Started on the first batch or state request (or by `load_state_dict`).
     loader: Option<dataloader::Loader>,
-    /// Where a loader started next begins (from `load_state_dict`).
-    resume_from: Option<LoaderState>,
     batches_yielded: u64,
 }
 
 impl Stream {
     fn loader(&mut self) -> PyResult<&mut dataloader::Loader> {
-        if self.loader.is_none() {
-            let started = match &self.resume_from {
-                Some(state) => dataloader::Loader::resume(self.config.clone(), state),
-                None => dataloader::Loader::new(self.config.clone()),
-            };
-            self.loader = Some(started.map_err(data_error)?);
+        match &mut self.loader {
+            Some(loader) => Ok(loader),
+            empty => Ok(empty.insert(dataloader::Loader::new(self.config.clone()).map_err(data_error)?)),
         }
-        Ok(self.loader.as_mut().expect("started just above"))
     }
 }
 
@@ -100,15 +94,11 @@ impl Loader {
     ) -> PyResult<Self> {
         let kind = StreamKind::parse(stream)
             .ok_or_else(|| PyValueError::new_err(format!("stream: {stream:?} is not \"canonical\" or \"per_rank\"")))?;
-        let pixel_output = match normalize {
-            "loader" => PixelOutput::NormalizedF32,
-            "device" => PixelOutput::RawU8,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "normalize: {other:?} is not \"loader\" (float32, CLIP-normalised) or \"device\" (uint8 levels)"
-                )))
-            }
-        };
+        let pixel_output = PixelOutput::parse(normalize).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "normalize: {normalize:?} is not \"loader\" (float32, CLIP-normalised) or \"device\" (uint8 levels)"
+            ))
+        })?;
         let mut settings = LoaderConfig::new(Vec::new(), train);
         settings.batch_size = batch_size;
         settings.image_size = image_size;
@@ -116,15 +106,8 @@ impl Loader {
         settings.context_length = context_length;
         settings.threads = threads;
         settings.pixel_output = pixel_output;
-        settings.caption = match caption.strip_prefix("json:") {
-            Some(field) => CaptionSource::Json(field.to_string()),
-            None if caption == "txt" => CaptionSource::Txt,
-            None => {
-                return Err(PyValueError::new_err(format!(
-                    "caption: {caption:?} is not \"txt\" or \"json:<field>\""
-                )))
-            }
-        };
+        settings.caption = CaptionSource::parse(caption)
+            .ok_or_else(|| PyValueError::new_err(format!("caption: {caption:?} is not \"txt\" or \"json:<field>\"")))?;
         if let Some(n) = shuffle_buffer {
             settings.shuffle_buffer = n;
         }
@@ -149,7 +132,6 @@ impl Loader {
             stream: Mutex::new(Stream {
                 config,
                 loader: None,
-                resume_from: None,
                 batches_yielded: 0,
             }),
             normalize_on_device: pixel_output == PixelOutput::RawU8,
@@ -212,7 +194,6 @@ impl Loader {
             // Start at once, so that a state that does not fit fails here, by name.
             let resumed = dataloader::Loader::resume(stream.config.clone(), &saved).map_err(data_error)?;
             stream.loader = Some(resumed);
-            stream.resume_from = Some(saved);
             stream.batches_yielded = batches;
             Ok(())
         })

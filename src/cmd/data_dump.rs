@@ -66,6 +66,7 @@ pub struct DumpArgs {
 /// Writes the batches.
 pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let config = loader_config(&args)?;
+    let u8_pixels = config.pixel_output == PixelOutput::RawU8;
     let mut loader = match &args.resume {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("--resume {}", path.display()))?;
@@ -84,8 +85,8 @@ pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
         let stem = args.out.join(format!("batch_{i:05}"));
         let side = batch.image_size as usize;
         let shape = [batch.len(), 3, side, side];
-        match args.normalize.as_str() {
-            "device" => write_npy(&stem.with_extension("images.npy"), "|u1", &shape, &batch.images_u8)?,
+        match u8_pixels {
+            true => write_npy(&stem.with_extension("images.npy"), "|u1", &shape, &batch.images_u8)?,
             _ => write_npy(
                 &stem.with_extension("images.npy"),
                 "<f4",
@@ -126,16 +127,14 @@ fn loader_config(args: &DumpArgs) -> anyhow::Result<LoaderConfig> {
     settings.seed = args.seed;
     settings.threads = args.threads;
     settings.context_length = args.context_length;
-    settings.caption = match args.caption.strip_prefix("json:") {
-        Some(field) => CaptionSource::Json(field.into()),
-        None if args.caption == "txt" => CaptionSource::Txt,
-        None => bail!("--caption {:?}: expected txt or json:<field>", args.caption),
+    let Some(caption) = CaptionSource::parse(&args.caption) else {
+        bail!("--caption {:?}: expected txt or json:<field>", args.caption)
     };
-    settings.pixel_output = match args.normalize.as_str() {
-        "loader" => PixelOutput::NormalizedF32,
-        "device" => PixelOutput::RawU8,
-        other => bail!("--normalize {other:?}: expected loader or device"),
+    let Some(pixel_output) = PixelOutput::parse(&args.normalize) else {
+        bail!("--normalize {:?}: expected loader or device", args.normalize)
     };
+    settings.caption = caption;
+    settings.pixel_output = pixel_output;
     let ranked = RankedStream {
         rank: args.rank,
         world_size: args.world_size,

@@ -1,8 +1,6 @@
 //! `ferroclip report`: one self-contained HTML page about a run (launcher::report).
 use std::path::PathBuf;
 
-use launcher::slurm;
-
 /// Write `runs/<name>/report.html`: charts of loss, learning rate, logit scale,
 /// samples/s, TFLOP/s, MFU and eval results, the resolved config, the checkpoints and
 /// the skipped samples by reason.
@@ -13,13 +11,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let run = slurm::find_run(&args.run);
-    if !run.root().is_dir() {
-        anyhow::bail!(
-            "no run folder {} (give a run name under runs/ or a run folder)",
-            run.root().display()
-        );
-    }
+    let run = super::status::existing_run(&args.run)?;
     let path = launcher::report::write_report(&run)?;
     println!("report: {}", path.display());
     Ok(())

@@ -11,14 +11,20 @@ pub struct Args {
     run: PathBuf,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let run = slurm::find_run(&args.run);
+/// The run folder `name` names (a name under runs/ or a folder); an error when there is none.
+pub(super) fn existing_run(name: &std::path::Path) -> anyhow::Result<launcher::RunDir> {
+    let run = slurm::find_run(name);
     if !run.root().is_dir() {
         anyhow::bail!(
             "no run folder {} (give a run name under runs/ or a run folder)",
             run.root().display()
         );
     }
+    Ok(run)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let run = existing_run(&args.run)?;
     println!("run: {}", run.root().display());
     let jobs = slurm::recorded_jobs(&run)?;
     match jobs.last() {

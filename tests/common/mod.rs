@@ -283,3 +283,22 @@ pub fn resumed_step(log: &str, prefix: &str) -> u64 {
         .parse()
         .expect("an 8-digit step")
 }
+
+/// `{tag: [[step, value], ...]}` of the TensorBoard event files `args` name, read by
+/// tensorboard's own reader (tests/tools/tb_scalars.py through .venv/bin/python, where
+/// scripts/setup.sh installs tensorboard).
+pub fn tb_scalars(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/tools/tb_scalars.py"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", python.display()));
+    assert!(
+        out.status.success(),
+        "tensorboard's reader failed (scripts/setup.sh installs tensorboard into .venv):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("reader output is JSON")
+}

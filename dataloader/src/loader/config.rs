@@ -17,6 +17,16 @@ pub enum CaptionSource {
     Json(String),
 }
 
+impl CaptionSource {
+    /// `txt` or `json:<field>`, as configs and command lines spell it; `None` otherwise.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.strip_prefix("json:") {
+            Some(field) => Some(CaptionSource::Json(field.to_string())),
+            None => (text == "txt").then_some(CaptionSource::Txt),
+        }
+    }
+}
+
 /// How a loader chooses the shards its workers read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sampling {
@@ -91,6 +101,18 @@ pub enum PixelOutput {
     ///
     /// [`Batch::images_u8`]: crate::Batch::images_u8
     RawU8,
+}
+
+impl PixelOutput {
+    /// Where images are normalised, as configs spell it: `loader` (f32 from the loader) or
+    /// `device` (u8 levels, normalised by the consumer); `None` otherwise.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "loader" => Some(PixelOutput::NormalizedF32),
+            "device" => Some(PixelOutput::RawU8),
+            _ => None,
+        }
+    }
 }
 
 /// What the loader reads and how it batches. Build with [`LoaderConfig::new`] (or

@@ -58,12 +58,18 @@ fn records_by_step(text: &str) -> (BTreeMap<u64, Map<String, Value>>, usize) {
     let mut out = BTreeMap::new();
     let mut unreadable = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(record)) if record.get("step").is_some_and(Value::is_u64) => {
-                let step = record["step"].as_u64().expect("checked");
+        let record = match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(record)) => record,
+            _ => {
+                unreadable += 1;
+                continue;
+            }
+        };
+        match record.get("step").and_then(Value::as_u64) {
+            Some(step) => {
                 out.insert(step, record);
             }
-            _ => unreadable += 1,
+            None => unreadable += 1,
         }
     }
     (out, unreadable)

@@ -147,13 +147,13 @@ impl TrainEval {
                 Ok(())
             })?;
             add_skips(&mut skipped, &skips);
-            feature_blocks.push(cat_rows(features, model.config.embed_dim));
+            feature_blocks.push(cat_rows(&features, model.config.embed_dim));
             label_blocks.push(Tensor::from_slice(&labels).view([-1, 1]));
         }
 
         let columns = gather_rows(&columns, coll, device)?;
-        let features = gather_by_shard(&feature_blocks, set.shards.len(), coll, device)?;
-        let labels = gather_by_shard(&label_blocks, set.shards.len(), coll, device)?;
+        let features = gather_by_shard(&feature_blocks, model.config.embed_dim, set.shards.len(), coll, device)?;
+        let labels = gather_by_shard(&label_blocks, 1, set.shards.len(), coll, device)?;
         let skipped = gather_skips(&skipped, coll, device)?;
         let (Some(features), Some(labels)) = (features, labels) else {
             return Ok(None);
@@ -222,13 +222,13 @@ impl TrainEval {
                 },
             )?;
             add_skips(&mut skipped, &skips);
-            image_blocks.push(cat_rows(images, dim));
-            text_blocks.push(cat_rows(texts, dim));
+            image_blocks.push(cat_rows(&images, dim));
+            text_blocks.push(cat_rows(&texts, dim));
             owner_blocks.push(Tensor::from_slice(&owners).view([-1, 1]));
         }
-        let images = gather_by_shard(&image_blocks, shards.len(), coll, device)?;
-        let texts = gather_by_shard(&text_blocks, shards.len(), coll, device)?;
-        let owners = gather_by_shard(&owner_blocks, shards.len(), coll, device)?;
+        let images = gather_by_shard(&image_blocks, dim, shards.len(), coll, device)?;
+        let texts = gather_by_shard(&text_blocks, dim, shards.len(), coll, device)?;
+        let owners = gather_by_shard(&owner_blocks, 1, shards.len(), coll, device)?;
         let skipped = gather_skips(&skipped, coll, device)?;
         let (Some(images), Some(texts), Some(owners)) = (images, texts, owners) else {
             return Ok(None);
@@ -304,32 +304,18 @@ fn add_skips(total: &mut EvalSkips, more: &EvalSkips) {
 }
 
 /// Every shard's rows on rank 0, in shard order (`None` elsewhere): `blocks` are this
-/// rank's shards' rows (shards rank, rank + W, ...) out of `shards` in all. Collective.
+/// rank's shards' rows, `width` columns each (shards rank, rank + W, ...), out of `shards`
+/// in all. Collective.
 fn gather_by_shard(
     blocks: &[Tensor],
+    width: i64,
     shards: usize,
     coll: &dyn Collective,
     device: Device,
 ) -> Result<Option<Vec<Tensor>>, DistError> {
     let world = coll.world_size();
     let counts: Vec<f32> = blocks.iter().map(|b| b.size()[0] as f32).collect();
-    let dim = blocks.first().map_or(1, |b| b.size()[1]);
-    let rows = match blocks.is_empty() {
-        true => Tensor::zeros([0, dim], (Kind::Float, Device::Cpu)),
-        false => Tensor::cat(blocks, 0),
-    };
-    // A rank without shards sends (0, 1) rows: widen to the others' width.
-    let widths = gather_rows(&Tensor::from_slice(&[dim as f32]).view([1, 1]), coll, device)?;
-    let width = widths
-        .iter()
-        .map(|w| w.double_value(&[0, 0]) as i64)
-        .max()
-        .unwrap_or(dim);
-    let rows = if rows.size()[1] == width {
-        rows
-    } else {
-        Tensor::zeros([0, width], (Kind::Float, Device::Cpu))
-    };
+    let rows = cat_rows(blocks, width);
     let all_rows = gather_rows(&rows, coll, device)?;
     let all_counts = gather_rows(&Tensor::from_slice(&counts).view([-1, 1]), coll, device)?;
     if coll.rank() != 0 {
@@ -355,10 +341,10 @@ fn gather_by_shard(
 }
 
 /// `parts` stacked as rows, (0, dim) when there are none.
-fn cat_rows(parts: Vec<Tensor>, dim: i64) -> Tensor {
+fn cat_rows(parts: &[Tensor], dim: i64) -> Tensor {
     match parts.is_empty() {
         true => Tensor::zeros([0, dim], (Kind::Float, Device::Cpu)),
-        false => Tensor::cat(&parts, 0),
+        false => Tensor::cat(parts, 0),
     }
 }
 
