@@ -230,3 +230,94 @@ fn array_job_runs_every_run_of_the_sweep() {
         common::output_text(&again)
     );
 }
+
+/// Cooldown branching on SLURM: the trunk goes first as its own array job, the branches as
+/// a second one held by `--dependency=afterok` on it. A branch task that started before
+/// its trunk checkpoint existed would fail (`run-one` does not wait for a job it does not
+/// run), so branches that finish, resumed from the trunk, prove the order held.
+#[test]
+fn cooldown_branches_run_after_their_trunk_job() {
+    let mut cluster = OneHostSlurm::start();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    common::write_disc_shards(&root.join("shards"), 48, 24);
+    std::fs::write(root.join("base.toml"), common::SWEEP_BASE_TOML).unwrap();
+    let sweep = "name = \"cd\"\nbase = \"base.toml\"\n[set]\n\"schedule.cooldown_fraction\" = 0.5\n\
+                 [[axis]]\nkey = \"samples_seen\"\nvalues = [48, 96]\ncooldown_from = \"trunk\"\n";
+    std::fs::write(root.join("sweep.toml"), sweep).unwrap();
+    let tag = format!("cluster-cooldown-{}", std::process::id());
+    cluster.tag = Some(KillTagged(format!("FERROCLIP_TEST_TAG={tag}")));
+
+    let submitted = ferroclip(root)
+        .env("SLURM_CONF", &cluster.conf)
+        .env("FERROCLIP_TEST_TAG", &tag)
+        .args(["sweep", "run", "sweep.toml", "--slurm"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&submitted.stdout).into_owned();
+    assert!(
+        submitted.status.success(),
+        "submit failed: {}\n{}",
+        common::output_text(&submitted),
+        cluster.logs()
+    );
+    let ids: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("submitted array job "))
+        .filter_map(|rest| rest.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(ids.len(), 2, "{stdout}");
+    let (trunks, branches) = (ids[0], ids[1]);
+    cluster.job = Some(branches);
+    assert!(
+        stdout.contains("1 of 3 runs (array 0)") && stdout.contains("sweep-trunks.sbatch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 of 3 runs (array 1-2)") && stdout.contains(&format!("after job {trunks} (the trunks)")),
+        "{stdout}"
+    );
+
+    let branch_runs = ["cd-samples=48", "cd-samples=96"].map(|n| root.join("runs/cd").join(n));
+    let context = || {
+        let mut all = String::new();
+        for (job, tasks) in [(trunks, 0..1), (branches, 1..3)] {
+            for task in tasks {
+                let log = root.join(format!("runs/cd/logs/slurm-{job}_{task}.out"));
+                all += &format!(
+                    "--- {}\n{}\n",
+                    log.display(),
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+        format!(
+            "{all}squeue: {} | {}\n{}",
+            cluster.active_tasks(trunks),
+            cluster.active_tasks(branches),
+            cluster.logs()
+        )
+    };
+    let start = Instant::now();
+    loop {
+        let done = branch_runs.iter().all(|r| r.join(".sweep/train.done").exists());
+        if done && cluster.active_tasks(branches).is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "the array tasks did not finish in 150 s\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (run, step) in branch_runs.iter().zip([3, 6]) {
+        let log = std::fs::read_to_string(run.join("logs/sweep-train.log")).unwrap_or_default();
+        assert_eq!(
+            common::resumed_step(&log, "runs/cd/cd-trunk/checkpoints/step_"),
+            step,
+            "{}",
+            context()
+        );
+    }
+}

@@ -93,12 +93,22 @@ impl Slurm {
     /// Submits `script` with sbatch from `cwd` and returns the job id. A refusal
     /// is [`SlurmError::Rejected`] with sbatch's own message.
     pub fn submit(&self, script: &Path, cwd: &Path) -> Result<u64, SlurmError> {
+        self.submit_after(script, cwd, None)
+    }
+
+    /// [`Self::submit`], held until every task of job `after` (if given) succeeded, and
+    /// cancelled if one fails (`--dependency=afterok:<after> --kill-on-invalid-dep=yes`).
+    pub fn submit_after(&self, script: &Path, cwd: &Path, after: Option<u64>) -> Result<u64, SlurmError> {
         // --parsable prints `<id>` or `<id>;<cluster>`, stable across versions.
-        let out = self.run(
-            "sbatch",
-            &["--parsable".into(), script.as_os_str().to_owned()],
-            Some(cwd),
-        )?;
+        let mut args: Vec<OsString> = vec!["--parsable".into()];
+        if let Some(job) = after {
+            args.extend([
+                format!("--dependency=afterok:{job}").into(),
+                "--kill-on-invalid-dep=yes".into(),
+            ]);
+        }
+        args.push(script.as_os_str().to_owned());
+        let out = self.run("sbatch", &args, Some(cwd))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();

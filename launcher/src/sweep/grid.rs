@@ -15,6 +15,7 @@
 //! [[axis]]                           # derived: schedule.steps = ⌈samples / global batch⌉, label `samples`
 //! key = "samples_seen"
 //! values = [16000, 32000]
+//! cooldown_from = "trunk"            # optional: cooldowns branched from one constant-lr run
 //!
 //! [[zip]]                            # keys that move together, one row per value
 //! keys = ["optim.lr", "schedule.warmup_steps"]
@@ -32,12 +33,24 @@
 //! than `A-Z a-z 0-9 . _ + -` replaced by `_`; two runs with the same name are an
 //! error. Paths inside values and `[eval]` are relative to the working directory,
 //! like the paths of a train config.
+//!
+//! Cooldown branching (Hägele et al. 2024): with `cooldown_from = "<label>"` on the
+//! `samples_seen` axis, every run is a `const-cooldown` run ([`RunRole::Branch`]), and for
+//! each combination of the other axes the sweep adds one constant-lr run, the trunk
+//! `<sweep>-<other labels>-<label>` ([`RunRole::Trunk`], listed first). A branch starts from
+//! the trunk's checkpoint at the step its cooldown starts, where the two schedules still
+//! agree, so it equals an independent run of its length while training only its cooldown.
+//! The trunk's length and checkpoint steps need the train config's cooldown rule, so the
+//! caller sets them (`schedule.steps`, `checkpoint.at_steps`).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::SweepError;
+use values::{check_key, flatten, lookup_tree, name_part, same_value, sanitize, value_text};
+
+mod values;
 
 /// The derived axis key: samples seen, turned into `schedule.steps`.
 pub const SAMPLES_SEEN: &str = "samples_seen";
@@ -85,6 +98,10 @@ pub struct Axis {
     /// Short name used in run names and result columns (default: the key's last segment).
     #[serde(default)]
     pub label: Option<String>,
+    /// `samples_seen` only: branch every length's cooldown from one constant-lr run, whose
+    /// name ends in this label.
+    #[serde(default)]
+    pub cooldown_from: Option<String>,
 }
 
 /// Keys whose values move together: row `i` of `values` gives every key its value.
@@ -138,7 +155,30 @@ pub struct Sweep {
     dimensions: Vec<Dimension>,
     fixed: Vec<(String, toml::Value)>,
     excludes: Vec<Vec<(String, toml::Value)>>,
+    /// The `cooldown_from` label of the `samples_seen` axis, when the sweep branches.
+    cooldown_from: Option<String>,
 }
+
+/// What a run is to the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunRole {
+    /// Trained from scratch, a result of the sweep.
+    Single,
+    /// The constant-lr run that branches cool down from; not a result of the sweep.
+    Trunk,
+    /// A `const-cooldown` run that starts from the named trunk's checkpoint at the step
+    /// its cooldown starts; a result of the sweep.
+    Branch {
+        /// The trunk's run name.
+        trunk: String,
+    },
+}
+
+/// The schedule of a trunk and of its branches.
+const TRUNK_SCHEDULE: &str = "const";
+const BRANCH_SCHEDULE: &str = "const-cooldown";
+/// Keys a branching sweep sets itself.
+const BRANCHING_KEYS: [&str; 2] = ["schedule.kind", "checkpoint.at_steps"];
 
 /// One run of the sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +191,15 @@ pub struct RunSpec {
     pub values: Vec<(String, String)>,
     /// `key=value` overrides of the base config (TOML values), including `name` and `out_dir`.
     pub overrides: Vec<String>,
+    /// Trained from scratch, a trunk, or a cooldown branched from one.
+    pub role: RunRole,
+}
+
+impl RunSpec {
+    /// Whether the run is a result of the sweep (a row of results.csv); trunks are not.
+    pub fn is_result(&self) -> bool {
+        self.role != RunRole::Trunk
+    }
 }
 
 impl Sweep {
@@ -274,6 +323,33 @@ impl Sweep {
                 "sets schedule.steps, which is swept as well: keep one of them".into(),
             ));
         }
+        let mut cooldown_from = None;
+        for (i, axis) in file.axis.iter().enumerate() {
+            let Some(from) = &axis.cooldown_from else { continue };
+            let field = format!("axis[{i}].cooldown_from");
+            if axis.key != SAMPLES_SEEN {
+                return Err(invalid(
+                    &field,
+                    format!(
+                        "branches the lengths of a samples_seen axis; this axis sweeps {}",
+                        axis.key
+                    ),
+                ));
+            }
+            if from.is_empty() || sanitize(from) != *from {
+                return Err(invalid(
+                    &field,
+                    format!("{from:?} names the trunk run: use A-Z a-z 0-9 . _ + -"),
+                ));
+            }
+            if let Some(key) = BRANCHING_KEYS.iter().find(|k| swept(k)) {
+                return Err(invalid(
+                    key,
+                    "is set by cooldown branching (const trunk, const-cooldown branches); do not sweep it".into(),
+                ));
+            }
+            cooldown_from = Some(from.clone());
+        }
 
         let mut fixed = Vec::new();
         flatten("", &file.set, &mut fixed);
@@ -283,6 +359,12 @@ impl Sweep {
                 return Err(invalid(
                     &format!("set.{key}"),
                     "is swept or set by the sweep; remove it here".into(),
+                ));
+            }
+            if cooldown_from.is_some() && BRANCHING_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    &format!("set.{key}"),
+                    "is set by cooldown branching (const trunk, const-cooldown branches); remove it here".into(),
                 ));
             }
         }
@@ -316,6 +398,7 @@ impl Sweep {
             dimensions,
             fixed,
             excludes,
+            cooldown_from,
             file,
         })
     }
@@ -333,8 +416,13 @@ impl Sweep {
             .collect()
     }
 
+    /// Whether the sweep branches cooldowns from trunks (`cooldown_from`).
+    pub fn branches_cooldowns(&self) -> bool {
+        self.cooldown_from.is_some()
+    }
+
     /// The runs, for `workers` processes per run (which sets the global batch that
-    /// turns `samples_seen` into steps).
+    /// turns `samples_seen` into steps); trunks, if any, first.
     pub fn expand(&self, workers: usize) -> Result<Vec<RunSpec>, SweepError> {
         let invalid = |field: &str, message: String| SweepError::Invalid {
             path: self.path.clone(),
@@ -360,6 +448,7 @@ impl Sweep {
             combos = next;
         }
         let sweep_dir = self.root();
+        let mut trunks: Vec<RunSpec> = Vec::new();
         let mut runs: Vec<RunSpec> = Vec::new();
         for combo in combos {
             let excluded = self.excludes.iter().any(|entries| {
@@ -385,12 +474,22 @@ impl Sweep {
                     overrides.push(format!("{key}={value}"));
                 }
             }
-            overrides.push(format!("name={}", toml::Value::String(name.clone())));
-            overrides.push(format!(
-                "out_dir={}",
-                toml::Value::String(sweep_dir.to_string_lossy().into_owned())
-            ));
-            if let Some(other) = runs.iter().find(|r| r.name == name) {
+            let role = match &self.cooldown_from {
+                None => RunRole::Single,
+                Some(from) => {
+                    overrides.push(format!("schedule.kind={}", toml::Value::from(BRANCH_SCHEDULE)));
+                    let trunk = self.trunk(&combo, from);
+                    let role = RunRole::Branch {
+                        trunk: trunk.name.clone(),
+                    };
+                    if !trunks.iter().any(|t| t.name == trunk.name) {
+                        trunks.push(trunk);
+                    }
+                    role
+                }
+            };
+            overrides.extend(self.placement(&name));
+            if let Some(other) = trunks.iter().chain(&runs).find(|r| r.name == name) {
                 return Err(invalid(
                     "axis",
                     format!(
@@ -404,9 +503,49 @@ impl Sweep {
                 name,
                 values,
                 overrides,
+                role,
             });
         }
-        Ok(runs)
+        trunks.extend(runs);
+        Ok(trunks)
+    }
+
+    /// The `name` and `out_dir` overrides of the run `name`.
+    fn placement(&self, name: &str) -> [String; 2] {
+        [
+            format!("name={}", toml::Value::String(name.to_string())),
+            format!(
+                "out_dir={}",
+                toml::Value::String(self.root().to_string_lossy().into_owned())
+            ),
+        ]
+    }
+
+    /// The constant-lr trunk that the run of `combo` branches from: the same values but
+    /// samples seen, which the caller sets from the branches' cooldown starts.
+    fn trunk(&self, combo: &[(&str, &str, &toml::Value)], from: &str) -> RunSpec {
+        let mut name = self.file.name.clone();
+        let mut values = Vec::new();
+        let mut overrides: Vec<String> = self.fixed.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        for (key, label, value) in combo {
+            if *key == SAMPLES_SEEN {
+                values.push((label.to_string(), from.to_string()));
+                continue;
+            }
+            name.push_str(&format!("-{label}={}", sanitize(&name_part(value))));
+            values.push((label.to_string(), value_text(value)));
+            overrides.push(format!("{key}={value}"));
+        }
+        name.push_str(&format!("-{from}"));
+        overrides.push(format!("schedule.kind={}", toml::Value::from(TRUNK_SCHEDULE)));
+        overrides.extend(self.placement(&name));
+        RunSpec {
+            dir: self.root().join(&name),
+            name,
+            values,
+            overrides,
+            role: RunRole::Trunk,
+        }
     }
 
     /// `⌈samples / (batch_size × accum_steps × workers)⌉`, with the batch looked up
@@ -447,16 +586,6 @@ impl Sweep {
     }
 }
 
-fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.split('.').any(|p| p.trim().is_empty()) {
-        return Err(format!("{key:?} is not a dotted config key (e.g. \"optim.lr\")"));
-    }
-    if key.contains(['=', ' ']) {
-        return Err(format!("{key:?} must not contain '=' or spaces"));
-    }
-    Ok(())
-}
-
 /// The key's last segment; `samples` for the derived `samples_seen`, whose own name
 /// is the results table's column of the samples actually seen.
 fn default_label(key: &str) -> String {
@@ -476,252 +605,5 @@ const RESERVED_LABELS: &[&str] = &[
     "final_step",
 ];
 
-/// Nested tables become dotted keys (`{ schedule = { steps = 5 } }` → `schedule.steps`).
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
-    for (k, v) in table {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(t) => flatten(&key, t, out),
-            other => out.push((key, other.clone())),
-        }
-    }
-}
-
-fn lookup_tree<'a>(tree: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let mut parts = key.split('.');
-    let mut value = tree.get(parts.next()?)?;
-    for part in parts {
-        value = value.as_table()?.get(part)?;
-    }
-    Some(value)
-}
-
-/// Equal values, with integers and floats compared as numbers (`500` = `500.0`).
-fn same_value(a: &toml::Value, b: &toml::Value) -> bool {
-    let number = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
-    match (number(a), number(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
-}
-
-/// The value as a person wrote it (strings without quotes).
-fn value_text(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// What a value contributes to a run name: a path's file stem, else its text.
-fn name_part(value: &toml::Value) -> String {
-    let text = value_text(value);
-    let path = Path::new(&text);
-    let is_path = text.contains('/') || matches!(path.extension().and_then(|e| e.to_str()), Some("toml" | "json"));
-    match path.file_stem().and_then(|s| s.to_str()) {
-        Some(stem) if is_path => stem.to_string(),
-        _ => text,
-    }
-}
-
-/// Keeps `A-Z a-z 0-9 . _ + -`, replaces anything else by `_`.
-fn sanitize(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = "name = \"base\"\nmodel = \"nano\"\n[data]\ntrain = \"a.tar\"\nbatch_size = 16\n";
-
-    fn sweep(text: &str) -> Result<Sweep, SweepError> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("base.toml"), BASE).unwrap();
-        let path = dir.path().join("s.toml");
-        std::fs::write(&path, text).unwrap();
-        Sweep::load(&path)
-    }
-
-    fn names(runs: &[RunSpec]) -> Vec<&str> {
-        runs.iter().map(|r| r.name.as_str()).collect()
-    }
-
-    #[test]
-    fn product_of_axes_first_outermost_with_readable_names() {
-        let s = sweep(
-            r#"name = "g"
-base = "base.toml"
-[[axis]]
-key = "model"
-values = ["nano", "configs/models/sweep-s.toml"]
-[[axis]]
-key = "optim.lr"
-values = [1e-3, 5e-4, 0.0001]
-"#,
-        )
-        .unwrap();
-        let runs = s.expand(1).unwrap();
-        assert_eq!(
-            names(&runs),
-            [
-                "g-model=nano-lr=0.001",
-                "g-model=nano-lr=0.0005",
-                "g-model=nano-lr=0.0001",
-                "g-model=sweep-s-lr=0.001",
-                "g-model=sweep-s-lr=0.0005",
-                "g-model=sweep-s-lr=0.0001",
-            ]
-        );
-        let last = &runs[5];
-        assert_eq!(last.dir, PathBuf::from("runs/g/g-model=sweep-s-lr=0.0001"));
-        assert_eq!(
-            last.overrides,
-            [
-                "model=\"configs/models/sweep-s.toml\"",
-                "optim.lr=0.0001",
-                "name=\"g-model=sweep-s-lr=0.0001\"",
-                "out_dir=\"runs/g\"",
-            ]
-        );
-        assert_eq!(
-            last.values,
-            [
-                ("model".to_string(), "configs/models/sweep-s.toml".to_string()),
-                ("lr".to_string(), "0.0001".to_string())
-            ]
-        );
-        assert_eq!(s.labels(), ["model", "lr"]);
-        // Stable: expanding again gives the same runs.
-        assert_eq!(s.expand(1).unwrap(), runs);
-    }
-
-    #[test]
-    fn zips_move_together_and_excludes_drop_matches() {
-        let s = sweep(
-            r#"name = "z"
-base = "base.toml"
-exclude = [{ model = "tiny", warmup_steps = 20.0 }]
-[set]
-"log.every" = 5
-schedule = { warmup_steps_unused = 1 }
-[[axis]]
-key = "model"
-values = ["nano", "tiny"]
-[[zip]]
-keys = ["optim.lr", "schedule.warmup_steps"]
-values = [[1e-3, 10], [5e-4, 20]]
-"#,
-        );
-        // `schedule.warmup_steps_unused` is passed through (the trainer names it); the
-        // grid itself is what is tested here.
-        let runs = s.unwrap().expand(1).unwrap();
-        assert_eq!(
-            names(&runs),
-            [
-                "z-model=nano-lr=0.001-warmup_steps=10",
-                "z-model=nano-lr=0.0005-warmup_steps=20",
-                "z-model=tiny-lr=0.001-warmup_steps=10",
-            ]
-        );
-        assert_eq!(
-            runs[1].overrides[..2],
-            ["log.every=5", "schedule.warmup_steps_unused=1"]
-        );
-        assert!(runs[1].overrides.contains(&"schedule.warmup_steps=20".to_string()));
-    }
-
-    #[test]
-    fn samples_seen_becomes_steps_of_the_global_batch() {
-        let s = sweep(
-            r#"name = "s"
-base = "base.toml"
-[[axis]]
-key = "samples_seen"
-values = [320, 330]
-"#,
-        )
-        .unwrap();
-        let steps = |runs: &[RunSpec]| -> Vec<String> {
-            runs.iter()
-                .map(|r| {
-                    r.overrides
-                        .iter()
-                        .find(|o| o.starts_with("schedule.steps="))
-                        .unwrap()
-                        .clone()
-                })
-                .collect()
-        };
-        // batch_size 16 from the base: 320/16 = 20, 330/16 rounds up to 21.
-        assert_eq!(steps(&s.expand(1).unwrap()), ["schedule.steps=20", "schedule.steps=21"]);
-        // Two workers double the global batch.
-        assert_eq!(steps(&s.expand(2).unwrap()), ["schedule.steps=10", "schedule.steps=11"]);
-        assert_eq!(s.expand(1).unwrap()[0].name, "s-samples=320");
-        assert_eq!(s.labels(), ["samples"]);
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let err = |text: &str| sweep(text).unwrap_err().to_string();
-        let head = "name = \"e\"\nbase = \"base.toml\"\n";
-        let e = err(&format!("{head}[[axis]]\nkey = \"optim..lr\"\nvalues = [1]\n"));
-        assert!(e.contains("axis[0].key") && e.contains("optim..lr"), "{e}");
-        let e = err(&format!("{head}[[axis]]\nkey = \"optim.lr\"\nvalue = [1]\n"));
-        assert!(e.contains("value"), "{e}");
-        let e = err(&format!(
-            "{head}[[zip]]\nkeys = [\"a.b\", \"c\"]\nvalues = [[1, 2], [3]]\n"
-        ));
-        assert!(e.contains("zip[0].values[1]"), "{e}");
-        let e = err(&format!(
-            "{head}exclude = [{{ colour = 1 }}]\n[[axis]]\nkey = \"model\"\nvalues = [\"nano\"]\n"
-        ));
-        assert!(e.contains("exclude[0].colour"), "{e}");
-        let e = err(&format!(
-            "{head}[[axis]]\nkey = \"optim.lr\"\nvalues = [1]\n[[axis]]\nkey = \"optim.lr\"\nvalues = [2]\n"
-        ));
-        assert!(e.contains("optim.lr") && e.contains("twice"), "{e}");
-        let e = err("name = \"e\"\nbase = \"missing.toml\"\n");
-        assert!(e.contains("base") && e.contains("missing.toml"), "{e}");
-        let e = err("name = \"a/b\"\nbase = \"base.toml\"\n");
-        assert!(e.contains("name"), "{e}");
-    }
-
-    #[test]
-    fn samples_seen_needs_a_batch_size() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("base.toml"), "name = \"b\"\nmodel = \"nano\"\n").unwrap();
-        let path = dir.path().join("s.toml");
-        std::fs::write(
-            &path,
-            "name = \"s\"\nbase = \"base.toml\"\n[[axis]]\nkey = \"samples_seen\"\nvalues = [100]\n",
-        )
-        .unwrap();
-        let e = Sweep::load(&path).unwrap().expand(1).unwrap_err().to_string();
-        assert!(e.contains("data.batch_size"), "{e}");
-    }
-
-    #[test]
-    fn colliding_names_are_an_error() {
-        let e = sweep(
-            "name = \"c\"\nbase = \"base.toml\"\n[[axis]]\nkey = \"model\"\nvalues = [\"a/x.toml\", \"b/x.toml\"]\n",
-        )
-        .unwrap()
-        .expand(1)
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("c-model=x"), "{e}");
-    }
-}
+mod tests;

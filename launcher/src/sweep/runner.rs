@@ -6,11 +6,14 @@
 //! nothing that finished. A failed step is retried (with its resume arguments when
 //! its resume marker exists, e.g. `--resume latest` once `checkpoints/` exists) up
 //! to `max_retries` times. Each step's output is appended to `<run>/logs/sweep-<step>.log`.
+//! A job may [`Need`] a file another job writes (a cooldown branch needs its trunk's
+//! checkpoint): it waits in the queue until the file exists, and fails without running
+//! if the other job ends without writing it.
 //! On SIGINT/SIGTERM (with [`crate::install_signal_handlers`]) or a [`StopHandle`],
 //! running steps get SIGTERM (then SIGKILL after a grace period) and the sweep
 //! returns [`SweepError::Interrupted`]; they resume on the next run.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -35,6 +38,9 @@ pub struct Step {
     pub argv: Vec<OsString>,
     /// Appended to `argv` when `resume_when` exists (a retry or re-run after an interruption).
     pub resume_args: Vec<OsString>,
+    /// Appended to `argv` when `resume_when` does not exist: how a first attempt starts
+    /// (a cooldown branch: `--resume <trunk checkpoint>`).
+    pub fresh_args: Vec<OsString>,
     /// The path whose existence means there is something to resume from.
     pub resume_when: Option<PathBuf>,
     /// Files the step must have produced for it to count as done.
@@ -50,6 +56,63 @@ pub struct Job {
     pub dir: PathBuf,
     /// Steps, run one after the other.
     pub steps: Vec<Step>,
+    /// Files of other jobs that must exist before this job starts.
+    pub needs: Vec<Need>,
+}
+
+/// A file that another job of the same sweep writes.
+#[derive(Debug, Clone)]
+pub struct Need {
+    /// The job that writes it.
+    pub job: String,
+    /// The file or folder.
+    pub path: PathBuf,
+}
+
+/// The jobs not yet started, and the names of those waiting or running: a job not among
+/// them (ended, or not part of this sweep run) writes nothing more.
+struct Queue {
+    waiting: VecDeque<Job>,
+    live: HashSet<String>,
+}
+
+/// What a worker takes from the queue.
+enum Next {
+    /// A job whose needs are met.
+    Run(Job),
+    /// A job that cannot run: what it needs was not written by a job that ended.
+    Doomed(Job, String),
+    /// Jobs are waiting for running ones.
+    Wait,
+    /// Nothing left.
+    Empty,
+}
+
+impl Queue {
+    fn next(&mut self) -> Next {
+        let ready = |job: &Job| job.needs.iter().all(|n| n.path.exists());
+        let missing = |job: &Job| {
+            job.needs
+                .iter()
+                .find(|n| !n.path.exists() && !self.live.contains(&n.job))
+                .map(|n| format!("needs {} from {}, which ended without it", n.path.display(), n.job))
+        };
+        if let Some(i) = self.waiting.iter().position(ready) {
+            return self.waiting.remove(i).map_or(Next::Empty, Next::Run);
+        }
+        if let Some((i, why)) = self
+            .waiting
+            .iter()
+            .enumerate()
+            .find_map(|(i, j)| missing(j).map(|w| (i, w)))
+        {
+            return self.waiting.remove(i).map_or(Next::Empty, |job| Next::Doomed(job, why));
+        }
+        match self.waiting.is_empty() {
+            true => Next::Empty,
+            false => Next::Wait,
+        }
+    }
 }
 
 impl Job {
@@ -124,7 +187,10 @@ pub fn run_jobs(jobs: Vec<Job>, opts: &RunOptions, stop: &StopHandle) -> Result<
         skipped.len(),
         opts.parallel.max(1)
     ));
-    let queue = Arc::new(Mutex::new(todo.into_iter().collect::<VecDeque<Job>>()));
+    let queue = Arc::new(Mutex::new(Queue {
+        live: todo.iter().map(|j| j.name.clone()).collect(),
+        waiting: todo.into_iter().collect(),
+    }));
     let counts = Arc::new(Mutex::new(Counts::default()));
     let interrupted: Mutex<Option<i32>> = Mutex::new(None);
     let stop_requested = || stop.is_stopped() || received_signal().is_some();
@@ -137,8 +203,24 @@ pub fn run_jobs(jobs: Vec<Job>, opts: &RunOptions, stop: &StopHandle) -> Result<
                 if stop_requested() {
                     return;
                 }
-                let Some(job) = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None) else {
-                    return;
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let job = match next {
+                    Next::Run(job) => job,
+                    Next::Empty => return,
+                    Next::Wait => {
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                    Next::Doomed(job, why) => {
+                        let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
+                        c.failed += 1;
+                        say(format!("FAILED {}: {why}", job.name));
+                        c.failures.push(format!("{}: {why}", job.name));
+                        queue.lock().unwrap_or_else(|p| p.into_inner()).live.remove(&job.name);
+                        progress.inc(1);
+                        update(&c);
+                        continue;
+                    }
                 };
                 {
                     let mut c = counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,6 +247,7 @@ pub fn run_jobs(jobs: Vec<Job>, opts: &RunOptions, stop: &StopHandle) -> Result<
                         say(format!("stopped {}", job.name));
                     }
                 }
+                queue.lock().unwrap_or_else(|p| p.into_inner()).live.remove(&job.name);
                 progress.inc(1);
                 update(&c);
             });
@@ -230,6 +313,8 @@ fn run_step(job: &Job, step: &Step, grace: Duration, stop_requested: &dyn Fn() -
     let mut argv: Vec<OsString> = args.to_vec();
     if step.resume_when.as_ref().is_some_and(|p| p.exists()) {
         argv.extend(step.resume_args.iter().cloned());
+    } else {
+        argv.extend(step.fresh_args.iter().cloned());
     }
     let io = |what: &str, path: &Path, e: std::io::Error| format!("{what} {}: {e}", path.display());
     if let Err(e) =
@@ -298,6 +383,7 @@ mod tests {
             label: label.into(),
             argv: vec!["sh".into(), "-c".into(), script.into()],
             resume_args: vec!["resumed".into()],
+            fresh_args: Vec::new(),
             resume_when: None,
             outputs,
         }
@@ -320,6 +406,7 @@ mod tests {
         let job_a = Job {
             name: "a".into(),
             dir: dir("a"),
+            needs: Vec::new(),
             steps: vec![sh(
                 "train",
                 &format!(
@@ -334,6 +421,7 @@ mod tests {
         let job_b = Job {
             name: "b".into(),
             dir: dir("b"),
+            needs: Vec::new(),
             steps: vec![sh(
                 "train",
                 &format!(
@@ -361,6 +449,7 @@ mod tests {
         let job = Job {
             name: "bad".into(),
             dir: root.path().join("bad"),
+            needs: Vec::new(),
             steps: vec![sh("eval", "echo nope >&2; exit 7", vec![])],
         };
         let err = run_jobs(vec![job], &opts(1, 2), &StopHandle::new())
@@ -378,13 +467,15 @@ mod tests {
         let out = dir.join("args");
         let mut step = sh("train", &format!("echo \"$0\" > {}", out.display()), vec![]);
         step.resume_when = Some(dir.join("checkpoints"));
+        step.fresh_args = vec!["fresh".into()];
         let job = Job {
             name: "r".into(),
             dir: dir.clone(),
             steps: vec![step],
+            needs: Vec::new(),
         };
         run_jobs(vec![job.clone()], &opts(1, 0), &StopHandle::new()).unwrap();
-        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "sh");
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "fresh");
         std::fs::remove_file(dir.join(".sweep/train.done")).unwrap();
         std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
         run_jobs(vec![job], &opts(1, 0), &StopHandle::new()).unwrap();
@@ -397,6 +488,7 @@ mod tests {
         let job = Job {
             name: "slow".into(),
             dir: root.path().join("slow"),
+            needs: Vec::new(),
             steps: vec![sh("train", "sleep 30", vec![])],
         };
         let stop = StopHandle::new();
@@ -411,5 +503,71 @@ mod tests {
         assert!(matches!(err, SweepError::Interrupted { .. }), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
         assert!(!job.is_done());
+    }
+
+    /// A job that needs `path` from `trunk`, and records whether the path existed when it ran.
+    fn branch_job(root: &Path, name: &str, trunk: &str, path: &Path) -> Job {
+        let dir = root.join(name);
+        let seen = dir.join("saw-trunk");
+        Job {
+            name: name.into(),
+            steps: vec![sh(
+                "train",
+                &format!("test -e {} && touch {}", path.display(), seen.display()),
+                vec![seen],
+            )],
+            dir,
+            needs: vec![Need {
+                job: trunk.into(),
+                path: path.to_owned(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_job_waits_for_what_it_needs_even_when_listed_first() {
+        let root = tempfile::tempdir().unwrap();
+        let checkpoint = root.path().join("trunk/step_3");
+        let trunk = Job {
+            name: "trunk".into(),
+            dir: root.path().join("trunk"),
+            steps: vec![sh(
+                "train",
+                &format!("sleep 0.5; mkdir -p {}", checkpoint.display()),
+                vec![],
+            )],
+            needs: Vec::new(),
+        };
+        let branch = branch_job(root.path(), "branch", "trunk", &checkpoint);
+        // Two workers: the branch is first in line but must not start before the trunk's file.
+        let report = run_jobs(vec![branch.clone(), trunk], &opts(2, 0), &StopHandle::new()).unwrap();
+        assert_eq!(report.finished, ["trunk", "branch"]);
+        assert!(branch.is_done());
+    }
+
+    #[test]
+    fn a_job_whose_need_was_never_written_fails_without_running() {
+        let root = tempfile::tempdir().unwrap();
+        let checkpoint = root.path().join("trunk/step_3");
+        let trunk = Job {
+            name: "trunk".into(),
+            dir: root.path().join("trunk"),
+            steps: vec![sh("train", "exit 4", vec![])],
+            needs: Vec::new(),
+        };
+        let branch = branch_job(root.path(), "branch", "trunk", &checkpoint);
+        let err = run_jobs(vec![trunk, branch], &opts(2, 0), &StopHandle::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 run(s) failed"), "{err}");
+        assert!(
+            err.contains("branch: needs") && err.contains("which ended without it"),
+            "{err}"
+        );
+        assert!(!root.path().join("branch/logs").exists(), "the branch never ran");
+        // Alone (a SLURM array task), a job whose need's writer is not running fails at once.
+        let alone = branch_job(root.path(), "alone", "trunk", &checkpoint);
+        let err = run_jobs(vec![alone], &opts(1, 0), &StopHandle::new()).unwrap_err();
+        assert!(err.to_string().contains("alone: needs"), "{err}");
     }
 }

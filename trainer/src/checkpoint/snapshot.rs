@@ -98,6 +98,8 @@ pub struct Checkpointer<'a> {
     checkpoints: Checkpoints,
     /// Save every this many steps (`checkpoint.every`; 0 = never periodically).
     every: u64,
+    /// Also save at these steps, the last one included (`checkpoint.at_steps`).
+    at_steps: Vec<u64>,
     /// The resolved config, written into every checkpoint and compared on resume.
     config_toml: &'a str,
     coll: &'a dyn Collective,
@@ -116,6 +118,7 @@ impl<'a> Checkpointer<'a> {
         Self {
             checkpoints: Checkpoints::new(run_dir.join("checkpoints"), cfg),
             every: cfg.every,
+            at_steps: cfg.at_steps.clone(),
             config_toml,
             coll,
             device,
@@ -123,12 +126,18 @@ impl<'a> Checkpointer<'a> {
     }
 
     /// Saves when `progress` reaches a multiple of `checkpoint.every`, except at the last
-    /// step (the final weights are written then). Collective.
+    /// step (the final weights are written then), and at every step of
+    /// `checkpoint.at_steps`, the last one included. Collective.
     pub fn maybe_save(&self, progress: Progress, last_step: u64, state: &TrainState) -> Result<(), TrainError> {
-        if self.every > 0 && progress.step % self.every == 0 && progress.step < last_step {
+        if self.is_due(progress.step, last_step) {
             self.save(progress, state)?;
         }
         Ok(())
+    }
+
+    fn is_due(&self, step: u64, last_step: u64) -> bool {
+        let periodic = self.every > 0 && step % self.every == 0 && step < last_step;
+        periodic || self.at_steps.contains(&step)
     }
 
     /// Saves a checkpoint at `progress.step`: every rank sends its loader state to rank
@@ -430,6 +439,21 @@ mod tests {
         for all in results {
             assert_eq!(all, vec![vec![], vec![b'b'; 2], vec![b'c'; 4]]);
         }
+    }
+
+    #[test]
+    fn at_steps_are_due_even_at_the_last_step() {
+        let cfg = CheckpointConfig {
+            every: 4,
+            at_steps: vec![3, 10],
+            ..CheckpointConfig::default()
+        };
+        LocalGroup::run(1, |coll| {
+            let checkpointer = Checkpointer::new(Path::new("unused"), &cfg, "", coll, Device::Cpu);
+            let due: Vec<u64> = (1..=10).filter(|s| checkpointer.is_due(*s, 10)).collect();
+            // Multiples of `every` before the last step, and every listed step.
+            assert_eq!(due, [3, 4, 8, 10]);
+        });
     }
 
     #[test]

@@ -237,6 +237,7 @@ pub struct Checkpoints {
     root: PathBuf,
     keep_last: usize,
     keep_every: u64,
+    at_steps: Vec<u64>,
 }
 
 /// The `[checkpoint]` section: when the train loop saves, and what storage keeps.
@@ -250,6 +251,9 @@ pub struct CheckpointConfig {
     pub keep_last: usize,
     /// Also keep every checkpoint whose step is a multiple of this (0 = none).
     pub keep_every: u64,
+    /// Also save a checkpoint at each of these steps, the last step of the run included,
+    /// and keep it: the points a sweep branches cooldowns from (`cooldown_from`).
+    pub at_steps: Vec<u64>,
 }
 
 impl Default for CheckpointConfig {
@@ -258,6 +262,7 @@ impl Default for CheckpointConfig {
             every: 500,
             keep_last: 3,
             keep_every: 0,
+            at_steps: Vec::new(),
         }
     }
 }
@@ -271,18 +276,26 @@ impl CheckpointConfig {
                 "must be > 0 (the newest checkpoint is what a restart resumes from)",
             ));
         }
+        if self.at_steps.contains(&0) {
+            return Err(crate::field::FieldError::new(
+                "checkpoint.at_steps",
+                "step 0 is before any training: list steps ≥ 1",
+            ));
+        }
         Ok(())
     }
 }
 
 impl Checkpoints {
     /// Checkpoints under `root` (`runs/<name>/checkpoints`), keeping the newest
-    /// `cfg.keep_last` plus every step that is a multiple of `cfg.keep_every` (0: none).
+    /// `cfg.keep_last` plus every step that is a multiple of `cfg.keep_every` (0: none)
+    /// and every step of `cfg.at_steps`.
     pub fn new(root: impl Into<PathBuf>, cfg: &CheckpointConfig) -> Self {
         Self {
             root: root.into(),
             keep_last: cfg.keep_last,
             keep_every: cfg.keep_every,
+            at_steps: cfg.at_steps.clone(),
         }
     }
 
@@ -469,6 +482,7 @@ impl Checkpoints {
             let keep = rank < self.keep_last
                 || *step == just_saved
                 || (self.keep_every > 0 && step % self.keep_every == 0)
+                || self.at_steps.contains(step)
                 || latest.as_deref() == Some(name.as_str());
             if !keep {
                 let path = self.root.join(name);

@@ -135,6 +135,16 @@ impl TrainConfig {
         self.schedule.validate()?;
         self.log.validate()?;
         self.checkpoint.validate()?;
+        if let Some(late) = self.checkpoint.at_steps.iter().find(|s| **s > self.schedule.steps) {
+            return Err(FieldError::new(
+                "checkpoint.at_steps",
+                format!(
+                    "step {late} is past the run's last step (schedule.steps = {})",
+                    self.schedule.steps
+                ),
+            )
+            .into());
+        }
         self.eval.validate()?;
         Ok(())
     }

@@ -156,6 +156,23 @@ fn retention_keeps_last_k_and_every_mth() {
 }
 
 #[test]
+fn retention_keeps_the_branch_points_of_at_steps() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("ck");
+    let cfg = CheckpointConfig {
+        at_steps: vec![2, 5],
+        ..keep(1, 0)
+    };
+    let store = Checkpoints::new(&root, &cfg);
+    let vs = tiny_vs(1.0);
+    for step in 1..=7 {
+        store.save(&vs, &optim_state(1.0), CONFIG, state(step)).expect("save");
+    }
+    // The newest (7) plus the listed steps, which a cooldown branch resumes from.
+    assert_eq!(step_names(&root), ["step_00000002", "step_00000005", "step_00000007"]);
+}
+
+#[test]
 fn saving_the_same_step_again_replaces_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = Checkpoints::new(tmp.path(), &keep(2, 0));
