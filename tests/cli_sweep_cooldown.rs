@@ -7,16 +7,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn ferroclip(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ferroclip")
-}
+use common::ferroclip_in as ferroclip;
 
 /// Batch 8: 48, 96 and 160 samples are 6, 12 and 20 steps whose cooldowns (half of each)
 /// start after steps 3, 6 and 10.
@@ -39,9 +31,7 @@ fn read(path: &Path) -> Vec<u8> {
 }
 
 fn last_step(run: &Path) -> u64 {
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
-    last["step"].as_u64().unwrap()
+    common::last_logged_step(&run.join("metrics.jsonl"))
 }
 
 #[test]
@@ -58,7 +48,7 @@ fn cooldowns_branched_from_one_constant_run_equal_independent_const_cooldown_run
     .unwrap();
 
     // The plan: a 10-step trunk and cooldowns of 3 + 6 + 10 steps, against 6 + 12 + 20.
-    let out = ferroclip(&["sweep", "plan", "branched.toml"], root);
+    let out = ferroclip(root, &["sweep", "plan", "branched.toml"]);
     common::assert_ok(&out);
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(plan.contains("b-trunk") && plan.contains("(trunk)"), "{plan}");
@@ -69,7 +59,7 @@ fn cooldowns_branched_from_one_constant_run_equal_independent_const_cooldown_run
     );
 
     for file in ["branched.toml", "independent.toml"] {
-        let out = ferroclip(&["sweep", "run", file, "--parallel", "2", "--max-retries", "0"], root);
+        let out = ferroclip(root, &["sweep", "run", file, "--parallel", "2", "--max-retries", "0"]);
         common::assert_ok(&out);
     }
     let runs = root.join("runs");
@@ -101,14 +91,14 @@ fn cooldowns_branched_from_one_constant_run_equal_independent_const_cooldown_run
     assert!(weights("b/b-samples=96") != weights("b/b-samples=160"));
 
     // results.csv: the three lengths, not the trunk.
-    common::assert_ok(&ferroclip(&["sweep", "collect", "branched.toml"], root));
+    common::assert_ok(&ferroclip(root, &["sweep", "collect", "branched.toml"]));
     let csv = std::fs::read_to_string(runs.join("b/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "{csv}");
     assert!(!csv.contains("trunk"), "{csv}");
 
     // A longer length later: the finished trunk continues from step 10 to 15, no further.
     std::fs::write(root.join("branched.toml"), sweep_file("b", &[48, 96, 160, 240], true)).unwrap();
-    let out = ferroclip(&["sweep", "run", "branched.toml", "--max-retries", "0"], root);
+    let out = ferroclip(root, &["sweep", "run", "branched.toml", "--max-retries", "0"]);
     common::assert_ok(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("2 run(s) finished now, 3 were already finished"),
@@ -134,7 +124,7 @@ fn a_branch_whose_trunk_cannot_reach_it_is_named() {
     let text = "name = \"b\"\nbase = \"base.toml\"\n[set]\n\"schedule.cooldown_fraction\" = 1.0\n\
                 \"schedule.warmup_steps\" = 0\n[[axis]]\nkey = \"samples_seen\"\nvalues = [48]\ncooldown_from = \"trunk\"\n";
     std::fs::write(root.join("s.toml"), text).unwrap();
-    let out = ferroclip(&["sweep", "plan", "s.toml"], root);
+    let out = ferroclip(root, &["sweep", "plan", "s.toml"]);
     assert!(!out.status.success());
     let err = common::output_text(&out);
     assert!(

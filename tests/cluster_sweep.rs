@@ -41,6 +41,19 @@ fn ferroclip(dir: &Path) -> Command {
     cmd
 }
 
+/// Waits up to 150 s for `done`, failing the test with `context()` after that.
+fn wait_for_tasks(done: impl Fn() -> bool, context: impl Fn() -> String) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "the array tasks did not finish in 150 s\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn dry_run_writes_an_array_of_the_unfinished_runs() {
     let dir = tempfile::tempdir().unwrap();
@@ -181,19 +194,10 @@ fn array_job_runs_every_run_of_the_sweep() {
         }
         format!("{all}squeue: {}\n{}", cluster.active_tasks(job), cluster.logs())
     };
-    let start = Instant::now();
-    loop {
-        let done = runs.iter().all(|r| r.join(".sweep/eval.done").exists());
-        if done && cluster.active_tasks(job).is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(150),
-            "the array tasks did not finish in 150 s\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_tasks(
+        || runs.iter().all(|r| r.join(".sweep/eval.done").exists()) && cluster.active_tasks(job).is_empty(),
+        context,
+    );
     for task in 0..2 {
         let log =
             std::fs::read_to_string(root.join(format!("runs/arr/logs/slurm-{job}_{task}.out"))).unwrap_or_default();
@@ -298,19 +302,13 @@ fn cooldown_branches_run_after_their_trunk_job() {
             cluster.logs()
         )
     };
-    let start = Instant::now();
-    loop {
-        let done = branch_runs.iter().all(|r| r.join(".sweep/train.done").exists());
-        if done && cluster.active_tasks(branches).is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(150),
-            "the array tasks did not finish in 150 s\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_tasks(
+        || {
+            branch_runs.iter().all(|r| r.join(".sweep/train.done").exists())
+                && cluster.active_tasks(branches).is_empty()
+        },
+        context,
+    );
     for (run, step) in branch_runs.iter().zip([3, 6]) {
         let log = std::fs::read_to_string(run.join("logs/sweep-train.log")).unwrap_or_default();
         assert_eq!(

@@ -175,6 +175,16 @@ pub fn write_disc_zeroshot(dir: &Path) {
     std::fs::write(dir.join("classes.txt"), names.join("\n") + "\n").expect("write classes.txt");
 }
 
+/// `ferroclip ARGS` run to its end in `cwd`, with warnings only in its log.
+pub fn ferroclip_in(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferroclip"))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run ferroclip")
+}
+
 /// A finished process's stdout and stderr, for assertion messages.
 pub fn output_text(out: &std::process::Output) -> String {
     format!(
