@@ -1,20 +1,32 @@
-// Embed libtorch's directory as an rpath so the binary runs without LD_LIBRARY_PATH.
-// DEP_TCH_LIBTORCH_LIB is exported by torch-sys (links = "tch") to direct dependents.
-pub fn main() {
+// The link arguments every target that links libtorch needs (shared with the root package's
+// build script), and the C++ shim of the fused AdamW kernel, which only this crate compiles.
+mod link {
+    include!("build_link.rs");
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build_link.rs");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    link::main();
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+        compile_shim(std::path::Path::new(&lib));
     }
-    println!("cargo:rerun-if-env-changed=LIBTORCH");
-    // Feature `cuda`: rustc links with --as-needed, and nothing here references a
-    // symbol of libtorch_cuda (its kernels register themselves from static
-    // initialisers), so torch-sys's `-ltorch_cuda` is dropped and tch silently
-    // reports no CUDA (docs/architecture.md §9). Force it into DT_NEEDED. Its own CUDA
-    // dependencies (cuBLAS, NCCL, ...) need not be present at link time
-    // (--allow-shlib-undefined): they are resolved on the GPU machine at run time.
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
-    }
+}
+
+/// trainer/csrc/fused_adamw.cpp: libtorch's fused AdamW, which tch does not bind
+/// (trainer/src/optim/fused.rs). Headers beside libtorch's `lib/`, the C++ ABI torch-sys uses.
+fn compile_shim(lib: &std::path::Path) {
+    let root = lib.parent().unwrap_or(lib);
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    println!("cargo:rerun-if-changed=csrc/fused_adamw.cpp");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .file("csrc/fused_adamw.cpp")
+        .compile("ferroclip_fused_adamw");
 }

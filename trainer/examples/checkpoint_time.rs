@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let loss = clip_loss(&img, &txt, &scale);
         let mut grads = opt.backward(&loss);
         let norm = grads.norm();
-        opt.step(&mut grads, norm, 1e-4);
+        opt.step(&mut grads, norm, 1e-4).expect("AdamW step");
         if i > 0 {
             step_times.push(start.elapsed().as_secs_f64());
         }

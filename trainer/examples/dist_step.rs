@@ -144,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let comm_before_sync = coll.seconds();
         let sync = grad_sync.all_reduce(&mut grads, 1.0, &coll)?;
         let grad_comm = coll.seconds() - comm_before_sync;
-        opt.step(&mut grads, 0.0, 5e-4);
+        opt.step(&mut grads, 0.0, 5e-4).expect("AdamW step");
         model.clamp_logit_scale();
 
         let elapsed = start.elapsed().as_secs_f64();

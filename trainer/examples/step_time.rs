@@ -159,7 +159,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 grads
             }
         };
-        opt.step(&mut grads, 0.0, 5e-4);
+        opt.step(&mut grads, 0.0, 5e-4).expect("AdamW step");
         model.clamp_logit_scale();
         if let Device::Cuda(ordinal) = device {
             // Kernels run asynchronously: time the step to its end.

@@ -99,6 +99,9 @@ pub enum TrainError {
     /// Rank discovery or a collective operation failed.
     #[error("distributed")]
     Dist(#[from] DistError),
+    /// libtorch refused the fused AdamW update (`optim.fused`).
+    #[error("optimizer")]
+    FusedAdamW(#[from] crate::optim::FusedError),
     /// Evaluation during training (`[eval]`) failed.
     #[error("eval")]
     Eval(#[from] crate::eval::error::TrainEvalError),
@@ -165,4 +168,13 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+impl From<crate::optim::OptimStepError> for TrainError {
+    fn from(e: crate::optim::OptimStepError) -> Self {
+        match e {
+            crate::optim::OptimStepError::Dist(e) => TrainError::Dist(e),
+            crate::optim::OptimStepError::Fused(e) => TrainError::FusedAdamW(e),
+        }
+    }
 }

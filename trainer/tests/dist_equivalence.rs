@@ -164,7 +164,7 @@ fn train_single(cfg: &ModelConfig, loss: Loss, data: &Data) -> BTreeMap<String, 
         };
         let mut grads = opt.backward(&value);
         let norm = grads.norm();
-        opt.step(&mut grads, norm, LR);
+        opt.step(&mut grads, norm, LR).expect("AdamW step");
         r.model.clamp_logit_scale();
     }
     snapshot(&r.vs)
@@ -225,7 +225,7 @@ fn train_rank(r: Replica, loss: Loss, columns: Columns, data: &Data, coll: &Loca
         // Shares are divided by the global batch: the sum over ranks is the global gradient.
         sync.all_reduce(&mut grads, 1.0, coll).expect("gradient sync");
         let norm = grads.norm();
-        opt.step(&mut grads, norm, LR);
+        opt.step(&mut grads, norm, LR).expect("AdamW step");
         r.model.clamp_logit_scale();
     }
     verify_parameters_equal(&r.vs, coll).expect("replicas stay equal");

@@ -165,7 +165,7 @@ fn train_single(loss: LossKind, data: &Data) -> BTreeMap<String, Vec<f32>> {
         };
         let mut grads = opt.backward(&value);
         let norm = grads.norm();
-        opt.step(&mut grads, norm, LR);
+        opt.step(&mut grads, norm, LR).expect("AdamW step");
         model.clamp_logit_scale();
     }
     snapshot(&vs)
@@ -221,7 +221,7 @@ fn train_rank(
                     .all_reduce(&mut grads, 1.0 / ACCUM as f64, coll)
                     .expect("sync");
                 let norm = grads.norm();
-                opt.step(&mut grads, norm, LR);
+                opt.step(&mut grads, norm, LR).expect("AdamW step");
                 model.clamp_logit_scale();
             }
         }

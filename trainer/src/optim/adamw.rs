@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::fused::{FusedError, FusedGroup, FusedStep};
 use crate::field::FieldError;
 
 /// The `[optim]` section of a train config. Defaults are open_clip's for ViTs.
@@ -41,6 +42,10 @@ pub struct OptimConfig {
     /// 0.999): updated after every step, saved as `ema.safetensors`. Unset: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// Update with libtorch's fused AdamW kernel (default; one pass per tensor, one launch
+    /// per group on CUDA) instead of ten elementwise ops per parameter: the same update up to
+    /// float rounding (≈1e-7), several times faster.
+    pub fused: bool,
 }
 
 /// The dtype of the gradient all-reduce (`optim.grad_reduce`).
@@ -67,6 +72,7 @@ impl Default for OptimConfig {
             shard: false,
             grad_reduce: GradReduce::Fp32,
             ema_decay: None,
+            fused: true,
         }
     }
 }
@@ -251,10 +257,14 @@ impl AdamW {
     }
 
     /// Clips `grads` to `grad_clip_norm` (if on) given their global `norm`, then
-    /// applies one AdamW update at learning rate `lr`.
-    pub fn step(&mut self, grads: &mut Gradients, norm: f64, lr: f64) {
+    /// applies one AdamW update at learning rate `lr` (fused when `optim.fused`).
+    pub fn step(&mut self, grads: &mut Gradients, norm: f64, lr: f64) -> Result<(), FusedError> {
         self.step += 1;
         let update = Update::new(&self.cfg, self.step, norm, lr);
+        if self.cfg.fused {
+            let tensors = self.params.iter().zip(grads.grads.iter()).filter(|(_, g)| g.defined());
+            return update.apply_fused(tensors.map(|(p, g)| (&p.param, g, &p.exp_avg, &p.exp_avg_sq, p.decay)));
+        }
         tch::no_grad(|| {
             for (p, g) in self.params.iter_mut().zip(grads.grads.iter_mut()) {
                 if g.defined() {
@@ -269,6 +279,7 @@ impl AdamW {
                 }
             }
         });
+        Ok(())
     }
 
     /// Named optimizer state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`), and
@@ -328,6 +339,7 @@ pub(super) fn backward_to<'a>(
 
 /// One AdamW step's coefficients: clipping, learning rate, decay and bias corrections.
 pub(super) struct Update {
+    step: u64,
     clip: f64,
     lr: f64,
     weight_decay: f64,
@@ -350,6 +362,7 @@ impl Update {
         };
         let t = step as i32;
         Update {
+            step,
             clip,
             lr,
             weight_decay: cfg.weight_decay,
@@ -359,6 +372,32 @@ impl Update {
             step_size: lr / (1.0 - cfg.beta1.powi(t)),
             eps: cfg.eps,
         }
+    }
+
+    /// The same update with libtorch's fused kernel, over `(param, grad, exp_avg, exp_avg_sq,
+    /// decay)` tuples (whole parameters or slices): one call for the decayed tensors, one
+    /// for the others.
+    pub(super) fn apply_fused<'a>(
+        &self,
+        tensors: impl Iterator<Item = (&'a Tensor, &'a Tensor, &'a Tensor, &'a Tensor, bool)>,
+    ) -> Result<(), FusedError> {
+        let (mut decayed, mut plain) = (FusedGroup::default(), FusedGroup::default());
+        for (param, grad, exp_avg, exp_avg_sq, decay) in tensors {
+            let group = if decay { &mut decayed } else { &mut plain };
+            group.push(param, grad, exp_avg, exp_avg_sq);
+        }
+        let step = FusedStep {
+            step: self.step,
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            grad_multiplier: self.clip,
+        };
+        tch::no_grad(|| {
+            step.apply(&mut decayed, self.weight_decay)?;
+            step.apply(&mut plain, 0.0)
+        })
     }
 
     /// Updates `param` (and its moments) from its gradient `grad`, in place; `scratch` holds
@@ -514,7 +553,7 @@ mod tests {
         let mut grads = opt.backward(&loss);
         let lr = 0.01;
         let norm = grads.norm();
-        opt.step(&mut grads, norm, lr);
+        opt.step(&mut grads, norm, lr).expect("AdamW step");
         let got: Vec<f32> = p.flatten(0, -1).try_into().unwrap();
         for (x0, x) in [1.0f64, -2.0, 3.0, 0.5].iter().zip(got) {
             let g = 2.0 * x0;
@@ -535,7 +574,7 @@ mod tests {
         let mut grads = opt.backward(&(&p * 10.0).sum(Kind::Float)); // grad (10, 10), norm 14.14
         let norm = grads.norm();
         assert!((norm - 200f64.sqrt()).abs() < 1e-4);
-        opt.step(&mut grads, norm, 0.1);
+        opt.step(&mut grads, norm, 0.1).expect("AdamW step");
         let g: Vec<f32> = grads.tensors()[0].shallow_clone().try_into().unwrap();
         let clipped = (g[0] as f64).hypot(g[1] as f64);
         assert!((clipped - 1.0).abs() < 1e-4, "clipped norm {clipped}");
@@ -575,7 +614,7 @@ mod tests {
         let loss = (&y * &y).sum(Kind::Float) + params[0].sin().sum(Kind::Float);
         let mut grads = opt.backward(&loss);
         let norm = grads.norm();
-        opt.step(&mut grads, norm, 1e-2);
+        opt.step(&mut grads, norm, 1e-2).expect("AdamW step");
     }
 
     fn bits(t: &Tensor) -> Vec<u32> {

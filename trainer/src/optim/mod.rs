@@ -5,6 +5,8 @@
 
 pub mod adamw;
 pub mod ema;
+pub mod error;
+pub mod fused;
 pub mod optimizer;
 pub mod schedule;
 pub mod sharded;
@@ -12,6 +14,7 @@ pub mod sync;
 
 pub use adamw::{decays, AdamW, GradReduce, Gradients, OptimConfig, OptimStateMismatch};
 pub use ema::{Ema, EMA_FILE};
+pub use error::{FusedError, OptimStepError};
 pub use optimizer::{Optimizer, UpdateReport};
 pub use schedule::ScheduleConfig;
 pub use sharded::ShardedAdamW;

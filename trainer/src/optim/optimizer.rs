@@ -8,9 +8,10 @@ use std::time::Instant;
 use tch::Tensor;
 
 use super::adamw::GradReduce;
+use super::error::OptimStepError;
 use super::sync::GradSync;
 use super::{AdamW, Gradients, OptimConfig, OptimStateMismatch, ShardedAdamW};
-use crate::dist::{Collective, DistError};
+use crate::dist::Collective;
 
 /// AdamW, replicated or sharded.
 pub enum Optimizer {
@@ -90,13 +91,13 @@ impl Optimizer {
         mut grads: Gradients,
         lr: f64,
         coll: &dyn Collective,
-    ) -> Result<UpdateReport, DistError> {
+    ) -> Result<UpdateReport, OptimStepError> {
         match self {
             Optimizer::Replicated { adamw, sync } => {
                 let comm_s = sync.all_reduce(&mut grads, 1.0, coll)?.seconds;
                 let grad_norm = grads.norm();
                 if grad_norm.is_finite() {
-                    adamw.step(&mut grads, grad_norm, lr);
+                    adamw.step(&mut grads, grad_norm, lr)?;
                 }
                 Ok(UpdateReport { grad_norm, comm_s })
             }

@@ -19,6 +19,7 @@
 use tch::{Kind, Tensor};
 
 use super::adamw::{backward_to, decays, restore_state, trainable_sorted, Update, STATE_KIND};
+use super::error::{FusedError, OptimStepError};
 use super::{Gradients, OptimConfig, OptimStateMismatch};
 use crate::dist::{Collective, DistError};
 
@@ -133,7 +134,7 @@ impl ShardedAdamW {
     /// Steps 1–4 of the module doc: sums the ranks' `grads`, clips them by their global norm
     /// and updates every parameter on every rank. Returns that norm; when it is not finite
     /// nothing is updated (every rank sees the same norm). Collective.
-    pub fn sync_and_step(&mut self, grads: &Gradients, lr: f64, coll: &dyn Collective) -> Result<f64, DistError> {
+    pub fn sync_and_step(&mut self, grads: &Gradients, lr: f64, coll: &dyn Collective) -> Result<f64, OptimStepError> {
         let grads = grads.tensors();
         let shard_grads = tch::no_grad(|| coll.reduce_scatter_sum(&self.flatten_grads(grads)))?;
         let mut squares = Tensor::from_slice(&[shard_grads.square().sum(Kind::Double).double_value(&[])]);
@@ -144,6 +145,11 @@ impl ShardedAdamW {
         }
         self.step += 1;
         let update = Update::new(&self.cfg, self.step, norm, lr);
+        if self.cfg.fused {
+            self.step_fused(&update, grads, &shard_grads)?;
+            self.gather_parameters(coll)?;
+            return Ok(norm);
+        }
         tch::no_grad(|| {
             for segment in &self.segments {
                 if !grads[segment.param].defined() {
@@ -166,6 +172,26 @@ impl ShardedAdamW {
         });
         self.gather_parameters(coll)?;
         Ok(norm)
+    }
+
+    /// [`Update::apply_fused`] over this rank's segments.
+    fn step_fused(&self, update: &Update, grads: &[Tensor], shard_grads: &Tensor) -> Result<(), FusedError> {
+        let slices: Vec<_> = self
+            .segments
+            .iter()
+            .filter(|segment| grads[segment.param].defined())
+            .map(|segment| {
+                let p = &self.params[segment.param];
+                (
+                    p.param.view([-1]).narrow(0, segment.in_param, segment.len),
+                    shard_grads.narrow(0, segment.in_shard, segment.len),
+                    self.exp_avg.narrow(0, segment.in_shard, segment.len),
+                    self.exp_avg_sq.narrow(0, segment.in_shard, segment.len),
+                    p.decay,
+                )
+            })
+            .collect();
+        update.apply_fused(slices.iter().map(|(p, g, m, v, decay)| (p, g, m, v, *decay)))
     }
 
     /// The gradients as one flat vector in the parameters' order, padded to W·S (a missing
