@@ -126,9 +126,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let model = Clip::new(&vs.root(), &cfg);
     // open_clip_train's defaults (decay every tensor with ≥ 2 dims, no gradient
     // clipping) so both sides do the same math.
+    // `--optim elementwise` times the unfused update (`optim.fused = false`).
+    let fused = arg(&args, "--optim", "fused") != "elementwise";
     let optim_cfg = OptimConfig {
         decay_embeddings: true,
         grad_clip_norm: 0.0,
+        fused,
         ..OptimConfig::default()
     };
     let mut opt = AdamW::new(vs.variables(), &optim_cfg);
@@ -189,6 +192,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "device": format!("{device:?}"),
             "collective": collective_name,
             "precision": format!("{precision:?}").to_lowercase(),
+            "optim": if fused { "fused" } else { "elementwise" },
             "rank": coll.as_deref().map_or(0, |c| c.rank()),
             "world_size": world_size,
             "samples_per_s": (batch as f64) * (world_size as f64) / median,
