@@ -8,8 +8,8 @@
 //!   stays JPEG at quality [`DEFAULT_JPEG_QUALITY`] (img2dataset's default), anything else
 //!   becomes PNG (lossless).
 //!
-//! Rewritten images go through [`decode_rgb`], so transparency is composited onto white, as
-//! the loader would see it.
+//! Rewritten images go through [`decode_rgb_over_white`]: transparency is composited onto
+//! white, as img2dataset does for the images it writes (the loader, like PIL, drops alpha).
 use std::io::Cursor;
 use std::str::FromStr;
 
@@ -18,7 +18,7 @@ use image::imageops::FilterType;
 use image::{ImageEncoder, ImageReader, RgbImage};
 
 use crate::error::{DataError, SkipReason};
-use crate::imaging::{decode_rgb, sniff_extension, DecodeError};
+use crate::imaging::{decode_rgb_over_white, sniff_extension, DecodeError};
 
 /// JPEG quality used when a JPEG is resized without an explicit `--reencode`.
 pub const DEFAULT_JPEG_QUALITY: u8 = 95;
@@ -125,7 +125,7 @@ impl ImageRewrite {
                 original_size: size,
             });
         }
-        let rgb = decode_rgb(bytes, max_pixels)?;
+        let rgb = decode_rgb_over_white(bytes, max_pixels)?;
         let original_size = rgb.dimensions();
         let (rgb, resized) = match self.resize_max_side {
             Some(max_side) if original_size.0.max(original_size.1) > max_side => {
@@ -221,7 +221,9 @@ mod tests {
         let out = rewrite.apply(&bytes, DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!((out.ext, out.size, out.original_size), ("png", (16, 4), (40, 10)));
         assert_eq!(
-            decode_rgb(&out.bytes, DEFAULT_MAX_PIXELS).unwrap().dimensions(),
+            crate::imaging::decode_rgb(&out.bytes, DEFAULT_MAX_PIXELS)
+                .unwrap()
+                .dimensions(),
             (16, 4)
         );
         // Small images are left alone, byte for byte.

@@ -1,4 +1,4 @@
-//! Image decode (JPEG/PNG, alpha over white, size limit) and open_clip's image transforms.
+//! Image decode (JPEG/PNG, alpha dropped as PIL's `convert("RGB")` does, size limit) and open_clip's image transforms.
 //!
 //! Train: `RandomResizedCrop(size, scale=(0.9, 1.0), ratio=(3/4, 4/3), bicubic)`, to float,
 //! CLIP normalisation. Eval: bicubic resize of the shorter side to `size`, center crop, the
@@ -160,7 +160,11 @@ fn check_pixel_limit(width: u32, height: u32, max_pixels: u64) -> Result<(), Dec
     Ok(())
 }
 
-/// Decode image bytes to 8-bit RGB; transparent pixels are composited onto white.
+/// Decode image bytes to 8-bit RGB the way PIL's `Image.open(…).convert("RGB")` does, which is
+/// what open_clip_train (webdataset's `"pilrgb"`) and CLIP_benchmark (`_convert_to_rgb`) train
+/// and evaluate on: an alpha channel is dropped, not composited (a transparent pixel keeps the
+/// colour stored under it), a palette image takes its palette colours, grey becomes three equal
+/// channels. [`decode_rgb_over_white`] composites onto white instead.
 ///
 /// Images with more than `max_pixels` pixels are rejected before their pixels are decoded.
 /// JPEGs go through libjpeg-turbo (with the `turbojpeg` feature). Truncated or corrupt JPEG
@@ -197,9 +201,24 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError
     decode_rgb_with_image_crate(bytes, max_pixels)
 }
 
+/// [`decode_rgb`], with transparent pixels composited onto white (img2dataset's rule for the
+/// images it writes; `ferroclip shard`'s rewriting uses it).
+pub fn decode_rgb_over_white(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
+    if is_jpeg(bytes) {
+        return decode_rgb(bytes, max_pixels); // no alpha channel
+    }
+    decode_with_image_crate(bytes, max_pixels).map(to_rgb_over_white)
+}
+
 /// [`decode_rgb`] through the `image` crate only (zune-jpeg for JPEG); a JPEG must reach its
 /// end-of-image marker.
 pub fn decode_rgb_with_image_crate(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, DecodeError> {
+    // `to_rgb8` drops alpha, as PIL's `convert("RGB")`.
+    decode_with_image_crate(bytes, max_pixels).map(|image| image.to_rgb8())
+}
+
+/// The decoded image, alpha channel and all.
+fn decode_with_image_crate(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::empty());
     }
@@ -217,8 +236,7 @@ pub fn decode_rgb_with_image_crate(bytes: &[u8], max_pixels: u64) -> Result<RgbI
         // zune-jpeg would fill the missing part and succeed.
         return Err(DecodeError::undecodable("truncated JPEG data: no end-of-image marker"));
     }
-    let decoded = reader()?.decode().map_err(limit_or_undecodable)?;
-    Ok(to_rgb_over_white(decoded))
+    reader()?.decode().map_err(limit_or_undecodable)
 }
 
 /// The `image` crate's limits for images of at most `max_pixels` pixels: the dimensions are

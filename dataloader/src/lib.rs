@@ -69,7 +69,9 @@ pub mod writer;
 pub use chw::{normalized_level, CLIP_PIXEL_SCALE, CLIP_PIXEL_SHIFT};
 pub use error::{DataError, SkipCounts, SkipReason};
 pub use image_rewrite::{ImageRewrite, ReencodeSpec, RewrittenImage};
-pub use imaging::{decode_rgb, ImageTransform, JpegDraft, OutputPixel, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS};
+pub use imaging::{
+    decode_rgb, decode_rgb_over_white, ImageTransform, JpegDraft, OutputPixel, CLIP_MEAN, CLIP_STD, DEFAULT_MAX_PIXELS,
+};
 pub use loader::{
     virtual_epoch_batches, Batch, BatchImages, CaptionSource, Loader, LoaderConfig, Partitions, PixelOutput, Sampling,
 };

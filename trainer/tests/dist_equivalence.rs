@@ -130,10 +130,9 @@ fn replica(cfg: &ModelConfig, loss: Loss, seed: i64) -> Replica {
 }
 
 fn optim() -> OptimConfig {
-    // Defaults, clipping included: the global-norm clip must see the same
-    // (global) gradient too.
     OptimConfig {
         lr: LR,
+        grad_clip_norm: 1.0, // not the default: the clip must see the same (global) norm
         ..OptimConfig::default()
     }
 }

@@ -132,6 +132,7 @@ fn train_config(loss: LossKind, loss_tile: usize, accum: usize, micro_rows: i64)
 fn optim() -> OptimConfig {
     OptimConfig {
         lr: LR,
+        grad_clip_norm: 1.0, // not the default: the clip must see the same (global) norm
         ..OptimConfig::default()
     }
 }

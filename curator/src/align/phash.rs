@@ -1,9 +1,9 @@
 //! A 64-bit perceptual hash (DCT pHash) and the Hamming distance between two of them.
 //!
-//! The image is decoded (transparent pixels over white), turned grey (Rec. 601 luma, as the
-//! `image` crate's `to_luma8` does), scaled to 32×32, and transformed with a 2-D DCT-II; the
-//! 8×8 lowest frequencies (the DC term included) are compared with their median: bit
-//! `63 − (8u + v)` is set when coefficient (u, v) is above it. Re-encoding, mild resizing
+//! The image is decoded (`dataloader::decode_rgb`: alpha dropped, as PIL does), turned grey
+//! (Rec. 601 luma, as the `image` crate's `to_luma8` does), scaled to 32×32, and transformed
+//! with a 2-D DCT-II; the 8×8 lowest frequencies (the DC term included) are compared with their
+//! median: bit `63 − (8u + v)` is set when coefficient (u, v) is above it. Re-encoding, mild resizing
 //! or a brightness shift moves few of these bits; a different picture moves about half.
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, RgbImage};

@@ -13,13 +13,29 @@ fn encode_png(image: DynamicImage) -> Vec<u8> {
 }
 
 #[test]
-fn alpha_is_composited_onto_white() {
+fn png_alpha_is_dropped_like_pil_convert_rgb() {
+    // PIL's convert("RGB") (open_clip_train's and CLIP_benchmark's decode) keeps the colour
+    // stored under a transparent pixel; dataloader/tests/transform_parity.rs checks PIL's own
+    // output for RGBA, LA and palette images.
+    let mut rgba = RgbaImage::new(3, 1);
+    rgba.put_pixel(0, 0, Rgba([0, 0, 0, 0]));
+    rgba.put_pixel(1, 0, Rgba([10, 20, 30, 255]));
+    rgba.put_pixel(2, 0, Rgba([200, 100, 50, 128]));
+    let bytes = encode_png(DynamicImage::ImageRgba8(rgba));
+    let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+    assert_eq!(rgb.get_pixel(0, 0), &Rgb([0, 0, 0]));
+    assert_eq!(rgb.get_pixel(1, 0), &Rgb([10, 20, 30]));
+    assert_eq!(rgb.get_pixel(2, 0), &Rgb([200, 100, 50]));
+}
+
+#[test]
+fn alpha_is_composited_onto_white_for_rewriting() {
     let mut rgba = RgbaImage::new(3, 1);
     rgba.put_pixel(0, 0, Rgba([0, 0, 0, 0])); // fully transparent black → white
     rgba.put_pixel(1, 0, Rgba([10, 20, 30, 255])); // opaque → unchanged
     rgba.put_pixel(2, 0, Rgba([0, 0, 0, 128])); // half black over white → ~127
     let bytes = encode_png(DynamicImage::ImageRgba8(rgba));
-    let rgb = decode_rgb(&bytes, DEFAULT_MAX_PIXELS).unwrap();
+    let rgb = decode_rgb_over_white(&bytes, DEFAULT_MAX_PIXELS).unwrap();
     assert_eq!(rgb.get_pixel(0, 0), &Rgb([255, 255, 255]));
     assert_eq!(rgb.get_pixel(1, 0), &Rgb([10, 20, 30]));
     assert_eq!(rgb.get_pixel(2, 0), &Rgb([127, 127, 127]));

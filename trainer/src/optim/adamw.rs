@@ -10,7 +10,10 @@ use tch::{Kind, Tensor};
 use super::fused::{FusedError, FusedGroup, FusedStep};
 use crate::field::FieldError;
 
-/// The `[optim]` section of a train config. Defaults are open_clip's for ViTs.
+/// The `[optim]` section of a train config. Defaults are open_clip_train's for ViTs (`--lr`,
+/// `--wd`, `--beta1/2`, `--eps` as `get_default_params` gives them for a model name with "vit";
+/// no `--grad-clip-norm`; its two parameter groups), so a config that names only what an
+/// open_clip_train command line names trains the same recipe (scripts/bench/train_parity).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
@@ -24,11 +27,12 @@ pub struct OptimConfig {
     pub beta2: f64,
     /// Adam ε (open_clip uses 1e-6 for ViTs).
     pub eps: f64,
-    /// Clip the global gradient L2 norm to this value; 0 disables clipping.
+    /// Clip the global gradient L2 norm to this value; 0 (the default, as open_clip_train
+    /// without `--grad-clip-norm`) disables clipping.
     pub grad_clip_norm: f64,
-    /// Also decay `token_embedding`/`positional_embedding`. open_clip decays every
-    /// tensor with ≥ 2 dims, embeddings included; ferroclip's default leaves
-    /// embeddings undecayed, as they are lookups rather than linear maps.
+    /// Decay `token_embedding`/`positional_embedding` (and the vision tower's positional
+    /// embedding) like every other tensor with ≥ 2 dims: open_clip_train's rule, the default.
+    /// `false` leaves embeddings undecayed, as lookups rather than linear maps.
     pub decay_embeddings: bool,
     /// Shard the AdamW state over the workers (ZeRO stage 1): each holds 1/W of the
     /// moments; gradients are reduce-scattered and parameters all-gathered. The same steps,
@@ -67,8 +71,8 @@ impl Default for OptimConfig {
             beta1: 0.9,
             beta2: 0.98,
             eps: 1e-6,
-            grad_clip_norm: 1.0,
-            decay_embeddings: false,
+            grad_clip_norm: 0.0,
+            decay_embeddings: true,
             shard: false,
             grad_reduce: GradReduce::Fp32,
             ema_decay: None,
@@ -117,7 +121,9 @@ impl OptimConfig {
 }
 
 /// Whether a parameter gets weight decay: matrices do; biases, LayerNorm gains,
-/// the class token, `logit_scale` (and embeddings unless `decay_embeddings`) don't.
+/// the class token, `logit_scale` (and embeddings unless `decay_embeddings`) don't. With the
+/// default config these are open_clip_train's two groups (its `exclude`: `p.ndim < 2` or a
+/// name containing `bn`, `ln`, `bias` or `logit_scale`).
 pub fn decays(name: &str, param: &Tensor, cfg: &OptimConfig) -> bool {
     let leaf = name.rsplit('.').next().unwrap_or(name);
     let is_norm = name.contains(".ln_") || name.starts_with("ln_") || name.contains("visual.ln_");
@@ -517,7 +523,10 @@ mod tests {
 
     #[test]
     fn decay_groups_follow_names_and_dims() {
-        let cfg = OptimConfig::default();
+        let cfg = OptimConfig {
+            decay_embeddings: false,
+            ..OptimConfig::default()
+        };
         let m = Tensor::zeros([4, 4], (Kind::Float, tch::Device::Cpu));
         let v = Tensor::zeros([4], (Kind::Float, tch::Device::Cpu));
         assert!(decays("visual.transformer.resblocks.0.attn.in_proj_weight", &m, &cfg));
