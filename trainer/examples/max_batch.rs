@@ -112,6 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             loss_tile,
             precision: Precision::Fp32,
             accum_steps: accum,
+            overlap_reduce: false,
         };
         let mut step = TrainStep::new(&model, optimizer.into(), settings, &Solo, Device::Cpu);
         let mut batches = RandomBatches {

@@ -8,11 +8,13 @@
 //! The workers are threads of one process joined by `LocalGroup`; the tests through real
 //! MPI processes and the CLI are in tests/cli_grad_cache.rs at the workspace root.
 
-use std::collections::{BTreeMap, VecDeque};
+mod step_data;
 
-use tch::nn;
-use tch::{Device, Kind, Tensor};
-use trainer::data::{BatchSource, TensorBatch};
+use std::collections::BTreeMap;
+
+use step_data::{max_diff, new_model, rank_slices, snapshot, Data};
+use tch::Device;
+use trainer::data::BatchSource;
 use trainer::dist::local::{LocalGroup, LocalMember};
 use trainer::dist::Collective;
 use trainer::loss::LossKind;
@@ -21,7 +23,7 @@ use trainer::optim::{AdamW, OptimConfig};
 use trainer::train::config::TrainConfig;
 use trainer::train::ddp::broadcast_parameters;
 use trainer::train::step::TrainStep;
-use trainer::{clip_loss, loss::siglip_loss, Clip, ModelConfig, TrainError};
+use trainer::{clip_loss, loss::siglip_loss, ModelConfig};
 
 const WORLD: usize = 2;
 const MICRO: i64 = 3; // B: rows per micro-batch and worker
@@ -31,86 +33,6 @@ const STEPS: usize = 5;
 const LR: f64 = 5e-4;
 const SEED: i64 = 31_337;
 const TOLERANCE: f64 = 1e-5;
-
-static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn seeded<T>(seed: i64, make: impl FnOnce() -> T) -> T {
-    let _guard = SEEDED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    tch::manual_seed(seed);
-    make()
-}
-
-/// Every step's global batch, as plain values shared by the threads.
-struct Data {
-    image_size: i64,
-    context: i64,
-    images: Vec<Vec<f32>>,
-    tokens: Vec<Vec<i64>>,
-}
-
-impl Data {
-    fn new(cfg: &ModelConfig) -> Data {
-        let (image_size, context) = (cfg.vision.image_size, cfg.text.context_length);
-        seeded(SEED, || {
-            let (mut images, mut tokens) = (Vec::new(), Vec::new());
-            for _ in 0..STEPS {
-                let img = Tensor::randn([GLOBAL, 3, image_size, image_size], (Kind::Float, Device::Cpu));
-                images.push(Vec::<f32>::try_from(img.flatten(0, -1)).expect("f32 images"));
-                let mut rows = Vec::new();
-                for row in 0..GLOBAL {
-                    let words = 3 + (row % (context - 5));
-                    let ids = Tensor::randint_low(1, 40_000, [words], (Kind::Int64, Device::Cpu));
-                    let mut line = vec![49406i64];
-                    line.extend(Vec::<i64>::try_from(&ids).expect("i64 ids"));
-                    line.push(49407);
-                    line.resize(context as usize, 0);
-                    rows.extend(line);
-                }
-                tokens.push(rows);
-            }
-            Data {
-                image_size,
-                context,
-                images,
-                tokens,
-            }
-        })
-    }
-
-    /// Rows `start..start + rows` of step `step`'s global batch.
-    fn batch(&self, step: usize, start: i64, rows: i64) -> TensorBatch {
-        let pixels = (3 * self.image_size * self.image_size) as usize;
-        let c = self.context as usize;
-        let (a, b) = (start as usize, (start + rows) as usize);
-        TensorBatch::from_flat(
-            &self.images[step][a * pixels..b * pixels],
-            &self.tokens[step][a * c..b * c],
-            rows as usize,
-            self.image_size as usize,
-            step as u64,
-        )
-    }
-}
-
-/// Batches in hand: rank r's K micro-batches of every step, rows r·K·B.. of the global batch.
-struct Slices(VecDeque<TensorBatch>);
-
-impl BatchSource for Slices {
-    fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
-        Ok(self.0.pop_front().expect("a test batch per micro-step"))
-    }
-}
-
-fn rank_slices(data: &Data, rank: usize, micro_rows: i64, accum: usize) -> Slices {
-    let mut batches = VecDeque::new();
-    for step in 0..STEPS {
-        for k in 0..accum {
-            let start = (rank * accum + k) as i64 * micro_rows;
-            batches.push_back(data.batch(step, start, micro_rows));
-        }
-    }
-    Slices(batches)
-}
 
 fn model_config(loss: LossKind) -> ModelConfig {
     let mut cfg = ModelConfig::preset("nano").expect("nano preset");
@@ -135,21 +57,6 @@ fn optim() -> OptimConfig {
         grad_clip_norm: 1.0, // not the default: the clip must see the same (global) norm
         ..OptimConfig::default()
     }
-}
-
-fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Vec<f32>> {
-    vs.variables()
-        .into_iter()
-        .map(|(name, t)| (name, Vec::<f32>::try_from(t.detach().flatten(0, -1)).expect("f32")))
-        .collect()
-}
-
-fn new_model(cfg: &ModelConfig, seed: i64) -> (nn::VarStore, Clip) {
-    seeded(seed, || {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let model = Clip::new(&vs.root(), cfg);
-        (vs, model)
-    })
 }
 
 /// The reference: one process, the whole K·W·B batch, the plain single-process loss.
@@ -230,25 +137,10 @@ fn train_rank(
     snapshot(&vs)
 }
 
-fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (f64, String) {
-    let mut worst = (0.0, String::new());
-    for (name, x) in a {
-        let d = x
-            .iter()
-            .zip(&b[name])
-            .map(|(p, q)| (p - q).abs() as f64)
-            .fold(0.0, f64::max);
-        if d > worst.0 {
-            worst = (d, name.clone());
-        }
-    }
-    worst
-}
-
 /// Max |workers − one process| over the parameters after `STEPS` steps.
 fn run(loss: LossKind, accumulation: Accumulation) -> (f64, String) {
     tch::set_num_threads(1);
-    let data = Data::new(&model_config(loss));
+    let data = Data::new(&model_config(loss), STEPS, GLOBAL, SEED);
     let single = train_single(loss, &data);
     let ranks = LocalGroup::run(WORLD, |coll| train_rank(loss, accumulation, &data, coll));
     assert_eq!(
@@ -298,7 +190,7 @@ fn cached_micro_batches_under_bf16_autocast_match_one_bf16_batch() {
     // update match one plain bf16 step over the same rows, to bf16's precision.
     tch::set_num_threads(1);
     let cfg = model_config(LossKind::Clip);
-    let data = Data::new(&cfg);
+    let data = Data::new(&cfg, STEPS, GLOBAL, SEED);
     let run_one = |accum: usize| {
         let (vs, model) = new_model(&cfg, SEED);
         let rows = GLOBAL / accum as i64;
@@ -333,7 +225,7 @@ fn activation_checkpointing_in_the_train_step_changes_no_number() {
     // The train loop's own step, gradient-cached, with both towers recomputing their blocks:
     // the parameters after 5 steps are those of the plain step.
     tch::set_num_threads(1);
-    let data = Data::new(&model_config(LossKind::Clip));
+    let data = Data::new(&model_config(LossKind::Clip), STEPS, GLOBAL, SEED);
     let run_with = |checkpointing: bool| {
         let mut cfg = model_config(LossKind::Clip);
         cfg.grad_checkpointing = checkpointing;

@@ -52,10 +52,20 @@ impl FeatureGrads {
         logit_scale: &Tensor,
         logit_bias: Option<&Tensor>,
     ) -> Tensor {
-        let kind = accumulation_kind(image_features);
-        let mut total = (image_features * &self.image).sum(kind)
-            + (text_features * &self.text).sum(kind)
-            + (logit_scale * &self.logit_scale).sum(kind);
+        self.image_surrogate(image_features) + self.rest_surrogate(text_features, logit_scale, logit_bias)
+    }
+
+    /// The image tower's term of [`FeatureGrads::surrogate`], `(img·gI).sum()`: backpropagated
+    /// alone, it reaches the image tower only (the overlapped step's first backward pass).
+    pub fn image_surrogate(&self, image_features: &Tensor) -> Tensor {
+        (image_features * &self.image).sum(accumulation_kind(image_features))
+    }
+
+    /// The other terms of [`FeatureGrads::surrogate`]: the text features', the scale's and
+    /// the bias's.
+    pub fn rest_surrogate(&self, text_features: &Tensor, logit_scale: &Tensor, logit_bias: Option<&Tensor>) -> Tensor {
+        let kind = accumulation_kind(text_features);
+        let mut total = (text_features * &self.text).sum(kind) + (logit_scale * &self.logit_scale).sum(kind);
         if let (Some(bias), Some(grad)) = (logit_bias, &self.logit_bias) {
             total += (bias * grad).sum(kind);
         }

@@ -5,7 +5,7 @@ use tch::nn::{self, Init, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::recompute::{backward_recomputing, forward_keeping_inputs, TowerTape};
+use super::recompute::{backward_recomputing, forward_keeping_inputs, Tower, TowerTape};
 use super::text::TextTransformer;
 use super::vision::VisionTransformer;
 
@@ -20,6 +20,31 @@ pub struct ForwardPass {
     pub logit_scale: Tensor,
     image: Option<(TowerTape, Tensor)>,
     text: Option<(TowerTape, Tensor)>,
+}
+
+/// What [`Clip::backward_image`] leaves of a forward pass: the text tower's tape, if any.
+#[derive(Debug)]
+pub struct TextBackward {
+    text: Option<(TowerTape, Tensor)>,
+}
+
+/// Backpropagates `surrogate` into `tower` (and whatever else it reaches): one call, then,
+/// when the tower has a tape, one per recomputed block and one for its stem.
+fn backward_tower(
+    tower: &impl Tower,
+    tape: Option<(TowerTape, Tensor)>,
+    surrogate: &Tensor,
+    train: bool,
+    backprop: &mut Backprop,
+) {
+    let tops: Vec<&Tensor> = tape.iter().map(|(tape, _)| &tape.top).collect();
+    let top_grad = backprop(surrogate, &tops).pop();
+    if let Some((tape, input)) = tape {
+        let grad = top_grad.unwrap_or_else(|| tape.top.zeros_like());
+        backward_recomputing(tower, &input, tape, grad, train, &mut |s, leaf| {
+            backprop(s, leaf.into_iter().collect::<Vec<_>>().as_slice()).pop()
+        });
+    }
 }
 
 /// Backpropagates a surrogate into the parameters (adding their gradients to a step's) and
@@ -164,6 +189,28 @@ impl Clip {
                 through_blocks(leaf, s)
             });
         }
+    }
+
+    /// The first half of [`Clip::backward`] split by tower, for a step that reduces the image
+    /// tower's gradients while the text tower backpropagates (`optim.overlap_reduce`):
+    /// backpropagates `image_surrogate` (a function of `pass.image_features` only) through
+    /// the image tower, recomputing its blocks when it has a tape. When it returns, every
+    /// image-tower parameter has its whole gradient; [`Clip::backward_text`] does the rest.
+    pub fn backward_image(
+        &self,
+        pass: ForwardPass,
+        image_surrogate: &Tensor,
+        train: bool,
+        backprop: &mut Backprop,
+    ) -> TextBackward {
+        backward_tower(&self.visual, pass.image, image_surrogate, train, backprop);
+        TextBackward { text: pass.text }
+    }
+
+    /// The second half: backpropagates `rest_surrogate` (the text features', scale's and
+    /// bias's terms) through the text tower and the scalars.
+    pub fn backward_text(&self, rest: TextBackward, rest_surrogate: &Tensor, train: bool, backprop: &mut Backprop) {
+        backward_tower(&self.text, rest.text, rest_surrogate, train, backprop);
     }
 
     /// The learned log temperature (a 0-dim variable).

@@ -20,7 +20,7 @@ pub mod transformer;
 pub mod vision;
 pub mod weights;
 
-pub use clip::{l2_normalize, Backprop, Clip, ForwardPass, MAX_LOGIT_SCALE};
+pub use clip::{l2_normalize, Backprop, Clip, ForwardPass, TextBackward, MAX_LOGIT_SCALE};
 pub use config::{ConfigError, ModelConfig, ModelSpec, ModelSpecError, TextConfig, VisionConfig};
 pub use text::TextTransformer;
 pub use vision::VisionTransformer;

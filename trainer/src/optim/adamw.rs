@@ -50,6 +50,11 @@ pub struct OptimConfig {
     /// per group on CUDA) instead of ten elementwise ops per parameter: the same update up to
     /// float rounding (≈1e-7), several times faster.
     pub fused: bool,
+    /// Start the image tower's gradient all-reduce, on a communication thread, as soon as its
+    /// backward pass is done, while the text tower's backward runs (the replicated optimizer
+    /// only). The same sums; it hides communication behind computation where the wire, not
+    /// the cores, is the bottleneck (docs/benchmarks.md, `overlap`).
+    pub overlap_reduce: bool,
 }
 
 /// The dtype of the gradient all-reduce (`optim.grad_reduce`).
@@ -77,6 +82,7 @@ impl Default for OptimConfig {
             grad_reduce: GradReduce::Fp32,
             ema_decay: None,
             fused: true,
+            overlap_reduce: false,
         }
     }
 }
@@ -104,6 +110,14 @@ impl OptimConfig {
                 "grad_reduce",
                 "\"bf16\" applies to the replicated optimizer's all-reduce; with optim.shard the gradients are \
                  reduce-scattered in fp32"
+                    .into(),
+            );
+        }
+        if self.shard && self.overlap_reduce {
+            return bad(
+                "overlap_reduce",
+                "overlaps the replicated optimizer's all-reduce; with optim.shard the gradients are \
+                 reduce-scattered after the whole backward pass (set one of the two)"
                     .into(),
             );
         }
@@ -193,6 +207,29 @@ impl Gradients {
                 }
             }
         });
+    }
+
+    /// Moves out the gradients where `mask` is true (the rest stay; the moved ones become
+    /// undefined here): one tower's share, to be reduced apart.
+    pub fn split_where(&mut self, mask: &[bool]) -> Gradients {
+        let grads = self
+            .grads
+            .iter_mut()
+            .zip(mask.iter().chain(std::iter::repeat(&false)))
+            .map(|(g, &take)| {
+                if take {
+                    std::mem::replace(g, Tensor::new())
+                } else {
+                    Tensor::new()
+                }
+            })
+            .collect();
+        Gradients { grads }
+    }
+
+    /// Which gradients are defined, in order.
+    pub fn defined(&self) -> Vec<bool> {
+        self.grads.iter().map(Tensor::defined).collect()
     }
 
     /// The gradient tensors, to be synchronised or rescaled in place (DDP).

@@ -93,13 +93,9 @@ impl Optimizer {
         coll: &dyn Collective,
     ) -> Result<UpdateReport, OptimStepError> {
         match self {
-            Optimizer::Replicated { adamw, sync } => {
+            Optimizer::Replicated { sync, .. } => {
                 let comm_s = sync.all_reduce(&mut grads, 1.0, coll)?.seconds;
-                let grad_norm = grads.norm();
-                if grad_norm.is_finite() {
-                    adamw.step(&mut grads, grad_norm, lr)?;
-                }
-                Ok(UpdateReport { grad_norm, comm_s })
+                self.step_summed(grads, lr, comm_s)
             }
             Optimizer::Sharded(sharded) => {
                 let started = Instant::now();
@@ -110,6 +106,32 @@ impl Optimizer {
                 })
             }
         }
+    }
+
+    /// The gradient all-reduce of the replicated optimizer (`None` when sharded, which
+    /// reduce-scatters inside [`Optimizer::sync_and_step`]): for a step that reduces its
+    /// gradients itself, overlapped with the backward pass, then calls
+    /// [`Optimizer::step_summed`].
+    pub fn grad_sync(&self) -> Option<&GradSync> {
+        match self {
+            Optimizer::Replicated { sync, .. } => Some(sync),
+            Optimizer::Sharded(_) => None,
+        }
+    }
+
+    /// [`Optimizer::sync_and_step`] for gradients already summed over the ranks (through
+    /// [`Optimizer::grad_sync`]); `comm_s` is the exchange's exposed time, for the report.
+    /// Only the replicated optimizer takes summed gradients: a sharded one panics (the config
+    /// refuses `optim.overlap_reduce` with `optim.shard`).
+    pub fn step_summed(&mut self, mut grads: Gradients, lr: f64, comm_s: f64) -> Result<UpdateReport, OptimStepError> {
+        let Optimizer::Replicated { adamw, .. } = self else {
+            panic!("the sharded optimizer reduce-scatters its own gradients: it takes no summed ones");
+        };
+        let grad_norm = grads.norm();
+        if grad_norm.is_finite() {
+            adamw.step(&mut grads, grad_norm, lr)?;
+        }
+        Ok(UpdateReport { grad_norm, comm_s })
     }
 
     /// This rank's optimizer state (the whole state, or its shard), by name.

@@ -165,6 +165,7 @@ impl TrainConfig {
             loss_tile: self.loss_tile,
             precision: self.precision,
             accum_steps: self.data.accum_steps,
+            overlap_reduce: self.optim.overlap_reduce,
         }
     }
 

@@ -105,6 +105,8 @@ struct Window {
     samples: u64,
     data_wait_s: f64,
     comm_s: f64,
+    /// Communication that ran during a backward pass (`optim.overlap_reduce`).
+    comm_hidden_s: f64,
 }
 
 impl Window {
@@ -114,6 +116,7 @@ impl Window {
             samples: 0,
             data_wait_s: 0.0,
             comm_s: 0.0,
+            comm_hidden_s: 0.0,
         }
     }
 }
@@ -172,6 +175,7 @@ impl Metrics {
         self.window.samples += self.global_batch;
         self.window.data_wait_s += outcome.data_wait_s;
         self.window.comm_s += outcome.comm_s;
+        self.window.comm_hidden_s += outcome.overlap.map_or(0.0, |o| o.hidden_s);
         let step = progress.step;
         let Some((writer, events)) = self
             .writer
@@ -195,6 +199,7 @@ impl Metrics {
             "samples_per_s": samples_per_s,
             "data_wait_frac": window.data_wait_s / secs,
             "comm_frac": window.comm_s / secs,
+            "comm_hidden_frac": window.comm_hidden_s / secs,
             "skipped_steps": progress.skipped_steps,
             "skipped_samples": loader.skip_counts(),
         });

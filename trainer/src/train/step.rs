@@ -12,6 +12,10 @@
 //! inputs and K·B feature rows, for (K − 1)/K of a second forward pass more compute
 //! (docs/architecture.md §3).
 //!
+//! With `optim.overlap_reduce` (and more than one rank) the last backward pass runs tower by
+//! tower: the image tower's, then its gradients' all-reduce on a communication thread while
+//! the text tower's runs (optim/overlap.rs). The gradients and their sums are the same.
+//!
 //! Every rank computes the same global loss and, after the all-reduce, the same gradient
 //! norm, so every rank takes the same decision (step or skip) without talking about it.
 
@@ -23,7 +27,7 @@ use crate::data::{BatchSource, TensorBatch};
 use crate::dist::Collective;
 use crate::loss::{FeatureGrads, LossGrads, LossKind};
 use crate::model::{Clip, ForwardPass};
-use crate::optim::{Gradients, Optimizer};
+use crate::optim::{reduce_during, GradSync, Gradients, Optimizer, OverlapReport};
 use crate::precision::{with_precision, Precision};
 use crate::TrainError;
 
@@ -40,8 +44,11 @@ pub struct StepOutcome {
     pub epoch: u64,
     /// Seconds spent waiting for batches.
     pub data_wait_s: f64,
-    /// Seconds spent exchanging gradients (and, with a sharded optimizer, parameters).
+    /// Seconds spent exchanging gradients (and, with a sharded optimizer, parameters) that
+    /// the step waited for.
     pub comm_s: f64,
+    /// With `optim.overlap_reduce`: when the overlapped exchange ran.
+    pub overlap: Option<OverlapReport>,
 }
 
 /// What the train config chose for the step ([`super::config::TrainConfig::step_settings`]).
@@ -55,6 +62,16 @@ pub struct StepSettings {
     pub precision: Precision,
     /// `data.accum_steps`: micro-batches per step, gradient-cached when more than one.
     pub accum_steps: usize,
+    /// `optim.overlap_reduce`: reduce the image tower's gradients during the text tower's
+    /// backward pass.
+    pub overlap_reduce: bool,
+}
+
+/// A step's gradients before the update: this rank's, or already summed over the ranks by
+/// the overlapped exchange.
+enum StepGradients {
+    Local(Gradients),
+    Summed(Gradients, OverlapReport),
 }
 
 /// How a worker takes steps: the model, its optimizer, and the loss, tiling, precision and
@@ -105,6 +122,7 @@ impl<'a> TrainStep<'a> {
             epoch: 0,
             data_wait_s: 0.0,
             comm_s: 0.0,
+            overlap: None,
         };
         let grads = match self.settings.accum_steps {
             1 => self.one_pass(batches, &mut outcome)?,
@@ -113,7 +131,13 @@ impl<'a> TrainStep<'a> {
         if let Some(grads) = grads {
             // Each rank's gradient is of its share of the one loss over the global batch:
             // their sum is the gradient of that loss.
-            let update = self.optimizer.sync_and_step(grads, lr, self.coll)?;
+            let update = match grads {
+                StepGradients::Local(grads) => self.optimizer.sync_and_step(grads, lr, self.coll)?,
+                StepGradients::Summed(grads, report) => {
+                    outcome.overlap = Some(report);
+                    self.optimizer.step_summed(grads, lr, report.exposed_s)?
+                }
+            };
             (outcome.grad_norm, outcome.comm_s) = (update.grad_norm, update.comm_s);
             if update.grad_norm.is_finite() {
                 self.model.clamp_logit_scale();
@@ -130,7 +154,7 @@ impl<'a> TrainStep<'a> {
         &mut self,
         batches: &mut dyn BatchSource,
         outcome: &mut StepOutcome,
-    ) -> Result<Option<Gradients>, TrainError> {
+    ) -> Result<Option<StepGradients>, TrainError> {
         let batch = self.next_batch(batches, outcome)?;
         let pass = self.encode_for_backward(&batch);
         let loss = self.global_loss(&pass.image_features, &pass.text_features, &pass.logit_scale)?;
@@ -138,7 +162,7 @@ impl<'a> TrainStep<'a> {
         if !outcome.loss.is_finite() {
             return Ok(None);
         }
-        Ok(Some(self.backpropagate(pass, &loss.grads)))
+        Ok(Some(self.backpropagate_last(pass, &loss.grads, None)?))
     }
 
     /// GradCache over `accum_steps` micro-batches (see the module doc). Every micro-batch is
@@ -148,7 +172,7 @@ impl<'a> TrainStep<'a> {
         &mut self,
         batches: &mut dyn BatchSource,
         outcome: &mut StepOutcome,
-    ) -> Result<Option<Gradients>, TrainError> {
+    ) -> Result<Option<StepGradients>, TrainError> {
         // Pass 1: features only, except for the last micro-batch, whose forward pass keeps
         // its graph: it is backpropagated right after the loss, so only the other K − 1 are
         // encoded twice (the memory of one micro-batch's activations is pass 2's anyway).
@@ -185,15 +209,21 @@ impl<'a> TrainStep<'a> {
         let mut grads = self.backpropagate(kept_pass, &loss.grads.rows(row, kept_rows, true));
         drop(kept_batch);
         // Pass 2: every other micro-batch again, with a graph, backpropagating its rows of
-        // the cached features' gradients.
+        // the cached features' gradients; the last one's backward pass may overlap the
+        // exchange.
         row = 0;
-        for batch in micro_batches {
+        let last_encoded = micro_batches.len() - 1;
+        for (index, batch) in micro_batches.into_iter().enumerate() {
             let rows = batch.size as i64;
             let pass = self.encode_for_backward(&batch);
-            grads.accumulate(&self.backpropagate(pass, &loss.grads.rows(row, rows, false)));
+            let rows_grads = loss.grads.rows(row, rows, false);
+            if index == last_encoded {
+                return Ok(Some(self.backpropagate_last(pass, &rows_grads, Some(grads))?));
+            }
+            grads.accumulate(&self.backpropagate(pass, &rows_grads));
             row += rows;
         }
-        Ok(Some(grads))
+        unreachable!("GradCache has at least two micro-batches, so pass 2 encodes one")
     }
 
     /// The next batch, with the time spent waiting for it.
@@ -246,20 +276,100 @@ impl<'a> TrainStep<'a> {
             &pass.logit_scale,
             self.model.logit_bias(),
         );
-        let mut sum = None::<Gradients>;
-        let optimizer = &self.optimizer;
+        let mut sum = None;
         // Recomputed blocks run forward again: under the precision of the first forward.
         with_precision(self.settings.precision, self.device, || {
-            self.model.backward(pass, &surrogate, true, &mut |surrogate, leaves| {
-                let (grads, leaf_grads) = optimizer.backward_with(surrogate, leaves);
-                match sum.as_mut() {
-                    Some(sum) => sum.accumulate(&grads),
-                    None => sum = Some(grads),
-                }
-                leaf_grads
-            })
+            self.model
+                .backward(pass, &surrogate, true, &mut self.summing_into(&mut sum))
         });
         sum.expect("the surrogate's backward pass ran")
+    }
+
+    /// The step's last backward pass, whose gradients (added to `earlier`, the other
+    /// micro-batches') complete the step's: this rank's, or, when the exchange overlaps the
+    /// backward pass, already summed over the ranks.
+    fn backpropagate_last(
+        &self,
+        pass: ForwardPass,
+        grads: &FeatureGrads,
+        earlier: Option<Gradients>,
+    ) -> Result<StepGradients, TrainError> {
+        let sync = self.optimizer.grad_sync().filter(|_| self.overlaps());
+        let Some(sync) = sync else {
+            let mut local = self.backpropagate(pass, grads);
+            if let Some(mut earlier) = earlier {
+                earlier.accumulate(&local);
+                local = earlier;
+            }
+            return Ok(StepGradients::Local(local));
+        };
+        let (summed, report) = self.backpropagate_overlapped(pass, grads, earlier, sync)?;
+        Ok(StepGradients::Summed(summed, report))
+    }
+
+    /// Whether the exchange overlaps the backward pass: asked for, and someone to talk to.
+    fn overlaps(&self) -> bool {
+        self.settings.overlap_reduce && self.coll.world_size() > 1
+    }
+
+    /// The image tower's backward pass; then its gradients (with `earlier`'s share of them)
+    /// are summed over the ranks on a communication thread while the text tower's backward
+    /// pass runs here; then the rest is summed.
+    fn backpropagate_overlapped(
+        &self,
+        pass: ForwardPass,
+        grads: &FeatureGrads,
+        earlier: Option<Gradients>,
+        sync: &GradSync,
+    ) -> Result<(Gradients, OverlapReport), TrainError> {
+        let image_surrogate = grads.image_surrogate(&pass.image_features);
+        let rest_surrogate = grads.rest_surrogate(&pass.text_features, &pass.logit_scale, self.model.logit_bias());
+        let (mut image, mut text) = (None, None);
+        let text_backward = with_precision(self.settings.precision, self.device, || {
+            self.model
+                .backward_image(pass, &image_surrogate, true, &mut self.summing_into(&mut image))
+        });
+        let mut image = image.expect("the image surrogate's backward pass ran");
+        // The image tower's parameters are those its backward pass reached.
+        let mut earlier_rest = None;
+        if let Some(mut earlier) = earlier {
+            let mut earlier_image = earlier.split_where(&image.defined());
+            earlier_image.accumulate(&image);
+            image = earlier_image;
+            earlier_rest = Some(earlier);
+        }
+        let backward_text = || {
+            with_precision(self.settings.precision, self.device, || {
+                self.model
+                    .backward_text(text_backward, &rest_surrogate, true, &mut self.summing_into(&mut text))
+            });
+            let text = text.expect("the rest surrogate's backward pass ran");
+            match earlier_rest {
+                Some(mut earlier) => {
+                    earlier.accumulate(&text);
+                    earlier
+                }
+                None => text,
+            }
+        };
+        Ok(reduce_during(sync, image, self.coll, backward_text)?)
+    }
+
+    /// The backward callback of [`Clip::backward`]: backpropagates a surrogate to the
+    /// parameters, adding their gradients into `sum`, and returns the given leaves' gradients.
+    fn summing_into<'s>(
+        &'s self,
+        sum: &'s mut Option<Gradients>,
+    ) -> impl FnMut(&Tensor, &[&Tensor]) -> Vec<Tensor> + 's {
+        let optimizer = &self.optimizer;
+        move |surrogate, leaves| {
+            let (grads, leaf_grads) = optimizer.backward_with(surrogate, leaves);
+            match sum.as_mut() {
+                Some(sum) => sum.accumulate(&grads),
+                None => *sum = Some(grads),
+            }
+            leaf_grads
+        }
     }
 
     /// The loss over the global batch and the gradients of this rank's features.
