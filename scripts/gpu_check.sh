@@ -20,6 +20,12 @@
 #
 #   scripts/gpu_check.sh [--batch 128] [--steps 10] [--warmup 3] [--model vit-b-32]
 #                        [--train-only] [--variants "fp32 bf16 fp32+device"]
+#
+# --max-batch "vit-b-32 vit-b-16" runs only the big-batch search instead (issue 16's GPU
+# figures): for each model, ferroclip's and open_clip's bf16 step at --batch, doubled while it
+# fits (up to --batch-cap, default 4096); then samples/s, peak memory and MFU (forward MACs x 6
+# x samples/s over the GPU's dense bf16 peak) at the largest batch each fits. --device cpu
+# runs the same search on the CPU (a smoke test of this script; no MFU).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -29,6 +35,9 @@ steps=10
 warmup=3
 model=vit-b-32
 train_only=0
+max_batch_models=""
+batch_cap=4096
+device=cuda
 # Train-loop variants: a precision, optionally "+device" for u8 batches normalised on the GPU
 # (data.normalize = "device").
 variants="fp32 bf16"
@@ -40,6 +49,9 @@ while [[ $# -gt 0 ]]; do
         --model) model="$2"; shift ;;
         --train-only) train_only=1 ;;
         --variants) variants="$2"; shift ;;
+        --max-batch) max_batch_models="$2"; shift ;;
+        --batch-cap) batch_cap="$2"; shift ;;
+        --device) device="$2"; shift ;;
         *) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -115,6 +127,71 @@ print(json.dumps({"label": label, "rc": int(rc), "peak_gpu_mib": float(peak) - f
 EOF
 }
 
+if [[ -d "$bin/pydeps" ]]; then
+    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$bin/pydeps"
+fi
+open_clip_ok=0
+HF_HUB_OFFLINE=1 "$python" -c 'import open_clip' 2> "$work/open_clip_import.log" && open_clip_ok=1
+
+# --- the largest bf16 batch each side fits, for each model (--max-batch) -----------------------
+if [[ -n "$max_batch_models" ]]; then
+    searched="$work/max_batch.jsonl"
+    : > "$searched"
+    for m in $max_batch_models; do
+        for impl in ferroclip open_clip; do
+            if [[ "$impl" == open_clip && "$open_clip_ok" != 1 ]]; then
+                echo "== open_clip unavailable here:"; tail -n 3 "$work/open_clip_import.log"; continue
+            fi
+            b="$batch"
+            while (( b <= batch_cap )); do
+                step_args=(--model "$m" --batch "$b" --warmup "$warmup" --steps "$steps" --threads 4
+                    --device "$device" --precision bf16)
+                if [[ "$impl" == ferroclip ]]; then
+                    run "max_${impl}_${m}_$b" "$bin/step_time" "${step_args[@]}" --collective none
+                else
+                    HF_HUB_OFFLINE=1 run "max_${impl}_${m}_$b" "$python" scripts/bench/openclip_step.py "${step_args[@]}"
+                fi
+                tail -n 1 "$results" | "$python" -c 'import json,sys; r=json.load(sys.stdin); r.update(impl=sys.argv[1], model=sys.argv[2], batch=int(sys.argv[3])); print(json.dumps(r))' \
+                    "$impl" "$m" "$b" >> "$searched"
+                tail -n 1 "$results" | "$python" -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["rc"] == 0 and r["results"] else 1)' || break
+                b=$((b * 2))
+            done
+        done
+    done
+    echo
+    echo "== the largest bf16 batch that fits ($steps timed steps after $warmup warmup; device $device)"
+    nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1
+    "$python" - "$searched" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+ok = [r for r in rows if r["rc"] == 0 and r["results"]]
+# MACs and the peak come from ferroclip's line for the model (the same shapes on both sides).
+fc = {r["model"]: r["results"][0] for r in ok if r["impl"] == "ferroclip"}
+print("| model | impl | largest batch that ran | first that failed | samples/s | peak GPU mem (MiB, nvidia-smi over idle) | torch allocator peak (MiB) | MFU |")
+print("|---|---|---|---|---|---|---|---|")
+for model in dict.fromkeys(r["model"] for r in rows):
+    for impl in ("ferroclip", "open_clip"):
+        tried = [r for r in rows if r["model"] == model and r["impl"] == impl]
+        if not tried:
+            continue
+        good = [r for r in tried if r in ok]
+        failed = [r["batch"] for r in tried if r not in ok]
+        if not good:
+            print(f"| {model} | {impl} | none | {failed[0] if failed else '—'} | — | — | — | — |")
+            continue
+        best = max(good, key=lambda r: r["batch"])
+        res = best["results"][0]
+        sps = res.get("samples_per_s") or best["batch"] / res["median_step_s"]
+        ref = fc.get(model, {})
+        mfu = (ref["macs_per_sample"] * 6 * sps / (ref["peak_tflops"] * 1e12)) if ref.get("peak_tflops") else None
+        print(f"| {model} | {impl} | {best['batch']} | {failed[0] if failed else '— (cap)'} | {sps:.1f} | "
+              f"{best['peak_gpu_mib']:.0f} | {res.get('peak_cuda_allocated_mib', '—')} | "
+              f"{'—' if mfu is None else f'{100 * mfu:.1f}%'} |")
+EOF
+    cp "$searched" "${OUT:-$work}/gpu_max_batch.jsonl" 2>/dev/null || true
+    exit 0
+fi
+
 common=(--model "$model" --batch "$batch" --warmup "$warmup" --steps "$steps" --threads 4)
 if (( ! train_only )); then
 run ferroclip_1gpu "$bin/step_time" "${common[@]}" --device cuda --collective none
@@ -122,10 +199,7 @@ run ferroclip_1gpu_bf16 "$bin/step_time" "${common[@]}" --device cuda --collecti
 run ferroclip_nccl_w1 "$bin/step_time" "${common[@]}" --device cuda --collective nccl
 run ferroclip_nccl_w2_launch "$bin/ferroclip" launch --nproc 2 --backend nccl --log-dir "$work/launch-logs" \
     --worker-cmd "$bin/step_time" -- "${common[@]}" --device cuda --collective nccl
-if [[ -d "$bin/pydeps" ]]; then
-    export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$bin/pydeps"
-fi
-if HF_HUB_OFFLINE=1 "$python" -c 'import open_clip' 2> "$work/open_clip_import.log"; then
+if [[ "$open_clip_ok" == 1 ]]; then
     HF_HUB_OFFLINE=1 run open_clip_1gpu "$python" scripts/bench/openclip_step.py "${common[@]}" --device cuda
     HF_HUB_OFFLINE=1 run open_clip_1gpu_bf16 "$python" scripts/bench/openclip_step.py "${common[@]}" --device cuda --precision bf16
 else

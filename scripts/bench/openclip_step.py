@@ -49,9 +49,9 @@ def build_model(name: str) -> torch.nn.Module:
         vision = CLIPVisionCfg(image_size=64, patch_size=8, layers=4, width=128)
         text = CLIPTextCfg(context_length=32, vocab_size=49408, width=128, heads=2, layers=4)
         return CLIP(embed_dim=128, vision_cfg=vision, text_cfg=text)
-    if name == "vit-b-32":
-        return open_clip.create_model("ViT-B-32")
-    raise ValueError(f"--model: unknown model {name!r} (tiny | vit-b-32)")
+    if name in ("vit-b-32", "vit-b-16"):
+        return open_clip.create_model(name.replace("vit-b", "ViT-B"))
+    raise ValueError(f"--model: unknown model {name!r} (tiny | vit-b-32 | vit-b-16)")
 
 
 def adamw_like_open_clip_train(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -89,7 +89,7 @@ def image_size_of(model: torch.nn.Module) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="time open_clip's CLIP training step")
-    parser.add_argument("--model", choices=["tiny", "vit-b-32"], required=True)
+    parser.add_argument("--model", choices=["tiny", "vit-b-32", "vit-b-16"], required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)

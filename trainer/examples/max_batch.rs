@@ -20,7 +20,6 @@
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
-use trainer::data::{BatchSource, PixelNormalization, TensorBatch};
 use trainer::dist::Solo;
 use trainer::loss::LossKind;
 use trainer::model::{open_clip::open_clip_model_cfg, Clip, ModelConfig};
@@ -29,41 +28,12 @@ use trainer::precision::Precision;
 use trainer::train::step::{StepSettings, TrainStep};
 use trainer::TrainError;
 
+#[path = "bench_support/batches.rs"]
+mod batches;
 #[path = "bench_support/memory.rs"]
 mod memory;
+use batches::RandomBatches;
 use memory::{arg, cap_address_space, status_bytes};
-
-/// Random micro-batches of `rows`: images and captions of the model's shapes.
-struct RandomBatches {
-    rows: i64,
-    image_size: i64,
-    context: i64,
-    u8_levels: bool,
-}
-
-impl BatchSource for RandomBatches {
-    fn next_batch(&mut self) -> Result<TensorBatch, TrainError> {
-        let shape = [self.rows, 3, self.image_size, self.image_size];
-        let (images, normalization) = if self.u8_levels {
-            let levels = Tensor::randint(256, shape, (Kind::Uint8, Device::Cpu));
-            (levels, Some(PixelNormalization::clip()))
-        } else {
-            (Tensor::randn(shape, (Kind::Float, Device::Cpu)), None)
-        };
-        // <start_of_text> random words <end_of_text>, padded: the end token is the largest id.
-        let words = Tensor::randint_low(1, 40_000, [self.rows, self.context], (Kind::Int64, Device::Cpu));
-        let tokens = words.narrow(1, 0, self.context - 1).copy();
-        let tokens = Tensor::cat(
-            &[
-                Tensor::full([self.rows, 1], 49406, (Kind::Int64, Device::Cpu)),
-                tokens.narrow(1, 0, self.context - 2),
-                Tensor::full([self.rows, 1], 49407, (Kind::Int64, Device::Cpu)),
-            ],
-            1,
-        );
-        Ok(TensorBatch::from_tensors(images, normalization, tokens, 0))
-    }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -25,6 +25,7 @@ use trainer::model::ModelConfig;
 use trainer::optim::{AdamW, OptimConfig};
 use trainer::precision::{with_precision, Precision};
 use trainer::train::ddp;
+use trainer::train::throughput::Peak;
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -177,6 +178,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     comm_times.sort_by(|a, b| a.total_cmp(b));
+    // MFU as the train loop logs it: forward MACs × 2 FLOPs × 3 (forward + backward) per
+    // sample, against a known GPU's dense bf16 peak (none for fp32 or a CPU).
+    let samples_per_s = (batch as f64) * (world_size as f64) / median;
+    let macs = cfg.macs_per_sample();
+    let peak = Peak::resolve(None, device, precision);
+    let mfu = peak
+        .as_ref()
+        .map(|p| macs as f64 * 6.0 * samples_per_s / (p.tflops * 1e12 * world_size as f64));
     println!(
         "{}",
         serde_json::json!({
@@ -195,7 +204,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "optim": if fused { "fused" } else { "elementwise" },
             "rank": coll.as_deref().map_or(0, |c| c.rank()),
             "world_size": world_size,
-            "samples_per_s": (batch as f64) * (world_size as f64) / median,
+            "samples_per_s": samples_per_s,
+            "macs_per_sample": macs,
+            "peak_tflops": peak.as_ref().map(|p| p.tflops),
+            "mfu": mfu,
             // Host-side time in the gradient all-reduce (kernels are asynchronous on CUDA).
             "median_grad_sync_s": comm_times.get(comm_times.len() / 2).copied().unwrap_or(0.0),
         })
