@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{assert_ok, f32_tensors, max_abs_diff, require_mpirun, write_shape_shards};
+use common::{assert_ok, f32_tensors, launch_mpi, max_abs_diff, require_mpirun, write_shape_shards};
 
 const TOLERANCE: f64 = 1e-6;
 
@@ -19,25 +19,7 @@ fn config() -> &'static str {
 }
 
 fn launch(dir: &Path, name: &str, workers: usize, shard: bool) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .env("OMP_NUM_THREADS", "1")
-        .args([
-            "launch",
-            "--nproc",
-            &workers.to_string(),
-            "--backend",
-            "mpi",
-            "--log-dir",
-        ])
-        .arg(format!("logs-{name}"))
-        .args(["--", "--config", "t.toml"])
-        .arg(format!("--set=name={name}"))
-        .arg(format!("--set=optim.shard={shard}"))
-        .output()
-        .expect("run launch");
-    assert_ok(&out);
+    launch_mpi(dir, name, workers, &[format!("optim.shard={shard}")]);
 }
 
 fn losses(dir: &Path, name: &str) -> Vec<f64> {

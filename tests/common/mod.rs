@@ -185,6 +185,30 @@ pub fn ferroclip_in(cwd: &Path, args: &[&str]) -> std::process::Output {
         .expect("run ferroclip")
 }
 
+/// `ferroclip launch --nproc WORKERS --backend mpi` of `t.toml` in `dir` as run `name` (logs
+/// in `logs-<name>`), with `--set` overrides; fails the test unless it succeeds.
+pub fn launch_mpi(dir: &Path, name: &str, workers: usize, sets: &[String]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env("OMP_NUM_THREADS", "1")
+        .args([
+            "launch",
+            "--nproc",
+            &workers.to_string(),
+            "--backend",
+            "mpi",
+            "--log-dir",
+        ])
+        .arg(format!("logs-{name}"))
+        .args(["--", "--config", "t.toml"])
+        .arg(format!("--set=name={name}"))
+        .args(sets.iter().map(|set| format!("--set={set}")))
+        .output()
+        .expect("run launch");
+    assert_ok(&out);
+}
+
 /// A finished process's stdout and stderr, for assertion messages.
 pub fn output_text(out: &std::process::Output) -> String {
     format!(
