@@ -6,7 +6,7 @@
 //!
 //! Each rank prints `collective_check ok rank R` and exits 0, or names the
 //! first mismatch and exits 1. With `COLLECTIVE_BENCH_MB=100` rank 0 also
-//! prints the all-reduce bandwidth for a tensor of that many MB.
+//! prints the all-reduce bandwidth for a tensor of that many MB, and the ring pass's.
 
 use std::time::Instant;
 
@@ -195,6 +195,21 @@ fn bench(mpi: &Mpi, megabytes: usize) -> Result<(), String> {
             seconds * 1e3,
             bytes / seconds / 1e9,
             bytes * 2.0 * (world - 1.0) / world / seconds / 1e9
+        );
+    }
+    // The same bytes once around the ring (MPI_Sendrecv: every rank sends and receives at
+    // once), the transport's full-duplex rate.
+    mpi.barrier().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let _ = mpi.ring_pass(&t).map_err(|e| e.to_string())?;
+    }
+    let seconds = start.elapsed().as_secs_f64() / rounds as f64;
+    if mpi.rank() == 0 {
+        println!(
+            "collective_check bench ring_pass {megabytes} MB f32: {:.1} ms, {:.2} GB/s each way",
+            seconds * 1e3,
+            (numel * 4) as f64 / seconds / 1e9
         );
     }
     Ok(())

@@ -87,7 +87,7 @@ class Namespaces:
             base = ["ip", "netns", "exec", self.ns[side], "tc", "qdisc"]
             subprocess.run(base + ["del", "dev", self.veth[side], "root"], stderr=subprocess.DEVNULL)
             if rate:
-                run(base + ["add", "dev", self.veth[side], "root", "tbf", "rate", rate, "burst", "1mb", "latency", "500ms"])
+                run(base + ["add", "dev", self.veth[side], "root", "tbf", "rate", rate, "burst", "256kb", "latency", "10ms"])
 
     def __exit__(self, *exc) -> None:
         for side in "ab":
