@@ -131,8 +131,59 @@ pub struct MpiHosts {
     /// An interface or CIDR network (`eth0`, `10.77.0.0/24`) for both MPI's data
     /// (`btl_tcp_if_include`) and its control channel (`oob_tcp_if_include`).
     pub if_include: Option<String>,
+    /// Which Open MPI transport carries the ranks' messages.
+    pub transport: MpiTransport,
     /// Further mpirun arguments, given as they are.
     pub extra_args: Vec<OsString>,
+}
+
+/// Which Open MPI transport carries the ranks' messages (`ferroclip launch --mpi-transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MpiTransport {
+    /// Open MPI's own choice (on hosts without RDMA devices: ob1 with its TCP btl between
+    /// hosts, shared memory within one).
+    #[default]
+    Default,
+    /// UCX (`pml ucx`), allowed on any device, TCP included: UCX picks the fastest transport
+    /// each pair of ranks has. Over TCP it sends at the link's rate in both directions at
+    /// once, where the tcp btl reaches about half (docs/benchmarks.md, `overlap`).
+    Ucx,
+}
+
+impl std::str::FromStr for MpiTransport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(MpiTransport::Default),
+            "ucx" => Ok(MpiTransport::Ucx),
+            other => Err(format!("unknown MPI transport {other:?} (expected default or ucx)")),
+        }
+    }
+}
+
+impl MpiTransport {
+    /// The mpirun arguments that select it.
+    fn mpirun_args(self) -> Vec<OsString> {
+        match self {
+            MpiTransport::Default => Vec::new(),
+            // Open MPI 4.1 takes UCX only over RDMA devices unless told otherwise.
+            MpiTransport::Ucx => [
+                "--mca",
+                "pml",
+                "ucx",
+                "--mca",
+                "pml_ucx_tls",
+                "any",
+                "--mca",
+                "pml_ucx_devices",
+                "any",
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
+        }
+    }
 }
 
 impl MpiHosts {
@@ -156,6 +207,7 @@ impl MpiHosts {
                 args.extend(["--mca".into(), param.into(), net.into()]);
             }
         }
+        args.extend(self.transport.mpirun_args());
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -213,5 +265,25 @@ mod tests {
             "--hostfile /logs/hostfile --mca plm_rsh_agent ./nsagent.sh \
              --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 --mca btl tcp,self"
         );
+    }
+
+    #[test]
+    fn the_ucx_transport_is_selected_on_any_device_and_bad_names_are_refused() {
+        let hosts = MpiHosts {
+            transport: "ucx".parse().unwrap(),
+            ..MpiHosts::default()
+        };
+        let args: Vec<String> = hosts
+            .mpirun_args(None)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args.join(" "),
+            "--mca pml ucx --mca pml_ucx_tls any --mca pml_ucx_devices any"
+        );
+        assert!(MpiHosts::default().mpirun_args(None).is_empty());
+        let err = "tcp".parse::<MpiTransport>().unwrap_err();
+        assert!(err.contains("\"tcp\"") && err.contains("default or ucx"), "{err}");
     }
 }

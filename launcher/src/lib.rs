@@ -50,7 +50,7 @@ pub mod sweep;
 
 pub use error::{signal_name, FailedAttempt, LaunchError};
 pub use heartbeat::{heartbeat_file, HeartbeatPolicy, DEFAULT_STARTUP_TIMEOUT, HEARTBEAT_DIR_ENV};
-pub use hosts::{read_hostfile, HostList, HostSlots, HostfileError, MpiHosts};
+pub use hosts::{read_hostfile, HostList, HostSlots, HostfileError, MpiHosts, MpiTransport};
 pub use local::{Backend, LaunchReport, LocalLaunch, Placement, DEFAULT_GRACE};
 pub use multinode::{interface_address, MultiNodeError, StaticLaunch, StaticReport};
 pub use output::{Console, SharedWriter};

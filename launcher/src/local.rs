@@ -282,10 +282,12 @@ impl LocalLaunch {
             (None, true) => None,
         };
         let mut exports = vec![(HEARTBEAT_DIR_ENV.to_string(), self.heartbeat_dir().into_os_string())];
-        // FERROCLIP_* settings (and RUST_LOG) reach ranks on other hosts only through -x.
+        // FERROCLIP_* settings (and RUST_LOG, and UCX's settings) reach ranks on other hosts
+        // only through -x.
         for (name, value) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
-            if (name.starts_with(env::PREFIX) || name == "RUST_LOG") && name != HEARTBEAT_DIR_ENV {
+            let forwarded = name.starts_with(env::PREFIX) || name == "RUST_LOG" || name.starts_with("UCX_");
+            if forwarded && name != HEARTBEAT_DIR_ENV {
                 exports.push((name.to_string(), value));
             }
         }

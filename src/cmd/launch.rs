@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use launcher::rendezvous::NodeSpec;
 use launcher::{
-    Backend, HeartbeatPolicy, HostList, LocalLaunch, MpiHosts, RestartPolicy, StaticLaunch, SupervisedLaunch,
+    Backend, HeartbeatPolicy, HostList, LocalLaunch, MpiHosts, MpiTransport, RestartPolicy, StaticLaunch,
+    SupervisedLaunch,
 };
 
 /// Start N local workers, multiplex their output by rank and stop them all if one fails.
@@ -88,6 +89,11 @@ pub struct Args {
     /// mpi: interface or CIDR network for MPI traffic (btl_tcp_if_include and oob_tcp_if_include).
     #[arg(long)]
     mpi_if_include: Option<String>,
+    /// mpi: the transport between ranks: `default` (Open MPI's choice) or `ucx` (UCX on any
+    /// device; over TCP about twice the tcp btl's all-reduce rate, docs/benchmarks.md). UCX picks
+    /// its interfaces itself (`UCX_NET_DEVICES` pins them; UCX_* variables reach every rank).
+    #[arg(long, default_value = "default")]
+    mpi_transport: MpiTransport,
     /// mpi: one more argument for mpirun, as is (repeat the flag for several).
     #[arg(long, allow_hyphen_values = true)]
     mpirun_arg: Vec<OsString>,
@@ -132,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         hosts: args.hosts.clone().unwrap_or_default(),
         rsh_agent: args.rsh_agent.clone(),
         if_include: args.mpi_if_include.clone(),
+        transport: args.mpi_transport,
         extra_args: args.mpirun_arg.clone(),
     };
     let host_slots = match (&args.hostfile, &args.hosts) {

@@ -188,6 +188,11 @@ pub fn ferroclip_in(cwd: &Path, args: &[&str]) -> std::process::Output {
 /// `ferroclip launch --nproc WORKERS --backend mpi` of `t.toml` in `dir` as run `name` (logs
 /// in `logs-<name>`), with `--set` overrides; fails the test unless it succeeds.
 pub fn launch_mpi(dir: &Path, name: &str, workers: usize, sets: &[String]) {
+    launch_mpi_with(dir, name, workers, &[], sets);
+}
+
+/// [`launch_mpi`] with more `launch` flags.
+pub fn launch_mpi_with(dir: &Path, name: &str, workers: usize, launch_flags: &[&str], sets: &[String]) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferroclip"))
         .current_dir(dir)
         .env("RUST_LOG", "warn")
@@ -201,6 +206,7 @@ pub fn launch_mpi(dir: &Path, name: &str, workers: usize, sets: &[String]) {
             "--log-dir",
         ])
         .arg(format!("logs-{name}"))
+        .args(launch_flags)
         .args(["--", "--config", "t.toml"])
         .arg(format!("--set=name={name}"))
         .args(sets.iter().map(|set| format!("--set={set}")))

@@ -17,7 +17,7 @@ under torch DistributedDataParallel (gloo; `ddp_step.py`), which overlaps every 
 through autograd hooks, on the same link right after.
 
     scripts/bench/overlap/run [--model vit-b-32] [--batch 16] [--links "shm veth veth-1gbit"]
-                              [--steps 4] [--warmup 1] [--no-peer] [--no-record]
+                              [--steps 4] [--warmup 1] [--mpi-transport ob1|ucx] [--no-peer] [--no-record]
 
 Needs root (namespaces, tc), Open MPI, and .venv-ref for the peer. Every process runs inside
 the namespaces it talks in (nothing is sent to their addresses from this namespace); the
@@ -41,6 +41,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 NET = "10.213.78.0/24"
 ADDR = {"a": "10.213.78.1", "b": "10.213.78.2"}
+# How ferroclip's ranks in the two namespaces talk: Open MPI's TCP transport (ob1 + the tcp btl, its
+# default), or UCX's TCP transport (pml ucx), which reaches the link's rate in both directions.
+MPI_TRANSPORTS = {
+    "ob1": ["--mca", "btl", "tcp,self"],
+    "ucx": ["--mca", "pml", "ucx", "--mca", "pml_ucx_tls", "any", "--mca", "pml_ucx_devices", "any",
+            "-x", "UCX_TLS=tcp,self", "--mca", "osc", "^ucx"],
+}
 OPEN_CLIP_NAMES = {"tiny": None, "vit-b-32": "ViT-B-32", "vit-b-16": "ViT-B-16"}
 
 
@@ -121,8 +128,8 @@ def ferroclip(link: str, nets: Namespaces | None, args: argparse.Namespace, work
             "--host", f"{nets.ns['a']}:1,{nets.ns['b']}:1",
             "--mca", "plm_rsh_agent", str(nets.agent),
             "--mca", "btl_tcp_if_include", NET, "--mca", "oob_tcp_if_include", NET,
-            "--mca", "btl", "tcp,self", "--mca", "rtc_hwloc_vmhole", "none",
-        ] + step_args
+            "--mca", "rtc_hwloc_vmhole", "none",
+        ] + MPI_TRANSPORTS[args.mpi_transport] + step_args
         env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(launcher_tmp))
     print(f"  ferroclip on {link}: {shlex.join(cmd)}", file=sys.stderr)
     out = subprocess.run(cmd, text=True, capture_output=True, env=env, timeout=3000)
@@ -161,6 +168,8 @@ def main() -> None:
     parser.add_argument("--links", default="shm veth veth-1gbit")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--mpi-transport", default="ob1", choices=sorted(MPI_TRANSPORTS),
+                        help="ferroclip's transport between namespaces (shm runs use shared memory)")
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -198,7 +207,8 @@ def main() -> None:
 def render(rows: list[dict], args: argparse.Namespace, started, load, with_peer: bool) -> str:
     command = "scripts/bench/overlap/run " + " ".join(
         f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in
-        [("model", args.model), ("batch", args.batch), ("links", args.links), ("steps", args.steps), ("warmup", args.warmup)])
+        [("model", args.model), ("batch", args.batch), ("links", args.links), ("steps", args.steps), ("warmup", args.warmup),
+         ("mpi-transport", args.mpi_transport)])
     if not with_peer:
         command += " --no-peer"
     lines = [
