@@ -246,6 +246,9 @@ impl SbatchSpec {
             }
             SlurmBackend::Mpi => {
                 line("# (MPI forms the world itself; MASTER_ADDR is for tools that want rank 0's host.)");
+                line("# Between nodes joined by TCP only, Open MPI's UCX layer sends at the link's rate where");
+                line("# its tcp btl reaches about half (`launch --mpi-transport ucx`); to use it, uncomment:");
+                line("# export OMPI_MCA_pml=ucx OMPI_MCA_pml_ucx_tls=any OMPI_MCA_pml_ucx_devices=any");
             }
         }
         line("");
