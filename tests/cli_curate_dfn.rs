@@ -4,7 +4,7 @@
 //! swapped ones; saved scores reproduce the run without the model; and two MPI ranks
 //! (metaclip counts and the DFN threshold all-reduced) write the same shards as one process.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use dataloader::{ShardSample, ShardWriter};
 use image::ImageEncoder;
@@ -22,12 +22,7 @@ const COLOURS: [(&str, [u8; 3]); 6] = [
 ];
 
 fn ferroclip(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ferroclip")
+    common::ferroclip_in(cwd, args)
 }
 
 fn stderr(out: &Output) -> String {

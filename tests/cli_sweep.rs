@@ -9,12 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 fn ferroclip(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ferroclip")
+    common::ferroclip_in(cwd, args)
 }
 
 /// 16 samples (2 steps of 8) for the first run; the second is long enough to be

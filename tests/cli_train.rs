@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use dataloader::{ShardSample, ShardWriter};
 
@@ -14,12 +14,7 @@ fn write_shards(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn ferroclip(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferroclip"))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run ferroclip")
+    common::ferroclip_in(cwd, args)
 }
 
 fn config(shards: &str, steps: u64) -> String {

@@ -8,10 +8,13 @@
 //! distributed code. Real math throughout: the nano model, AdamW, gradient
 //! clipping, the logit-scale clamp.
 
+mod step_data;
+
 use std::collections::BTreeMap;
 
+use step_data::{seeded, snapshot, Data};
 use tch::nn::{self, Init};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 use trainer::dist::local::{LocalGroup, LocalMember};
 use trainer::dist::{Collective, DistError};
 use trainer::loss::{
@@ -32,16 +35,6 @@ const LR: f64 = 5e-4;
 const SEED: i64 = 20240;
 const TOLERANCE: f64 = 1e-5;
 
-/// tch's generator is global and the tests of this file run in parallel:
-/// every seeded section holds this lock.
-static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn seeded<T>(seed: i64, make: impl FnOnce() -> T) -> T {
-    let _guard = SEEDED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    tch::manual_seed(seed);
-    make()
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Loss {
     Clip,
@@ -55,61 +48,6 @@ enum Columns {
     Exchanged,
     /// Deliberately incomplete: each rank keeps only the column terms of its own loss.
     OwnOnly,
-}
-
-/// The global batches of every step, as plain values (shared by all threads).
-struct Data {
-    image_size: i64,
-    context: i64,
-    images: Vec<Vec<f32>>,
-    tokens: Vec<Vec<i64>>,
-}
-
-impl Data {
-    fn new(cfg: &ModelConfig) -> Data {
-        let global = PER_RANK * WORLD as i64;
-        let (image_size, context) = (cfg.vision.image_size, cfg.text.context_length);
-        seeded(SEED, || Data::draw(image_size, context, global))
-    }
-
-    fn draw(image_size: i64, context: i64, global: i64) -> Data {
-        let mut images = Vec::new();
-        let mut tokens = Vec::new();
-        for _ in 0..STEPS {
-            let img = Tensor::randn([global, 3, image_size, image_size], (Kind::Float, Device::Cpu));
-            images.push(Vec::<f32>::try_from(img.flatten(0, -1)).expect("f32 images"));
-            // <start_of_text> w1 .. wk <end_of_text> 0 ..: the end token is the row's
-            // largest id, which the text tower pools at.
-            let mut rows = Vec::new();
-            for row in 0..global {
-                let words = 3 + (row % (context - 5));
-                let ids = Tensor::randint_low(1, 40_000, [words], (Kind::Int64, Device::Cpu));
-                let mut line = vec![49406i64];
-                line.extend(Vec::<i64>::try_from(&ids).expect("i64 ids"));
-                line.push(49407);
-                line.resize(context as usize, 0);
-                rows.extend(line);
-            }
-            tokens.push(rows);
-        }
-        Data {
-            image_size,
-            context,
-            images,
-            tokens,
-        }
-    }
-
-    /// Rows `start..start + rows` of step `step`'s global batch.
-    fn batch(&self, step: usize, start: i64, rows: i64) -> (Tensor, Tensor) {
-        let s = self.image_size;
-        let pixels = (3 * s * s) as usize;
-        let (a, b) = (start as usize, (start + rows) as usize);
-        let images = Tensor::from_slice(&self.images[step][a * pixels..b * pixels]).view([rows, 3, s, s]);
-        let c = self.context as usize;
-        let tokens = Tensor::from_slice(&self.tokens[step][a * c..b * c]).view([rows, self.context]);
-        (images, tokens)
-    }
 }
 
 /// A model with its own variables; SigLIP adds a learned logit bias (init −10, as
@@ -138,24 +76,12 @@ fn optim() -> OptimConfig {
 }
 
 /// Parameters by name, as plain values.
-fn snapshot(vs: &nn::VarStore) -> BTreeMap<String, Vec<f32>> {
-    vs.variables()
-        .into_iter()
-        .map(|(name, t)| {
-            (
-                name,
-                Vec::<f32>::try_from(t.detach().flatten(0, -1)).expect("f32 params"),
-            )
-        })
-        .collect()
-}
-
 /// One worker × the whole global batch, with the single-process losses.
 fn train_single(cfg: &ModelConfig, loss: Loss, data: &Data) -> BTreeMap<String, Vec<f32>> {
     let r = replica(cfg, loss, SEED);
     let mut opt = AdamW::new(r.vs.variables(), &optim());
     for step in 0..STEPS {
-        let (images, tokens) = data.batch(step, 0, PER_RANK * WORLD as i64);
+        let (images, tokens) = data.tensors(step, 0, PER_RANK * WORLD as i64);
         let (img, txt, scale) = r.model.forward(&images, &tokens, true);
         let value = match (loss, &r.logit_bias) {
             (Loss::SigLip, Some(bias)) => siglip_loss(&img, &txt, &scale, bias),
@@ -217,7 +143,7 @@ fn train_rank(r: Replica, loss: Loss, columns: Columns, data: &Data, coll: &Loca
     let mut opt = AdamW::new(r.vs.variables(), &optim());
     let sync = GradSync::default();
     for step in 0..STEPS {
-        let (images, tokens) = data.batch(step, coll.rank() as i64 * PER_RANK, PER_RANK);
+        let (images, tokens) = data.tensors(step, coll.rank() as i64 * PER_RANK, PER_RANK);
         let (img, txt, scale) = r.model.forward(&images, &tokens, true);
         let surrogate = surrogate(loss, columns, (&img, &txt, &scale), r.logit_bias.as_ref(), coll).expect("loss");
         let mut grads = opt.backward(&surrogate);
@@ -277,7 +203,7 @@ fn max_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (
 fn run(loss: Loss, columns: Columns) -> (f64, String) {
     tch::set_num_threads(1);
     let cfg = ModelConfig::preset("nano").expect("nano preset");
-    let data = Data::new(&cfg);
+    let data = Data::new(&cfg, STEPS, PER_RANK * WORLD as i64, SEED);
     let single = train_single(&cfg, loss, &data);
     let ranks = train_parallel(&cfg, loss, columns, &data);
     assert_eq!(

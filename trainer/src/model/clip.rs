@@ -39,6 +39,18 @@ fn backward_tower(
 ) {
     let tops: Vec<&Tensor> = tape.iter().map(|(tape, _)| &tape.top).collect();
     let top_grad = backprop(surrogate, &tops).pop();
+    recompute_tower(tower, tape, top_grad, train, backprop);
+}
+
+/// For a tower with a tape: its blocks from the last to the first, then its stem, each
+/// recomputed with a graph and backpropagated from `top_grad` = ∂L/∂(tape.top).
+fn recompute_tower(
+    tower: &impl Tower,
+    tape: Option<(TowerTape, Tensor)>,
+    top_grad: Option<Tensor>,
+    train: bool,
+    backprop: &mut Backprop,
+) {
     if let Some((tape, input)) = tape {
         let grad = top_grad.unwrap_or_else(|| tape.top.zeros_like());
         backward_recomputing(tower, &input, tape, grad, train, &mut |s, leaf| {
@@ -174,21 +186,10 @@ impl Clip {
             .map(|(tape, _)| &tape.top)
             .collect();
         let mut top_grads = backprop(surrogate, &tops).into_iter();
-        let mut through_blocks = |leaf_grad: Option<&Tensor>, surrogate: &Tensor| {
-            backprop(surrogate, leaf_grad.into_iter().collect::<Vec<_>>().as_slice()).pop()
-        };
-        if let Some((tape, images)) = pass.image {
-            let grad = top_grads.next().unwrap_or_else(|| tape.top.zeros_like());
-            backward_recomputing(&self.visual, &images, tape, grad, train, &mut |s, leaf| {
-                through_blocks(leaf, s)
-            });
-        }
-        if let Some((tape, tokens)) = pass.text {
-            let grad = top_grads.next().unwrap_or_else(|| tape.top.zeros_like());
-            backward_recomputing(&self.text, &tokens, tape, grad, train, &mut |s, leaf| {
-                through_blocks(leaf, s)
-            });
-        }
+        let image_grad = pass.image.as_ref().and_then(|_| top_grads.next());
+        let text_grad = pass.text.as_ref().and_then(|_| top_grads.next());
+        recompute_tower(&self.visual, pass.image, image_grad, train, backprop);
+        recompute_tower(&self.text, pass.text, text_grad, train, backprop);
     }
 
     /// The first half of [`Clip::backward`] split by tower, for a step that reduces the image

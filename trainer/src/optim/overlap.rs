@@ -45,7 +45,10 @@ pub fn reduce_during(
                 let result = sync.all_reduce(&mut first, 1.0, coll);
                 (result.map(|_| first), started, Instant::now())
             })
-            .expect("spawn the gradient-reduce thread");
+            .map_err(|e| DistError::Backend {
+                backend: "optim.overlap_reduce",
+                reason: format!("cannot start the gradient-reduce thread: {e}"),
+            })?;
         let backward_started = Instant::now();
         let second = backward();
         let backward_ended = Instant::now();
@@ -55,8 +58,8 @@ pub fn reduce_during(
         };
         let joined = Instant::now();
         let times = [reduce_started, reduce_ended, backward_started, backward_ended, joined];
-        (reduced, second, times)
-    });
+        Ok::<_, DistError>((reduced, second, times))
+    })?;
     let [reduce_started, reduce_ended, backward_started, backward_ended, joined] = times;
     let mut merged = reduced?;
     let second_reduce = sync.all_reduce(&mut second, 1.0, coll)?;

@@ -58,6 +58,12 @@ impl Data {
         })
     }
 
+    /// [`Data::batch`] as (images, tokens) tensors.
+    pub fn tensors(&self, step: usize, start: i64, rows: i64) -> (Tensor, Tensor) {
+        let batch = self.batch(step, start, rows);
+        (batch.images(), batch.tokens)
+    }
+
     /// Rows `start..start + rows` of step `step`'s global batch.
     pub fn batch(&self, step: usize, start: i64, rows: i64) -> TensorBatch {
         let pixels = (3 * self.image_size * self.image_size) as usize;
